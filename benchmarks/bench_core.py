@@ -1,0 +1,58 @@
+"""Benchmark: AnalogCore on a 1152x256 matrix times 1024 vectors, as a ratio to plain NumPy matmul in the same run.
+
+Cases (issue 2): (a) ideal; (b) 8-bit DAC + 8-bit CALIBRATED ADC (limits = 99.99th percentile of a profile made here);
+(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit.
+Programming time (building the arrays) is reported separately from inference time.
+Usage: python benchmarks/bench_core.py [--repeats N]
+"""
+import argparse, time
+import numpy as np
+from crosssim_nb import AnalogCore, InferenceConfig
+
+def best_time(fn, repeats):
+    "Minimum wall time of `repeats` calls (the least noisy estimate on a shared machine)."
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+    return min(times)
+
+def calibrated_limits(matrix, config, x_rows, percentile=99.99):
+    "Symmetric per-slice (per-input-bit) limits from a profile of the ADC inputs, ADCs off."
+    profile_core = AnalogCore(matrix, config.replace(adc_range_option="MAX"))
+    records = profile_core.adc_inputs(x_rows)
+    values = np.concatenate([r["values"] for r in records], axis=3)          # (slices, k, batch, n_out)
+    top = np.percentile(np.abs(values).reshape(values.shape[0], values.shape[1], -1), percentile, axis=2)
+    return np.stack([-top, top], axis=-1)                                    # (slices, k, 2)
+
+def main(repeats=5):
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(256, 1152)).astype(np.float32)
+    x = rng.uniform(-1, 1, size=(1152, 1024)).astype(np.float32)
+    x_rows = np.ascontiguousarray(x.T)
+    base = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="CALIBRATED", nrows_max=1152)
+    cases = {
+        "(a) ideal": InferenceConfig.ideal(),
+        "(b) 8-bit DAC + 8-bit calibrated ADC": base,
+        "(c) (b) + 1% read noise": base.replace(noise_model="generic", alpha_noise=0.01),
+        "(d) (b) + 4 weight slices": base.replace(nslices=4),
+        "(e) (b) + 8-bit input bit slicing, ADC per bit": base.replace(input_bitslicing=True, adc_per_ibit=True),
+    }
+    numpy_time = best_time(lambda: matrix @ x, repeats)
+    rows, times = [], {}
+    for label, config in cases.items():
+        limits = calibrated_limits(matrix, config, x_rows[:256]) if config.adc_bits else None
+        if limits is not None and not config.adc_per_ibit: limits = limits[:, 0]
+        start = time.perf_counter(); core = AnalogCore(matrix, config, adc_limits=limits); program_time = time.perf_counter() - start
+        core.apply(x_rows)   # warm-up
+        numpy_time = min(numpy_time, best_time(lambda: matrix @ x, repeats))
+        times[label] = best_time(lambda: core.apply(x_rows), repeats)
+        rows.append((label, program_time))
+    print(f"AnalogCore benchmark: 1152x256 matrix x 1024 vectors, float32; NumPy matmul {numpy_time * 1e3:.2f} ms (best of {repeats})")
+    print(f"{'case':50s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s}")
+    for label, program_time in rows:
+        print(f"{label:50s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} {program_time:10.3f}")
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    main(parser.parse_args().repeats)

@@ -1,0 +1,303 @@
+"""AnalogCore against independent references: the worked examples, float/integer math, analytic variances."""
+import json, math
+from pathlib import Path
+import numpy as np
+import pytest
+from scipy import stats
+from crosssim_nb import AnalogCore, InferenceConfig
+from crosssim_nb.backend import gpu_available
+
+DATA = Path(__file__).parent / "data" / "analogcore"
+STYLES = [dict(style="BALANCED"), dict(style="BALANCED", balanced_style="TWO_SIDED"),
+          dict(style="BALANCED", subtract_current_in_xbar=False), dict(style="OFFSET"),
+          dict(style="OFFSET", digital_offset=False)]
+
+def relative_error(got, want): return float(np.abs(got - want).max() / np.abs(want).max())
+
+@pytest.mark.parametrize("case", sorted(p.name for p in DATA.glob("*.npz")))
+def test_worked_examples(case):
+    "DESIGN.md's units pinned to numbers (shared/examples/analogcore, copied into tests/data)."
+    z = np.load(DATA / case, allow_pickle=False)
+    settings = json.loads(str(z["our_config"]))
+    input_range = settings.pop("input_range")
+    core = AnalogCore(z["W"], InferenceConfig(**settings), input_range=input_range)
+    assert relative_error(core @ z["X"], z["Y_design"]) <= 1e-5
+    if settings["adc_bits"]:   # the ADC range the example's arrays used
+        np.testing.assert_allclose(core.tile_limits(0)[:, 0], z["adc_limits"][0])
+
+@pytest.mark.parametrize("style", STYLES, ids=lambda s: "-".join(map(str, s.values())))
+@pytest.mark.parametrize("tiles", [(0, 0), (64, 16), (50, 37), (201, 7), (1, 1)])
+def test_ideal_equals_float(style, tiles):
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(37, 201)).astype(np.float32)
+    x = rng.uniform(-2, 2, size=(201, 9)).astype(np.float32)
+    core = AnalogCore(W, InferenceConfig.ideal(nrows_max=tiles[0], ncols_max=tiles[1], **style), input_range=(-2, 2))
+    assert relative_error(core @ x, W @ x) < 2e-6
+    x_pos = np.abs(x)
+    core = AnalogCore(W, InferenceConfig.ideal(nrows_max=tiles[0], **style), input_range=(0, 2))
+    assert relative_error(core @ x_pos, W @ x_pos) < 2e-6
+
+def test_vector_and_matrix_shapes():
+    W = np.arange(6.0).reshape(2, 3)
+    core = AnalogCore(W, InferenceConfig.ideal())
+    np.testing.assert_allclose(core @ np.ones(3), W @ np.ones(3), rtol=1e-6)
+    assert (core @ np.ones((3, 5))).shape == (2, 5) and core.shape == (2, 3)
+
+def test_analog_and_digital_bias():
+    rng = np.random.default_rng(2)
+    W, b = rng.normal(size=(10, 30)), rng.normal(size=10)
+    x = rng.uniform(-1, 1, size=(30, 4))
+    for digital in (True, False):
+        core = AnalogCore(W, InferenceConfig.ideal(digital_bias=digital, nrows_max=8), bias=b)
+        assert relative_error(core @ x, W @ x + b[:, None]) < 2e-6
+        assert core.hw_summary()["matrix_rows"] == 30 + (not digital)
+    # bias_bits quantises the digital bias to its own sign-magnitude grid
+    core = AnalogCore(W, InferenceConfig.ideal(bias_bits=4), bias=b)
+    step = np.abs(b).max() / 7
+    np.testing.assert_allclose(core @ np.zeros(30), np.rint(b / step) * step, rtol=1e-5)
+
+def integer_reference(W, x, weight_bits, dac_bits):
+    "Quantised digital result: integer codes multiplied exactly, scaled back (independent of the core)."
+    kw, kx = 2 ** (weight_bits - 1) - 1, 2 ** (dac_bits - 1) - 1
+    w_max, x_max = np.abs(W).max(), 1.0
+    weight_codes = np.rint(W / w_max * kw).astype(np.int64)
+    input_codes = np.rint(np.clip(x / x_max, -1, 1) * kx).astype(np.int64)
+    return weight_codes @ input_codes, w_max * x_max / (kw * kx)
+
+@pytest.mark.parametrize("nslices", [1, 7])
+def test_granular_is_exact_on_worst_case_data(nslices):
+    "GRANULAR + 1-bit input slices + adc_per_ibit + adc_bits = Bw + ceil(log2 N): equal to the integer result."
+    rng = np.random.default_rng(3)
+    n_rows, weight_bits, dac_bits = 300, 8, 8
+    W = rng.normal(size=(6, n_rows))
+    W[0], W[1], W[2] = np.abs(W).max(), -np.abs(W).max(), np.where(rng.random(n_rows) < .5, 1, -1) * np.abs(W).max()
+    x = np.stack([np.ones(n_rows), -np.ones(n_rows), rng.uniform(-1, 1, n_rows)], axis=1)   # worst cases + random
+    codes, scale = integer_reference(W, x, weight_bits, dac_bits)
+    config = InferenceConfig(weight_bits=weight_bits, dac_bits=dac_bits, nslices=nslices, nrows_max=0, input_bitslicing=True,
+                             adc_per_ibit=True, adc_range_option="GRANULAR", adc_bits=weight_bits + math.ceil(math.log2(n_rows)))
+    got = AnalogCore(W, config) @ x
+    np.testing.assert_array_equal(np.rint(got / scale), codes)           # integer codes, exactly
+    np.testing.assert_allclose(got, codes * scale, rtol=1e-6, atol=1e-6 * np.abs(codes * scale).max())
+    if nslices == 1:   # one bit less: the all-max columns clip
+        short = AnalogCore(W, config.replace(adc_bits=config.adc_bits - 1)) @ x
+        assert np.abs(short[:2, :2] - codes[:2, :2] * scale).min() > 0.1 * np.abs(codes[:2, :2] * scale).min()
+
+def test_max_range_error_falls_with_bits():
+    rng = np.random.default_rng(4)
+    W, x = rng.normal(size=(64, 256)), rng.uniform(-1, 1, size=(256, 128))
+    exact = W @ x
+    errors = [relative_error(AnalogCore(W, InferenceConfig(weight_bits=0, dac_bits=0, adc_bits=bits, adc_range_option="MAX",
+                                                           nrows_max=128)) @ x, exact) for bits in range(4, 15)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.02 < errors[0]
+
+@pytest.mark.parametrize("nslices", [2, 3, 7])
+def test_weight_slicing_with_ideal_adcs_equals_unsliced(nslices):
+    rng = np.random.default_rng(5)
+    W, x = rng.normal(size=(30, 100)), rng.uniform(-1, 1, size=(100, 50))
+    unsliced = AnalogCore(W, InferenceConfig(weight_bits=8, nrows_max=40)) @ x
+    sliced = AnalogCore(W, InferenceConfig(weight_bits=8, nslices=nslices, nrows_max=40)) @ x
+    assert relative_error(sliced, unsliced) < 1e-5
+
+@pytest.mark.parametrize("slice_size", [1, 2, 3, 7])
+@pytest.mark.parametrize("per_bit", [False, True])
+@pytest.mark.parametrize("signed", [True, False])
+def test_input_slicing_with_ideal_adcs_equals_unsliced(slice_size, per_bit, signed):
+    rng = np.random.default_rng(6)
+    W, x = rng.normal(size=(30, 100)), rng.uniform(-1 if signed else 0, 1, size=(100, 50))
+    input_range = (-1, 1) if signed else (0, 1)
+    unsliced = AnalogCore(W, InferenceConfig(weight_bits=8, dac_bits=8), input_range=input_range) @ x
+    sliced = AnalogCore(W, InferenceConfig(weight_bits=8, dac_bits=8, input_bitslicing=True, input_slice_size=slice_size,
+                                           adc_per_ibit=per_bit), input_range=input_range) @ x
+    assert relative_error(sliced, unsliced) < 1e-5
+
+def test_sliced_adc_limits_per_slice_and_input_bit():
+    "CALIBRATED limits of every accepted shape reproduce MAX when they equal the MAX range."
+    rng = np.random.default_rng(7)
+    W, x = rng.normal(size=(20, 60)), rng.uniform(-1, 1, size=(60, 30))
+    base = InferenceConfig(weight_bits=8, nslices=2, adc_bits=6, input_bitslicing=True, input_slice_size=2, adc_per_ibit=True)
+    reference = AnalogCore(W, base.replace(adc_range_option="MAX")) @ x
+    for limits in (np.array([-60, 60]), np.tile([-60, 60], (2, 1)), np.tile([-60, 60], (2, 4, 1))):
+        np.testing.assert_allclose(AnalogCore(W, base, adc_limits=limits) @ x, reference, rtol=1e-5, atol=1e-5)
+    narrow = AnalogCore(W, base, adc_limits=np.tile([-3, 3], (2, 4, 1))) @ x
+    assert relative_error(narrow, W @ x) < relative_error(reference, W @ x)     # calibrated ranges beat MAX
+
+def analytic_read_noise_variance(core, x):
+    "Σ_i σ_ij² v_i² from the per-device std (independent reference: computed from the programmed conductances)."
+    c = core.config
+    v = np.clip(x / core.x_max, -1, 1)
+    G = core.programmed                                           # (slices, parts, rows, n_out)
+    scale = c.alpha_noise / (math.sqrt(12) if c.noise_distribution == "uniform" else 1)
+    sigma2 = (scale * (G if c.proportional_noise else np.ones_like(G))) ** 2
+    per_device = sigma2.sum(axis=1)[0] if c.style == "BALANCED" else sigma2[0, 0]
+    return (v ** 2) @ per_device * (core._scale ** 2)
+
+@pytest.mark.parametrize("method", ["output_domain", "exact"])
+@pytest.mark.parametrize("proportional", [True, False])
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_read_noise_variance_matches_analytic(method, proportional, distribution):
+    rng = np.random.default_rng(8)
+    W, x = rng.normal(size=(12, 40)), rng.uniform(-1, 1, size=40)
+    config = InferenceConfig(weight_bits=0, dac_bits=0, noise_model="generic", alpha_noise=0.05, proportional_noise=proportional,
+                             noise_distribution=distribution, read_noise_method=method)
+    core = AnalogCore(W, config)
+    reads = 3000
+    samples = core.apply(np.tile(x, (reads, 1)))                 # every row is a fresh read
+    expected = analytic_read_noise_variance(core, x)
+    ratio = samples.var(axis=0, ddof=1) / expected
+    # the sample variance of n normal draws has relative std sqrt(2/(n-1)) = 2.6 %; uniform noise is lighter-tailed.
+    # Average of 12 columns: std 0.75 %; allow 4 of those, and every column within 5 sigma.
+    assert abs(ratio.mean() - 1) < 0.03 and np.all(np.abs(ratio - 1) < 0.13), ratio
+    np.testing.assert_allclose(samples.mean(axis=0), W @ x, atol=5 * np.sqrt(expected.max() / reads))
+
+def test_read_noise_methods_agree_in_distribution():
+    rng = np.random.default_rng(9)
+    W, x = rng.normal(size=(4, 64)), rng.uniform(-1, 1, size=64)
+    config = InferenceConfig(weight_bits=0, dac_bits=0, noise_model="generic", alpha_noise=0.1)
+    fast = AnalogCore(W, config).apply(np.tile(x, (2000, 1)))
+    exact = AnalogCore(W, config.replace(read_noise_method="exact")).apply(np.tile(x, (2000, 1)))
+    for column in range(4):
+        assert stats.ks_2samp(fast[:, column], exact[:, column]).pvalue > 1e-3
+
+def test_read_noise_is_fresh_on_every_read_and_reproducible():
+    W = np.random.default_rng(10).normal(size=(5, 20))
+    config = InferenceConfig(weight_bits=0, dac_bits=0, noise_model="generic", alpha_noise=0.05, seed=3)
+    a, b = AnalogCore(W, config), AnalogCore(W, config)
+    first = a @ np.ones(20)
+    assert not np.array_equal(first, a @ np.ones(20))                  # a new draw on every read
+    np.testing.assert_array_equal(first, b @ np.ones(20))               # same seed: bit-identical
+
+@pytest.mark.parametrize("proportional", [True, False])
+def test_programming_error_variance_over_reprogrammings(proportional):
+    rng = np.random.default_rng(11)
+    W, x = rng.normal(size=(8, 30)), rng.uniform(-1, 1, size=30)
+    # Gmin = 0.2 keeps every device > 6 sigma from the clip at 0, so the analytic (unclipped) variance applies
+    config = InferenceConfig(weight_bits=8, dac_bits=0, error_model="generic", alpha_error=0.03, proportional_error=proportional,
+                             infinite_on_off_ratio=False, rmin=1e3, rmax=5e3)
+    core = AnalogCore(W, config)
+    outputs = np.array([core.program(run) @ x for run in range(2000)])
+    target = core._target                                              # conductances before error
+    sigma2 = (0.03 * (target if proportional else np.ones_like(target))) ** 2
+    expected = (x ** 2) @ sigma2.sum(axis=1)[0] * core._scale ** 2
+    ratio = outputs.var(axis=0, ddof=1) / expected
+    assert abs(ratio.mean() - 1) < 0.05 and np.all(np.abs(ratio - 1) < 0.16), ratio
+    ideal = AnalogCore(W, config.replace(error_model="none", alpha_error=0)) @ x
+    np.testing.assert_allclose(outputs.mean(axis=0), ideal, atol=5 * np.sqrt(expected.max() / 2000))
+
+def test_programming_is_seeded_per_run():
+    W = np.random.default_rng(12).normal(size=(5, 20))
+    config = InferenceConfig(error_model="generic", alpha_error=0.05)
+    a = AnalogCore(W, config)
+    run0 = a.programmed_weights().copy()
+    assert not np.array_equal(run0, a.program(1).programmed_weights())
+    np.testing.assert_array_equal(run0, a.program(0).programmed_weights())
+    assert not np.array_equal(run0, AnalogCore(W, config.replace(seed=1)).programmed_weights())
+    assert not np.array_equal(run0, AnalogCore(W, config, name="other layer").programmed_weights())
+
+def test_programmed_weights_hold_the_quantised_matrix():
+    W = np.random.default_rng(13).normal(size=(6, 10))
+    for style in STYLES[:2] + STYLES[3:4]:
+        core = AnalogCore(W, InferenceConfig(weight_bits=6, **style))
+        step = np.abs(W).max() / 31
+        grid = 2 * step if style.get("balanced_style") == "TWO_SIDED" else step
+        held = core.programmed_weights()
+        assert np.abs(held - W).max() <= grid / 2 + 1e-9
+        if style.get("balanced_style") != "TWO_SIDED": np.testing.assert_allclose(held / step, np.rint(W / step), atol=1e-9)
+
+def test_two_sided_cannot_hold_small_weights():
+    "TWO_SIDED: G+ - G- takes odd multiples of Grange/Kw, so |w| < step/2... rounds to ±1 step, and 0 is a tie."
+    W = np.array([[0.0, 0.001, -0.001, 1.0]])
+    held = AnalogCore(W, InferenceConfig(weight_bits=4, balanced_style="TWO_SIDED")).programmed_weights()[0]
+    np.testing.assert_allclose(held, [0, 1 / 7, -1 / 7, 1], atol=1e-12)
+
+def test_offset_unit_column_and_digital_offset():
+    rng = np.random.default_rng(14)
+    W, x = rng.normal(size=(16, 90)), rng.uniform(-1, 1, size=(90, 20))
+    config = InferenceConfig(style="OFFSET", weight_bits=8, dac_bits=8, nrows_max=30, ncols_max=5)
+    digital, unit = (AnalogCore(W, config.replace(digital_offset=flag)) @ x for flag in (True, False))
+    np.testing.assert_allclose(digital, unit, rtol=1e-4, atol=1e-4)
+    assert AnalogCore(W, config.replace(digital_offset=False)).hw_summary()["array_cols"] == 6
+    no_adc = relative_error(digital, W @ x)
+    errors = {}
+    for bits in (7, 14):
+        with_adc = config.replace(adc_bits=bits, adc_range_option="MAX")
+        errors[bits] = [relative_error(AnalogCore(W, with_adc.replace(digital_offset=flag)) @ x, W @ x) for flag in (True, False)]
+    assert errors[7][1] > errors[7][0] > 2 * no_adc                # the unit column is digitised too: two roundings
+    assert max(errors[14]) < no_adc + 0.01
+
+def test_icol_max_clips_positive_and_negative_currents_separately():
+    W = np.array([[1.0, 1.0, 1.0, -1.0], [0.5, 0.5, -1.0, -1.0]])
+    x = np.ones(4)
+    core = AnalogCore(W, InferenceConfig(weight_bits=0, dac_bits=0, icol_max=1.5))
+    # row 0: I+ = 3 -> 1.5, I- = 1 -> out 0.5 ; row 1: I+ = 1, I- = 2 -> 1.5, out -0.5
+    np.testing.assert_allclose(core @ x, [0.5, -0.5], rtol=1e-6)
+    assert core.mode == "pair"
+
+def test_separate_positive_and_negative_adcs():
+    rng = np.random.default_rng(15)
+    W, x = rng.normal(size=(10, 50)), rng.uniform(0, 1, size=(50, 10))
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", subtract_current_in_xbar=False)
+    core = AnalogCore(W, config, input_range=(0, 1))
+    np.testing.assert_allclose(core.tile_limits(0)[0, 0], [0, 50])          # non-negative currents: [0, N]
+    assert relative_error(core @ x, W @ x) < 0.1
+
+def test_adc_inputs_are_normalised_currents():
+    rng = np.random.default_rng(16)
+    W, x = rng.normal(size=(7, 100)), rng.uniform(-3, 3, size=(100, 11))
+    core = AnalogCore(W, InferenceConfig(weight_bits=0, dac_bits=0, adc_bits=8, adc_range_option="MAX", nrows_max=40),
+                      input_range=(-3, 3))
+    records = core.adc_inputs(x.T)
+    assert [r["row_tile"] for r in records] == [0, 1, 2] and all(r["part"] == "difference" for r in records)
+    w_normalised = W / np.abs(W).max()
+    for record, (start, stop) in zip(records, core.row_ranges):
+        expected = (x[start:stop].T / 3) @ w_normalised[:, start:stop].T      # Σ G v, Gmax = 1
+        np.testing.assert_allclose(record["values"][0, 0], expected, rtol=1e-5, atol=1e-5)
+
+def test_hw_summary_counts_arrays_and_devices():
+    core = AnalogCore(np.ones((300, 201)), InferenceConfig(nrows_max=64, ncols_max=128, nslices=2))
+    s = core.hw_summary()
+    assert (s["row_tiles"], s["col_tiles"], s["weight_slices"], s["arrays_per_tile"]) == (4, 3, 2, 2)
+    assert s["n_arrays"] == 48 and s["devices"] == 201 * 300 * 2 * 2
+    assert math.isclose(s["utilisation"], s["devices"] / (48 * 64 * 128))
+    assert (s["cell_levels"], s["bits_per_cell"]) == (16, 4.0)
+    assert AnalogCore(np.ones((3, 4)), InferenceConfig(style="OFFSET", weight_bits=4)).hw_summary()["cell_levels"] == 15
+
+def test_unsigned_one_bit_dac():
+    W = np.random.default_rng(17).normal(size=(3, 8))
+    x = (np.arange(8) % 2).astype(float)
+    np.testing.assert_allclose(AnalogCore(W, InferenceConfig(weight_bits=0, dac_bits=1), input_range=(0, 1)) @ x, W @ x, rtol=1e-5)
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(config=InferenceConfig(adc_bits=8)), ValueError, "needs adc_limits"),
+    (dict(config=InferenceConfig(adc_bits=8, adc_range_option="MAX"), adc_limits=(-1, 1)), ValueError, "limits are only used with 'CALIBRATED'"),
+    (dict(config=InferenceConfig(adc_bits=8), adc_limits=np.ones((3, 2))), ValueError, "adc_limits has shape (3, 2)"),
+    (dict(config=InferenceConfig(adc_bits=8), adc_limits=(1, -1)), ValueError, "I_min < I_max"),
+    (dict(config=InferenceConfig(), input_range=(-1, 2)), ValueError, "allowed: symmetric (-x, x) or non-negative (0, x)"),
+    (dict(config=InferenceConfig(), input_range=(0, 0)), ValueError, "needs a finite hi > 0"),
+    (dict(config=InferenceConfig(dac_bits=1)), ValueError, "dac_bits=1 is not allowed for signed inputs"),
+    (dict(config=InferenceConfig(bias_bits="adc"), bias=np.ones(3)), ValueError, "bias_bits='adc' needs adc_bits > 0"),
+    (dict(config=InferenceConfig(), bias=np.ones(4)), ValueError, "bias must be finite with shape (3,)"),
+    (dict(config=dict(adc_bits=8)), TypeError, "config must be an InferenceConfig"),
+])
+def test_core_validation_errors(kwargs, error, message):
+    with pytest.raises(error) as info: AnalogCore(np.ones((3, 5)), **kwargs)
+    assert message in str(info.value)
+
+def test_bad_matrix_and_inputs():
+    with pytest.raises(ValueError, match="matrix contains NaN"): AnalogCore(np.array([[np.nan, 1.0]]), InferenceConfig())
+    with pytest.raises(ValueError, match="must be 2-D"): AnalogCore(np.ones(3), InferenceConfig())
+    core = AnalogCore(np.ones((3, 5)), InferenceConfig())
+    with pytest.raises(ValueError, match="inputs contain NaN or inf"): core @ np.array([1, 2, np.inf, 0, 0])
+    with pytest.raises(ValueError, match=r"inputs must have shape \(batch, 5\)"): core.apply(np.ones((2, 4)))
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU is usable here")
+def test_use_gpu_without_gpu_is_an_error():
+    with pytest.raises(RuntimeError, match="no CUDA GPU is usable"): AnalogCore(np.ones((2, 2)), InferenceConfig(use_gpu=True))
+
+@pytest.mark.skipif(not gpu_available(), reason="no usable CUDA GPU")
+def test_gpu_matches_cpu():
+    rng = np.random.default_rng(18)
+    W, x = rng.normal(size=(64, 300)), rng.uniform(-1, 1, size=(300, 64))
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=128, nslices=2)
+    cpu, gpu = AnalogCore(W, config) @ x, AnalogCore(W, config.replace(use_gpu=True)) @ x
+    assert np.mean(cpu != gpu) < 1e-3 and relative_error(gpu, cpu) < 0.02
