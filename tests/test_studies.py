@@ -1,0 +1,32 @@
+"""Every study notebook in sweeps/ runs end to end under papermill with a tiny ntest, and writes its results JSON."""
+import json
+from pathlib import Path
+import pytest
+import papermill as pm
+
+SWEEPS = Path(__file__).parent.parent / "sweeps"
+TINY = dict(model="mnist_mlp", ntest=40, nruns=2, calibration_samples=60)
+POINTS = {
+    "accuracy_vs_adc_bits": dict(adc_bits_values=[4, 6]),
+    "accuracy_vs_programming_error": dict(alpha_values=[0.0, 0.3]),
+    "accuracy_vs_read_noise": dict(alpha_noise_values=[0.0, 0.3]),
+    "accuracy_vs_array_rows": dict(nrows_values=[0, 256]),
+    "accuracy_vs_bit_slicing": dict(nslices_values=[1, 2], input_bitslicing_values=[False, True]),
+}
+
+def test_every_study_notebook_is_tested():
+    assert sorted(p.stem for p in SWEEPS.glob("*.ipynb")) == sorted(POINTS)
+
+@pytest.mark.parametrize("study", sorted(POINTS))
+def test_study_runs_under_papermill(study, tmp_path):
+    result_path = tmp_path / "result.json"
+    pm.execute_notebook(str(SWEEPS / f"{study}.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
+                        parameters={**TINY, **POINTS[study], "result_path": str(result_path)}, progress_bar=False, cwd=str(tmp_path))
+    result = json.loads(result_path.read_text())
+    swept = POINTS[study]
+    n_points = 1
+    for values in swept.values(): n_points *= len(values)
+    assert len(result["runs"]) == n_points * TINY["nruns"]
+    assert result["params"]["ntest"] == TINY["ntest"] and result["params"]["model"] == "mnist_mlp"
+    row = result["runs"][0]
+    assert 0 <= row["accuracy"] <= 1 and row["ntest"] == TINY["ntest"] and "float_accuracy" in row
