@@ -30,3 +30,11 @@ def test_study_runs_under_papermill(study, tmp_path):
     assert result["params"]["ntest"] == TINY["ntest"] and result["params"]["model"] == "mnist_mlp"
     row = result["runs"][0]
     assert 0 <= row["accuracy"] <= 1 and row["ntest"] == TINY["ntest"] and "float_accuracy" in row
+
+def test_a_sweep_point_sets_one_value(tmp_path):
+    "The sweep runner sets the scalar parameter (e.g. adc_bits=5): the notebook then evaluates just that point."
+    result_path = tmp_path / "result.json"
+    pm.execute_notebook(str(SWEEPS / "accuracy_vs_adc_bits.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
+                        parameters={**TINY, "nruns": 1, "adc_bits": 5, "result_path": str(result_path)}, progress_bar=False)
+    runs = json.loads(result_path.read_text())["runs"]
+    assert [r["adc_bits"] for r in runs] == [5]
