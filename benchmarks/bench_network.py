@@ -1,0 +1,131 @@
+"""Benchmark: simulated analog network vs plain Keras predict, in the same process.
+
+Cases (DESIGN.md §7.4, issue 3):
+  - keras.applications ResNet50, random weights, 224x224, batch 32
+  - a CIFAR-size ResNet-20-style network (32x32x3, 3 stages x 3 basic blocks, 16/32/64 filters)
+Each is timed for InferenceConfig.ideal() and for 8-bit weights / 8-bit DAC / 8-bit ADC (MAX range, DAC ranges
+profiled on a calibration sample), as seconds per image and as a ratio to Keras `predict` on the same inputs.
+Building the network (import, BN folding, DAC-range profiling, programming the arrays) is timed separately.
+
+Timings interleave Keras and the simulator and keep the best of `--repeats` runs of each, which is the most stable
+statistic on a shared machine. Targets: ideal <= 1.5x Keras, 8-bit <= 2.5x Keras.
+
+Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 3] [--out benchmarks/results/network.json]
+"""
+import argparse, json, os, platform, resource, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import keras
+
+from crosssim_nb.config import InferenceConfig
+from crosssim_nb.network import AnalogNetwork
+
+
+def resnet20(input_shape=(32, 32, 3), classes=10, seed=0):
+    "ResNet-20 (v1) for CIFAR: conv + 3 stages of 3 basic blocks (16, 32, 64 filters), BN after every conv."
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    def conv_bn(x, filters, strides=1, relu=True):
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.Activation("relu")(x) if relu else x
+    inputs = keras.Input(input_shape)
+    x = conv_bn(inputs, 16)
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            strides = 2 if stage > 0 and block == 0 else 1
+            y = conv_bn(x, filters, strides)
+            y = conv_bn(y, filters, relu=False)
+            if strides != 1 or x.shape[-1] != filters:
+                x = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
+                x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(layers.Add()([x, y]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(classes)(x), name="resnet20")
+
+
+def randomize_batchnorm(model, seed=0):
+    "Non-trivial BN statistics (random-init BN is the identity, which would flatter nothing but is unrealistic)."
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable in layer.weights:
+                kind = variable.path.split("/")[-1]
+                shape = variable.shape
+                value = {"gamma": rng.uniform(0.5, 1.5, shape), "beta": rng.normal(0, 0.1, shape),
+                         "moving_mean": rng.normal(0, 0.1, shape), "moving_variance": rng.uniform(0.5, 1.5, shape)}[kind]
+                variable.assign(value.astype(np.float32))
+    return model
+
+
+def best_times(functions, repeats):
+    "Interleave the functions `repeats` times; best wall time of each."
+    best = [float("inf")] * len(functions)
+    for _ in range(repeats):
+        for i, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def bench_case(name, model, x, calibration, batch_size, repeats):
+    configs = {"ideal": InferenceConfig.ideal(),
+               "8bit": InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=1152)}
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)          # trace / warm up
+    results = []
+    for label, config in configs.items():
+        start = time.perf_counter()
+        net = AnalogNetwork.from_keras(model, config, calibration_data=calibration if label != "ideal" else None)
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        net.program(1)
+        program = time.perf_counter() - start
+        net.predict(x[:batch_size], batch_size=batch_size)                    # warm up (allocations, BLAS threads)
+        keras_time, sim_time = best_times([lambda: model.predict(x, batch_size=batch_size, verbose=0),
+                                           lambda: net.predict(x, batch_size=batch_size)], repeats)
+        reference = model.predict(x, batch_size=batch_size, verbose=0)
+        output = net.predict(x, batch_size=batch_size)
+        error = float(np.abs(output - reference).max() / np.abs(reference).max())
+        row = dict(case=name, config=label, images=len(x), batch_size=batch_size,
+                   keras_s_per_image=keras_time / len(x), sim_s_per_image=sim_time / len(x), ratio=sim_time / keras_time,
+                   build_s=build, program_s=program, max_relative_error=error)
+        print(f"{name:10s} {label:6s} keras {row['keras_s_per_image'] * 1e3:8.2f} ms/img   sim {row['sim_s_per_image'] * 1e3:8.2f} "
+              f"ms/img   ratio {row['ratio']:5.2f}x   build {build:6.1f} s  program {program:5.2f} s  rel.err {error:.1e}", flush=True)
+        results.append(row)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs (ResNet50 at 112 px, fewer CIFAR images)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is kept)")
+    parser.add_argument("--out", default="benchmarks/results/network.json", help="JSON file for the results")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    results = []
+
+    size = 112 if args.quick else 224
+    model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)))
+    x = rng.normal(size=(32, size, size, 3)).astype(np.float32)
+    calibration = rng.normal(size=(32, size, size, 3)).astype(np.float32)
+    results += bench_case("ResNet50", model, x, calibration, batch_size=32, repeats=args.repeats)
+
+    model = randomize_batchnorm(resnet20())
+    n = 256 if args.quick else 1024
+    x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    calibration = rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
+    results += bench_case("ResNet20", model, x, calibration, batch_size=128, repeats=args.repeats)
+
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak resident memory of the whole process (Keras models included): {peak:.2f} GB")
+    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), numpy=np.__version__,
+                keras=keras.__version__, quick=args.quick, repeats=args.repeats, peak_rss_gb=peak,
+                load_average=os.getloadavg())
+    with open(args.out, "w") as f: json.dump(dict(meta=meta, results=results), f, indent=2)
+    print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
