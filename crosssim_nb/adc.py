@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['adc_grid', 'digitize', 'max_range', 'granular_range']
+__all__ = ['adc_grid', 'ADCGrid', 'digitize', 'max_range', 'granular_range']
 
 # %% ../nbs/04_adc.ipynb #81696475
 def adc_grid(limits, # (..., 2) array of (I_min, I_max) in normalised current
@@ -31,6 +31,33 @@ def adc_grid(limits, # (..., 2) array of (I_min, I_max) in normalised current
     code_max = np.where(symmetric, half_levels, 2 ** adc_bits - 1).astype(np.float64)
     return offset, step, code_min, code_max
 
+class ADCGrid:
+    "The levels of one ADC or of an array of ADCs, prepared once (backend float32) and applied to many currents."
+    def __init__(self,
+                 limits, # (I_min, I_max), or an array of them broadcastable against the currents once the last axis is dropped
+                 adc_bits:int, # ADC bits (> 0)
+                 xp=np, # array module the currents live in
+                ):
+        offset, step, code_min, code_max = adc_grid(limits, adc_bits)
+        def backend(a):   # one float32 scalar when every ADC shares the value (cheaper to broadcast), else an array
+            return np.float32(a.flat[0]) if np.all(a == a.flat[0]) else xp.asarray(a, dtype=np.float32)
+        self.xp, self.adc_bits = xp, adc_bits
+        self.offset = backend(offset) if np.any(offset != 0) else None
+        self.step, self.code_min, self.code_max = backend(step), backend(code_min), backend(code_max)
+        self.inverse_step = 1 / self.step
+
+    def digitize(self, current, # column currents, modified in place when float32
+                ):
+        "The ADC's output level for every current, in normalised current units (same shape, float32)."
+        out = current if current.dtype == np.float32 else current.astype(np.float32)
+        if self.offset is not None: out -= self.offset
+        out *= self.inverse_step
+        self.xp.rint(out, out=out)
+        self.xp.clip(out, self.code_min, self.code_max, out=out)
+        out *= self.step
+        if self.offset is not None: out += self.offset
+        return out
+
 def digitize(current, # column currents (numpy or cupy), modified in place when float32
              limits, # (I_min, I_max), or an array of them broadcastable against `current` once the last axis is dropped
              adc_bits:int, # ADC bits (0 = identity)
@@ -38,17 +65,7 @@ def digitize(current, # column currents (numpy or cupy), modified in place when 
             ):
     "The ADC's output level for every current, in normalised current units (same shape, float32)."
     if adc_bits == 0: return current
-    grid = adc_grid(limits, adc_bits)
-    has_offset = bool(np.any(grid[0] != 0))
-    offset, step, code_min, code_max = (xp.asarray(a, dtype=np.float32) for a in grid)
-    out = current if current.dtype == np.float32 else current.astype(np.float32)
-    if has_offset: out -= offset
-    out *= 1 / step
-    xp.rint(out, out=out)
-    xp.clip(out, code_min, code_max, out=out)
-    out *= step
-    if has_offset: out += offset
-    return out
+    return ADCGrid(limits, adc_bits, xp).digitize(current)
 
 # %% ../nbs/04_adc.ipynb #00d859bd
 def max_range(rows:int, # rows of the array

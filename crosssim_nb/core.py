@@ -13,7 +13,7 @@ from .backend import get_array_module, to_numpy
 from .mapping import (weight_scale, normalize_weights, weight_levels, target_conductances, slice_bits,
                                  slice_weights, output_scale, partition)
 from .dac import dac_levels, quantize_inputs, input_slice_count, input_slice_weights, slice_inputs
-from .adc import adc_grid, digitize, max_range, granular_range
+from .adc import adc_grid, ADCGrid, max_range, granular_range
 from .device import program_conductances, read_noise_std, standard_draws
 
 # %% auto #0
@@ -74,13 +74,16 @@ class AnalogCore:
                                if config.input_bitslicing else np.ones(1))
         self._slice_weights = slice_weights(config)
         self._scale = output_scale(config, self.w_max, self.x_max)
-        noise_on = config.noise_model == "generic" and config.alpha_noise > 0
+        self.read_noise = config.noise_model == "generic" and config.alpha_noise > 0
         if config.style == "OFFSET": self.mode = "offset"
-        elif config.subtract_current_in_xbar and config.icol_max == 0 and not (noise_on and config.read_noise_method == "exact"):
+        elif config.subtract_current_in_xbar and config.icol_max == 0 and not (self.read_noise and config.read_noise_method == "exact"):
             self.mode = "difference"
         else: self.mode = "pair"
+        # no ADC, no read noise, no current limit: the outputs are one linear map of the drives, read with one matmul
+        self.linear = config.adc_bits == 0 and config.icol_max == 0 and not self.read_noise
         self.adc_limits = self._check_limits(adc_limits)
         self._digital_bias = self._quantized_bias()
+        self._prepare_periphery()
         self.program(0)
 
 # %% ../nbs/06_core.ipynb #3a6897d5
@@ -151,6 +154,19 @@ def _quantized_bias(self:AnalogCore):
         step = max(np.abs(self.bias).max(), 1e-30) / (2 ** (c.bias_bits - 1) - 1)
     return (np.rint(self.bias / step) * step).astype(np.float32)
 
+@patch
+def _prepare_periphery(self:AnalogCore):
+    "What the read path reuses on every chunk: each tile's ADC levels, the unit-column index, the bias row's drive, weights."
+    c, xp = self.config, self.xp
+    self._tile_grids = [None if c.adc_bits == 0 else ADCGrid(self.tile_limits(index).transpose(1, 0, 2)[:, None, :, None, :], c.adc_bits, xp)
+                        for index in range(len(self.row_ranges))]     # limits (slices, k, 2) against (k, batch, slices, n_out)
+    column_tile = np.repeat(np.arange(len(self.col_ranges)), [stop - start for start, stop in self.col_ranges])
+    self._column_tile = xp.asarray(column_tile)
+    self._bias_drive = float(quantize_inputs(np.array([self.x_max], dtype=np.float32), self.x_max, c.dac_bits, self.signed)[0])
+    self._input_weights_xp = xp.asarray(self._input_weights, dtype=np.float32)[:, None, None, None]
+    self._output_weights = xp.asarray(self._slice_weights * self._scale, dtype=np.float32)   # slice weight × output scale
+    self._digital_bias_xp = None if self._digital_bias is None else xp.asarray(self._digital_bias)
+
 # %% ../nbs/06_core.ipynb #43883ec3
 @patch
 def program(self:AnalogCore,
@@ -190,6 +206,7 @@ def program(self:AnalogCore,
                                 spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
+    self._linear = self._linear_map() if self.linear else None
     return self
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
@@ -235,15 +252,15 @@ def _read(self:AnalogCore, drives, tile):
     return currents
 
 @patch
-def _tile_parts(self:AnalogCore, currents, drives, tile, physical:bool):
-    "Split one tile's currents into signed parts `[(sign, current (k, b, slices, n_out))]` and a digital correction."
+def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
+    "Split one tile's currents into signed parts `[(sign, current (k, b, slices, n_out))]` and a digital correction (`drive_sums`: each vector's summed drive on the tile, needed by OFFSET read physically)."
     c, xp = self.config, self.xp
     k, b = currents.shape[:2]
     slices, n_out = self.n_weight_slices, self.n_out
     if self.mode == "offset":   # currents are relative to mid-range; add the offset back where the physics sees it
         if not physical: return [(1, currents[:, :, :n_out].reshape(k, b, 1, n_out))] + (
             [(-1, self._reference_columns(currents, xp))] if self.reference is not None else []), None
-        offset = (c.gmin + c.grange / 2) * drives[:, :, tile["start"]:tile["stop"]].sum(axis=2, keepdims=True)
+        offset = (c.gmin + c.grange / 2) * drive_sums
         currents += offset
     if c.icol_max > 0: xp.clip(currents, -c.icol_max, c.icol_max, out=currents)
     if self.mode == "difference": return [(1, currents.reshape(k, b, slices, n_out))], None
@@ -258,45 +275,125 @@ def _tile_parts(self:AnalogCore, currents, drives, tile, physical:bool):
 @patch
 def _reference_columns(self:AnalogCore, currents, xp):
     "Each output column's unit-column current (one unit column per array), `(k, b, 1, n_out)`."
-    column_tile = np.repeat(np.arange(len(self.col_ranges)), [stop - start for start, stop in self.col_ranges])
     k, b = currents.shape[:2]
-    return currents[:, :, self.n_out:][:, :, xp.asarray(column_tile)].reshape(k, b, 1, self.n_out)
+    return currents[:, :, self.n_out:][:, :, self._column_tile].reshape(k, b, 1, self.n_out)
 
 _PART_NAMES = {("difference", 1): "difference", ("pair", 1): "positive", ("pair", -1): "negative",
                ("offset", 1): "column", ("offset", -1): "reference"}
 
 @patch
-def _forward(self:AnalogCore, x, adc_enabled=True, collect=None):
-    "Simulated `x @ matrix.T` for one chunk of rows `x` (backend array, float32)."
+def _linear_map(self:AnalogCore):
+    "A linear core's `(matrix (n_in, n_out), bias (n_out,) or None)`: every tile, slice, part and the output scale folded in."
+    xp = self.xp
+    blocks = []
+    for tile in self._tiles:   # a tile's currents for a unit drive on each of its rows are its matrix: combine them as any currents
+        parts, _ = self._tile_parts(tile["matrix"][None].astype(np.float64), None, physical=False)
+        combined = sum(sign * current for sign, current in parts)[0]                  # (tile rows, slices, n_out)
+        blocks.append(xp.tensordot(combined, xp.asarray(self._slice_weights), axes=([1], [0])))
+    matrix = xp.concatenate(blocks) * self._scale                                      # output per unit of normalised drive
+    bias = None if self._digital_bias is None else xp.asarray(self._digital_bias, dtype=np.float64)
+    if self.analog_bias: bias = matrix[self.n_in] * self._bias_drive
+    if self.config.dac_bits == 0: matrix = matrix / self.x_max    # an ideal DAC only scales: fold it in, the drives are the inputs
+    return xp.asarray(matrix[:self.n_in], dtype=np.float32), None if bias is None else xp.asarray(bias, dtype=np.float32)
+
+@patch
+def _dac(self:AnalogCore, x):
+    "Normalised, DAC-quantised row drives of inputs `x` (algorithm units)."
+    return quantize_inputs(x, self.x_max, self.config.dac_bits, self.signed, self.xp)
+
+@patch
+def input_drives(self:AnalogCore,
+                 x, # inputs in algorithm units (backend float32 array, any shape)
+                ):
+    "The row drives the DAC makes of `x`, as `apply_drives` takes them. Elementwise, and 0 stays 0, so a network runs it once per layer input, before padding and im2col."
+    if self._linear is not None and self.config.dac_bits == 0: return x    # the ideal DAC's 1/x_max is folded into the linear map
+    return self._dac(x)
+
+@patch
+def _needs_drive_sums(self:AnalogCore, physical:bool) -> bool:
+    "OFFSET currents read physically include the offset current, which needs each vector's summed drive."
+    return self.mode == "offset" and physical
+
+@patch
+def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=True, collect=None):
+    "Row tile `index`'s contribution `(batch, n_out)` to the outputs, from its column currents `(k, batch, columns)`."
     c, xp = self.config, self.xp
-    if self.analog_bias: x = xp.concatenate([x, xp.full((x.shape[0], 1), self.x_max, dtype=np.float32)], axis=1)
-    drives = quantize_inputs(x, self.x_max, c.dac_bits, self.signed, xp)[None]
-    if c.input_bitslicing: drives = slice_inputs(drives[0], c.dac_bits, self.signed, c.input_slice_size, xp)
-    input_weights = xp.asarray(self._input_weights, dtype=np.float32)[:, None, None, None]
-    slice_weights = xp.asarray(self._slice_weights, dtype=np.float32)
-    per_ibit = c.adc_per_ibit
+    grid = self._tile_grids[index] if adc_enabled else None
+    physical = grid is not None or c.icol_max > 0 or collect is not None
+    parts, correction = self._tile_parts(currents, drive_sums, physical)
+    input_weights, per_ibit = self._input_weights_xp, c.adc_per_ibit
+    combined = None
+    for sign, current in parts:
+        if not per_ibit and current.shape[0] > 1: current = (current * input_weights).sum(axis=0, keepdims=True)
+        if collect is not None: collect(index, _PART_NAMES[(self.mode, sign)], current)
+        if grid is not None: current = grid.digitize(current)
+        combined = current if combined is None else combined - current
+    if correction is not None:
+        if not per_ibit and correction.shape[0] > 1: correction = (correction * input_weights).sum(axis=0, keepdims=True)
+        combined = combined - correction
+    weights = self._output_weights                         # slice weight × output scale, one multiply for both
+    if combined.shape[0] > 1: combined = (combined * input_weights).sum(axis=0)              # (batch, slices, n_out)
+    else:
+        combined = combined[0]
+        if per_ibit: weights = weights * input_weights[0, 0, 0, 0]
+    if self.n_weight_slices > 1: return xp.tensordot(combined, weights, axes=([1], [0]))
+    recombined = combined[:, 0]                             # this tile's own fresh array: scale it in place
+    recombined *= weights[0]
+    return recombined
+
+@patch
+def _finish(self:AnalogCore, total, out, bias):
+    "Add `bias` (digital; None for none); write into `out` when given."
+    if bias is not None: total += bias
+    if out is None or total is out: return total
+    out[...] = total
+    return out
+
+@patch
+def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect=None):
+    "Simulated outputs `(batch, n_out)` for one chunk of row drives (backend float32); written into `out` when given."
+    c, xp = self.config, self.xp
+    if self._linear is not None and collect is None:      # one matmul (the ADC-input profiling hook takes the path below)
+        matrix, bias = self._linear
+        return self._finish(xp.matmul(drives, matrix, out=out), out, bias)
+    if self.analog_bias: drives = xp.concatenate([drives, xp.full((drives.shape[0], 1), self._bias_drive, dtype=np.float32)], axis=1)
+    drives = slice_inputs(drives, c.dac_bits, self.signed, c.input_slice_size, xp) if c.input_bitslicing else drives[None]
+    sums_needed = self._needs_drive_sums(bool(c.adc_bits and adc_enabled) or c.icol_max > 0 or collect is not None)
     total = None
     for index, tile in enumerate(self._tiles):
-        limits = self.tile_limits(index) if (c.adc_bits and adc_enabled) else None
-        physical = limits is not None or c.icol_max > 0 or collect is not None
-        parts, correction = self._tile_parts(self._read(drives, tile), drives, tile, physical)
-        combined = None
-        for sign, current in parts:
-            if not per_ibit and current.shape[0] > 1: current = (current * input_weights).sum(axis=0, keepdims=True)
-            if collect is not None: collect(index, _PART_NAMES[(self.mode, sign)], current)
-            if limits is not None:   # limits (slices, k, 2) -> broadcast against (k, batch, slices, n_out)
-                current = digitize(current, limits.transpose(1, 0, 2)[:, None, :, None, :], c.adc_bits, xp)
-            combined = current if combined is None else combined - current
-        if correction is not None:
-            if not per_ibit and correction.shape[0] > 1: correction = (correction * input_weights).sum(axis=0, keepdims=True)
-            combined = combined - correction
-        if combined.shape[0] > 1: combined = (combined * input_weights).sum(axis=0)
-        else: combined = combined[0] * input_weights[0, 0] if per_ibit else combined[0]
-        recombined = combined[:, 0] * slice_weights[0] if self.n_weight_slices == 1 else xp.tensordot(combined, slice_weights, axes=([1], [0]))
-        total = recombined if total is None else total + recombined
-    total *= np.float32(self._scale)
-    if self._digital_bias is not None: total += xp.asarray(self._digital_bias)
-    return total
+        drive_sums = drives[:, :, tile["start"]:tile["stop"]].sum(axis=2, keepdims=True) if sums_needed else None
+        recombined = self._tile_output(index, self._read(drives, tile), drive_sums, adc_enabled, collect)
+        if total is None: total = recombined
+        else: total += recombined
+    return self._finish(total, out, self._digital_bias_xp)
+
+@patch
+def conv_matrix(self:AnalogCore):
+    """The matrix `(n_in, columns)` whose product with the drives is what `apply_currents` takes — so a library
+    convolution of the drive tensor can stand in for im2col × matrix — or None when the read needs more than one
+    product: several row tiles, read noise, or input bit slices (and on the GPU, whose cores take im2col rows)."""
+    if self.xp is not np: return None
+    if self._linear is not None: return self._linear[0]
+    if len(self._tiles) > 1 or self.read_noise or self.config.input_bitslicing: return None
+    matrix = self._tiles[0]["matrix"][:self.n_in]
+    if self._needs_drive_sums(True): matrix = np.concatenate([matrix, np.ones((self.n_in, 1), dtype=np.float32)], axis=1)
+    return matrix            # (an extra column of ones gives each vector's summed drive)
+
+@patch
+def apply_currents(self:AnalogCore,
+                   currents, # drives @ conv_matrix(), shape (batch, columns), float32 NumPy (consumed in place)
+                   out=None, # optional float32 array (batch, n_out) for the outputs
+                  ):
+    "The outputs for currents read with `conv_matrix`: bias row, ADCs and recombination as in `apply_drives`."
+    if self._linear is not None: return self._finish(currents, out, self._linear[1])
+    drive_sums = None
+    if self._needs_drive_sums(True):
+        currents, drive_sums = currents[:, :-1], currents[:, -1:]
+    if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
+        currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
+        if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
+    total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None])
+    return self._finish(total, out, self._digital_bias_xp)
 
 # %% ../nbs/06_core.ipynb #68b47f34
 @patch
@@ -314,16 +411,30 @@ def _check_rows(self:AnalogCore, x_rows, check_finite:bool):
         raise ValueError(f"AnalogCore {self.name!r}: inputs contain NaN or inf")
 
 @patch
+def apply_drives(self:AnalogCore,
+                 drive_rows, # row drives from `input_drives`, shape (batch, n_in)
+                 out=None, # optional float32 NumPy array (batch, n_out) to write the outputs into
+                ) -> np.ndarray:
+    "What the hardware outputs for rows of drives: `(batch, n_out)` float32 NumPy array (the DAC has already run)."
+    xp = self.xp
+    drive_rows = xp.asarray(drive_rows, dtype=np.float32)
+    if out is None: out = np.empty((drive_rows.shape[0], self.n_out), dtype=np.float32)
+    for start, chunk in self._chunks(drive_rows):
+        target = out[start:start + chunk.shape[0]]
+        if xp is np: self._forward_drives(chunk, out=target)
+        else: target[...] = to_numpy(self._forward_drives(chunk))
+    return out
+
+@patch
 def apply(self:AnalogCore,
           x_rows, # input vectors as rows, shape (batch, n_in), algorithm units
           check_finite:bool=True, # raise on NaN/inf inputs (the network checks once at its entry instead)
          ) -> np.ndarray:
     "What the hardware outputs for every row of `x_rows`: `(batch, n_out)` float32 NumPy array."
-    xp = self.xp
-    x_rows = xp.asarray(x_rows, dtype=np.float32)
+    x_rows = self.xp.asarray(x_rows, dtype=np.float32)
     self._check_rows(x_rows, check_finite)
     out = np.empty((x_rows.shape[0], self.n_out), dtype=np.float32)
-    for start, chunk in self._chunks(x_rows): out[start:start + chunk.shape[0]] = to_numpy(self._forward(chunk))
+    for start, chunk in self._chunks(x_rows): self.apply_drives(self.input_drives(chunk), out=out[start:start + chunk.shape[0]])
     return out
 
 @patch
@@ -349,7 +460,7 @@ def adc_inputs(self:AnalogCore,
     collected, outputs = {}, []
     def collect(tile, part, current):   # current: (k, batch, slices, n_out)
         collected.setdefault((tile, part), []).append(to_numpy(current).transpose(2, 0, 1, 3).copy())
-    for _, chunk in self._chunks(x_rows): outputs.append(to_numpy(self._forward(chunk, adc_enabled=False, collect=collect)))
+    for _, chunk in self._chunks(x_rows): outputs.append(to_numpy(self._forward_drives(self._dac(chunk), adc_enabled=False, collect=collect)))
     records = [dict(row_tile=tile, part=part, values=np.concatenate(values, axis=2)) for (tile, part), values in collected.items()]
     return (records, np.concatenate(outputs)) if return_outputs else records
 

@@ -30,13 +30,12 @@ def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy arr
     "Normalised row drive `v` in [-1, 1] (or [0, 1]), quantised to the DAC levels; float32 (`x` itself when nothing changes it)."
     levels = dac_levels(dac_bits, signed)
     if levels == 0 and x_max == 1 and x.dtype == np.float32: return x    # ideal DAC at unit range: no copy on the hot path
-    v = xp.multiply(x, np.float32(1.0 / x_max), dtype=np.float32)
-    if levels == 0: return v
-    xp.clip(v, -1.0 if signed else 0.0, 1.0, out=v)
-    xp.multiply(v, np.float32(levels), out=v)
-    xp.rint(v, out=v)
-    xp.multiply(v, np.float32(1.0 / levels), out=v)
-    return v
+    if levels == 0: return xp.multiply(x, np.float32(1.0 / x_max), dtype=np.float32)
+    code = xp.multiply(x, np.float32(levels / x_max), dtype=np.float32)     # four passes: scale, round, clip, rescale
+    xp.rint(code, out=code)
+    xp.clip(code, -levels if signed else 0, levels, out=code)               # integer codes: clipping after rounding is the same
+    xp.multiply(code, np.float32(1.0 / levels), out=code)
+    return code
 
 # %% ../nbs/03_dac.ipynb #78fa44e7
 def input_slice_count(dac_bits:int, signed:bool, slice_size:int) -> int:

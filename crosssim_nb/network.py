@@ -15,12 +15,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .config import InferenceConfig
 from .core import AnalogCore
+from .backend import to_numpy
 from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
                                       nonnegative_tensors, depthwise_kernel, depthwise_matrix, activation_name)
 
 # %% auto #0
-__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'conv_geometry', 'patch_view', 'im2col', 'apply_conv', 'FloatMatrix',
-           'GroupedDepthwise', 'CoreEngine', 'TopValues', 'AnalogNetwork']
+__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
+           'apply_conv', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine', 'TopValues',
+           'AnalogNetwork']
 
 # %% ../nbs/11_network.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -135,6 +137,7 @@ def _executor(workers:int):
 CHUNK_ELEMENTS = 1 << 20   # input values per chunk handed to a core (4 MB of float32 rows: cache-sized)
 MIN_CHUNK_ROWS = 1024      # ... but at least this many rows, so each matrix product stays efficient
 THREADS = None             # worker threads for the chunks of a layer (None: the CPUs this process may use; 1: serial)
+LIBRARY_CONVOLUTION = True # convolve one-product cores with TensorFlow's convolution instead of im2col (False: always im2col)
 
 def _chunk_rows(width:int, chunk_elements:int) -> int:
     "Rows per chunk for rows of `width` values."
@@ -156,8 +159,18 @@ def _run_chunks(tasks:list, work, engine):
     with _blas_threads(1):
         list(_executor(workers).map(work, tasks))
 
+def _drives(engine, x):
+    "The engine's row drives for layer input `x`: its DAC run once on the whole tensor (engines without one take `x`)."
+    prepare = getattr(engine, "prepare", None)
+    return x if prepare is None else prepare(x)
+
+def _apply_into(engine, rows, out):
+    "`engine.apply(rows)` into `out`: written there directly by engines that can (no extra copy of the outputs)."
+    if getattr(engine, "writes_into", False): engine.apply(rows, out=out)
+    else: out[...] = engine.apply(rows)
+
 def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int) -> np.ndarray:
-    "engine.apply on rows (N, n_in) in chunks, with the in-place post-op on each chunk."
+    "engine.apply on rows (N, n_in) of drives in chunks, with the in-place post-op on each chunk."
     n = rows.shape[0]
     per_chunk = _chunk_rows(max(rows.shape[1], engine.n_out), chunk_elements)
     workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
@@ -168,9 +181,50 @@ def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int) -> np.ndarray
         return out
     out = np.empty((n, engine.n_out), dtype=np.float32)
     def work(start):
-        y = engine.apply(rows[start:start + per_chunk])
+        target = out[start:start + per_chunk]
+        _apply_into(engine, rows[start:start + per_chunk], target)
+        if post is not None: post(target)
+    _run_chunks(list(range(0, n, per_chunk)), work, engine)
+    return out
+
+def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
+                         kernel:np.ndarray, # (kh, kw, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
+                         depthwise:bool, # per-channel kernel whose outputs are channel-major
+                         spec:AnalogSpec, # the convolution's geometry
+                        ):
+    "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, Ho, Wo, columns)`; None where TensorFlow cannot stand in."
+    if not LIBRARY_CONVOLUTION or keras.backend.backend() != "tensorflow": return None
+    if max(spec.strides) > 1 and max(spec.dilation) > 1: return None      # TensorFlow's CPU kernels refuse the pair
+    if depthwise and spec.strides[0] != spec.strides[1]: return None      # its depthwise kernel needs equal strides
+    import tensorflow as tf
+    pads = [[0, 0]] + [list(conv_geometry(size, k, s, d, spec.padding)[1:]) for size, k, s, d in
+                       zip(x.shape[1:3], spec.kernel_size, spec.strides, spec.dilation)] + [[0, 0]]
+    if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
+    else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
+    currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
+    if not currents.flags.writeable: currents = currents.copy()
+    groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
+    if groups > 1:             # (channel, group, j) -> (group, channel, j): the core's column order
+        B, out_h, out_w, _ = currents.shape
+        currents = currents.reshape(B, out_h, out_w, x.shape[3], groups, -1).transpose(0, 1, 2, 4, 3, 5).reshape(B, out_h, out_w, -1)
+    return currents
+
+def _apply_currents_rows(currents:np.ndarray, engine, post) -> np.ndarray:
+    "The engine's periphery (`apply_currents`) and the post-op on a layer's currents `(N, columns)`, split over the worker threads."
+    n = currents.shape[0]
+    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
+    if workers < 2 or n < 2 * MIN_CHUNK_ROWS:
+        out = engine.apply_currents(currents)
+        if post is not None: post(out)
+        return out
+    per_chunk = -(-n // workers)
+    # one column per output: the periphery works in place, so the currents' own buffer holds the outputs
+    out = currents if currents.shape[1] == engine.n_out else np.empty((n, engine.n_out), dtype=np.float32)
+    def work(start):
+        y = engine.apply_currents(currents[start:start + per_chunk])
         if post is not None: post(y)
-        out[start:start + per_chunk] = y
+        target = out[start:start + per_chunk]
+        if not np.may_share_memory(y, target): target[...] = y      # (in place: y is the target itself)
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
 
@@ -182,9 +236,17 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
               ) -> np.ndarray:
     "A convolution layer's output through `engine`, im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
+    x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
     if spec.spatial_rank == 1: x = x[:, None]
     one_by_one = spec.kernel_size == (1, 1) and spec.strides == (1, 1)
     grouped = hasattr(engine, "apply_patches")
+    kernel = getattr(engine, "library_kernel", None)
+    if kernel is not None and not (one_by_one and not grouped):   # (a 1×1 convolution is already one matrix product)
+        currents = _library_convolution(x, *kernel, spec)
+        if currents is not None:
+            B, out_h, out_w, columns = currents.shape
+            out = _apply_currents_rows(currents.reshape(-1, columns), engine, post).reshape(B, out_h, out_w, engine.n_out)
+            return out[:, 0] if spec.spatial_rank == 1 else out
     if one_by_one and not grouped:
         B, H, W, C = x.shape
         out = _apply_rows(x.reshape(-1, C), engine, post, chunk_elements).reshape(B, H, W, engine.n_out)
@@ -204,40 +266,68 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     def work(task):
         b0, h0 = task
         block = view[b0:b0 + images, h0:h0 + lines]
+        target = out[b0:b0 + images, h0:h0 + lines]            # whole images or lines of one image: contiguous
         if grouped: y = engine.apply_patches(block)
         else:
             if getattr(local, "buffer", None) is None: local.buffer = np.empty(buffer_size, dtype=np.float32)
             rows = local.buffer[:block.size].reshape(block.shape)
             np.copyto(rows, block)                              # the im2col copy of this chunk
-            y = engine.apply(rows.reshape(-1, width))
+            if target.flags.c_contiguous:                       # the engine writes straight into the layer output
+                y = target.reshape(-1, engine.n_out)
+                _apply_into(engine, rows.reshape(-1, width), y)
+            else: y = engine.apply(rows.reshape(-1, width))
         if post is not None: post(y)
-        out[b0:b0 + images, h0:h0 + lines] = y.reshape(block.shape[:3] + (engine.n_out,))
+        if not np.may_share_memory(y, target): target[...] = y.reshape(target.shape)
     _run_chunks([(b0, h0) for b0 in range(0, B, images) for h0 in range(0, out_h, lines)], work, engine)
     return out[:, 0] if spec.spatial_rank == 1 else out
 
 # %% ../nbs/11_network.ipynb #c9a84d2e
+def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, columns), rows in (kh, kw, cin) order
+                   spec:AnalogSpec, # the convolution
+                  ):
+    "`(kernel, depthwise)` for TensorFlow's convolution equal to im2col × `matrix`; None when there is none."
+    if matrix is None or not spec.is_conv: return None
+    kh, kw = spec.kernel_size
+    if not spec.is_depthwise: return matrix.reshape(kh, kw, -1, matrix.shape[1]), False
+    if matrix.shape[1] % spec.n_out: return None               # an extra column of summed drives: not per channel
+    kernels = []
+    for start in range(0, matrix.shape[1], spec.n_out):        # each weight slice / differential part is block-diagonal
+        block = np.ascontiguousarray(matrix[:, start:start + spec.n_out].T)
+        kernel = depthwise_kernel(block, spec.depth_multiplier)                 # (taps, C, m)
+        if not np.array_equal(depthwise_matrix(kernel), block): return None    # a device off the diagonal couples channels
+        kernels.append(kernel)
+    taps, channels, multiplier = kernels[0].shape
+    return np.stack(kernels, axis=2).reshape(kh, kw, channels, len(kernels) * multiplier), True   # channel-major outputs
+
 class FloatMatrix:
     "Exact float32 product `rows @ matrix.T + bias` of an analog-type layer run digitally."
-    parallel_safe = True
+    parallel_safe, writes_into = True, True
     def __init__(self, spec:AnalogSpec):
         self.spec, self.n_out = spec, spec.n_out
         self.matrix_t = np.ascontiguousarray(spec.matrix.T, dtype=np.float32)
         self.bias = None if spec.bias is None else np.asarray(spec.bias, dtype=np.float32)
-    def apply(self, rows):
-        out = rows @ self.matrix_t
-        if self.bias is not None: out += self.bias
-        return out
+        self.library_kernel = library_kernel(self.matrix_t, spec)
+    def apply_currents(self, currents):
+        if self.bias is not None: currents += self.bias
+        return currents
+    def apply(self, rows, out=None):
+        return self.apply_currents(np.matmul(rows, self.matrix_t, out=out))
 
 class GroupedDepthwise:
     "Per-channel depthwise product on patch blocks `(b, h, w, kh, kw, C)`; equals the block-diagonal matrix product."
     def __init__(self, kernel:np.ndarray, # (taps, C, m) per-channel weights
                  bias=None, # (C·m,) or None
+                 kernel_size:tuple|None=None, # (kh, kw): lets TensorFlow's depthwise convolution do the product
                 ):
         self.parallel_safe = True
         self.kernel = np.asarray(kernel, dtype=np.float32)
         taps, self.channels, self.multiplier = self.kernel.shape
         self.n_out = self.channels * self.multiplier
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
+        self.library_kernel = None if kernel_size is None else (self.kernel.reshape(*kernel_size, self.channels, self.multiplier), True)
+    def apply_currents(self, currents):
+        if self.bias is not None: currents += self.bias
+        return currents
     def apply_patches(self, block):
         b, h, w, kh, kw, C = block.shape
         out = np.zeros((b, h, w, C, self.multiplier), dtype=np.float32)
@@ -245,18 +335,18 @@ class GroupedDepthwise:
         for tap in range(kh * kw):
             np.multiply(block[:, :, :, tap // kw, tap % kw, :, None], self.kernel[tap], out=product)
             out += product
-        out = out.reshape(b * h * w, self.n_out)
-        if self.bias is not None: out += self.bias
-        return out
+        return self.apply_currents(out.reshape(b * h * w, self.n_out))
 
 class CoreEngine:
-    "An AnalogCore as an engine (the network checks NaN/inf once at its entry)."
-    def __init__(self, core:AnalogCore):
+    "An AnalogCore as an engine: its DAC once on a layer's whole input, then its arrays on rows of drives (the network checks NaN/inf once at its entry)."
+    writes_into = True
+    def __init__(self, core:AnalogCore, spec:AnalogSpec):
         self.core, self.n_out = core, core.n_out
-        c = core.config
-        noisy = c.noise_model != "none" and c.alpha_noise > 0          # read noise draws random numbers per chunk
-        self.parallel_safe = core.xp is np and not noisy
-    def apply(self, rows): return self.core.apply(rows, check_finite=False)
+        self.parallel_safe = core.xp is np and not core.read_noise      # read noise draws random numbers per chunk
+        self.library_kernel = library_kernel(core.conv_matrix(), spec) if core.xp is np else None   # one product: TensorFlow may do it
+    def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
+    def apply(self, rows, out=None): return self.core.apply_drives(rows, out=out)
+    def apply_currents(self, currents): return self.core.apply_currents(currents)
 
 # %% ../nbs/11_network.ipynb #c9c37d04
 def _relu_bounds(node:GraphNode):
@@ -428,7 +518,7 @@ class AnalogNetwork:
     # ----- construction -----
     @staticmethod
     def _float_engine(spec:AnalogSpec):
-        if spec.is_depthwise: return GroupedDepthwise(depthwise_kernel(spec.matrix, spec.depth_multiplier), spec.bias)
+        if spec.is_depthwise: return GroupedDepthwise(depthwise_kernel(spec.matrix, spec.depth_multiplier), spec.bias, spec.kernel_size)
         return FloatMatrix(spec)
 
     @staticmethod
@@ -534,7 +624,7 @@ class AnalogNetwork:
         "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
         for name, core in self.cores.items():
             spec = self.specs[name]
-            self.engines[name] = self._grouped_engine(spec, core) or CoreEngine(core)
+            self.engines[name] = self._grouped_engine(spec, core) or CoreEngine(core, spec)
 
     @staticmethod
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
@@ -546,7 +636,7 @@ class AnalogNetwork:
         kernel = depthwise_kernel(weights, spec.depth_multiplier)
         on_diagonal = depthwise_matrix(np.ones(kernel.shape, dtype=np.float32)) != 0
         if np.any(weights[~on_diagonal] != 0): return None       # errors on zero devices couple channels
-        return GroupedDepthwise(kernel, spec.bias)
+        return GroupedDepthwise(kernel, spec.bias, spec.kernel_size)
 
     # ----- execution -----
     def _prepare(self, x, what:str="x") -> tuple[list, int]:
@@ -589,7 +679,8 @@ class AnalogNetwork:
             if spec.is_conv: x = apply_conv(x, spec, engine, post, chunk_elements)
             else:
                 lead = x.shape[:-1]
-                x = _apply_rows(x.reshape(-1, x.shape[-1]), engine, post, chunk_elements or CHUNK_ELEMENTS).reshape(lead + (engine.n_out,))
+                rows = _drives(engine, x.reshape(-1, x.shape[-1]))
+                x = _apply_rows(rows, engine, post, chunk_elements or CHUNK_ELEMENTS).reshape(lead + (engine.n_out,))
         return x
 
     def _forward(self, feeds:list, engines:dict, observer=None) -> list:

@@ -301,3 +301,57 @@ def test_gpu_matches_cpu():
     config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=128, nslices=2)
     cpu, gpu = AnalogCore(W, config) @ x, AnalogCore(W, config.replace(use_gpu=True)) @ x
     assert np.mean(cpu != gpu) < 1e-3 and relative_error(gpu, cpu) < 0.02
+
+LINEAR_CASES = STYLES + [dict(nslices=3, weight_bits=7), dict(input_bitslicing=True, input_slice_size=2),
+                         dict(digital_bias=False), dict(style="OFFSET", digital_offset=False, digital_bias=False),
+                         dict(dac_bits=0), dict(dac_bits=0, digital_bias=False, style="OFFSET")]
+
+@pytest.mark.parametrize("settings", LINEAR_CASES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_linear_shortcut_equals_tile_by_tile_read(settings):
+    "Without ADC/noise/current limit the core reads one folded matrix; it must equal reading every tile, slice and part."
+    rng = np.random.default_rng(7)
+    W = rng.normal(size=(23, 90)).astype(np.float32)
+    b = rng.normal(size=23).astype(np.float32)
+    x = rng.uniform(-3, 3, size=(40, 90)).astype(np.float32)
+    config = InferenceConfig(**{**dict(weight_bits=6, dac_bits=7, adc_bits=0, nrows_max=32, ncols_max=10,
+                                       error_model="generic", alpha_error=0.03), **settings})
+    core = AnalogCore(W, config, bias=b, input_range=(-2.5, 2.5), name="linear")
+    assert core.linear and core._linear is not None
+    tile_by_tile = core._forward_drives(core._dac(x), collect=lambda *record: None)   # the profiling hook forces the full read
+    np.testing.assert_allclose(core.apply(x), tile_by_tile, rtol=2e-5, atol=2e-5 * np.abs(tile_by_tile).max())
+    # and against an independent reference: the programmed weights times the DAC-quantised inputs
+    drives = np.rint(np.clip(x / 2.5, -1, 1) * 63) / 63 if config.dac_bits else x / 2.5     # an ideal DAC does not clip
+    expected = drives * 2.5 @ core.programmed_weights().T + b
+    # (an analog bias row is itself programmed, and a unit column's errors are not in programmed_weights: no exact reference)
+    if config.digital_bias and (config.style == "BALANCED" or config.digital_offset):
+        np.testing.assert_allclose(core.apply(x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+def test_linear_only_without_adc_noise_or_current_limit():
+    W = np.eye(4)
+    assert AnalogCore(W, InferenceConfig.ideal()).linear
+    for settings in (dict(adc_bits=8, adc_range_option="MAX"), dict(noise_model="generic", alpha_noise=0.01), dict(icol_max=2.0)):
+        assert not AnalogCore(W, InferenceConfig.ideal(**settings)).linear
+
+CURRENT_CASES = [dict(), dict(style="OFFSET"), dict(style="OFFSET", digital_offset=False), dict(digital_bias=False),
+                 dict(style="OFFSET", digital_bias=False), dict(subtract_current_in_xbar=False), dict(nslices=2),
+                 dict(icol_max=3.0), dict(adc_bits=0), dict(adc_bits=0, dac_bits=0)]
+
+@pytest.mark.parametrize("settings", CURRENT_CASES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()) or "default")
+def test_currents_from_conv_matrix_equal_apply(settings):
+    "A library convolution hands `apply_currents` the product drives @ conv_matrix(); the outputs must equal `apply`."
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(12, 50)).astype(np.float32)
+    b = rng.normal(size=12).astype(np.float32)
+    x = rng.uniform(-2, 2, size=(64, 50)).astype(np.float32)
+    config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="MAX", nrows_max=0,
+                                       error_model="generic", alpha_error=0.02), **settings})
+    core = AnalogCore(W, config, bias=b, input_range=(-2, 2), name="conv")
+    matrix = core.conv_matrix()
+    assert matrix is not None
+    currents = core.input_drives(x) @ matrix
+    np.testing.assert_allclose(core.apply_currents(currents), core.apply(x), rtol=1e-5, atol=1e-5 * np.abs(core.apply(x)).max())
+
+def test_conv_matrix_none_when_one_product_is_not_enough():
+    W = np.ones((3, 40))
+    for settings in (dict(nrows_max=16), dict(noise_model="generic", alpha_noise=0.01), dict(input_bitslicing=True)):
+        assert AnalogCore(W, InferenceConfig(adc_bits=8, adc_range_option="MAX", **settings)).conv_matrix() is None

@@ -46,6 +46,13 @@ def randomize_batchnorm(model, seed=0):
     return model
 
 
+@pytest.fixture(params=[True, False], ids=["tensorflow-conv", "im2col"])
+def conv_path(request, monkeypatch):
+    "Run a test with convolutions through TensorFlow's kernels (one-product cores) and through im2col × matrix."
+    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", request.param)
+    return request.param
+
+
 def images(n, size, channels=3, seed=0):
     return np.random.default_rng(seed).normal(size=(n, size, size, channels)).astype(np.float32)
 
@@ -76,7 +83,7 @@ def test_raw_keras_ops_run_digitally():
     assert {"ops.Multiply", "ops.Add", "ops.Maximum", "ops.Subtract"} <= {n.layer_type for n in net.graph.nodes}
 
 
-def test_cnn_with_pooling_ideal():
+def test_cnn_with_pooling_ideal(conv_path):
     keras.utils.set_random_seed(2)
     inp = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inp)
@@ -109,7 +116,7 @@ def resnet_block_model():
 
 
 @pytest.mark.parametrize("fold", [True, False])
-def test_resnet_add_skips_batchnorm(fold):
+def test_resnet_add_skips_batchnorm(conv_path, fold):
     model = resnet_block_model()
     net = check_ideal(model, images(16, 12), IDEAL.replace(fold_batchnorm=fold))
     kinds = {n.name: n.kind for n in net.graph.nodes}
@@ -151,7 +158,7 @@ def mobilenet_block_model(stride=1):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_mobilenetv2_block_depthwise_relu6(stride):
+def test_mobilenetv2_block_depthwise_relu6(conv_path, stride):
     model = mobilenet_block_model(stride)
     x = images(10, 12, 8) * 3                                   # large enough that relu6 clips
     net = check_ideal(model, x)
@@ -172,7 +179,7 @@ def test_depthwise_with_independent_error_simulates_full_matrix():
     assert isinstance(proportional.engines["dw"], GroupedDepthwise)   # sigma = alpha*G leaves zero devices at zero
 
 
-def test_separable_conv2d():
+def test_separable_conv2d(conv_path):
     keras.utils.set_random_seed(6)
     inp = keras.Input((11, 11, 3))
     x = keras.layers.SeparableConv2D(8, 3, depth_multiplier=2, padding="same", activation="relu", name="sep1")(inp)
@@ -191,7 +198,7 @@ def test_separable_conv2d():
     assert "sep2/pointwise" not in table2.index and table2.loc["sep2/depthwise", "weight_bits"] == 0
 
 
-def test_conv1d():
+def test_conv1d(conv_path):
     keras.utils.set_random_seed(7)
     inp = keras.Input((30, 4))
     x = keras.layers.Conv1D(6, 5, padding="causal", dilation_rate=2, activation="relu")(inp)
@@ -406,10 +413,11 @@ def test_program_runs_are_reproducible():
     np.testing.assert_array_equal(AnalogNetwork.from_keras(model, config).predict(x), run0)
 
 
-def test_threaded_chunks_are_bit_identical(monkeypatch):
+@pytest.mark.parametrize("nrows_max", [40, 0], ids=["im2col-tiles", "tensorflow-conv"])
+def test_threaded_chunks_are_bit_identical(monkeypatch, nrows_max):
     model = resnet_block_model()
     x = images(40, 12)
-    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=40)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=nrows_max)
     net = AnalogNetwork.from_keras(model, config, calibration_data=x)
     monkeypatch.setattr(network_module, "MIN_CHUNK_ROWS", 64)           # many chunks per layer
     monkeypatch.setattr(network_module, "CHUNK_ELEMENTS", 64 * 72)
@@ -417,3 +425,37 @@ def test_threaded_chunks_are_bit_identical(monkeypatch):
     serial = net.predict(x, batch_size=40)
     monkeypatch.setattr(network_module, "THREADS", 2)
     np.testing.assert_array_equal(net.predict(x, batch_size=40), serial)
+
+
+def geometry_zoo_model():
+    "Every convolution geometry the executor handles: same/valid, strides, dilation, depthwise ×2, separable, 1×1 strided."
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((13, 13, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="same")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="valid", activation="relu", name="strided")(x)
+    x = keras.layers.Conv2D(8, 3, dilation_rate=2, padding="same", name="dilated")(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu", name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(6, 3, strides=2, padding="same", name="separable")(x)
+    x = keras.layers.Conv2D(4, 1, strides=2, name="pointwise_strided")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(subtract_current_in_xbar=False), dict(style="OFFSET"),
+                                      dict(digital_bias=False), dict(nslices=2), dict(adc_bits=0)],
+                         ids=["balanced", "pair", "offset", "analog-bias", "two-slices", "dac-only"])
+def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
+    "The library convolution is only a faster product: with DAC, ADC and programming errors the outputs match im2col."
+    model = geometry_zoo_model()
+    x = images(12, 13)
+    config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=10, adc_range_option="MAX", nrows_max=0,
+                                       error_model="generic", alpha_error=0.02), **settings})
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+    assert all(net.engines[name].library_kernel is not None for name in ("same", "strided", "dilated", "separable/pointwise"))
+    if config.style == "BALANCED":            # per-channel (depthwise) kernels, one per weight slice / differential part
+        assert net.engines["depthwise"].library_kernel[1] and net.engines["separable/depthwise"].library_kernel[1]
+    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", True)
+    library = net.predict(x)
+    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", False)
+    reference = net.predict(x)
+    assert relative_error(library, reference) < 1e-4
