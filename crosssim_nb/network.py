@@ -234,7 +234,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                post=None, # optional in-place function applied to each chunk's output (fused activation)
                chunk_elements:int|None=None, # bound on the input values handed to the engine at once (default CHUNK_ELEMENTS)
               ) -> np.ndarray:
-    "A convolution layer's output through `engine`, im2col chunk by chunk."
+    "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
     if spec.spatial_rank == 1: x = x[:, None]
@@ -299,7 +299,13 @@ def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, c
     taps, channels, multiplier = kernels[0].shape
     return np.stack(kernels, axis=2).reshape(kh, kw, channels, len(kernels) * multiplier), True   # channel-major outputs
 
-class FloatMatrix:
+class _DigitalPeriphery:
+    "What follows the product in a digital engine: the exact bias, added in place."
+    def apply_currents(self, currents):
+        if self.bias is not None: currents += self.bias
+        return currents
+
+class FloatMatrix(_DigitalPeriphery):
     "Exact float32 product `rows @ matrix.T + bias` of an analog-type layer run digitally."
     parallel_safe, writes_into = True, True
     def __init__(self, spec:AnalogSpec):
@@ -307,13 +313,10 @@ class FloatMatrix:
         self.matrix_t = np.ascontiguousarray(spec.matrix.T, dtype=np.float32)
         self.bias = None if spec.bias is None else np.asarray(spec.bias, dtype=np.float32)
         self.library_kernel = library_kernel(self.matrix_t, spec)
-    def apply_currents(self, currents):
-        if self.bias is not None: currents += self.bias
-        return currents
     def apply(self, rows, out=None):
         return self.apply_currents(np.matmul(rows, self.matrix_t, out=out))
 
-class GroupedDepthwise:
+class GroupedDepthwise(_DigitalPeriphery):
     "Per-channel depthwise product on patch blocks `(b, h, w, kh, kw, C)`; equals the block-diagonal matrix product."
     def __init__(self, kernel:np.ndarray, # (taps, C, m) per-channel weights
                  bias=None, # (C·m,) or None
@@ -325,9 +328,6 @@ class GroupedDepthwise:
         self.n_out = self.channels * self.multiplier
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
         self.library_kernel = None if kernel_size is None else (self.kernel.reshape(*kernel_size, self.channels, self.multiplier), True)
-    def apply_currents(self, currents):
-        if self.bias is not None: currents += self.bias
-        return currents
     def apply_patches(self, block):
         b, h, w, kh, kw, C = block.shape
         out = np.zeros((b, h, w, C, self.multiplier), dtype=np.float32)

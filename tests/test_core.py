@@ -302,6 +302,15 @@ def test_gpu_matches_cpu():
     cpu, gpu = AnalogCore(W, config) @ x, AnalogCore(W, config.replace(use_gpu=True)) @ x
     assert np.mean(cpu != gpu) < 1e-3 and relative_error(gpu, cpu) < 0.02
 
+def layer_core(seed, shape, x_max, defaults, settings, name):
+    "A core of a random layer (weights, bias, inputs a bit beyond the range) with `settings` over `defaults`."
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=shape).astype(np.float32)
+    b = rng.normal(size=shape[0]).astype(np.float32)
+    x = rng.uniform(-1.2 * x_max, 1.2 * x_max, size=(48, shape[1])).astype(np.float32)
+    config = InferenceConfig(**{**defaults, **settings})
+    return AnalogCore(W, config, bias=b, input_range=(-x_max, x_max), name=name), x, b
+
 LINEAR_CASES = STYLES + [dict(nslices=3, weight_bits=7), dict(input_bitslicing=True, input_slice_size=2),
                          dict(digital_bias=False), dict(style="OFFSET", digital_offset=False, digital_bias=False),
                          dict(dac_bits=0), dict(dac_bits=0, digital_bias=False, style="OFFSET")]
@@ -309,13 +318,9 @@ LINEAR_CASES = STYLES + [dict(nslices=3, weight_bits=7), dict(input_bitslicing=T
 @pytest.mark.parametrize("settings", LINEAR_CASES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_linear_shortcut_equals_tile_by_tile_read(settings):
     "Without ADC/noise/current limit the core reads one folded matrix; it must equal reading every tile, slice and part."
-    rng = np.random.default_rng(7)
-    W = rng.normal(size=(23, 90)).astype(np.float32)
-    b = rng.normal(size=23).astype(np.float32)
-    x = rng.uniform(-3, 3, size=(40, 90)).astype(np.float32)
-    config = InferenceConfig(**{**dict(weight_bits=6, dac_bits=7, adc_bits=0, nrows_max=32, ncols_max=10,
-                                       error_model="generic", alpha_error=0.03), **settings})
-    core = AnalogCore(W, config, bias=b, input_range=(-2.5, 2.5), name="linear")
+    core, x, b = layer_core(7, (23, 90), 2.5, dict(weight_bits=6, dac_bits=7, adc_bits=0, nrows_max=32, ncols_max=10,
+                                                   error_model="generic", alpha_error=0.03), settings, "linear")
+    config = core.config
     assert core.linear and core._linear is not None
     tile_by_tile = core._forward_drives(core._dac(x), collect=lambda *record: None)   # the profiling hook forces the full read
     np.testing.assert_allclose(core.apply(x), tile_by_tile, rtol=2e-5, atol=2e-5 * np.abs(tile_by_tile).max())
@@ -339,13 +344,8 @@ CURRENT_CASES = [dict(), dict(style="OFFSET"), dict(style="OFFSET", digital_offs
 @pytest.mark.parametrize("settings", CURRENT_CASES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()) or "default")
 def test_currents_from_conv_matrix_equal_apply(settings):
     "A library convolution hands `apply_currents` the product drives @ conv_matrix(); the outputs must equal `apply`."
-    rng = np.random.default_rng(3)
-    W = rng.normal(size=(12, 50)).astype(np.float32)
-    b = rng.normal(size=12).astype(np.float32)
-    x = rng.uniform(-2, 2, size=(64, 50)).astype(np.float32)
-    config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="MAX", nrows_max=0,
-                                       error_model="generic", alpha_error=0.02), **settings})
-    core = AnalogCore(W, config, bias=b, input_range=(-2, 2), name="conv")
+    core, x, _ = layer_core(3, (12, 50), 2.0, dict(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="MAX", nrows_max=0,
+                                                   error_model="generic", alpha_error=0.02), settings, "conv")
     matrix = core.conv_matrix()
     assert matrix is not None
     currents = core.input_drives(x) @ matrix
