@@ -6,11 +6,11 @@ Docs: https://example.invalid/crosssim_nb/backend.html.md"""
 
 # %% ../nbs/00_backend.ipynb #dd42d4ed
 from __future__ import annotations
-import functools
+import functools, os
 import numpy as np
 
 # %% auto #0
-__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of']
+__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
 @functools.lru_cache(maxsize=1)
@@ -55,3 +55,8 @@ def to_numpy(array):
 def array_module_of(array):
     "The array module (`numpy` or `cupy`) that owns `array`."
     return np if isinstance(array, np.ndarray) or not hasattr(array, "get") else __import__("cupy")
+
+def available_cpus() -> int:
+    "CPUs this process may run on (its affinity where the OS tells it, else the machine's count)."
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1

@@ -15,14 +15,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .config import InferenceConfig
 from .core import AnalogCore
-from .backend import to_numpy
+from .backend import to_numpy, available_cpus
 from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
                                       nonnegative_tensors, depthwise_kernel, depthwise_matrix, activation_name)
 
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
-           'apply_conv', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine', 'TopValues',
-           'AnalogNetwork']
+           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
+           'TopValues', 'AnalogNetwork']
 
 # %% ../nbs/11_network.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -146,9 +146,7 @@ def _chunk_rows(width:int, chunk_elements:int) -> int:
 def _worker_count() -> int:
     "Worker threads: THREADS, else as many as BLAS may use (so a process limited to one BLAS thread stays serial)."
     if THREADS is not None: return max(1, int(THREADS))
-    try: cpus = len(os.sched_getaffinity(0))
-    except AttributeError: cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _blas_threads.current() or 1))
+    return max(1, min(available_cpus(), _blas_threads.current() or 1))
 
 def _run_chunks(tasks:list, work, engine):
     "Run `work(task)` for every task: in worker threads when there are several and the engine is thread-safe."
@@ -282,6 +280,14 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     return out[:, 0] if spec.spatial_rank == 1 else out
 
 # %% ../nbs/11_network.ipynb #c9a84d2e
+def per_channel_kernel(matrix:np.ndarray, # a depthwise core's matrix (C·m, taps·C)
+                       multiplier:int, # depth multiplier m
+                      ):
+    "The per-channel kernel `(taps, C, m)` on the block diagonal of `matrix`; None when an entry off it is not zero (channels couple)."
+    kernel = depthwise_kernel(matrix, multiplier)
+    on_diagonal = depthwise_matrix(np.ones(kernel.shape, dtype=np.float32)) != 0
+    return None if np.any(matrix[~on_diagonal] != 0) else kernel
+
 def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, columns), rows in (kh, kw, cin) order
                    spec:AnalogSpec, # the convolution
                   ):
@@ -292,9 +298,8 @@ def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, c
     if matrix.shape[1] % spec.n_out: return None               # an extra column of summed drives: not per channel
     kernels = []
     for start in range(0, matrix.shape[1], spec.n_out):        # each weight slice / differential part is block-diagonal
-        block = np.ascontiguousarray(matrix[:, start:start + spec.n_out].T)
-        kernel = depthwise_kernel(block, spec.depth_multiplier)                 # (taps, C, m)
-        if not np.array_equal(depthwise_matrix(kernel), block): return None    # a device off the diagonal couples channels
+        kernel = per_channel_kernel(matrix[:, start:start + spec.n_out].T, spec.depth_multiplier)   # (taps, C, m)
+        if kernel is None: return None
         kernels.append(kernel)
     taps, channels, multiplier = kernels[0].shape
     return np.stack(kernels, axis=2).reshape(kh, kw, channels, len(kernels) * multiplier), True   # channel-major outputs
@@ -629,14 +634,9 @@ class AnalogNetwork:
     @staticmethod
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
         c = core.config
-        noise = c.noise_model == "generic" and c.alpha_noise > 0
-        if not spec.is_depthwise or c.dac_bits or c.adc_bits or noise or c.icol_max > 0 or core.analog_bias or c.bias_bits != 0:
-            return None
-        weights = core.programmed_weights()
-        kernel = depthwise_kernel(weights, spec.depth_multiplier)
-        on_diagonal = depthwise_matrix(np.ones(kernel.shape, dtype=np.float32)) != 0
-        if np.any(weights[~on_diagonal] != 0): return None       # errors on zero devices couple channels
-        return GroupedDepthwise(kernel, spec.bias, spec.kernel_size)
+        if not spec.is_depthwise or not core.linear or c.dac_bits or core.analog_bias or c.bias_bits != 0: return None
+        kernel = per_channel_kernel(core.programmed_weights(), spec.depth_multiplier)
+        return None if kernel is None else GroupedDepthwise(kernel, spec.bias, spec.kernel_size)   # None: errors on zero devices couple channels
 
     # ----- execution -----
     def _prepare(self, x, what:str="x") -> tuple[list, int]:
