@@ -20,9 +20,8 @@ def main(models, ntest, nruns, bits_list, alpha_error):
                                    error_model="generic" if alpha_error else "none", alpha_error=alpha_error)
             for method in ("MAX", "percentile", "optimal"):
                 start = time.perf_counter()
-                calibration = None if method == "MAX" else method
-                config = base if method == "MAX" else base.replace(adc_range_option="CALIBRATED")
-                result = run_inference(model, dataset, config, ntest=ntest, progress=False, adc_calibration=calibration)
+                calibration = None if method == "MAX" else method     # run_inference sets CALIBRATED itself when calibrating
+                result = run_inference(model, dataset, base, ntest=ntest, progress=False, adc_calibration=calibration)
                 rows.append(dict(model=model, adc_bits=bits, method=method if method != "percentile" else "percentile 99.99",
                                  accuracy=result.mean[0], std=result.std[0], float_accuracy=result.float_accuracy[0],
                                  ntest=result.ntest, nruns=result.nruns, seconds=time.perf_counter() - start))

@@ -9,12 +9,12 @@ import pandas as pd
 from crosssim_nb import InferenceConfig, zoo
 from crosssim_nb.inference import run_inference
 
+CASE_A = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX")
+CASE_B = CASE_A.replace(error_model="generic", alpha_error=0.02)
 CASES = {
-    "(a) 8-bit W/DAC/ADC, MAX": (InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX"), None),
-    "(b) (a) + 2% prog. error": (InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX",
-                                                 error_model="generic", alpha_error=0.02), None),
-    "(c) (b), calibrated ADC": (InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="CALIBRATED",
-                                                error_model="generic", alpha_error=0.02), "optimal"),
+    "(a) 8-bit W/DAC/ADC, MAX": (CASE_A, None),
+    "(b) (a) + 2% prog. error": (CASE_B, None),
+    "(c) (b), calibrated ADC": (CASE_B.replace(adc_range_option="CALIBRATED"), "optimal"),
 }
 
 def main(models, ntest, nruns):

@@ -129,7 +129,8 @@ class _ProfilingEngine:
             values = record["values"]                     # (slices, k, batch, n_out)
             for s in range(values.shape[0]):
                 for k in range(values.shape[1]):
-                    group = self.groups.setdefault((s, k), Reservoir(self.capacity, self.rng))
+                    group = self.groups.get((s, k))
+                    if group is None: group = self.groups[(s, k)] = Reservoir(self.capacity, self.rng)
                     group.add(values[s, k][keep] if keep is not None else values[s, k])
         return outputs
 
@@ -150,7 +151,9 @@ def profile_adc_inputs(net, # an AnalogNetwork
         profile.adc[name] = {}
         engines[name] = _ProfilingEngine(core, profile.adc[name], eligible, capacity, rng)
     def observe(name, tensor):
-        if name in net.cores: profile.dac.setdefault(name, Reservoir(capacity, rng)).add(tensor)
+        if name not in net.cores: return
+        if name not in profile.dac: profile.dac[name] = Reservoir(capacity, rng)
+        profile.dac[name].add(tensor)
     net.run(x_calib, batch_size=batch_size, observer=observe, engines=engines)
     return profile
 
@@ -317,17 +320,18 @@ def calibrate_adc(net, # an AnalogNetwork (any adc_range_option; ADCs are off wh
         groups = profile.adc.get(name)
         if not groups: continue
         lower_fixed = name in profile.relu_layers
+        if method == "granular":                            # the same for every group of the core
+            c = core.config
+            granular = granular_range(adc_bits, core._cell_levels(), c.input_slice_size, c.grange)
         ranges = {}
         for key, reservoir in groups.items():
             values, lower = reservoir.values, (reservoir.minimum if lower_fixed else None)
             if method == "optimal": ranges[key] = optimal_range(values, adc_bits, lower)
             elif method == "percentile": ranges[key] = percentile_range(values, percentile, lower)
             elif method == "max": ranges[key] = max_range_of(values, lower)
-            else:
-                c = core.config
-                ranges[key] = granular_range(adc_bits, core._cell_levels(), c.input_slice_size, c.grange)
+            else: ranges[key] = granular
         if method != "granular": ranges = _align_powers_of_two(ranges, groups, adc_bits)
-        n_slices, n_inputs = max(k[0] for k in ranges) + 1, max(k[1] for k in ranges) + 1
+        n_slices, n_inputs = profile.groups(name)
         array = np.array([[ranges[(s, k)] for k in range(n_inputs)] for s in range(n_slices)], dtype=np.float64)
         limits[name] = (array[:, 0] if n_inputs == 1 else array).tolist()
         errors[name] = float(np.mean([range_error(groups[key].values, ranges[key], adc_bits) for key in ranges]))
@@ -391,7 +395,6 @@ class ADCViewer:
     "Widgets to browse a profile: layer dropdown, slice and input-bit selectors, a redrawn histogram."
     def __init__(self, profile:ADCProfile, calibration:Calibration|None=None):
         import ipywidgets as widgets
-        import matplotlib.pyplot as plt
         self.profile, self.calibration = profile, calibration
         self.layer = widgets.Dropdown(options=list(profile.adc), description="layer")
         self.weight_slice = widgets.BoundedIntText(value=0, min=0, max=0, description="weight slice")

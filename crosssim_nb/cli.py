@@ -6,7 +6,7 @@ Docs: https://example.invalid/crosssim_nb/cli.html.md"""
 
 # %% ../nbs/40_cli.ipynb #fd425a39
 from __future__ import annotations
-import argparse, dataclasses, json, sys, time, typing
+import argparse, dataclasses, sys, time, typing
 from pathlib import Path
 import numpy as np
 from .config import InferenceConfig
@@ -129,16 +129,14 @@ def _run(args, parser):
     if args.json: result.to_json(args.json)
 
 def _calibrate(args, parser):
-    from crosssim_nb.inference import resolve_model
-    from crosssim_nb.data import load_dataset
+    from crosssim_nb.inference import resolve_model, _training_sample
     from crosssim_nb.network import AnalogNetwork
     from crosssim_nb.calibration import calibrate_adc
     config = config_from_arguments(args, parser)
     if config.adc_bits == 0: parser.error("calibrate needs --adc-bits > 0")
     keras_model, preprocess, name = resolve_model(args.model)
     dataset = _dataset_of(args, parser)
-    train = load_dataset(dataset, split="train", ntest=args.calibration_samples, random_sampling=True, seed=config.seed)
-    x_calib = preprocess(train.x) if preprocess is not None else train.x.astype(np.float32)
+    x_calib = _training_sample(dataset, preprocess, args.calibration_samples, config.seed)
     net = AnalogNetwork.from_keras(keras_model, config.replace(adc_range_option="MAX"), calibration_data=x_calib,
                                    input_nonnegative=preprocess is not None)
     calibration = calibrate_adc(net, x_calib, method=args.method, percentile=args.percentile, relu_aware=args.relu_aware)

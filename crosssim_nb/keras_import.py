@@ -6,7 +6,7 @@ Docs: https://example.invalid/crosssim_nb/keras_import.html.md"""
 
 # %% ../nbs/10_keras_import.ipynb #e7b9a71c
 from __future__ import annotations
-import dataclasses, difflib, inspect, os, tempfile, zipfile
+import dataclasses, inspect, os, tempfile, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -49,7 +49,7 @@ def _h5_model_info(path:Path) -> str:
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
-                kind = "a weights-only file" if ("model_weights" in f or "layers" in f or "vars" in f or len(f.keys())) else "empty"
+                kind = "a weights-only file" if len(f) else "empty"
                 raise ValueError(f"{str(path)!r} is an HDF5 file without a model configuration ({kind}); "
                                  "pass a full model saved with model.save('model.keras') or model.save('model.h5')")
             version = f.attrs.get("keras_version", "")
@@ -158,7 +158,6 @@ class AnalogSpec:
     dilation: tuple = (1, 1)
     padding: str = "valid"       # 'valid', 'same' or 'causal' (Conv1D)
     spatial_rank: int = 0        # 0 Dense, 1 for 1-D and 2 for 2-D convolutions
-    channels_in: int = 0         # input channels (Dense: input features)
     depth_multiplier: int = 0    # > 0 for a depthwise core (block-diagonal matrix)
     folded_batchnorm: list = field(default_factory=list) # names of BatchNormalization layers folded in
 
@@ -178,8 +177,18 @@ class AnalogSpec:
         return text + (" depthwise" if self.is_depthwise else "")
 
 # %% ../nbs/10_keras_import.ipynb #9f3a8967
-def _numpy(variable) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+def _numpy(variable, dtype=np.float32) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=dtype)
+
+def _crossbar(kernel:np.ndarray) -> np.ndarray:
+    "A Dense or convolution kernel `(..., cin, cout)` as the crossbar matrix `(cout, taps·cin)`, rows in (kh, kw, cin) order."
+    return np.ascontiguousarray(kernel.reshape(-1, kernel.shape[-1]).T)
+
+def _diagonal_index(channels:int, multiplier:int, taps:int):
+    "Index pair selecting the block diagonal of a depthwise matrix as `(taps, C, m)`."
+    out_index = np.arange(channels * multiplier).reshape(channels, multiplier)
+    in_index = np.arange(taps)[:, None] * channels + np.arange(channels)[None, :]
+    return out_index[None, :, :], in_index[:, :, None]
 
 def _pair(values, rank:int) -> tuple:
     "A 2-tuple from a Keras spatial tuple of length `rank` (1-D layers get a leading 1)."
@@ -194,9 +203,7 @@ def depthwise_matrix(kernel:np.ndarray, # depthwise kernel (kh, kw, C, m) (1-D: 
     taps = int(np.prod(window))
     per_tap = kernel.reshape(taps, channels, multiplier)
     matrix = np.zeros((channels * multiplier, taps * channels), dtype=np.float32)
-    out_index = np.arange(channels * multiplier).reshape(channels, multiplier)
-    in_index = np.arange(taps)[:, None] * channels + np.arange(channels)[None, :]
-    matrix[out_index[None, :, :], in_index[:, :, None]] = per_tap
+    matrix[_diagonal_index(channels, multiplier, taps)] = per_tap
     return matrix
 
 def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
@@ -205,10 +212,7 @@ def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
     "The per-channel kernel `(taps, C, m)` held on the block diagonal of `matrix` (inverse of `depthwise_matrix`)."
     n_out, n_in = matrix.shape
     channels = n_out // multiplier
-    taps = n_in // channels
-    out_index = np.arange(n_out).reshape(channels, multiplier)
-    in_index = np.arange(taps)[:, None] * channels + np.arange(channels)[None, :]
-    return matrix[out_index[None, :, :], in_index[:, :, None]]
+    return matrix[_diagonal_index(channels, multiplier, n_in // channels)]
 
 # %% ../nbs/10_keras_import.ipynb #1efa0245
 def analog_specs(layer, # a supported analog Keras layer
@@ -219,25 +223,22 @@ def analog_specs(layer, # a supported analog Keras layer
     bias = _numpy(layer.bias) if getattr(layer, "use_bias", False) else None
     if kind == "Dense":
         kernel = _numpy(layer.kernel)
-        return [AnalogSpec(name, name, kind, np.ascontiguousarray(kernel.T), bias, channels_in=kernel.shape[0])]
+        return [AnalogSpec(name, name, kind, _crossbar(kernel), bias)]
     rank = 1 if kind.endswith("1D") else 2
     geometry = dict(strides=_pair(layer.strides, rank), dilation=_pair(layer.dilation_rate, rank),
                     padding=layer.padding, spatial_rank=rank)
     if kind in ("Conv1D", "Conv2D"):
-        kernel = _numpy(layer.kernel)
-        matrix = np.ascontiguousarray(kernel.reshape(-1, kernel.shape[-1]).T)
-        return [AnalogSpec(name, name, kind, matrix, bias, kernel_size=_pair(layer.kernel_size, rank),
-                           channels_in=kernel.shape[-2], **geometry)]
+        return [AnalogSpec(name, name, kind, _crossbar(_numpy(layer.kernel)), bias, kernel_size=_pair(layer.kernel_size, rank),
+                           **geometry)]
     depthwise = _numpy(layer.kernel if kind.startswith("Depthwise") else layer.depthwise_kernel)
-    channels, multiplier = depthwise.shape[-2:]
+    multiplier = depthwise.shape[-1]
     if kind.startswith("Depthwise"):
         return [AnalogSpec(name, name, kind, depthwise_matrix(depthwise), bias, kernel_size=_pair(layer.kernel_size, rank),
-                           channels_in=channels, depth_multiplier=multiplier, **geometry)]
+                           depth_multiplier=multiplier, **geometry)]
     pointwise = _numpy(layer.pointwise_kernel)
     first = AnalogSpec(f"{name}/depthwise", name, kind, depthwise_matrix(depthwise), None,
-                       kernel_size=_pair(layer.kernel_size, rank), channels_in=channels, depth_multiplier=multiplier, **geometry)
-    second = AnalogSpec(f"{name}/pointwise", name, kind, np.ascontiguousarray(pointwise.reshape(-1, pointwise.shape[-1]).T),
-                        bias, kernel_size=(1, 1), spatial_rank=rank, channels_in=channels * multiplier)
+                       kernel_size=_pair(layer.kernel_size, rank), depth_multiplier=multiplier, **geometry)
+    second = AnalogSpec(f"{name}/pointwise", name, kind, _crossbar(pointwise), bias, kernel_size=(1, 1), spatial_rank=rank)
     return [first, second]
 
 # %% ../nbs/10_keras_import.ipynb #ea7e42a1
@@ -402,10 +403,9 @@ def build_graph(model, # a keras.Model (Functional or Sequential) or anything `l
 # %% ../nbs/10_keras_import.ipynb #4d07abe8
 def _batchnorm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
     "Per-channel (scale, shift) of an inference-mode BatchNormalization layer, computed in float64."
-    mean = np.asarray(keras.ops.convert_to_numpy(layer.moving_mean), dtype=np.float64)
-    variance = np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), dtype=np.float64)
-    gamma = np.asarray(keras.ops.convert_to_numpy(layer.gamma), dtype=np.float64) if layer.scale else np.ones_like(mean)
-    beta = np.asarray(keras.ops.convert_to_numpy(layer.beta), dtype=np.float64) if layer.center else np.zeros_like(mean)
+    mean, variance = _numpy(layer.moving_mean, np.float64), _numpy(layer.moving_variance, np.float64)
+    gamma = _numpy(layer.gamma, np.float64) if layer.scale else np.ones_like(mean)
+    beta = _numpy(layer.beta, np.float64) if layer.center else np.zeros_like(mean)
     scale = gamma / np.sqrt(variance + layer.epsilon)
     return scale, beta - mean * scale
 

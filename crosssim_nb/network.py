@@ -7,6 +7,7 @@ Docs: https://example.invalid/crosssim_nb/network.html.md"""
 # %% ../nbs/11_network.ipynb #b2790582
 from __future__ import annotations
 import json, math, difflib, os, threading
+from collections import Counter
 from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -354,12 +355,17 @@ class CoreEngine:
     def apply_currents(self, currents): return self.core.apply_currents(currents)
 
 # %% ../nbs/11_network.ipynb #c9c37d04
+def _clamp(bound):
+    "In-place ReLU (`bound` None) or ReLU clipped at `bound`, for float32 outputs."
+    if bound is None: return lambda y: np.maximum(y, 0, out=y)
+    return lambda y, top=np.float32(bound): np.clip(y, 0, top, out=y)
+
 def _relu_bounds(node:GraphNode):
     "`(max_value or None)` when the node is a plain relu/relu6 (no slope, no threshold), else False."
     layer = node.layer
     if node.layer_type == "Activation":
         name = activation_name(layer.activation)
-        return {"relu": None, "relu6": 6.0}.get(name, False) if name in ("relu", "relu6") else False
+        return {"relu": None, "relu6": 6.0}.get(name, False)
     if node.layer_type == "ReLU":
         if float(layer.negative_slope or 0) != 0 or float(layer.threshold or 0) != 0: return False
         return None if layer.max_value is None else float(layer.max_value)
@@ -506,17 +512,15 @@ _HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bi
 
 class AnalogNetwork:
     "A Keras model whose analog layers run on simulated crossbars; build it with `AnalogNetwork.from_keras`."
-    def __init__(self, graph:ModelGraph, config:InferenceConfig, layer_configs:dict, signed:dict, model_name:str=""):
-        self.graph, self.config, self.layer_configs, self.signed = graph, config, layer_configs, signed
+    def __init__(self, graph:ModelGraph, config:InferenceConfig, layer_configs:dict, model_name:str=""):
+        self.graph, self.config, self.layer_configs = graph, config, layer_configs
         self.model_name = model_name or graph.name
         self.specs = {s.name: s for s in graph.analog_specs}
         self.cores, self.input_ranges, self.run_index = {}, {}, 0
         self._float_engines = {name: self._float_engine(spec) for name, spec in self.specs.items()}
         self.engines = dict(self._float_engines)
         self._readers = {t: len(r) for t, r in graph.consumers().items()}
-        self._calls = {}
-        for node in graph.analog_nodes:
-            for spec in node.analog: self._calls[spec.name] = self._calls.get(spec.name, 0) + 1
+        self._calls = Counter(spec.name for node in graph.analog_nodes for spec in node.analog)   # calls per core and pass
         self._post = {n.name: self._activation(n) for n in graph.analog_nodes}
         self._fused = self._fuse_relus()
 
@@ -531,8 +535,7 @@ class AnalogNetwork:
         "In-place activation applied to each chunk of an analog node's output (None for linear)."
         name = node.activation
         if name == "linear": return None
-        if name == "relu": return lambda y: np.maximum(y, 0, out=y)
-        if name == "relu6": return lambda y: np.clip(y, 0, 6, out=y)
+        if name in ("relu", "relu6"): return _clamp(None if name == "relu" else 6.0)
         function = keras.activations.get(name)
         def apply(y): y[...] = keras.ops.convert_to_numpy(function(y))
         return apply
@@ -548,8 +551,7 @@ class AnalogNetwork:
             follower = nodes[reader[0]]
             bound = _relu_bounds(follower) if follower.kind == "digital" else False
             if bound is False: continue
-            if bound is None: relu = lambda y: np.maximum(y, 0, out=y)
-            else: relu = lambda y, b=np.float32(bound): np.clip(y, 0, b, out=y)
+            relu = _clamp(bound)
             first = self._post[node.name]
             self._post[node.name] = relu if first is None else (lambda y, f=first, g=relu: g(f(y)))
             fused.add(follower.name)
@@ -599,19 +601,15 @@ class AnalogNetwork:
             raise ValueError(f"{len(missing)} analog layer(s) use adc_range_option='CALIBRATED' with adc_bits > 0 but have no "
                              f"adc_limits (first: {', '.join(missing[:5])}); pass adc_limits from a calibration, or use "
                              "adc_range_option='MAX' (or 'GRANULAR')")
-        net = cls(graph, config, layer_configs, signed, keras_model.name)
+        net = cls(graph, config, layer_configs, keras_model.name)
         if calibration is not None: calibration.check(net, config, layer_overrides or {})
         profiled = {}
         if calibration_data is not None:
             profiled = net.profile_input_ranges(calibration_data, calibration_samples, batch_size=batch_size)
         ranges = {}
-        for name in [s.name for s in specs]:
-            if name in given:
-                low, high = given[name]
-                ranges[name] = (0.0 if not signed[name] else -high, high) if low is None else (low, high)
-            else:
-                high = profiled.get(name) or 1.0
-                ranges[name] = (-high, high) if signed[name] else (0.0, high)
+        for name in (spec.name for spec in specs):
+            low, high = given.get(name, (None, profiled.get(name) or 1.0))
+            ranges[name] = (low, high) if low is not None else ((-high, high) if signed[name] else (0.0, high))
         net._build_cores(ranges, limits)
         return net
 
@@ -671,16 +669,16 @@ class AnalogNetwork:
         if not count: raise ValueError(f"{what} holds no samples")
         return out, count
 
-    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer, chunk_elements=None) -> np.ndarray:
+    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer) -> np.ndarray:
         for i, spec in enumerate(node.analog):
             engine = engines[spec.name]
             if observer is not None: observer(spec.name, x)
             post = self._post[node.name] if i == len(node.analog) - 1 else None
-            if spec.is_conv: x = apply_conv(x, spec, engine, post, chunk_elements)
+            if spec.is_conv: x = apply_conv(x, spec, engine, post)
             else:
                 lead = x.shape[:-1]
                 rows = _drives(engine, x.reshape(-1, x.shape[-1]))
-                x = _apply_rows(rows, engine, post, chunk_elements or CHUNK_ELEMENTS).reshape(lead + (engine.n_out,))
+                x = _apply_rows(rows, engine, post, CHUNK_ELEMENTS).reshape(lead + (engine.n_out,))
         return x
 
     def _forward(self, feeds:list, engines:dict, observer=None) -> list:

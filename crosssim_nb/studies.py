@@ -8,7 +8,6 @@ Docs: https://example.invalid/crosssim_nb/studies.html.md"""
 from __future__ import annotations
 import json
 from pathlib import Path
-import numpy as np
 from .config import InferenceConfig
 
 # %% auto #0

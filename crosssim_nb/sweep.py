@@ -21,11 +21,14 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+
+from .backend import available_cpus
 
 # %% auto #0
 __all__ = ['RESERVED_PARAMETER', 'SWEEP_FILE_KEYS', 'ONE_THREAD_ENV', 'DEFAULT_KERNEL', 'RESULT_FILE', 'ERROR_FILE', 'POINT_FILE',
@@ -236,12 +239,13 @@ def _execute_point(task:dict, # point_id, parameters, notebook_text, notebook_na
 RESULT_FILE, ERROR_FILE, POINT_FILE, MANIFEST_FILE = "result.json", "error.json", "point.json", "sweep.json"
 
 
-def _write_atomic(path:Path, text:str) -> None:
-    "Write `text` to a temporary file next to `path`, then rename it over `path`."
+def _write_atomic(path:Path, content) -> None:
+    "Write `content` (text, or a callable that writes the file at the path it is given) to a temporary file next to `path`, then rename it over `path`."
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
+        if callable(content): content(temporary)
+        else: temporary.write_text(content, encoding="utf-8")
         os.replace(temporary, path)
     finally:
         if temporary.exists(): temporary.unlink()
@@ -340,6 +344,11 @@ def _results_table(points:list[dict], # from `_read_point`, in sweep order
         table["run"] = pd.array([row["run"] for row in rows], dtype="Int64")   # integers, <NA> for failed points
     return table
 
+
+def _points_table(out_dir:Path, identifiers:list[str]) -> pd.DataFrame:
+    "The results table of the finished points among `identifiers` in `out_dir`, in that order."
+    return _results_table([record for record in (_read_point(_point_dir(out_dir, i)) for i in identifiers) if record])
+
 # %% ../nbs/50_sweep.ipynb #8d4697eb
 def _notebook_parameters(notebook:Path) -> set:
     "Names assigned in the notebook's `parameters`-tagged cell(s) (Python's parser; papermill's inspection for other languages)."
@@ -366,7 +375,7 @@ def _check_kernel(kernel_name:str) -> None:
 
 
 def _default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cpus()
 
 
 def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> None:
@@ -386,9 +395,7 @@ def _save_table(table:pd.DataFrame, out_dir:Path) -> None:
         import pyarrow  # noqa: F401 -- Parquet only when pyarrow is installed
     except ImportError:
         return
-    temporary = out_dir / f".results.parquet.{uuid.uuid4().hex[:8]}.tmp"
-    table.to_parquet(temporary, index=False)
-    os.replace(temporary, out_dir / "results.parquet")
+    _write_atomic(out_dir / "results.parquet", lambda temporary: table.to_parquet(temporary, index=False))
 
 
 def _run_serial(tasks:list[dict], on_record) -> None:
@@ -465,7 +472,7 @@ def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parame
         raise ValueError(f"parameter(s) {unknown} are not defined in the `parameters` cell of {notebook.name}; "
                          f"it defines {sorted(declared - {RESERVED_PARAMETER})}")
     identifiers = [point_id(point) for point in points]
-    duplicates = sorted({identifier for identifier in identifiers if identifiers.count(identifier) > 1})
+    duplicates = sorted(identifier for identifier, count in Counter(identifiers).items() if count > 1)
     if duplicates:
         raise ValueError(f"the grid has repeated points: {[points[identifiers.index(d)] for d in duplicates]}")
     if scheduler == "serial" or n_workers == 0:
@@ -512,7 +519,7 @@ def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parame
         elif tasks: _run_on_dask(tasks, on_record, scheduler, min(n_workers or _default_workers(), len(tasks)))
     finally:
         bar.close()
-    table = _results_table([record for record in (_read_point(_point_dir(out_dir, i)) for i in identifiers) if record])
+    table = _points_table(out_dir, identifiers)
     _save_table(table, out_dir)
     return table
 
@@ -525,8 +532,9 @@ def load_results(out_dir:str|Path, # a sweep folder written by `run_sweep`
         raise FileNotFoundError(f"{str(out_dir)!r} is not a sweep folder (no points/ in it)")
     order = json.loads((out_dir / MANIFEST_FILE).read_text())["points"] if (out_dir / MANIFEST_FILE).is_file() else []
     on_disk = sorted(folder.name for folder in (out_dir / "points").iterdir() if folder.is_dir())
-    identifiers = [i for i in order if i in set(on_disk)] + [i for i in on_disk if i not in set(order)]
-    return _results_table([record for record in (_read_point(_point_dir(out_dir, i)) for i in identifiers) if record])
+    on_disk_set, order_set = set(on_disk), set(order)
+    identifiers = [i for i in order if i in on_disk_set] + [i for i in on_disk if i not in order_set]
+    return _points_table(out_dir, identifiers)
 
 # %% ../nbs/50_sweep.ipynb #f8f1f614
 def plot(results:pd.DataFrame, # a sweep's results table

@@ -74,8 +74,9 @@ class Preprocessing:
     def __repr__(self): return f"Preprocessing({self.kind!r}, input_shape={self.input_shape})"
 
 # %% ../nbs/21_zoo.ipynb #9bb0a675
-def _entry(name:str, manifest:dict|None=None) -> dict:
-    models = (manifest or read_manifest())["models"]
+def _entry(name:str) -> dict:
+    "The manifest entry of `name` (a fresh dict: `read_manifest` parses the file on each call)."
+    models = read_manifest()["models"]
     if name not in models:
         raise ValueError(f"unknown zoo model {name!r}; available: {', '.join(sorted(models))}")
     return models[name]
@@ -84,12 +85,17 @@ def _entry(name:str, manifest:dict|None=None) -> dict:
 def info(name:str, # a zoo model name, e.g. "mnist_cnn"
         ) -> dict:  # its manifest entry
     "The manifest entry of a zoo model (dataset, preprocessing, float accuracy, recipe, ...)."
-    return dict(_entry(name))
+    return _entry(name)
 
 
 def model_path(name:str) -> Path:
     "Path of a zoo model's `.keras` file."
     return ZOO_DIR / _entry(name)["file"]
+
+
+def _preprocessing(entry:dict) -> Preprocessing:
+    "The `Preprocessing` of a manifest entry."
+    return Preprocessing(entry["preprocessing"], entry["input_shape"])
 
 
 def list_models() -> "pandas.DataFrame":
@@ -106,8 +112,7 @@ def preprocess(name:str, # a zoo model name
                x, # raw images (0-255) from `load_dataset`, shape (n, h, w) or (n, h, w, c)
               ) -> np.ndarray:  # the model's float32 input
     "Apply a zoo model's preprocessing to raw images."
-    entry = _entry(name)
-    return Preprocessing(entry["preprocessing"], entry["input_shape"])(x)
+    return _preprocessing(_entry(name))(x)
 
 
 class ZooModel(tuple):
@@ -130,13 +135,12 @@ class ZooModel(tuple):
 def load(name:str, # a zoo model name; see `list_models()`
         ) -> ZooModel:  # (keras model, preprocessing callable)
     "Load a zoo model (Keras safe mode, not compiled) with its preprocessing."
-    entry = _entry(name)
-    path = ZOO_DIR / entry["file"]
+    entry, path = _entry(name), model_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"zoo model file {path} is missing; retrain it with nbs/22_zoo_training.ipynb")
     import keras
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    return ZooModel(model, Preprocessing(entry["preprocessing"], entry["input_shape"]), name, dict(entry))
+    return ZooModel(model, _preprocessing(entry), name, entry)
 
 
 def __getattr__(attribute:str):

@@ -1,5 +1,4 @@
 """ADC calibration: the optimiser against brute force, limits files, profiles, slices, widgets."""
-import math
 import numpy as np
 import pytest
 import keras
@@ -110,6 +109,11 @@ def test_profile_save_load_and_relu_awareness(small_network, tmp_path):
     np.testing.assert_array_equal(again.values("hidden"), plain.values("hidden"))
     stats = adc_statistics(plain.values("hidden"), (-1, 1), 4)
     assert 0 <= stats["clipped_fraction"] <= 1 and stats["mean_squared_error"] > 0
+    values = plain.values("hidden")
+    for low, high in [(-1, 1), tuple(np.percentile(values, [10, 80]))]:   # the second clips about 30 %
+        outside = sum(1 for v in values.tolist() if v < low or v > high)
+        assert adc_statistics(values, (low, high), 4)["clipped_fraction"] == pytest.approx(outside / len(values), abs=1e-12)
+    assert adc_statistics(values, tuple(np.percentile(values, [10, 80])), 4)["clipped_fraction"] == pytest.approx(0.3, abs=0.02)
 
 def test_widgets_headless(small_network):
     model, images = small_network

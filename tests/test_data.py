@@ -368,10 +368,17 @@ def test_imagenet_labels_file_errors(tmp_path):
 
 # --- the table ----------------------------------------------------------------------------------------------
 
-def test_list_datasets(no_full_copies):
+def test_list_datasets(no_full_copies, fake_cifar10, monkeypatch):
     table = list_datasets()
     assert list(table.index) == list(DATASETS)
     assert table.loc["cifar100", "classes"] == 100
     if sample_folder() is not None:
         assert table.loc["cifar10", "status"] == "sample (20 images)"
     assert isinstance(Dataset(np.zeros((1, 2)), np.zeros(1), "x", "test", "."), tuple)
+    # a full copy named by the dataset's variable is reported with the folder that holds its test batch
+    root, _ = fake_cifar10
+    monkeypatch.setenv("CROSSSIM_NB_CIFAR10", str(root))
+    table = list_datasets()
+    assert table.loc["cifar10", "status"] == "full"
+    assert table.loc["cifar10", "source"] == str(root / "cifar-10-batches-py")
+    assert table.loc["cifar100", "status"] != "full"  # the variable is CIFAR-10's only

@@ -26,6 +26,10 @@ def test_runs_differ_with_programming_error_and_outputs_have_their_shape(tmp_pat
     assert np.all(result.accuracies[:, 1] >= result.accuracies[:, 0]) and result.float_accuracy[1] >= result.float_accuracy[0]
     low, high = result.ci95[0]
     assert low <= result.mean[0] <= high
+    from scipy import stats
+    top1 = result.accuracies[:, 0]           # ci95: Student t on the std with ddof=1, i.e. the standard error `sem`
+    reference = stats.t.interval(0.95, len(top1) - 1, loc=top1.mean(), scale=stats.sem(top1))
+    np.testing.assert_allclose(result.ci95[0], reference, rtol=1e-12)
     summary = json.loads(result.to_json(tmp_path / "r.json").read_text())
     assert summary["nruns"] == 3 and summary["config"]["alpha_error"] == 0.05
     frame = result.to_frame()
@@ -81,9 +85,20 @@ def test_arrays_dataset_and_keras_model():
     one_hot = np.eye(10)[y]
     result = run_inference(model, (preprocess(x), one_hot), InferenceConfig.ideal(), progress=False, ntest=None)
     assert result.dataset == "arrays" and result.ntest == 100
-    assert result.mean[0] == pytest.approx(topk_accuracy(model.predict(preprocess(x), verbose=0), y))
+    predictions = model.predict(preprocess(x), verbose=0)
+    assert result.mean[0] == pytest.approx(np.mean(np.argmax(predictions, 1) == y))
     with pytest.raises(ValueError, match="pass calibration_data"):
         run_inference(model, (preprocess(x), y), ERRORED, progress=False)
+
+def test_topk_accuracy_by_hand():
+    outputs = np.array([[0.1, 0.7, 0.2],     # top-2 {1, 2}: label 2 in
+                        [0.5, 0.3, 0.2],     # top-2 {0, 1}: label 2 out
+                        [0.2, 0.2, 0.6],     # top-2 {2, 0} (tie: lower index wins): label 0 in
+                        [0.3, 0.3, 0.4]])    # top-2 {2, 0} (tie: lower index wins): label 1 out
+    labels = np.array([2, 2, 0, 1])
+    assert topk_accuracy(outputs, labels, k=2) == 0.5
+    assert topk_accuracy(outputs, labels, k=1) == 0.0
+    assert topk_accuracy(outputs, labels, k=3) == 1.0
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(topk=(0,)), "topk=(0,) is not allowed"), (dict(topk=(11,)), "more classes than the model's 10 outputs"),

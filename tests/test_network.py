@@ -29,7 +29,9 @@ def check_ideal(model, x, config=IDEAL, tolerance=1e-4, batch_size=7, **kwargs):
     reference = model.predict(x, verbose=0, batch_size=32)
     net = AnalogNetwork.from_keras(model, config, **kwargs)
     got = net.predict(x, batch_size=batch_size)
-    for g, r in zip(got if isinstance(got, list) else [got], reference if isinstance(reference, list) else [reference]):
+    got, reference = (got if isinstance(got, list) else [got]), (reference if isinstance(reference, list) else [reference])
+    assert len(got) == len(reference)
+    for g, r in zip(got, reference):
         assert relative_error(g, r) < tolerance
     return net
 
@@ -418,6 +420,7 @@ def test_threaded_chunks_are_bit_identical(monkeypatch, nrows_max):
     model = resnet_block_model()
     x = images(40, 12)
     config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=nrows_max)
+    if not network_module._blas_threads.available(): pytest.skip("BLAS threads cannot be limited here: chunks run serially")
     net = AnalogNetwork.from_keras(model, config, calibration_data=x)
     monkeypatch.setattr(network_module, "MIN_CHUNK_ROWS", 64)           # many chunks per layer
     monkeypatch.setattr(network_module, "CHUNK_ELEMENTS", 64 * 72)
@@ -455,7 +458,16 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
     if config.style == "BALANCED":            # per-channel (depthwise) kernels, one per weight slice / differential part
         assert net.engines["depthwise"].library_kernel[1] and net.engines["separable/depthwise"].library_kernel[1]
     monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", True)
+    convolved = []                                  # layers TensorFlow actually convolved (not a silent im2col fallback)
+    original = network_module._library_convolution
+    def counting(x, kernel, depthwise, spec):
+        currents = original(x, kernel, depthwise, spec)
+        if currents is not None: convolved.append((spec.name, depthwise))
+        return currents
+    monkeypatch.setattr(network_module, "_library_convolution", counting)
     library = net.predict(x)
+    assert {"same", "strided", "dilated"} <= {name for name, _ in convolved}
+    if config.style == "BALANCED": assert ("depthwise", True) in convolved
     monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", False)
     reference = net.predict(x)
     assert relative_error(library, reference) < 1e-4

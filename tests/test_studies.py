@@ -13,9 +13,19 @@ POINTS = {
     "accuracy_vs_array_rows": dict(nrows_values=[0, 256]),
     "accuracy_vs_bit_slicing": dict(nslices_values=[1, 2], input_bitslicing_values=[False, True]),
 }
+# The swept columns of the result rows, point by point in the order each notebook builds its variants from POINTS
+# (bit slicing: input mode outer, slice count inner); every point repeats nruns times.
+EXPECTED_POINTS = {
+    "accuracy_vs_adc_bits": [{"adc_bits": 4}, {"adc_bits": 6}],
+    "accuracy_vs_programming_error": [{"alpha_error": 0.0}, {"alpha_error": 0.3}],
+    "accuracy_vs_read_noise": [{"alpha_noise": 0.0}, {"alpha_noise": 0.3}],
+    "accuracy_vs_array_rows": [{"nrows_max": 0}, {"nrows_max": 256}],
+    "accuracy_vs_bit_slicing": [{"nslices": n, "input_bitslicing": b, "adc_per_ibit": b} for b in (False, True) for n in (1, 2)],
+}
 
 def test_every_study_notebook_is_tested():
     assert sorted(p.stem for p in SWEEPS.glob("*.ipynb")) == sorted(POINTS)
+    assert sorted(EXPECTED_POINTS) == sorted(POINTS)
 
 @pytest.mark.parametrize("study", sorted(POINTS))
 def test_study_runs_under_papermill(study, tmp_path):
@@ -30,6 +40,9 @@ def test_study_runs_under_papermill(study, tmp_path):
     assert result["params"]["ntest"] == TINY["ntest"] and result["params"]["model"] == "mnist_mlp"
     row = result["runs"][0]
     assert 0 <= row["accuracy"] <= 1 and row["ntest"] == TINY["ntest"] and "float_accuracy" in row
+    expected = [point for point in EXPECTED_POINTS[study] for _ in range(TINY["nruns"])]
+    assert [{name: run[name] for name in expected[0]} for run in result["runs"]] == expected
+    assert [run["run"] for run in result["runs"]] == list(range(TINY["nruns"])) * n_points
 
 def test_a_sweep_point_sets_one_value(tmp_path):
     "The sweep runner sets the scalar parameter (e.g. adc_bits=5): the notebook then evaluates just that point."
