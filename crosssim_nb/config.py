@@ -6,7 +6,7 @@ Docs: https://example.invalid/crosssim_nb/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #caf46045
 from __future__ import annotations
-import dataclasses, difflib, json, math
+import dataclasses, difflib, json, math, re
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -14,7 +14,7 @@ import yaml
 
 # %% auto #0
 __all__ = ['WeightStyle', 'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'DeviceModel', 'DriftModel',
-           'InferenceConfig', 'describe_config']
+           'InferenceConfig', 'FileFormatError', 'read_data_file', 'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -150,11 +150,10 @@ class InferenceConfig:
     def from_file(cls, path):
         "Load from a YAML or JSON file (by suffix)."
         path = Path(path)
-        kind = _file_kind(path)
-        if not path.is_file(): raise FileNotFoundError(f"configuration file not found: {path}")
-        text = path.read_text()
-        values = json.loads(text) if kind == "json" else yaml.safe_load(text)
-        return cls.from_dict(values or {})
+        _file_kind(path)
+        values = read_data_file(path, "configuration file")
+        try: return cls.from_dict(values or {})
+        except (TypeError, ValueError) as error: raise type(error)(f"configuration file {str(path)!r}: {error}") from None
 
     def changed_fields(self) -> dict:
         "The fields that differ from the defaults, as a dict."
@@ -272,6 +271,99 @@ def _check_values(c:InferenceConfig):
         wrong = [f"{k}={_plain(getattr(c, k))!r} (needs {need})" for k, (ok, need) in needs.items() if not ok]
         _require(not wrong, "adc_range_option='GRANULAR' needs BALANCED ONE_SIDED mapping, weight and input quantisation, "
                             "input bit slicing and adc_per_ibit; wrong: " + "; ".join(wrong))
+    _check_combinations(c)
+
+# %% ../nbs/01_config.ipynb #b44ba957
+class FileFormatError(ValueError):
+    "A YAML or JSON file that cannot be read: the message names the file, the line and the column."
+
+class _NumberLoader(yaml.SafeLoader):
+    "Safe YAML loader: exponent numbers without a dot (`1e-2`) are floats, as in JSON and Python; duplicate keys are an error."
+
+_NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+def _unique_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise FileFormatError(f"{loader.name}: line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r} "
+                                  f"(first at line {seen[key] + 1}); each key may appear once")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+_NumberLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+def _json_pairs(path:str, text:str):
+    "An object_pairs_hook that refuses duplicate keys, naming the line of the repeat."
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        for index, key in enumerate(keys):
+            if key in keys[:index]:
+                needle = json.dumps(key)
+                starts = [m.start() for m in re.finditer(re.escape(needle) + r"\s*:", text)]
+                where = ""
+                if len(starts) > 1:
+                    line = text.count("\n", 0, starts[1]) + 1
+                    where = f"line {line}, column {starts[1] - (text.rfind(chr(10), 0, starts[1]) + 1) + 1}: "
+                raise FileFormatError(f"{path}: {where}duplicate key {key!r}; each key may appear once")
+        return dict(pairs)
+    return hook
+
+def read_data_file(path, # a .yaml/.yml or .json file
+                   what:str="file", # what the file is, for messages ("configuration file", "limits file", ...)
+                  ):
+    "Parse a YAML or JSON file with one number parser; duplicate keys and syntax errors name the file, line and column."
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"{what} {str(path)!r}: suffix {suffix!r} not allowed; use .yaml, .yml or .json")
+    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {str(path)!r} (no such file)")
+    raw = path.read_bytes()
+    try: text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise FileFormatError(f"{what} {str(path)!r}: line {line}, column {column}: not UTF-8 text ({error.reason})") from None
+    if suffix == ".json":
+        try: return json.loads(text, object_pairs_hook=_json_pairs(f"{what} {str(path)!r}", text))
+        except json.JSONDecodeError as error:
+            raise FileFormatError(f"{what} {str(path)!r}: line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
+    loader = _NumberLoader(text)
+    loader.name = f"{what} {str(path)!r}"
+    try: return loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise FileFormatError(f"{what} {str(path)!r}: {where}invalid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise FileFormatError(f"{what} {str(path)!r}: invalid YAML: {error}") from None
+    finally: loader.dispose()
+
+def _check_combinations(c):
+    "Settings that contradict each other (a setting that would be silently ignored is refused)."
+    _require(not (c.adc_range_option == "GRANULAR" and c.adc_bits == 0),
+             "adc_range_option='GRANULAR' needs an ADC, but adc_bits=0; set adc_bits to 2..32 (or adc_range_option='MAX')")
+    if c.style == "OFFSET":
+        _require(c.balanced_style == "ONE_SIDED",
+                 f"balanced_style={c.balanced_style.value!r} applies to BALANCED pairs only, but style='OFFSET'; "
+                 "allowed with OFFSET: balanced_style='ONE_SIDED' (the default)")
+        _require(c.subtract_current_in_xbar,
+                 "subtract_current_in_xbar=False applies to BALANCED pairs only, but style='OFFSET'; "
+                 "allowed with OFFSET: True (the default; use digital_offset for OFFSET)")
+    for model, distribution in (("error_model", "error_distribution"), ("noise_model", "noise_distribution")):
+        _require(not (getattr(c, model) == "none" and getattr(c, distribution) != "normal"),
+                 f"{distribution}={getattr(c, distribution).value!r} has no effect with {model}='none'; "
+                 f"set {model}='generic' (or leave {distribution}='normal')")
+
 
 # %% ../nbs/01_config.ipynb #db2873e9
 def describe_config(config:InferenceConfig, # the configuration to describe
