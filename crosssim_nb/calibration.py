@@ -6,7 +6,7 @@ Docs: https://example.invalid/crosssim_nb/calibration.html.md"""
 
 # %% ../nbs/35_calibration.ipynb #8254b352
 from __future__ import annotations
-import hashlib, json, math
+import hashlib, json, math, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,9 +14,10 @@ from .config import InferenceConfig
 from .adc import adc_grid, digitize, granular_range
 
 # %% auto #0
-__all__ = ['RANGE_SETTINGS', 'Reservoir', 'ADCProfile', 'weights_hash', 'relu_follows', 'profile_adc_inputs', 'range_error',
-           'optimal_range', 'percentile_range', 'max_range_of', 'Calibration', 'calibrate_adc', 'adc_statistics',
-           'layer_limits', 'plot_adc_histogram', 'ADCViewer', 'adc_viewer']
+__all__ = ['RANGE_SETTINGS', 'CALIBRATION_FORMAT', 'CALIBRATION_VERSIONS', 'Reservoir', 'ADCProfile', 'weights_hash',
+           'relu_follows', 'profile_adc_inputs', 'range_error', 'optimal_range', 'percentile_range', 'max_range_of',
+           'Calibration', 'calibrate_adc', 'CalibrationFileError', 'validate_calibration', 'plain_limits',
+           'calibration_of', 'adc_statistics', 'layer_limits', 'plot_adc_histogram', 'ADCViewer', 'adc_viewer']
 
 # %% ../nbs/35_calibration.ipynb #e2fe1659
 class Reservoir:
@@ -101,8 +102,11 @@ class ADCProfile:
 # %% ../nbs/35_calibration.ipynb #8755d522
 def weights_hash(net) -> str:
     "SHA-256 of every analog core's matrix and bias: the identity of a model's weights."
+    return _specs_hash(net.specs.values())
+
+def _specs_hash(specs) -> str:
     digest = hashlib.sha256()
-    for name, spec in sorted(net.specs.items()):
+    for name, spec in sorted((s.name, s) for s in specs):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(spec.matrix, dtype=np.float32).tobytes())
         if spec.bias is not None: digest.update(np.ascontiguousarray(spec.bias, dtype=np.float32).tobytes())
@@ -247,6 +251,7 @@ class Calibration:
     errors: dict = field(default_factory=dict)          # core -> mean squared error on the profile
     clipped: dict = field(default_factory=dict)         # core -> fraction of profiled ADC inputs clipped
     percentile: float | None = None     # the percentile, for method 'percentile'
+    source: str = ""                    # the file it was read from (for messages; not saved)
 
     def to_dict(self) -> dict:
         return dict(format="crosssim_nb calibration", version=1, model_name=self.model_name, weights_hash=self.weights_hash,
@@ -266,20 +271,18 @@ class Calibration:
     @classmethod
     def load(cls, path):
         "Read a limits file written by `save`."
+        from crosssim_nb.config import read_data_file
         path = Path(path)
-        if not path.is_file(): raise FileNotFoundError(f"limits file not found: {path}")
-        import yaml
-        data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != "crosssim_nb calibration":
-            raise ValueError(f"{path} is not a crosssim_nb limits file (no 'format: crosssim_nb calibration')")
+        data = validate_calibration(read_data_file(path, "limits file"), repr(str(path)))
         fields_ = {k: data.get(k) for k in ("model_name", "weights_hash", "settings", "method", "input_ranges", "adc_limits")}
         return cls(**fields_, layer_overrides=data.get("layer_overrides") or {}, errors=data.get("errors") or {},
-                   clipped=data.get("clipped") or {}, percentile=data.get("percentile"))
+                   clipped=data.get("clipped") or {}, percentile=data.get("percentile"), source=repr(str(path)))
 
     def check(self, net=None, config:InferenceConfig|None=None, layer_overrides=None):
         "Raise `ValueError` naming every setting (and the model identity) that differs from what the limits were made for."
         problems = []
         if net is not None:
+            self.check_identity(net.model_name, net.specs.values())
             if net.model_name != self.model_name: problems.append(f"model: limits for {self.model_name!r}, network is {net.model_name!r}")
             if weights_hash(net) != self.weights_hash: problems.append("model weights differ (hash mismatch)")
             config = config or net.config
@@ -289,7 +292,8 @@ class Calibration:
                 if now.get(key) != value: problems.append(f"{key}: limits made for {value!r}, config has {now.get(key)!r}")
         if layer_overrides is not None and _plain_overrides(layer_overrides) != self.layer_overrides:
             problems.append(f"layer_overrides: limits made for {self.layer_overrides!r}, given {_plain_overrides(layer_overrides)!r}")
-        if problems: raise ValueError("these ADC limits do not fit this network/config:\n  " + "\n  ".join(problems))
+        where = f"limits file {self.source} was made for other settings; it does" if self.source else "these ADC limits do"
+        if problems: raise CalibrationFileError(f"{where} not fit this network/config:\n  " + "\n  ".join(problems))
         return self
 
 def _plain_overrides(overrides) -> dict:
@@ -341,6 +345,118 @@ def calibrate_adc(net, # an AnalogNetwork (any adc_range_option; ADCs are off wh
                        method=method, input_ranges={k: [float(v) for v in r] for k, r in net.input_ranges.items()},
                        adc_limits=limits, layer_overrides=_plain_overrides(layer_overrides), errors=errors, clipped=clipped,
                        percentile=percentile if method == "percentile" else None)
+
+# %% ../nbs/35_calibration.ipynb #9416beef
+CALIBRATION_FORMAT, CALIBRATION_VERSIONS = "crosssim_nb calibration", (1,)
+_METHODS = ("optimal", "percentile", "max", "granular")
+
+class CalibrationFileError(ValueError):
+    "A limits file that is not a complete, consistent crosssim_nb calibration; the message names the file and the field."
+
+def _finite_pairs(value, where:str, problem) -> None:
+    "Check a nested list whose last axis holds (lo, hi) pairs of finite numbers with lo < hi."
+    try: array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError): return problem(f"{where} must be numbers in (lo, hi) pairs, got {value!r}")
+    if isinstance(value, (str, bytes)) or array.ndim == 0 or array.shape[-1] != 2 or array.size == 0:
+        return problem(f"{where} must be (lo, hi) pairs (last axis of length 2), got {value!r}")
+    if not np.isfinite(array).all(): return problem(f"{where} holds a non-finite number: {value!r}")
+    if not (array[..., 0] < array[..., 1]).all(): return problem(f"{where} needs lo < hi in every pair, got {value!r}")
+
+def validate_calibration(data, # the parsed content of a limits file
+                         source:str="limits", # the file (for messages)
+                        ) -> dict:
+    "Check the complete structure of a calibration: format, version, model identity, every setting, the ranges; raise naming each problem."
+    def fail(message): raise CalibrationFileError(f"limits file {source}: {message}")
+    if not isinstance(data, dict): fail(f"holds a {type(data).__name__}, not a calibration mapping")
+    if data.get("format") != CALIBRATION_FORMAT:
+        hint = (" It looks like a plain {layer: limits} mapping: pass it with adc_limits=plain_limits(path) "
+                "(nothing is then checked against the model or the settings).") if "format" not in data else ""
+        fail(f"is not a crosssim_nb limits file (format={data.get('format')!r}; needs format: {CALIBRATION_FORMAT!r}).{hint}")
+    problems = []
+    problem = problems.append
+    if data.get("version") not in CALIBRATION_VERSIONS or isinstance(data.get("version"), bool):
+        problem(f"version={data.get('version')!r} is not supported; supported: {', '.join(map(str, CALIBRATION_VERSIONS))}")
+    for key in ("model_name", "weights_hash", "settings", "method", "input_ranges", "adc_limits"):
+        if key not in data: problem(f"the key {key!r} is missing")
+    name, digest = data.get("model_name"), data.get("weights_hash")
+    if "model_name" in data and (not isinstance(name, str) or not name): problem(f"model_name={name!r} must be a non-empty string")
+    if "weights_hash" in data and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        problem(f"weights_hash={digest!r} must be 64 hexadecimal digits (SHA-256)")
+    if "method" in data and data.get("method") not in _METHODS:
+        problem(f"method={data.get('method')!r} is not allowed; allowed: {', '.join(map(repr, _METHODS))}")
+    settings = data.get("settings")
+    if "settings" in data:
+        if not isinstance(settings, dict): problem(f"settings={settings!r} must be a mapping of the {len(RANGE_SETTINGS)} range settings")
+        else:
+            missing, extra = [k for k in RANGE_SETTINGS if k not in settings], [k for k in settings if k not in RANGE_SETTINGS]
+            if missing: problem(f"settings lacks {', '.join(missing)}")
+            if extra: problem(f"settings has unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(RANGE_SETTINGS)}")
+            if not missing and not extra:
+                try: InferenceConfig(**settings)
+                except (TypeError, ValueError) as error: problem(f"settings: {error}")
+                if settings.get("adc_bits") == 0: problem("settings: adc_bits=0 (a calibration is made for an ADC of 2..32 bits)")
+    for key in ("input_ranges", "adc_limits"):
+        value = data.get(key)
+        if key in data and (not isinstance(value, dict) or (key == "adc_limits" and not value)):
+            problem(f"{key}={value!r} must be a non-empty mapping of layer name -> (lo, hi)" if key == "adc_limits" else
+                    f"{key}={value!r} must be a mapping of layer name -> (lo, hi)")
+        elif isinstance(value, dict):
+            for layer, pair in value.items(): _finite_pairs(pair, f"{key}[{layer!r}]", problem)
+    if isinstance(data.get("input_ranges"), dict) and isinstance(data.get("adc_limits"), dict):
+        orphans = [k for k in data["adc_limits"] if k not in data["input_ranges"]]
+        if orphans: problem(f"adc_limits names layer(s) without an input range: {', '.join(map(repr, orphans))}")
+    for key in ("layer_overrides", "errors", "clipped"):
+        if data.get(key) is not None and not isinstance(data[key], dict): problem(f"{key}={data[key]!r} must be a mapping")
+    percentile = data.get("percentile")
+    if percentile is not None and (isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100):
+        problem(f"percentile={percentile!r} must be a number in (0, 100]")
+    if problems: raise CalibrationFileError(f"limits file {source} is not a valid calibration:\n  " + "\n  ".join(problems))
+    return data
+
+def plain_limits(path, # a JSON / YAML / .npz file holding {layer: limits} only
+                ) -> dict:
+    "A plain per-layer limits mapping read from a file; warns that nothing (model, weights, settings) is checked."
+    from crosssim_nb.config import read_data_file
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        if not path.is_file(): raise FileNotFoundError(f"limits file not found: {str(path)!r} (no such file)")
+        with np.load(path, allow_pickle=False) as archive: data = {k: archive[k].tolist() for k in archive.files}
+    else: data = read_data_file(path, "limits file")
+    if isinstance(data, dict) and data.get("format") == CALIBRATION_FORMAT:
+        raise ValueError(f"limits file {str(path)!r} is a crosssim_nb calibration: pass the path itself so that it is checked")
+    if not isinstance(data, dict) or not data:
+        raise CalibrationFileError(f"limits file {str(path)!r} must hold a non-empty mapping of layer name -> limits")
+    for layer, value in data.items():
+        _finite_pairs(value, f"limits file {str(path)!r}: [{layer!r}]", lambda message: (_ for _ in ()).throw(CalibrationFileError(message)))
+    warnings.warn(f"adc_limits from the plain mapping {str(path)!r}: nothing is checked (model, weights, settings); "
+                  "a calibration file from calibrate_adc is checked completely", stacklevel=2)
+    return dict(data)
+
+def calibration_of(source):
+    "The `Calibration` behind `adc_limits`: a Calibration, or a limits file (always validated completely); None for a mapping or None."
+    if source is None or isinstance(source, Calibration): return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix.lower() not in (".json", ".yaml", ".yml"):
+            raise CalibrationFileError(f"limits file {str(path)!r}: suffix {path.suffix!r} not allowed; a calibration is .json, .yaml "
+                                       "or .yml (for a plain {layer: limits} file use adc_limits=plain_limits(path))")
+        return Calibration.load(path)
+    return None
+
+def _check_identity(self:Calibration, model_name:str, specs) -> None:
+    "Raise unless these limits were made for this model (name and weights): 'made for model X'."
+    digest = _specs_hash(specs)
+    where = f"limits file {self.source}" if self.source else "these ADC limits"
+    weights = "" if digest == self.weights_hash else (f" (model weights differ: hash {self.weights_hash[:12]}..., "
+                                                      f"this model {digest[:12]}...)")
+    if model_name != self.model_name:
+        raise CalibrationFileError(f"{where} was made for model {self.model_name!r}, not for {model_name!r}{weights}")
+    if weights: raise CalibrationFileError(f"{where} was made for model {self.model_name!r} with other weights{weights}")
+    names = {s.name for s in specs} | {s.layer for s in specs}
+    unknown = [k for k in list(self.adc_limits) + list(self.input_ranges) if k not in names]
+    if unknown: raise CalibrationFileError(f"{where} names layer(s) this model lacks: {', '.join(map(repr, unknown[:10]))}")
+Calibration.check_identity = _check_identity
+
 
 # %% ../nbs/35_calibration.ipynb #b66d2ca3
 def adc_statistics(values:np.ndarray, limits, adc_bits:int) -> dict:

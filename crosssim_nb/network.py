@@ -432,11 +432,8 @@ class TopValues:
 # %% ../nbs/11_network.ipynb #47d128e4
 def _calibration_of(source):
     "The `Calibration` behind `adc_limits` when it is one (an object, or a crosssim_nb limits file), else None."
-    from crosssim_nb.calibration import Calibration
-    if isinstance(source, Calibration): return source
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in (".json", ".yaml", ".yml") and Path(source).is_file():
-        if "crosssim_nb calibration" in Path(source).read_text(errors="replace")[:2000]: return Calibration.load(source)
-    return None
+    from crosssim_nb.calibration import calibration_of
+    return calibration_of(source)                # a file is a calibration by structure (validated completely) or refused
 
 def _read_mapping(source, key:str, what:str) -> dict:
     "A per-layer mapping given directly, or read from a JSON / YAML / .npz file (optionally under `key`)."
@@ -585,6 +582,7 @@ class AnalogNetwork:
             for i, spec in enumerate(node.analog): signed[spec.name] = i > 0 or node.inputs[0] not in nonnegative
         calibration = _calibration_of(adc_limits)          # a limits file from calibrate_adc: checked once the net exists
         if calibration is not None:
+            calibration.check_identity(keras_model.name, graph.analog_specs)   # "made for model X" before any layer lookup
             adc_limits = calibration.adc_limits
             if input_ranges is None: input_ranges = calibration.input_ranges
         given = {k: _parse_range(k, v) for k, v in _per_core(_read_mapping(input_ranges, "input_ranges", "input_ranges"),
