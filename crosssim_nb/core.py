@@ -17,7 +17,7 @@ from .adc import adc_grid, ADCGrid, max_range, granular_range
 from .device import program_conductances, read_noise_std, standard_draws
 
 # %% auto #0
-__all__ = ['AnalogCore']
+__all__ = ['AnalogCore', 'NonFiniteResultError']
 
 # %% ../nbs/06_core.ipynb #ac672ae0
 def _check_matrix(matrix, name):
@@ -25,6 +25,7 @@ def _check_matrix(matrix, name):
     if array.ndim != 2 or 0 in array.shape:
         raise ValueError(f"AnalogCore {name!r}: matrix must be 2-D (n_out, n_in) and non-empty, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number): raise TypeError(f"AnalogCore {name!r}: matrix must be numeric, got dtype {array.dtype}")
+    _refuse_complex(array, f"AnalogCore {name!r}: matrix")
     if not np.all(np.isfinite(array)): raise ValueError(f"AnalogCore {name!r}: matrix contains NaN or inf")
     return array.astype(np.float64)
 
@@ -51,6 +52,7 @@ class AnalogCore:
                  name:str="", # name used in errors, summaries and seeds
                 ):
         if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+        if not isinstance(name, str): raise TypeError(f"AnalogCore name={name!r} must be a string, got {type(name).__name__}")
         self.name, self.config = name, config
         self.matrix = _check_matrix(matrix, name)
         self.n_out, self.n_in = self.matrix.shape
@@ -58,6 +60,7 @@ class AnalogCore:
         self.x_max, self.signed = _parse_input_range(input_range, name)
         self.input_range = (-self.x_max if self.signed else 0.0, self.x_max)
         dac_levels(config.dac_bits, self.signed)      # raises for a 1-bit DAC on signed inputs
+        if bias is not None: _refuse_complex(bias, f"AnalogCore {name!r}: bias")
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
         if self.bias is not None and (self.bias.shape != (self.n_out,) or not np.all(np.isfinite(self.bias))):
             raise ValueError(f"AnalogCore {name!r}: bias must be finite with shape ({self.n_out},), got {np.shape(bias)}")
@@ -119,6 +122,8 @@ def _check_limits(self:AnalogCore, adc_limits):
     if limits.shape not in allowed:
         raise ValueError(f"AnalogCore {name!r}: adc_limits has shape {limits.shape}; allowed: {', '.join(map(str, allowed))}")
     adc_grid(limits, c.adc_bits)                     # finite, lo < hi
+    if np.abs(limits).max() > _FLOAT32_MAX / 2 ** c.adc_bits:
+        raise ValueError(f"AnalogCore {name!r}: adc_limits={limits.tolist()} are too large for float32 ADC levels; allowed: |limit| < {_FLOAT32_MAX / 2 ** c.adc_bits:.3g}")
     if limits.ndim == 1: limits = limits[None]
     if limits.ndim == 2: limits = limits[:, None]
     return np.broadcast_to(limits, (self.n_weight_slices, n_adc_inputs, 2)).copy()
@@ -207,6 +212,7 @@ def program(self:AnalogCore,
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
     self._linear = self._linear_map() if self.linear else None
+    self._check_programmed()                          # overflowing settings: a named error before any read
     return self
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
@@ -345,9 +351,9 @@ def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=T
 def _finish(self:AnalogCore, total, out, bias):
     "Add `bias` (digital; None for none); write into `out` when given."
     if bias is not None: total += bias
-    if out is None or total is out: return total
+    if out is None or total is out: return self._check_outputs(total)
     out[...] = total
-    return out
+    return self._check_outputs(out)
 
 @patch
 def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect=None):
@@ -405,8 +411,8 @@ def _chunks(self:AnalogCore, x_rows):
 
 @patch
 def _check_rows(self:AnalogCore, x_rows, check_finite:bool):
-    if x_rows.ndim != 2 or x_rows.shape[1] != self.n_in:
-        raise ValueError(f"AnalogCore {self.name!r}: inputs must have shape (batch, {self.n_in}), got {tuple(x_rows.shape)}")
+    if x_rows.ndim != 2 or x_rows.shape[1] != self.n_in or x_rows.shape[0] == 0:
+        raise ValueError(f"AnalogCore {self.name!r}: inputs must have shape (batch, {self.n_in}) with batch >= 1, got {tuple(x_rows.shape)}")
     if check_finite and not (bool(self.xp.isfinite(x_rows.min())) and bool(self.xp.isfinite(x_rows.max()))):   # NaN propagates
         raise ValueError(f"AnalogCore {self.name!r}: inputs contain NaN or inf")
 
@@ -417,7 +423,11 @@ def apply_drives(self:AnalogCore,
                 ) -> np.ndarray:
     "What the hardware outputs for rows of drives: `(batch, n_out)` float32 NumPy array (the DAC has already run)."
     xp = self.xp
+    _refuse_complex(drive_rows, f"AnalogCore {self.name!r}: drive_rows")
     drive_rows = xp.asarray(drive_rows, dtype=np.float32)
+    if drive_rows.ndim != 2 or drive_rows.shape[1] != self.n_in:
+        raise ValueError(f"AnalogCore {self.name!r}: drive_rows must have shape (batch, {self.n_in}) (one drive per array row), "
+                         f"got {tuple(drive_rows.shape)}")
     if out is None: out = np.empty((drive_rows.shape[0], self.n_out), dtype=np.float32)
     for start, chunk in self._chunks(drive_rows):
         target = out[start:start + chunk.shape[0]]
@@ -431,6 +441,7 @@ def apply(self:AnalogCore,
           check_finite:bool=True, # raise on NaN/inf inputs (the network checks once at its entry instead)
          ) -> np.ndarray:
     "What the hardware outputs for every row of `x_rows`: `(batch, n_out)` float32 NumPy array."
+    _refuse_complex(x_rows, f"AnalogCore {self.name!r}: inputs")
     x_rows = self.xp.asarray(x_rows, dtype=np.float32)
     self._check_rows(x_rows, check_finite)
     out = np.empty((x_rows.shape[0], self.n_out), dtype=np.float32)
@@ -447,6 +458,47 @@ def __matmul__(self:AnalogCore, x):
 
 @patch(as_prop=True)
 def shape(self:AnalogCore): return (self.n_out, self.n_in)
+
+# %% ../nbs/06_core.ipynb #2cd606e8
+class NonFiniteResultError(ValueError):
+    "A core produced NaN or inf: the message names the layer and the cause (overflowing settings, weights or inputs)."
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+def _refuse_complex(value, what:str):
+    "TypeError for complex numbers, which would otherwise lose their imaginary part silently."
+    if np.iscomplexobj(value):
+        raise TypeError(f"{what} is complex (dtype {np.asarray(value).dtype}); analog cores compute with real numbers: "
+                        "pass the real part explicitly (x.real) if that is what you mean")
+
+@patch
+def _overflow_causes(self:AnalogCore) -> list:
+    "Settings of this core that overflow float32 arithmetic."
+    c, causes = self.config, []
+    if not all(np.isfinite(to_numpy(t["matrix"])).all() for t in self._tiles):
+        causes.append(f"programmed conductances overflow float32 (error_model={c.error_model.value!r}, alpha_error={c.alpha_error:g})")
+    if any(t["spread"] is not None and not np.isfinite(to_numpy(t["spread"])).all() for t in self._tiles):
+        causes.append(f"read noise overflows float32 (noise_model={c.noise_model.value!r}, alpha_noise={c.alpha_noise:g})")
+    scale = np.asarray(self._scale, dtype=np.float64)
+    if not np.isfinite(scale).all() or np.abs(scale).max() * max(1, self.rows) > _FLOAT32_MAX:
+        causes.append(f"weights and inputs too large for float32 outputs (w_max={self.w_max:g}, x_max={self.x_max:g}, "
+                      f"{self.rows} rows)")
+    return causes
+
+@patch
+def _check_programmed(self:AnalogCore):
+    "Refuse a programming whose numbers overflow float32, before any read (called by `program`)."
+    causes = self._overflow_causes()
+    if causes: raise NonFiniteResultError(f"AnalogCore {self.name!r}: " + "; ".join(causes))
+
+@patch
+def _check_outputs(self:AnalogCore, out):
+    "Raise `NonFiniteResultError` (layer and cause) when outputs hold NaN or inf; cheap: two reductions."
+    xp = self.xp
+    if out.size == 0 or (bool(xp.isfinite(out.min())) and bool(xp.isfinite(out.max()))): return out
+    causes = self._overflow_causes() or ["float32 overflow in the read (inputs or weights too large)"]
+    raise NonFiniteResultError(f"AnalogCore {self.name!r}: the outputs hold NaN or inf; cause: " + "; ".join(causes))
+
 
 # %% ../nbs/06_core.ipynb #ef7de4c9
 @patch
