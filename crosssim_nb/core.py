@@ -21,7 +21,9 @@ __all__ = ['AnalogCore', 'NonFiniteResultError']
 
 # %% ../nbs/06_core.ipynb #ac672ae0
 def _check_matrix(matrix, name):
-    array = np.asarray(matrix)
+    try: array = np.asarray(matrix)
+    except ValueError as error:                      # ragged nested lists
+        raise ValueError(f"AnalogCore {name!r}: matrix must be a rectangular 2-D array (n_out, n_in); got ragged rows ({error})") from None
     if array.ndim != 2 or 0 in array.shape:
         raise ValueError(f"AnalogCore {name!r}: matrix must be 2-D (n_out, n_in) and non-empty, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number): raise TypeError(f"AnalogCore {name!r}: matrix must be numeric, got dtype {array.dtype}")

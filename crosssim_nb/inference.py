@@ -128,7 +128,11 @@ def resolve_model(model) -> tuple:
 def _labels(y) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1: return np.argmax(y, axis=1)
-    return y.reshape(-1).astype(np.int64)
+    y = y.reshape(-1)
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.rint(y)))):
+        shown = next((v for v in y.tolist() if not isinstance(v, (int, float)) or v != round(v)), y.dtype)
+        raise ValueError(f"labels must be integer class indices (or one-hot rows); got {shown!r}")
+    return y.astype(np.int64)
 
 def _training_sample(dataset:str, # a dataset name
                     preprocess, # the zoo model's preprocessing (or None)
@@ -156,6 +160,43 @@ def resolve_data(dataset, # a dataset name or an (x, y) pair
         stop = len(x) if ntest is None else nstart + ntest
         return x[nstart:stop], y[nstart:stop], "arrays", False
     raise TypeError(f"dataset must be a dataset name or an (x, y) pair, got {type(dataset).__name__}")
+
+# %% ../nbs/30_inference.ipynb #59b31e0d
+def _is_int(value) -> bool: return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+def _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples, input_nonnegative, flags:dict,
+                     adc_calibration) -> None:
+    "Refuse wrong argument types and values of `run_inference` by name, before any model or data is loaded."
+    def integer(name, value, low, extra=""):
+        if not _is_int(value):
+            raise TypeError(f"{name}={value!r} must be an integer{extra}, got {type(value).__name__}")
+        if value < low: raise ValueError(f"{name}={value} is not allowed; allowed: an integer >= {low}{extra}")
+    if ntest is not None: integer("ntest", ntest, 1, " (or None: all)")
+    integer("nstart", nstart, 0)
+    integer("batch_size", batch_size, 1)
+    if nruns is not None: integer("nruns", nruns, 1, " (or None: config.nruns)")
+    integer("calibration_samples", calibration_samples, 1)
+    ks = topk if isinstance(topk, (tuple, list)) else (topk,)
+    if not ks or not all(_is_int(k) for k in ks):
+        raise TypeError(f"topk={topk!r} must be a positive integer or a list of them, e.g. (1, 5)")
+    if min(ks) < 1: raise ValueError(f"topk={topk!r} is not allowed; allowed: positive integers, e.g. (1, 5)")
+    if input_nonnegative is not None and not isinstance(input_nonnegative, (bool, np.bool_)):
+        raise TypeError(f"input_nonnegative={input_nonnegative!r} must be True, False or None (from the zoo manifest)")
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)): raise TypeError(f"{name}={value!r} must be True or False")
+    methods = ("optimal", "percentile", "max")
+    if adc_calibration is not None and adc_calibration not in methods:
+        raise ValueError(f"adc_calibration={adc_calibration!r} is not allowed; allowed: None, {', '.join(map(repr, methods))}")
+
+def _check_labels(y:np.ndarray, n_classes:int, nstart:int, dataset_name:str) -> None:
+    "Labels are class indices of this model; an empty selection names nstart."
+    if len(y) == 0:
+        raise ValueError(f"nstart={nstart} is past the end of the {dataset_name} data: no images selected")
+    bound = max(n_classes, 2)
+    if y.min() < 0 or y.max() >= bound:
+        raise ValueError(f"labels must be class indices 0..{bound - 1} of the model's {n_classes} outputs; "
+                         f"got values from {int(y.min())} to {int(y.max())}")
+
 
 # %% ../nbs/30_inference.ipynb #83cb98c7
 def _needs_ranges(config:InferenceConfig, layer_overrides) -> bool:
@@ -187,6 +228,8 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
                  ) -> InferenceResult:
     "Float and analog accuracy of `model` on `dataset` over `nruns` Monte-Carlo runs."
     if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+    _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples, input_nonnegative,
+                     dict(return_outputs=return_outputs, show_hw_config=show_hw_config, progress=progress), adc_calibration)
     topk = tuple(int(k) for k in (topk if isinstance(topk, (tuple, list)) else (topk,)))
     if not topk or min(topk) < 1: raise ValueError(f"topk={topk!r} is not allowed; allowed: positive integers, e.g. (1, 5)")
     if ntest is not None and ntest < 1: raise ValueError(f"ntest={ntest} is not allowed; allowed: a positive integer or None")
@@ -201,6 +244,7 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
     x, y, dataset_name, is_sample = resolve_data(dataset, preprocess, ntest, nstart)
     n_classes = int(np.prod(keras_model.output_shape[1:]))
     if max(topk) > n_classes: raise ValueError(f"topk={topk} asks for more classes than the model's {n_classes} outputs")
+    _check_labels(y, n_classes, nstart, dataset_name)
     calibration = ""
     from crosssim_nb.network import AnalogNetwork, _calibration_of
     limits_file = _calibration_of(adc_limits)

@@ -572,6 +572,9 @@ class AnalogNetwork:
         keras_model = load_keras_model(model, safe_mode=safe_mode)
         raw = build_graph(keras_model)                     # unsupported layers raise here, before any work
         specs = raw.analog_specs
+        if layer_overrides is not None and not isinstance(layer_overrides, dict):
+            raise TypeError(f"layer_overrides must be a dict {{layer: 'digital' | {{config fields}} | InferenceConfig}}, "
+                            f"got {type(layer_overrides).__name__} {layer_overrides!r}")
         overrides = _per_core(dict(layer_overrides or {}), specs, "layer_overrides")
         layer_configs = {s.name: _layer_config(config, overrides.get(s.name), s.name) for s in specs}
         def fold(node): return all((layer_configs[s.name] or config).fold_batchnorm for s in node.analog)
@@ -649,7 +652,9 @@ class AnalogNetwork:
             raise ValueError(f"the model has {len(names)} inputs {names}; {what} holds {len(arrays)} arrays")
         out, count = [], None
         for name, array in zip(names, arrays):
-            try: array = np.asarray(array, dtype=np.float32)
+            try:
+                if np.iscomplexobj(np.asarray(array)): raise TypeError("complex numbers (the simulator computes with real numbers)")
+                array = np.asarray(array, dtype=np.float32)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"{what} for input {name!r} must be a numeric array: {exc}") from None
             expected = self.graph.node(name).output_shape
