@@ -6,15 +6,22 @@ Docs: https://example.invalid/crosssim_nb/cli.html.md"""
 
 # %% ../nbs/40_cli.ipynb #fd425a39
 from __future__ import annotations
-import argparse, dataclasses, sys, time, typing
+import argparse, dataclasses, os, sys, time, typing
 from pathlib import Path
 import numpy as np
 from .config import InferenceConfig
 
 # %% auto #0
-__all__ = ['MAIN_JOB_CONFIG', 'add_config_arguments', 'config_from_arguments', 'main_job', 'build_parser', 'main', 'core_demo']
+__all__ = ['MAIN_JOB_CONFIG', 'add_config_arguments', 'config_from_arguments', 'main_job', 'UserError', 'build_parser', 'main',
+           'core_demo']
 
 # %% ../nbs/40_cli.ipynb #f695a083
+class _Parser(argparse.ArgumentParser):
+    "An ArgumentParser whose errors are one line: what is wrong and what is allowed (exit status 2, no usage block)."
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
 def _bool(text:str) -> bool:
     if text.lower() in ("true", "1", "yes", "on"): return True
     if text.lower() in ("false", "0", "no", "off"): return False
@@ -24,18 +31,47 @@ def _int_or_text(text:str):
     try: return int(text)
     except ValueError: return text
 
-def add_config_arguments(parser:argparse.ArgumentParser):
-    "One `--field-name` option per InferenceConfig field (defaults: unset, so a config file or the defaults apply)."
-    group = parser.add_argument_group("hardware (InferenceConfig fields; override --config)")
-    hints = typing.get_type_hints(InferenceConfig)
+def _choice(allowed):
+    "An argparse type: one of `allowed`, matched case-insensitively, returned as spelled in `allowed`."
+    def parse(text:str):
+        for value in allowed:
+            if text.lower() == value.lower(): return value
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(allowed)}; any case)")
+    parse.__name__ = "choice"
+    return parse
+
+def _field_meanings() -> dict:
+    "Each InferenceConfig field's one-line meaning (its source comment)."
+    from fastcore.docments import docments
+    from crosssim_nb import config as exported
+    return docments(exported.InferenceConfig)
+
+def add_config_arguments(parser:argparse.ArgumentParser,
+                         exclude=(), # fields this subcommand does not use (no flag is offered for them)
+                        ):
+    "One `--field-name` option per InferenceConfig field (unset by default, so a config file or the defaults apply)."
+    group = parser.add_argument_group("hardware (InferenceConfig fields; each overrides --config; units as stated)")
+    hints, meanings = typing.get_type_hints(InferenceConfig), _field_meanings()
     for spec in dataclasses.fields(InferenceConfig):
-        kind = hints[spec.name]
-        flag = "--" + spec.name.replace("_", "-")
-        if kind is bool: group.add_argument(flag, type=_bool, metavar="true|false", dest=f"cfg_{spec.name}")
-        elif kind is int: group.add_argument(flag, type=int, dest=f"cfg_{spec.name}")
-        elif kind is float: group.add_argument(flag, type=float, dest=f"cfg_{spec.name}")
-        elif isinstance(kind, type) and issubclass(kind, str): group.add_argument(flag, choices=kind.allowed(), dest=f"cfg_{spec.name}")
-        else: group.add_argument(flag, type=_int_or_text, dest=f"cfg_{spec.name}")
+        if spec.name in exclude: continue
+        kind, default = hints[spec.name], spec.default
+        flag, dest = "--" + spec.name.replace("_", "-"), f"cfg_{spec.name}"
+        shown = getattr(default, "value", default)
+        text = f"{meanings.get(spec.name) or spec.name} (default: {shown})".replace("%", "%%")
+        if kind is bool: group.add_argument(flag, type=_bool, metavar="true|false", dest=dest, help=text)
+        elif kind is int: group.add_argument(flag, type=int, metavar="INT", dest=dest, help=text)
+        elif kind is float: group.add_argument(flag, type=float, metavar="NUMBER", dest=dest, help=text)
+        elif isinstance(kind, type) and issubclass(kind, str):
+            group.add_argument(flag, type=_choice(kind.allowed()), metavar="{" + ",".join(kind.allowed()) + "}", dest=dest,
+                               help=text + "; any case")
+        else: group.add_argument(flag, type=_int_or_text, metavar="VALUE", dest=dest, help=text)
+
+def _file_keys(path) -> set:
+    "The field names a config file sets (empty when it cannot be read: loading it reports that)."
+    from crosssim_nb.config import read_data_file
+    try: values = read_data_file(path, "configuration file")
+    except Exception: return set()
+    return set(values) if isinstance(values, dict) else set()
 
 def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceConfig|None=None) -> InferenceConfig:
     "The config from `--config FILE` (or `base`) with the flag overrides applied; bad values exit like argparse."
@@ -45,6 +81,12 @@ def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceCo
         return config.replace(**changes)
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
+
+def _set_on_command_line(args) -> set:
+    "Config fields the user set: flags given, and the fields the --config file names."
+    given = {k[4:] for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return given | (_file_keys(args.config) if getattr(args, "config", None) else set())
+
 
 # %% ../nbs/40_cli.ipynb #fdc62c52
 MAIN_JOB_CONFIG = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="CALIBRATED",
@@ -61,16 +103,28 @@ def main_job(ntest:int=1000, # MNIST test images
                          show_hw_config=True, adc_calibration="optimal")
 
 # %% ../nbs/40_cli.ipynb #b8811d9d
-def _add_run_arguments(parser):
-    parser.add_argument("--model", default="mnist_cnn", help="zoo model name or model file (.keras/.h5)")
-    parser.add_argument("--dataset", default=None, help="dataset name (default: the zoo model's dataset)")
-    parser.add_argument("--config", help="hardware config file (.yaml/.json); flags below override it")
-    parser.add_argument("--ntest", type=int, default=1000, help="test images")
-    parser.add_argument("--nstart", type=int, default=0, help="first test image")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--topk", type=int, nargs="+", default=[1], help="report top-k accuracies, e.g. --topk 1 5")
-    parser.add_argument("--calibration-samples", type=int, default=500, help="training images for DAC/ADC calibration")
-    parser.add_argument("--no-progress", action="store_true")
+class UserError(Exception):
+    "A mistake on the command line: reported as one line, exit status 2 (the traceback only with --debug)."
+
+def _add_run_arguments(parser, evaluates:bool=True):
+    "Model, data and calibration-sample options; `evaluates` adds the test-set options (not used by calibrate)."
+    parser.add_argument("--model", default="mnist_cnn", metavar="NAME|FILE",
+                        help="zoo model name (see `crosssim-nb zoo`) or a model file .keras/.h5 (default: mnist_cnn)")
+    parser.add_argument("--dataset", default=None, metavar="NAME", help="dataset name (default: the zoo model's own dataset)")
+    parser.add_argument("--config", metavar="FILE", help="hardware config file (.yaml/.yml/.json); the flags below override it "
+                        "(default: none, InferenceConfig defaults)")
+    if evaluates:
+        parser.add_argument("--ntest", type=int, default=1000, metavar="N", help="test images to evaluate (count; default: 1000)")
+        parser.add_argument("--nstart", type=int, default=0, metavar="INDEX", help="index of the first test image (default: 0)")
+        parser.add_argument("--topk", type=int, nargs="+", default=[1], metavar="K",
+                            help="report top-k accuracies, e.g. --topk 1 5 (classes; default: 1)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per simulated batch (count; default: 256)")
+    parser.add_argument("--calibration-samples", type=int, default=500, metavar="N",
+                        help="training images profiled for DAC/ADC ranges (count; default: 500)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+
+def _add_debug(parser):
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (default: one line)")
 
 def _dataset_of(args, parser):
     if args.dataset: return args.dataset
@@ -81,46 +135,134 @@ def _dataset_of(args, parser):
 
 def build_parser() -> argparse.ArgumentParser:
     "The `crosssim-nb` argument parser with all subcommands."
-    parser = argparse.ArgumentParser(prog="crosssim-nb", description="Simulate neural-network inference on analog crossbar hardware.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="crosssim-nb", description="Simulate neural-network inference on analog crossbar hardware.")
+    _add_debug(parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser("demo", help="the main job: mnist_cnn on 1000 MNIST images, realistic 8-bit hardware")
-    demo.add_argument("--ntest", type=int, default=1000); demo.add_argument("--nruns", type=int, default=3)
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--ntest", type=int, default=1000, metavar="N", help="MNIST test images (count; default: 1000)")
+    demo.add_argument("--nruns", type=int, default=3, metavar="N", help="Monte-Carlo runs, each re-programming the devices (default: 3)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    _add_debug(demo)
     run = commands.add_parser("run", help="float vs analog accuracy of a model on a dataset")
     _add_run_arguments(run)
-    run.add_argument("--adc-limits", help="limits file from `crosssim-nb calibrate` (sets adc_range_option=CALIBRATED)")
-    run.add_argument("--calibrate-adc", choices=["optimal", "percentile", "max"], help="calibrate ADC limits first")
-    run.add_argument("--show-hw-config", action="store_true", help="print the hardware table")
-    run.add_argument("--save-outputs", metavar="PATH", help="save every run's outputs (runs, ntest, n_out) as .npy")
-    run.add_argument("--json", metavar="PATH", help="write the result summary as JSON")
+    run.add_argument("--adc-limits", metavar="FILE", help="limits file from `crosssim-nb calibrate`; sets adc_range_option=CALIBRATED "
+                     "and takes the hardware settings it records where the command line sets none (default: none)")
+    run.add_argument("--calibrate-adc", type=_choice(["optimal", "percentile", "max"]), metavar="{optimal,percentile,max}",
+                     help="calibrate the ADC limits on the calibration images first (any case; default: no calibration)")
+    run.add_argument("--show-hw-config", action="store_true", help="print the per-layer hardware table (default: off)")
+    run.add_argument("--save-outputs", metavar="FILE", help="save every run's outputs (runs, ntest, n_out) as .npy (default: not saved)")
+    run.add_argument("--json", metavar="FILE", help="write the result summary as JSON (default: not written)")
+    _add_debug(run)
     add_config_arguments(run)
     calibrate = commands.add_parser("calibrate", help="profile ADC inputs and write a limits file")
-    _add_run_arguments(calibrate)
-    calibrate.add_argument("--method", choices=["optimal", "percentile", "max", "granular"], default="optimal")
-    calibrate.add_argument("--percentile", type=float, default=99.99)
-    calibrate.add_argument("--relu-aware", action="store_true")
-    calibrate.add_argument("--output", required=True, help="limits file to write (.json or .yaml)")
-    add_config_arguments(calibrate)
-    commands.add_parser("zoo", help="list the bundled models")
-    commands.add_parser("core-demo", help="one 1152x256 matrix on 8-bit hardware vs NumPy")
+    _add_run_arguments(calibrate, evaluates=False)
+    calibrate.add_argument("--method", type=_choice(["optimal", "percentile", "max", "granular"]), default="optimal",
+                           metavar="{optimal,percentile,max,granular}",
+                           help="how each ADC range is chosen: least squared error, a percentile, the maximum, or GRANULAR's "
+                                "(any case; default: optimal)")
+    calibrate.add_argument("--percentile", type=float, default=99.99, metavar="P",
+                           help="percentile of |ADC input| for --method percentile (%%; default: 99.99)")
+    calibrate.add_argument("--relu-aware", action="store_true",
+                           help="profile only ADC inputs that survive a following ReLU (default: off)")
+    calibrate.add_argument("--output", required=True, metavar="FILE", help="limits file to write (.json, .yaml or .yml; required)")
+    _add_debug(calibrate)
+    add_config_arguments(calibrate, exclude=("nruns", "adc_range_option"))   # profiling runs without ADC ranges, once
+    _add_debug(commands.add_parser("zoo", help="list the bundled models"))
+    _add_debug(commands.add_parser("core-demo", help="one 1152x256 matrix on 8-bit hardware vs NumPy"))
     sweep = commands.add_parser("sweep", help="run a papermill notebook over a grid of parameters (YAML)")
-    sweep.add_argument("notebook"); sweep.add_argument("grid", help="YAML file with the grid")
-    sweep.add_argument("--out", required=True, help="output folder"); sweep.add_argument("--scheduler", default=None)
-    sweep.add_argument("--n-workers", type=int, default=None)
+    sweep.add_argument("notebook", help="the study notebook (.ipynb) with a `parameters` cell defining result_path")
+    sweep.add_argument("grid", help="YAML sweep file with the grid (and optional fixed parameters)")
+    sweep.add_argument("--out", required=True, metavar="FOLDER", help="sweep folder: one subfolder per point, results.csv (required)")
+    sweep.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="'serial', or a Dask scheduler address such as tcp://host:8786 (default: a local cluster)")
+    sweep.add_argument("--n-workers", type=int, default=None, metavar="N",
+                       help="local cluster workers; 0 runs serially (count; default: one per core)")
+    _add_debug(sweep)
     return parser
 
 def _check_common(args, parser):
-    for name in ("ntest", "calibration_samples", "batch_size"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1: parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.command == "demo" and args.nruns < 1: parser.error("--nruns must be >= 1")
+    for name in ("ntest", "calibration_samples", "batch_size", "nruns"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1: parser.error(f"--{name.replace('_', '-')}={value} is not allowed; allowed: an integer >= 1")
+    if getattr(args, "nstart", 0) < 0: parser.error(f"--nstart={args.nstart} is not allowed; allowed: an integer >= 0")
+    if getattr(args, "topk", None) and min(args.topk) < 1:
+        parser.error(f"--topk {' '.join(map(str, args.topk))} is not allowed; allowed: positive integers, e.g. --topk 1 5")
+    if getattr(args, "n_workers", None) is not None and args.n_workers < 0:
+        parser.error(f"--n-workers={args.n_workers} is not allowed; allowed: 0 (serial) or more")
+    if getattr(args, "percentile", None) is not None and not 0 < args.percentile <= 100:
+        parser.error(f"--percentile={args.percentile} is not allowed; allowed: 0 < P <= 100")
+
+def _check_input_file(flag:str, path, parser, suffixes=None):
+    if path is None: return
+    if not Path(path).exists(): parser.error(f"{flag}: no such file: {path}")
+    if Path(path).is_dir(): parser.error(f"{flag}: {path} is a folder; a file is needed")
+    if suffixes and Path(path).suffix.lower() not in suffixes:
+        parser.error(f"{flag}: {path} has suffix {Path(path).suffix!r}; allowed: {', '.join(suffixes)}")
+
+def _check_output_path(flag:str, path, parser, suffixes=None, folder:bool=False):
+    "Refuse an output path that cannot be written, before any work starts."
+    if path is None: return
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir(): parser.error(f"{flag}: {path} exists and is not a folder")
+        existing = path
+        while not existing.exists(): existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            parser.error(f"{flag}: cannot create or write the folder {path} ({existing} is not a writable folder)")
+        return
+    if suffixes and path.suffix.lower() not in suffixes:
+        parser.error(f"{flag}: {path} has suffix {path.suffix!r}; allowed: {', '.join(suffixes)}")
+    if path.is_dir(): parser.error(f"{flag}: {path} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir(): parser.error(f"{flag}: the folder {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        parser.error(f"{flag}: cannot write {path} (permission denied)")
+
+def _check_model_and_dataset(args, parser):
+    "Unknown model (the zoo is listed), missing model file, unknown dataset (the datasets are listed)."
+    from crosssim_nb import zoo
+    from crosssim_nb.data import DATASETS
+    names = sorted(zoo.read_manifest()["models"])
+    if args.model not in names:
+        path = Path(args.model)
+        if path.suffix.lower() in (".keras", ".h5", ".hdf5"): _check_input_file("--model", args.model, parser)
+        elif not path.is_file():
+            parser.error(f"--model: unknown model {args.model!r}; zoo models: {', '.join(names)} (or give a .keras/.h5 file)")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        parser.error(f"--dataset: unknown dataset {args.dataset!r}; datasets: {', '.join(sorted(DATASETS))}")
+
+def _settings_from_limits(args, parser, config:InferenceConfig) -> InferenceConfig:
+    "Take the hardware settings a limits file records where the command line sets none; say which were taken."
+    from crosssim_nb.calibration import Calibration
+    from crosssim_nb import zoo
+    calibration = Calibration.load(args.adc_limits)          # validated completely; a bad file is one line
+    if args.model in zoo.read_manifest()["models"] and calibration.model_name != args.model:
+        parser.error(f"--adc-limits: limits file {calibration.source} was made for model {calibration.model_name!r}, not for {args.model!r}")
+    explicit = _set_on_command_line(args)
+    taken = {key: value for key, value in calibration.settings.items()
+             if key not in explicit and getattr(config, key) != value and getattr(getattr(config, key), "value", None) != value}
+    try: config = config.replace(**taken, adc_range_option="CALIBRATED")
+    except (TypeError, ValueError) as error: parser.error(f"--adc-limits {args.adc_limits}: its settings do not combine with the rest: {error}")
+    try: calibration.check(config=config)                 # settings the command line set otherwise: named here, before any work
+    except ValueError as error: parser.error(f"{error} (leave those flags out to take the file's settings)")
+    if taken:
+        print(f"--adc-limits: took {', '.join(f'{k}={v}' for k, v in taken.items())} from {args.adc_limits} "
+              "(the command line does not set them)", file=sys.stderr)
+    return config
 
 def _run(args, parser):
     from crosssim_nb.inference import run_inference
+    _check_input_file("--config", args.config, parser)
+    _check_input_file("--adc-limits", args.adc_limits, parser)
+    _check_output_path("--json", args.json, parser)
+    _check_output_path("--save-outputs", args.save_outputs, parser, suffixes=(".npy",))
+    _check_model_and_dataset(args, parser)
     config = config_from_arguments(args, parser)
+    dataset = _dataset_of(args, parser)
     if args.adc_limits:
-        if not Path(args.adc_limits).is_file(): parser.error(f"--adc-limits: file not found: {args.adc_limits}")
-        config = config.replace(adc_range_option="CALIBRATED")
-    result = run_inference(args.model, _dataset_of(args, parser), config, ntest=args.ntest, nstart=args.nstart,
+        if args.calibrate_adc: parser.error("give either --adc-limits FILE or --calibrate-adc METHOD, not both")
+        config = _settings_from_limits(args, parser, config)
+    result = run_inference(args.model, dataset, config, ntest=args.ntest, nstart=args.nstart,
                            batch_size=args.batch_size, topk=tuple(args.topk), progress=not args.no_progress,
                            return_outputs=bool(args.save_outputs), show_hw_config=args.show_hw_config,
                            calibration_samples=args.calibration_samples, adc_limits=args.adc_limits, adc_calibration=args.calibrate_adc)
@@ -132,39 +274,62 @@ def _calibrate(args, parser):
     from crosssim_nb.inference import resolve_model, _training_sample
     from crosssim_nb.network import AnalogNetwork
     from crosssim_nb.calibration import calibrate_adc
+    _check_input_file("--config", args.config, parser)
+    _check_output_path("--output", args.output, parser, suffixes=(".json", ".yaml", ".yml"))
+    _check_model_and_dataset(args, parser)
     config = config_from_arguments(args, parser)
-    if config.adc_bits == 0: parser.error("calibrate needs --adc-bits > 0")
-    keras_model, preprocess, name = resolve_model(args.model)
+    if config.adc_bits == 0: parser.error("calibrate needs --adc-bits 2..32 (the ADC to calibrate); got adc_bits=0")
     dataset = _dataset_of(args, parser)
+    keras_model, preprocess, name = resolve_model(args.model)
     x_calib = _training_sample(dataset, preprocess, args.calibration_samples, config.seed)
     net = AnalogNetwork.from_keras(keras_model, config.replace(adc_range_option="MAX"), calibration_data=x_calib,
                                    input_nonnegative=preprocess is not None)
-    calibration = calibrate_adc(net, x_calib, method=args.method, percentile=args.percentile, relu_aware=args.relu_aware)
+    calibration = calibrate_adc(net, x_calib, method=args.method, percentile=args.percentile, relu_aware=args.relu_aware,
+                                batch_size=args.batch_size)
     calibration.save(args.output)
     print(f"wrote {args.output}: {args.method} ADC limits for {len(calibration.adc_limits)} layers of {name} "
           f"({config.adc_bits}-bit ADC), profiled on {len(x_calib)} {dataset} training images")
+
+def _sweep(args, parser):
+    from crosssim_nb.sweep import main_sweep
+    _check_input_file("sweep notebook", args.notebook, parser, suffixes=(".ipynb",))
+    _check_input_file("grid file", args.grid, parser, suffixes=(".yaml", ".yml"))
+    _check_output_path("--out", args.out, parser, folder=True)
+    main_sweep(args.notebook, args.grid, args.out, scheduler=args.scheduler, n_workers=args.n_workers)
 
 def _print_zoo():
     from crosssim_nb import zoo
     print(zoo.list_models().to_string())
 
+_USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
+
 def main(argv=None):
-    "Console entry point of `crosssim-nb`."
+    "Console entry point of `crosssim-nb`: a user mistake is one line on stderr and exit status 2 (`--debug`: the traceback)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_common(args, parser)
-    if args.command == "demo":
-        print(main_job(ntest=args.ntest, nruns=args.nruns, progress=not args.no_progress))
-    elif args.command == "run": _run(args, parser)
-    elif args.command == "calibrate": _calibrate(args, parser)
-    elif args.command == "zoo": _print_zoo()
-    elif args.command == "core-demo": _print_core_demo(core_demo())
-    elif args.command == "sweep":
-        from crosssim_nb.sweep import main_sweep
-        main_sweep(args.notebook, args.grid, args.out, scheduler=args.scheduler, n_workers=args.n_workers)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    _check_common(args, subparser)
+    try:
+        if args.command == "demo":
+            print(main_job(ntest=args.ntest, nruns=args.nruns, progress=not args.no_progress))
+        elif args.command == "run": _run(args, subparser)
+        elif args.command == "calibrate": _calibrate(args, subparser)
+        elif args.command == "zoo": _print_zoo()
+        elif args.command == "core-demo": _print_core_demo(core_demo())
+        elif args.command == "sweep": _sweep(args, subparser)
+    except _USER_ERRORS as error:
+        if debug: raise
+        subparser.error(f"{error} (--debug shows the traceback)")
+    except KeyboardInterrupt:
+        if debug: raise
+        print(f"{subparser.prog}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 if __name__ == "__main__" and "get_ipython" not in globals(): sys.exit(main())   # `python -m crosssim_nb.cli`, not the notebook
+
 
 # %% ../nbs/40_cli.ipynb #29f0c03e
 def core_demo(seed:int=0, # random seed of the matrix, inputs and devices

@@ -43,7 +43,7 @@ def test_config_file_and_calibrate_then_run(tmp_path):
     (["run", "--adc-bits", "eight"], "invalid int value: 'eight'"),
     (["run", "--ntest", "0"], "--ntest must be >= 1"),
     (["run", "--config", "/nonexistent/hw.yaml"], "configuration file not found"),
-    (["run", "--adc-limits", "/nonexistent/limits.json"], "--adc-limits: file not found"),
+    (["run", "--adc-limits", "/nonexistent/limits.json"], "--adc-limits: no such file"),
     (["run", "--model", "model.h5"], "--dataset is needed"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
