@@ -21,6 +21,7 @@ import tempfile
 import time
 import traceback
 import uuid
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -32,8 +33,8 @@ from .backend import available_cpus
 
 # %% auto #0
 __all__ = ['RESERVED_PARAMETER', 'SWEEP_FILE_KEYS', 'ONE_THREAD_ENV', 'DEFAULT_KERNEL', 'RESULT_FILE', 'ERROR_FILE', 'POINT_FILE',
-           'MANIFEST_FILE', 'expand_grid', 'canonical_json', 'point_id', 'load_sweep_file', 'run_sweep', 'load_results',
-           'plot', 'main_sweep']
+           'MANIFEST_FILE', 'STAGING_DIR', 'expand_grid', 'canonical_json', 'point_id', 'load_sweep_file',
+           'SweepFileWarning', 'run_sweep', 'load_results', 'plot', 'main_sweep']
 
 # %% ../nbs/50_sweep.ipynb #e575182d
 RESERVED_PARAMETER = "result_path"
@@ -111,17 +112,7 @@ def point_id(parameters:dict, # a point's full parameters (swept and fixed)
     return hashlib.sha256(canonical_json(parameters).encode()).hexdigest()[:12]
 
 # %% ../nbs/50_sweep.ipynb #b7e4f584
-class _SweepLoader(yaml.SafeLoader):
-    "Safe YAML loader that also reads exponent floats without a dot (`1e-3`) as numbers."
-
-_SweepLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+from .config import read_data_file   # the one reader of every file: numbers as in JSON (`1e-3`), no duplicate keys
 
 SWEEP_FILE_KEYS = ("notebook", "grid", "parameters", "kernel_name")
 "Keys a YAML sweep file may hold."
@@ -131,8 +122,10 @@ def load_sweep_file(path:str|Path, # a YAML sweep file
                    ) -> dict: # {"notebook": Path|None, "grid": ..., "parameters": dict, "kernel_name": str|None}
     "Read a YAML sweep description; a relative `notebook` is taken relative to the file."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"sweep file {str(path)!r} not found")
-    content = yaml.load(path.read_text(), Loader=_SweepLoader)
+    if not path.is_file(): raise FileNotFoundError(f"sweep file {str(path)!r} not found (no such file)")
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"sweep file {str(path)!r}: suffix {path.suffix!r} not allowed; use .yaml or .yml")
+    content = read_data_file(path, "sweep file")
     if isinstance(content, list): content = {"grid": content}
     if not isinstance(content, dict):
         raise ValueError(f"sweep file {str(path)!r} must hold a mapping with a 'grid' key (or a list of points), "
@@ -161,12 +154,13 @@ DEFAULT_KERNEL = "python3"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def _kernel_manager_class(env:dict, log_file):
-    "An AsyncKernelManager subclass whose kernels get `env` on top of the environment and write raw output to `log_file`."
+def _kernel_manager_class(env:dict, log_file, workdir=None):
+    "An AsyncKernelManager subclass whose kernels get `env` on top of the environment, write raw output to `log_file` and keep their connection file in `workdir`."
     from jupyter_client import AsyncKernelManager
 
     class SweepKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kwargs):
+            if workdir is not None: self.connection_file = str(Path(workdir) / "kernel-connection.json")   # removed with the folder
             kernel_env = dict(kwargs.pop("env", None) or os.environ)
             kernel_env.update(env)
             kwargs.setdefault("stdout", log_file)
@@ -177,6 +171,28 @@ def _kernel_manager_class(env:dict, log_file):
 
 
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+_TEMP_PREFIX = "crosssim_sweep_"
+
+
+def _remove_leftovers(max_age_hours:float=24) -> list:
+    "Remove point folders (and their kernel connection files) that runs killed earlier left in the temp directory."
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{_TEMP_PREFIX}*"):
+        if not folder.is_dir(): continue
+        match = re.search(r"_pid(\d+)_", folder.name)
+        if match:
+            try: os.kill(int(match.group(1)), 0); continue            # its process still runs: not a leftover
+            except ProcessLookupError: pass
+            except (PermissionError, OverflowError): continue
+        else:
+            try:
+                if time.time() - folder.stat().st_mtime < max_age_hours * 3600: continue   # older naming: only when stale
+            except OSError: continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _describe_error(error:BaseException) -> dict:
@@ -203,7 +219,7 @@ def _execute_point(task:dict, # point_id, parameters, notebook_text, notebook_na
     "Execute one sweep point with papermill in a temporary folder; return what it produced (never raises for a failing notebook)."
     import papermill
     started, clock = _now(), time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix=f"crosssim_sweep_{task['point_id']}_"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{task['point_id']}_pid{os.getpid()}_"))   # the pid: leftovers of dead runs are found
     input_path, output_path = workdir / "input.ipynb", workdir / "executed.ipynb"
     result_path, log_path = workdir / "result.json", workdir / "kernel.log"
     record = {"point_id": task["point_id"], "status": "failed", "notebook_text": None, "result_text": None,
@@ -216,7 +232,7 @@ def _execute_point(task:dict, # point_id, parameters, notebook_text, notebook_na
                 str(input_path), str(output_path),
                 parameters={**task["parameters"], RESERVED_PARAMETER: str(result_path)},
                 kernel_name=task.get("kernel_name") or DEFAULT_KERNEL, progress_bar=False, log_output=False,
-                kernel_manager_class=_kernel_manager_class(task.get("env") or {}, log_file),
+                kernel_manager_class=_kernel_manager_class(task.get("env") or {}, log_file, workdir),
                 resources={"metadata": {"path": kernel_dir}})
         if not result_path.is_file():
             raise FileNotFoundError(f"the notebook ran to the end but wrote nothing to result_path; "
@@ -237,6 +253,12 @@ def _execute_point(task:dict, # point_id, parameters, notebook_text, notebook_na
 
 # %% ../nbs/50_sweep.ipynb #51fb54b2
 RESULT_FILE, ERROR_FILE, POINT_FILE, MANIFEST_FILE = "result.json", "error.json", "point.json", "sweep.json"
+STAGING_DIR = ".incomplete"
+"Folder of `out_dir` where a point's files are written before the point folder is swapped in (emptied on every start)."
+
+
+class SweepFileWarning(UserWarning):
+    "A sweep file that could not be read (named in the message); the point it belongs to is treated as unfinished."
 
 
 def _write_atomic(path:Path, content) -> None:
@@ -254,40 +276,92 @@ def _write_atomic(path:Path, content) -> None:
 def _point_dir(out_dir:Path, identifier:str) -> Path: return Path(out_dir) / "points" / identifier
 
 
+def _read_json(path:Path, what:str="sweep file"):
+    "The parsed JSON of `path`; None with a `SweepFileWarning` naming the file when it is missing-but-expected or corrupted."
+    try: return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        warnings.warn(f"{what} {str(path)!r} is corrupted ({error}); its point is treated as unfinished and will be re-run",
+                      SweepFileWarning, stacklevel=3)
+        return None
+
+
+def _swap_in(out_dir:Path, identifier:str, write) -> None:
+    "Write a point's files into a staging folder with `write(folder)`, then swap it in place of the point folder as one unit."
+    staging_root = Path(out_dir) / STAGING_DIR
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging = staging_root / f"{identifier}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        write(staging)
+        final = _point_dir(out_dir, identifier)
+        old = None
+        if final.exists():
+            old = staging_root / f"{identifier}-{uuid.uuid4().hex[:8]}-old"
+            os.replace(final, old)
+        os.replace(staging, final)                          # a rename: the point appears complete or not at all
+        if old is not None: shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists(): shutil.rmtree(staging, ignore_errors=True)
+
+
 def _store_record(out_dir:Path, task:dict, record:dict, notebook_path:Path) -> None:
-    "Write a finished point's executed notebook, point.json and result.json (or error.json)."
-    folder = _point_dir(out_dir, task["point_id"])
-    folder.mkdir(parents=True, exist_ok=True)
-    notebook_file = folder / task["notebook_name"]
-    if record.get("notebook_text"):
-        executed = json.loads(record["notebook_text"])
-        papermill_metadata = executed.get("metadata", {}).get("papermill", {})
-        papermill_metadata.update(input_path=str(notebook_path), output_path=str(notebook_file))
-        _write_atomic(notebook_file, json.dumps(executed, indent=1, ensure_ascii=False) + "\n")
-    point = {"point_id": task["point_id"], "parameters": task["parameters"], "notebook": str(notebook_path),
-             "status": record["status"], **{key: record.get(key) for key in ("host", "pid", "started", "finished", "seconds")}}
-    _write_atomic(folder / POINT_FILE, json.dumps(point, indent=1) + "\n")
-    if record["status"] == "ok":
-        (folder / ERROR_FILE).unlink(missing_ok=True)
-        _write_atomic(folder / RESULT_FILE, record["result_text"])
-    else:
-        error = {"point_id": task["point_id"], "parameters": task["parameters"], **record["error"],
-                 "finished": record.get("finished")}
-        _write_atomic(folder / ERROR_FILE, json.dumps(error, indent=1) + "\n")
+    "Write a finished point's executed notebook, point.json and result.json (or error.json) as one unit."
+    def write(folder:Path):
+        if record.get("notebook_text"):
+            executed = json.loads(record["notebook_text"])
+            papermill_metadata = executed.get("metadata", {}).get("papermill", {})
+            papermill_metadata.update(input_path=str(notebook_path), output_path=str(_point_dir(out_dir, task["point_id"]) / task["notebook_name"]))
+            (folder / task["notebook_name"]).write_text(json.dumps(executed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        point = {"point_id": task["point_id"], "parameters": task["parameters"], "notebook": str(notebook_path),
+                 "status": record["status"], **{key: record.get(key) for key in ("host", "pid", "started", "finished", "seconds")}}
+        (folder / POINT_FILE).write_text(json.dumps(point, indent=1) + "\n", encoding="utf-8")
+        if record["status"] == "ok": (folder / RESULT_FILE).write_text(record["result_text"], encoding="utf-8")
+        else:
+            error = {"point_id": task["point_id"], "parameters": task["parameters"], **record["error"],
+                     "finished": record.get("finished")}
+            (folder / ERROR_FILE).write_text(json.dumps(error, indent=1) + "\n", encoding="utf-8")
+    _swap_in(out_dir, task["point_id"], write)
+
+
+def _store_failure(out_dir:Path, task:dict, notebook_path:Path, error:BaseException) -> None:
+    "Best effort: mark a point whose outputs could not be written as failed, with the reason (a full disk may refuse this too)."
+    record = {"status": "failed", "error": {"where": "runner", "type": type(error).__name__,
+                                            "message": f"its outputs could not be written: {error}"}, "finished": _now()}
+    try: _store_record(out_dir, task, record, notebook_path)
+    except OSError: pass
 
 
 def _read_point(folder:Path) -> dict|None:
-    "A point folder as {point_id, parameters, status, result, error}; None when it holds no finished run."
+    "A point folder as {point_id, parameters, status, result, error}; None when it holds no finished run (or a corrupted file)."
     folder = Path(folder)
     if not (folder / POINT_FILE).is_file(): return None
-    point = json.loads((folder / POINT_FILE).read_text())
+    point = _read_json(folder / POINT_FILE, "point file")
+    if not isinstance(point, dict) or not {"point_id", "parameters"} <= set(point):
+        if point is not None:
+            warnings.warn(f"point file {str(folder / POINT_FILE)!r} lacks point_id/parameters; the point is treated as unfinished",
+                          SweepFileWarning, stacklevel=2)
+        return None
     if (folder / RESULT_FILE).is_file():
-        return {"point_id": point["point_id"], "parameters": point["parameters"], "status": "ok",
-                "result": json.loads((folder / RESULT_FILE).read_text()), "error": None}
+        result = _read_json(folder / RESULT_FILE, "result file")
+        if result is None: return None
+        try: _check_result(result)
+        except ValueError as error:
+            warnings.warn(f"result file {str(folder / RESULT_FILE)!r} is not a valid result ({error}); the point will be re-run",
+                          SweepFileWarning, stacklevel=2)
+            return None
+        return {"point_id": point["point_id"], "parameters": point["parameters"], "status": "ok", "result": result, "error": None}
     if (folder / ERROR_FILE).is_file():
-        return {"point_id": point["point_id"], "parameters": point["parameters"], "status": "failed",
-                "result": None, "error": json.loads((folder / ERROR_FILE).read_text())}
+        error = _read_json(folder / ERROR_FILE, "error file")
+        if error is None: return None
+        return {"point_id": point["point_id"], "parameters": point["parameters"], "status": "failed", "result": None, "error": error}
     return None
+
+
+def _finished(out_dir:Path, identifier:str) -> bool:
+    "Whether a point has a readable point.json and a valid result.json (else it runs again)."
+    record = _read_point(_point_dir(out_dir, identifier))       # a corrupted file is named in a SweepFileWarning here
+    return record is not None and record["status"] == "ok"
+
 
 # %% ../nbs/50_sweep.ipynb #0dbee6d4
 _FIXED_COLUMNS = ("point_id", "status", "run", "error")
@@ -345,9 +419,17 @@ def _results_table(points:list[dict], # from `_read_point`, in sweep order
     return table
 
 
-def _points_table(out_dir:Path, identifiers:list[str]) -> pd.DataFrame:
-    "The results table of the finished points among `identifiers` in `out_dir`, in that order."
-    return _results_table([record for record in (_read_point(_point_dir(out_dir, i)) for i in identifiers) if record])
+def _points_table(out_dir:Path, identifiers:list[str], missing:dict|None=None) -> pd.DataFrame:
+    "The results table of the finished points among `identifiers` in `out_dir`, in that order; `missing` points (id: (task, error)) that could not be written appear as failed."
+    records = []
+    for identifier in identifiers:
+        record = _read_point(_point_dir(out_dir, identifier))
+        if identifier in (missing or {}) and (record is None or record["status"] == "failed"):
+            task, error = missing[identifier]
+            record = {"point_id": identifier, "parameters": task["parameters"], "status": "failed", "result": None,
+                      "error": {"type": type(error).__name__, "message": f"its outputs could not be written: {error}"}}
+        if record: records.append(record)
+    return _results_table(records)
 
 # %% ../nbs/50_sweep.ipynb #8d4697eb
 def _notebook_parameters(notebook:Path) -> set:
@@ -381,7 +463,9 @@ def _default_workers() -> int:
 def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> None:
     "Create or extend out_dir/sweep.json; refuse an out_dir holding a sweep of another notebook."
     path = out_dir / MANIFEST_FILE
-    manifest = json.loads(path.read_text()) if path.is_file() else {"notebook": str(notebook), "points": []}
+    manifest = _read_json(path, "sweep manifest") if path.is_file() else None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("notebook"), str) and isinstance(manifest.get("points"), list)):
+        manifest = {"notebook": str(notebook), "points": []}             # missing or corrupted: rebuilt from this sweep
     if Path(manifest["notebook"]).name != notebook.name:
         raise ValueError(f"out_dir {str(out_dir)!r} holds a sweep of {manifest['notebook']!r}, not of {str(notebook)!r}; "
                          "use another out_dir")
@@ -396,6 +480,21 @@ def _save_table(table:pd.DataFrame, out_dir:Path) -> None:
     except ImportError:
         return
     _write_atomic(out_dir / "results.parquet", lambda temporary: table.to_parquet(temporary, index=False))
+
+
+class _terminate_as_interrupt:
+    "Within the block, SIGTERM (a plain `kill`) raises KeyboardInterrupt, so every cleanup of Ctrl-C runs (main thread only)."
+    def __enter__(self):
+        import signal, threading
+        self.installed, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            def interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
+            self.previous, self.installed = signal.signal(signal.SIGTERM, interrupt), True
+        return self
+    def __exit__(self, *exc):
+        import signal
+        if self.installed: signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+        return False
 
 
 def _run_serial(tasks:list[dict], on_record) -> None:
@@ -492,9 +591,14 @@ def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parame
     if serial or scheduler is None: _check_kernel(kernel_name or DEFAULT_KERNEL)   # remote workers are checked by running
     out_dir = Path(out_dir)
     (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    _remove_leftovers()                                          # temp folders of runs killed earlier
+    shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)     # points a killed run was writing: they run again
     for identifier, point in zip(identifiers, points):
         point_file = _point_dir(out_dir, identifier) / POINT_FILE
-        if point_file.is_file() and json.loads(point_file.read_text())["parameters"] != point:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SweepFileWarning)
+            stored = _read_json(point_file) if point_file.is_file() else None
+        if isinstance(stored, dict) and "parameters" in stored and stored["parameters"] != point:
             raise RuntimeError(f"point folder {str(point_file.parent)!r} holds other parameters (hash collision?)")
     _update_manifest(out_dir, notebook, identifiers)
 
@@ -502,25 +606,34 @@ def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parame
     tasks = [{"point_id": identifier, "parameters": point, "notebook_text": notebook_text,
               "notebook_name": notebook.name, "notebook_dir": str(notebook.parent),
               "kernel_name": kernel_name, "env": ONE_THREAD_ENV}
-             for identifier, point in zip(identifiers, points)
-             if not (_point_dir(out_dir, identifier) / RESULT_FILE).is_file()]
+             for identifier, point in zip(identifiers, points) if not _finished(out_dir, identifier)]
     from tqdm.auto import tqdm
     bar = tqdm(total=len(points), initial=len(points) - len(tasks), desc=f"sweep {notebook.stem}", unit="point",
                disable=not progress)
-    failures = 0
+    failures, unwritten = 0, {}
     def on_record(task, record):
         nonlocal failures
-        _store_record(out_dir, task, record, notebook)
+        try: _store_record(out_dir, task, record, notebook)
+        except OSError as error:                           # a full disk: this point is lost, the others go on
+            unwritten[task["point_id"]] = (task, error)
+            _store_failure(out_dir, task, notebook, error)
+            record = {"status": "failed"}
         failures += record["status"] != "ok"
         if failures: bar.set_postfix(failed=failures, refresh=False)
         bar.update(1)
     try:
-        if tasks and serial: _run_serial(tasks, on_record)
-        elif tasks: _run_on_dask(tasks, on_record, scheduler, min(n_workers or _default_workers(), len(tasks)))
+        with _terminate_as_interrupt():                    # `kill` cleans up like Ctrl-C: temp folders, kernels
+            if tasks and serial: _run_serial(tasks, on_record)
+            elif tasks: _run_on_dask(tasks, on_record, scheduler, min(n_workers or _default_workers(), len(tasks)))
     finally:
         bar.close()
-    table = _points_table(out_dir, identifiers)
-    _save_table(table, out_dir)
+    table = _points_table(out_dir, identifiers, missing=unwritten)
+    try: _save_table(table, out_dir)
+    except OSError as error: warnings.warn(f"the results table could not be saved in {str(out_dir)!r}: {error}", stacklevel=2)
+    if unwritten:
+        lines = [f"{i} {canonical_json(task['parameters'])}: {error}" for i, (task, error) in unwritten.items()]
+        warnings.warn(f"{len(unwritten)} of {len(points)} points could not be written and are missing (run the sweep again "
+                      "once the cause is fixed; finished points are kept):\n  " + "\n  ".join(lines), stacklevel=2)
     return table
 
 # %% ../nbs/50_sweep.ipynb #adf388c7
@@ -530,8 +643,9 @@ def load_results(out_dir:str|Path, # a sweep folder written by `run_sweep`
     out_dir = Path(out_dir)
     if not (out_dir / "points").is_dir():
         raise FileNotFoundError(f"{str(out_dir)!r} is not a sweep folder (no points/ in it)")
-    order = json.loads((out_dir / MANIFEST_FILE).read_text())["points"] if (out_dir / MANIFEST_FILE).is_file() else []
-    on_disk = sorted(folder.name for folder in (out_dir / "points").iterdir() if folder.is_dir())
+    manifest = _read_json(out_dir / MANIFEST_FILE, "sweep manifest") if (out_dir / MANIFEST_FILE).is_file() else None
+    order = manifest["points"] if isinstance(manifest, dict) and isinstance(manifest.get("points"), list) else []
+    on_disk = sorted(folder.name for folder in (out_dir / "points").iterdir() if folder.is_dir() and not folder.name.startswith("."))
     on_disk_set, order_set = set(on_disk), set(order)
     identifiers = [i for i in order if i in on_disk_set] + [i for i in on_disk if i not in order_set]
     return _points_table(out_dir, identifiers)
