@@ -16,9 +16,9 @@ import keras
 
 # %% auto #0
 __all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'NONNEGATIVE_ACTIVATIONS',
-           'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'activation_name', 'AnalogSpec',
-           'depthwise_matrix', 'depthwise_kernel', 'analog_specs', 'GraphNode', 'ModelGraph', 'build_graph',
-           'fold_batchnorm', 'nonnegative_tensors']
+           'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'stored_model_config', 'check_stored_layers',
+           'activation_name', 'AnalogSpec', 'depthwise_matrix', 'depthwise_kernel', 'analog_specs', 'GraphNode',
+           'ModelGraph', 'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
 
 # %% ../nbs/10_keras_import.ipynb #f22e51f3
 _LEGACY_CONV_KEYS = ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -86,6 +86,7 @@ def load_keras_model(source, # a keras.Model, a tf_keras model, or the path of a
     else:
         version = _h5_model_info(path)
         if not version.startswith("3"): custom_objects = dict(_LEGACY_CLASSES)   # Keras 2 (or unknown) writer
+    check_stored_layers(path)                        # unsupported layers are refused before any of them is deserialised
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
     except Exception as exc:
@@ -117,6 +118,50 @@ def layer_type(layer) -> str | None:
     cls = type(layer)
     cls = getattr(cls, "_keras2_compat_base", cls)
     return _SUPPORTED_CLASSES.get(cls)
+
+# %% ../nbs/10_keras_import.ipynb #95765b32
+_CONTAINER_CLASSES = ("Functional", "Sequential", "Model")
+
+def _stored_layers(config:dict, prefix:str="") -> list:
+    "`(layer name, class name)` of every layer in a saved model config, nested models expanded."
+    found = []
+    for layer in (config.get("config") or {}).get("layers") or []:
+        if not isinstance(layer, dict): continue
+        name = prefix + str((layer.get("config") or {}).get("name", "?"))
+        kind = str(layer.get("class_name", "?"))
+        if kind in _CONTAINER_CLASSES or "layers" in (layer.get("config") or {}): found += _stored_layers(layer, name + "/")
+        if kind not in _CONTAINER_CLASSES: found.append((name, kind))
+    return found
+
+def stored_model_config(path:Path) -> dict:
+    "The model config a `.keras` archive (config.json) or an `.h5` file (model_config attribute) stores, read without deserialising."
+    import json
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as archive: text = archive.read("config.json")
+        else:
+            import h5py
+            with h5py.File(path, "r") as f: text = f.attrs["model_config"]
+        config = json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read the model configuration of {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(config, dict): raise ValueError(f"{str(path)!r}: the stored model configuration is not a mapping")
+    return config
+
+def check_stored_layers(path) -> None:
+    "Refuse a model file with layer types the simulator cannot run, BEFORE anything in it is deserialised (no Lambda code runs)."
+    config = stored_model_config(path)
+    supported = {cls.__name__ for cls in _SUPPORTED_CLASSES} | {getattr(cls, "__name__", "") for cls in _LEGACY_CLASSES.values()}
+    problems = [f"layer {name!r} of type {kind!r} is not supported" for name, kind in _stored_layers(config) if kind not in supported]
+    if config.get("class_name") not in _CONTAINER_CLASSES:
+        problems.insert(0, f"the model is a {config.get('class_name')!r}, not a Functional or Sequential model")
+    if problems:
+        model_name = (config.get("config") or {}).get("name", Path(path).stem)
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise UnsupportedLayerError(f"model {model_name!r} in {str(path)!r} cannot be simulated (checked before loading):\n  "
+                                    + "\n  ".join(shown) + f"\nSupported layer types: {', '.join(SUPPORTED_LAYERS)}")
+
 
 # %% ../nbs/10_keras_import.ipynb #62c76fc1
 def activation_name(function) -> str | None:
