@@ -165,7 +165,7 @@ def resolve_data(dataset, # a dataset name or an (x, y) pair
 def _is_int(value) -> bool: return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 def _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples, input_nonnegative, flags:dict,
-                     adc_calibration) -> None:
+                     adc_calibration, layer_overrides=None) -> None:
     "Refuse wrong argument types and values of `run_inference` by name, before any model or data is loaded."
     def integer(name, value, low, extra=""):
         if not _is_int(value):
@@ -184,12 +184,17 @@ def _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples
         raise TypeError(f"input_nonnegative={input_nonnegative!r} must be True, False or None (from the zoo manifest)")
     for name, value in flags.items():
         if not isinstance(value, (bool, np.bool_)): raise TypeError(f"{name}={value!r} must be True or False")
+    if layer_overrides is not None and not isinstance(layer_overrides, dict):
+        raise TypeError(f"layer_overrides must be a dict {{layer: 'digital' | {{config fields}} | InferenceConfig}}, "
+                        f"got {type(layer_overrides).__name__} {layer_overrides!r}")
     methods = ("optimal", "percentile", "max")
     if adc_calibration is not None and adc_calibration not in methods:
         raise ValueError(f"adc_calibration={adc_calibration!r} is not allowed; allowed: None, {', '.join(map(repr, methods))}")
 
-def _check_labels(y:np.ndarray, n_classes:int, nstart:int, dataset_name:str) -> None:
-    "Labels are class indices of this model; an empty selection names nstart."
+def _check_labels(y:np.ndarray, n_classes:int, nstart:int, dataset_name:str, x=None) -> None:
+    "Labels are class indices of this model; an empty selection names nstart; complex inputs are refused."
+    if x is not None and np.iscomplexobj(x):
+        raise TypeError(f"the {dataset_name} inputs are complex (dtype {x.dtype}); the simulator computes with real numbers")
     if len(y) == 0:
         raise ValueError(f"nstart={nstart} is past the end of the {dataset_name} data: no images selected")
     bound = max(n_classes, 2)
@@ -229,7 +234,8 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
     "Float and analog accuracy of `model` on `dataset` over `nruns` Monte-Carlo runs."
     if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
     _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples, input_nonnegative,
-                     dict(return_outputs=return_outputs, show_hw_config=show_hw_config, progress=progress), adc_calibration)
+                     dict(return_outputs=return_outputs, show_hw_config=show_hw_config, progress=progress), adc_calibration,
+                     layer_overrides)
     topk = tuple(int(k) for k in (topk if isinstance(topk, (tuple, list)) else (topk,)))
     if not topk or min(topk) < 1: raise ValueError(f"topk={topk!r} is not allowed; allowed: positive integers, e.g. (1, 5)")
     if ntest is not None and ntest < 1: raise ValueError(f"ntest={ntest} is not allowed; allowed: a positive integer or None")
@@ -244,7 +250,7 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
     x, y, dataset_name, is_sample = resolve_data(dataset, preprocess, ntest, nstart)
     n_classes = int(np.prod(keras_model.output_shape[1:]))
     if max(topk) > n_classes: raise ValueError(f"topk={topk} asks for more classes than the model's {n_classes} outputs")
-    _check_labels(y, n_classes, nstart, dataset_name)
+    _check_labels(y, n_classes, nstart, dataset_name, x)
     calibration = ""
     from crosssim_nb.network import AnalogNetwork, _calibration_of
     limits_file = _calibration_of(adc_limits)

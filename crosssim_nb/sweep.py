@@ -276,12 +276,11 @@ def _write_atomic(path:Path, content) -> None:
 def _point_dir(out_dir:Path, identifier:str) -> Path: return Path(out_dir) / "points" / identifier
 
 
-def _read_json(path:Path, what:str="sweep file"):
-    "The parsed JSON of `path`; None with a `SweepFileWarning` naming the file when it is missing-but-expected or corrupted."
+def _read_json(path:Path, what:str="sweep file", consequence:str="its point is treated as unfinished and will be re-run"):
+    "The parsed JSON of `path`; None with a `SweepFileWarning` naming the file when it is corrupted."
     try: return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        warnings.warn(f"{what} {str(path)!r} is corrupted ({error}); its point is treated as unfinished and will be re-run",
-                      SweepFileWarning, stacklevel=3)
+        warnings.warn(f"{what} {str(path)!r} is corrupted ({error}); {consequence}", SweepFileWarning, stacklevel=3)
         return None
 
 
@@ -434,8 +433,12 @@ def _points_table(out_dir:Path, identifiers:list[str], missing:dict|None=None) -
 # %% ../nbs/50_sweep.ipynb #8d4697eb
 def _notebook_parameters(notebook:Path) -> set:
     "Names assigned in the notebook's `parameters`-tagged cell(s) (Python's parser; papermill's inspection for other languages)."
-    cells = [cell for cell in json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
-             if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", [])]
+    try:
+        content = json.loads(Path(notebook).read_text(encoding="utf-8"))
+        cells = [cell for cell in content["cells"]
+                 if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"notebook {str(notebook)!r} is not a Jupyter notebook ({type(error).__name__}: {error})") from None
     source = "\n".join("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"] for cell in cells)
     source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))  # IPython magics
     try:
@@ -463,7 +466,7 @@ def _default_workers() -> int:
 def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> None:
     "Create or extend out_dir/sweep.json; refuse an out_dir holding a sweep of another notebook."
     path = out_dir / MANIFEST_FILE
-    manifest = _read_json(path, "sweep manifest") if path.is_file() else None
+    manifest = _read_json(path, "sweep manifest", "it is rebuilt from this sweep's points") if path.is_file() else None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("notebook"), str) and isinstance(manifest.get("points"), list)):
         manifest = {"notebook": str(notebook), "points": []}             # missing or corrupted: rebuilt from this sweep
     if Path(manifest["notebook"]).name != notebook.name:
@@ -643,7 +646,7 @@ def load_results(out_dir:str|Path, # a sweep folder written by `run_sweep`
     out_dir = Path(out_dir)
     if not (out_dir / "points").is_dir():
         raise FileNotFoundError(f"{str(out_dir)!r} is not a sweep folder (no points/ in it)")
-    manifest = _read_json(out_dir / MANIFEST_FILE, "sweep manifest") if (out_dir / MANIFEST_FILE).is_file() else None
+    manifest = _read_json(out_dir / MANIFEST_FILE, "sweep manifest", "the points are listed in folder order") if (out_dir / MANIFEST_FILE).is_file() else None
     order = manifest["points"] if isinstance(manifest, dict) and isinstance(manifest.get("points"), list) else []
     on_disk = sorted(folder.name for folder in (out_dir / "points").iterdir() if folder.is_dir() and not folder.name.startswith("."))
     on_disk_set, order_set = set(on_disk), set(order)

@@ -41,10 +41,10 @@ def test_config_file_and_calibrate_then_run(tmp_path):
     (["run", "--weight-bits", "1"], "weight_bits=1 is not allowed"),
     (["run", "--style", "DIAGONAL"], "invalid choice: 'DIAGONAL'"),
     (["run", "--adc-bits", "eight"], "invalid int value: 'eight'"),
-    (["run", "--ntest", "0"], "--ntest must be >= 1"),
-    (["run", "--config", "/nonexistent/hw.yaml"], "configuration file not found"),
+    (["run", "--ntest", "0"], "--ntest=0 is not allowed; allowed: an integer >= 1"),
+    (["run", "--config", "/nonexistent/hw.yaml"], "--config: no such file: /nonexistent/hw.yaml"),
     (["run", "--adc-limits", "/nonexistent/limits.json"], "--adc-limits: no such file"),
-    (["run", "--model", "model.h5"], "--dataset is needed"),
+    (["run", "--model", "model.h5"], "--model: no such file: model.h5"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_arguments_exit_2_naming_the_field(args, message):
