@@ -220,16 +220,22 @@ def _check_output_path(flag:str, path, parser, suffixes=None, folder:bool=False)
 
 def _check_model_and_dataset(args, parser):
     "Unknown model (the zoo is listed), missing model file, unknown dataset (the datasets are listed)."
+    import difflib
     from crosssim_nb import zoo
     from crosssim_nb.data import DATASETS
+    def hint(name, names):
+        close = difflib.get_close_matches(name, names, n=1)
+        return f"did you mean {close[0]!r}? " if close else ""
     names = sorted(zoo.read_manifest()["models"])
     if args.model not in names:
         path = Path(args.model)
         if path.suffix.lower() in (".keras", ".h5", ".hdf5"): _check_input_file("--model", args.model, parser)
         elif not path.is_file():
-            parser.error(f"--model: unknown model {args.model!r}; zoo models: {', '.join(names)} (or give a .keras/.h5 file)")
+            parser.error(f"--model: unknown model {args.model!r}; {hint(args.model, names)}zoo models: {', '.join(names)} "
+                         "(or give a .keras/.h5 file)")
     if args.dataset is not None and args.dataset not in DATASETS:
-        parser.error(f"--dataset: unknown dataset {args.dataset!r}; datasets: {', '.join(sorted(DATASETS))}")
+        parser.error(f"--dataset: unknown dataset {args.dataset!r}; {hint(args.dataset, sorted(DATASETS))}"
+                     f"datasets: {', '.join(sorted(DATASETS))}")
 
 def _settings_from_limits(args, parser, config:InferenceConfig) -> InferenceConfig:
     "Take the hardware settings a limits file records where the command line sets none; say which were taken."
@@ -267,8 +273,13 @@ def _run(args, parser):
                            return_outputs=bool(args.save_outputs), show_hw_config=args.show_hw_config,
                            calibration_samples=args.calibration_samples, adc_limits=args.adc_limits, adc_calibration=args.calibrate_adc)
     print(result)
-    if args.save_outputs: result.save_outputs(args.save_outputs)
-    if args.json: result.to_json(args.json)
+    try:
+        if args.save_outputs: result.save_outputs(args.save_outputs)
+        if args.json: result.to_json(args.json)
+    except OSError as error:                           # e.g. a disk that filled up during the run: the summary is not lost
+        import json
+        print(json.dumps(result.summary(), indent=2, allow_nan=True))
+        parser.error(f"could not write the results ({error}); the summary was printed above instead")
 
 def _calibrate(args, parser):
     from crosssim_nb.inference import resolve_model, _training_sample

@@ -442,10 +442,9 @@ def _read_mapping(source, key:str, what:str) -> dict:
         path = Path(source)
         if not path.is_file(): raise FileNotFoundError(f"{what} file not found: {str(path)!r}")
         suffix = path.suffix.lower()
-        if suffix == ".json": data = json.loads(path.read_text())
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(path.read_text())
+        if suffix in (".json", ".yaml", ".yml"):
+            from crosssim_nb.config import read_data_file
+            data = read_data_file(path, f"{what} file")   # the one reader of every file: numbers, duplicate keys, line/column
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive: data = {k: archive[k] for k in archive.files}
         else: raise ValueError(f"{what} file {str(path)!r}: suffix {suffix!r} not allowed; allowed: .json, .yaml, .yml, .npz")

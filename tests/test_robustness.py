@@ -322,6 +322,7 @@ def cli_cases(tiny_folder):
     d = tiny_folder
     return [
         (["run", "--model", "nosuch"], "--model: unknown model 'nosuch'; zoo models: fashion_inception"),
+        (["run", "--model", "mnist_cnnn"], "--model: unknown model 'mnist_cnnn'; did you mean 'mnist_cnn'? zoo models:"),
         (["run", "--model", str(d / "missing.keras")], f"--model: no such file: {d / 'missing.keras'}"),
         (["run", "--dataset", "nosuch"], "--dataset: unknown dataset 'nosuch'; datasets: cifar10"),
         (["run", "--json", "/proc/nope/x.json"], "--json: the folder /proc/nope does not exist"),
@@ -361,7 +362,7 @@ def cli_folder(tiny):
     return d
 
 
-@pytest.mark.parametrize("index", range(25))
+@pytest.mark.parametrize("index", range(26))
 def test_cli_user_mistake_is_one_line_exit_2(tiny, cli_folder, no_work, index):
     edited(tiny, "no_format.json", _pop("format"))
     argv, message = cli_cases(cli_folder)[index]
@@ -372,7 +373,7 @@ def test_cli_user_mistake_is_one_line_exit_2(tiny, cli_folder, no_work, index):
 
 
 def test_cli_case_list_is_complete(cli_folder):
-    assert len(cli_cases(cli_folder)) == 25
+    assert len(cli_cases(cli_folder)) == 26
 
 
 def test_cli_takes_hardware_settings_from_the_limits_file(tiny, monkeypatch):
