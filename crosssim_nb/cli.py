@@ -42,6 +42,8 @@ def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceCo
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
         config = InferenceConfig.from_file(args.config) if getattr(args, "config", None) else (base or InferenceConfig())
+        for alpha, model in (("alpha_error", "error_model"), ("alpha_noise", "noise_model")):   # `--alpha-error 0.02` alone: the generic model
+            if (changes.get(alpha) or 0) > 0 and model not in changes and getattr(config, model) == "none": changes[model] = "generic"
         return config.replace(**changes)
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
@@ -153,6 +155,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_common(args, parser)
+    import warnings
+    from crosssim_nb.inference import InferenceWarning          # printed with the result (its `warning:` lines), not twice
+    warnings.filterwarnings("ignore", category=InferenceWarning)
     if args.command == "demo":
         print(main_job(ntest=args.ntest, nruns=args.nruns, progress=not args.no_progress))
     elif args.command == "run": _run(args, parser)
