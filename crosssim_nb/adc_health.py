@@ -132,12 +132,14 @@ def health_message(table, # a `health_table`
 def chance_message(accuracy:float, # analog top-1 accuracy (0..1)
                    float_accuracy:float, # float top-1 accuracy (0..1)
                    n_classes:int, # outputs of the model
-                   margin:float=0.05, # "within a few points": this far above chance at most
+                   margin:float=0.05, # "a few points": near chance when at most this far above it ...
+                   kept:float=0.15, # ... or when it keeps at most this share of the float model's lead over chance
                   ) -> str|None:
     "The warning text when the analog accuracy is near chance while the float model is not (else None)."
     chance = 1 / max(1, n_classes)
-    if n_classes < 2 or accuracy > chance + margin or float_accuracy < chance + 2 * margin: return None
-    return (f"analog top-1 accuracy {100 * accuracy:.1f} % is within {100 * margin:.0f} points of chance "
+    if n_classes < 2 or float_accuracy < chance + 2 * margin: return None
+    if accuracy > chance + max(margin, kept * (float_accuracy - chance)): return None
+    return (f"analog top-1 accuracy {100 * accuracy:.1f} % is close to chance "
             f"({100 * chance:.1f} % for {n_classes} classes; float {100 * float_accuracy:.1f} %)")
 
 # %% ../nbs/12_adc_health.ipynb #eb927340

@@ -124,7 +124,7 @@ class InferenceResult:
         if self.nruns == 0: return line + "-- (no finished runs)"
         line += f"{100 * self.mean[i]:.2f} %"
         if self.identical_runs:
-            why = "" if self.random_effects else ": no random effect is enabled (error_model and noise_model 'none')"
+            why = "" if self.random_effects else "; no random effect is enabled: error_model and noise_model are 'none'"
             return line + f" (all {self.nruns} runs identical{why})"
         if self.nruns > 1:
             line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %)"
