@@ -126,6 +126,8 @@ class InferenceResult:
         if self.identical_runs:
             why = "" if self.random_effects else "; no random effect is enabled: error_model and noise_model are 'none'"
             return line + f" (all {self.nruns} runs identical{why})"
+        if self.nruns > 1 and self.std[i] == 0:
+            return line + f" in each of the {self.nruns} runs (their outputs differ; this accuracy does not)"
         if self.nruns > 1:
             line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %)"
         return line
