@@ -7,7 +7,7 @@ interpreter: nothing carries over but the imported modules), with `__name__ == "
 `<!-- readme-test: skip (reason) -->` is not run (set-up, the test suite, a SLURM cluster). Sizes are made small by
 the substitutions in SHRINK, each of which must still find its text in the README (so they cannot silently go stale).
 """
-import os, re, subprocess, sys, textwrap
+import json, os, re, subprocess, sys, textwrap
 from pathlib import Path
 import pytest
 
@@ -91,6 +91,11 @@ def test_readme_python_blocks_run(tmp_path):
     assert (tmp_path / "limits.yaml").is_file() and (tmp_path / "adc_bits.png").is_file()
     assert (tmp_path / "runs" / "adc_bits" / "results.csv").is_file()
     assert not NOISE.search(done.stderr), done.stderr[-4000:]
+    executed = list((tmp_path / "runs" / "adc_bits" / "points").glob("*/*.ipynb"))   # papermill's notebooks: quiet too
+    assert executed
+    for path in executed:
+        outputs = json.dumps([cell.get("outputs", []) for cell in json.loads(path.read_text())["cells"]])
+        assert not NOISE.search(outputs), (path, NOISE.search(outputs).group(0))
 
 def test_readme_bash_blocks_run(tmp_path):
     blocks = [shrink(code) for language, code, skip in readme_blocks() if language == "bash" and not skip]
