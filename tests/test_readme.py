@@ -22,6 +22,7 @@ SHRINK = [  # (text in README, replacement in the test): sizes only, never names
     ('load_dataset("fashion_mnist", split="train", ntest=500)', 'load_dataset("fashion_mnist", split="train", ntest=100)'),
     ('load_dataset("mnist", split="train", ntest=500)', 'load_dataset("mnist", split="train", ntest=100)'),
     ('load_dataset("fashion_mnist", ntest=256)', 'load_dataset("fashion_mnist", ntest=64)'),
+    ('load_dataset("mnist", ntest=256)', 'load_dataset("mnist", ntest=64)'),
     ('{"adc_bits": [4, 5, 6, 7, 8, 10], "adc_range_option": ["MAX", "CALIBRATED"]}', '{"adc_bits": [6], "adc_range_option": ["CALIBRATED"]}'),
     ('parameters={"ntest": 1000, "nruns": 3}', 'parameters={"ntest": 50, "nruns": 1, "calibration_samples": 100}, n_workers=1'),
     ("adc_bits: [4, 6, 8]\\nparameters:\\n  ntest: 1000\\n  nruns: 3\\n",
