@@ -64,13 +64,15 @@ class InferenceResult:
     def nruns(self) -> int: return len(self.accuracies)
     @property
     def mean(self) -> np.ndarray:
-        "Mean analog accuracy per k (NaN when no run finished)."
-        return self.accuracies.mean(axis=0) if self.nruns else np.full(len(self.topk), np.nan)
+        "Mean analog accuracy per k (NaN when no run finished; exactly the common value when all runs agree)."
+        if not self.nruns: return np.full(len(self.topk), np.nan)
+        return np.where(np.ptp(self.accuracies, axis=0) == 0, self.accuracies[0], self.accuracies.mean(axis=0))
     @property
     def std(self) -> np.ndarray:
         "Standard deviation over runs per k (0 for one run, NaN for none)."
         if self.nruns == 0: return np.full(len(self.topk), np.nan)
-        return self.accuracies.std(axis=0, ddof=1) if self.nruns > 1 else np.zeros(len(self.topk))
+        if self.nruns == 1: return np.zeros(len(self.topk))
+        return np.where(np.ptp(self.accuracies, axis=0) == 0, 0.0, self.accuracies.std(axis=0, ddof=1))   # (no rounding residue)
     @property
     def ci95(self) -> np.ndarray:
         "95 % confidence interval of the mean accuracy, `(len(topk), 2)`, clipped to [0, 1] (NaN with fewer than two runs)."
