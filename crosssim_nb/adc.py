@@ -33,6 +33,7 @@ def adc_grid(limits, # (..., 2) array of (I_min, I_max) in normalised current
 
 class ADCGrid:
     "The levels of one ADC or of an array of ADCs, prepared once (backend float32) and applied to many currents."
+    counts = None   # optional tally of the codes (`adc_health.ADCCounts`), told about every digitised batch
     def __init__(self,
                  limits, # (I_min, I_max), or an array of them broadcastable against the currents once the last axis is dropped
                  adc_bits:int, # ADC bits (> 0)
@@ -54,6 +55,7 @@ class ADCGrid:
         out *= self.inverse_step
         self.xp.rint(out, out=out)
         self.xp.clip(out, self.code_min, self.code_max, out=out)
+        if self.counts is not None: self.counts.add(out, self)
         out *= self.step
         if self.offset is not None: out += self.offset
         return out

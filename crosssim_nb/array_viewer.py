@@ -78,11 +78,10 @@ class ArrayViewer:
 
     def _changed(self, _):
         import matplotlib.pyplot as plt
-        from IPython.display import display
         if self.figure is not None: plt.close(self.figure)
         self.figure = plot_layer_mapping(self.net, self.layer.value)
-        self.output.clear_output(wait=True)
-        with self.output: display(self.figure)
+        self.output.outputs = ()                                   # (no display(): a script would print the Figure repr)
+        self.output.append_display_data(self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display

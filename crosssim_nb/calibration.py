@@ -528,9 +528,8 @@ class ADCViewer:
         if self.figure is not None: plt.close(self.figure)
         self.figure = plot_adc_histogram(self.profile, self.layer.value, self.calibration,
                                          min(self.weight_slice.value, slices - 1), min(self.input_slice.value, inputs - 1))
-        self.output.clear_output(wait=True)
-        from IPython.display import display
-        with self.output: display(self.figure)
+        self.output.outputs = ()                                   # (no display(): a script would print the Figure repr)
+        self.output.append_display_data(self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display

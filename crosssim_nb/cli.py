@@ -78,6 +78,8 @@ def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceCo
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
         config = InferenceConfig.from_file(args.config) if getattr(args, "config", None) else (base or InferenceConfig())
+        for alpha, model in (("alpha_error", "error_model"), ("alpha_noise", "noise_model")):   # `--alpha-error 0.02` alone: the generic model
+            if (changes.get(alpha) or 0) > 0 and model not in changes and getattr(config, model) == "none": changes[model] = "generic"
         return config.replace(**changes)
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
@@ -322,6 +324,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
     _check_common(args, subparser)
+    import warnings
+    from crosssim_nb.inference import InferenceWarning          # printed with the result (its `warning:` lines), not twice
+    warnings.filterwarnings("ignore", category=InferenceWarning)
     try:
         if args.command == "demo":
             print(main_job(ntest=args.ntest, nruns=args.nruns, progress=not args.no_progress))

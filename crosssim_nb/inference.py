@@ -6,14 +6,14 @@ Docs: https://example.invalid/crosssim_nb/inference.html.md"""
 
 # %% ../nbs/30_inference.ipynb #fcee8222
 from __future__ import annotations
-import json, math, time, warnings
+import contextlib, hashlib, json, math, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .config import InferenceConfig
 
 # %% auto #0
-__all__ = ['topk_accuracy', 'InferenceResult', 'resolve_model', 'resolve_data', 'run_inference']
+__all__ = ['topk_accuracy', 'InferenceWarning', 'InferenceResult', 'resolve_model', 'resolve_data', 'run_inference']
 
 # %% ../nbs/30_inference.ipynb #c556d060
 def topk_accuracy(outputs:np.ndarray, # network outputs, (n, n_classes)
@@ -27,6 +27,14 @@ def topk_accuracy(outputs:np.ndarray, # network outputs, (n, n_classes)
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 # %% ../nbs/30_inference.ipynb #12ee748d
+class InferenceWarning(UserWarning):
+    "Something about the inputs or the outcome of an inference run deserves a look (the message says what and why)."
+
+def _or_none(values) -> list:
+    "A nested list with every NaN or inf replaced by None (valid JSON)."
+    if isinstance(values, (list, tuple)): return [_or_none(v) for v in values]
+    return float(values) if math.isfinite(values) else None
+
 @dataclass
 class InferenceResult:
     "Float vs analog accuracy of one inference run (a row per Monte-Carlo run in `accuracies`)."
@@ -45,46 +53,66 @@ class InferenceResult:
     outputs: np.ndarray | None = None    # (runs, ntest, n_out) analog outputs when asked for
     float_outputs: np.ndarray | None = None # (ntest, n_out) float outputs when outputs were asked for
     hw_config: object = None             # the hardware table (pandas DataFrame)
+    identical_runs: bool = False         # several runs finished and their outputs are bit-for-bit the same
+    random_effects: tuple = ()           # the random effects enabled ("programming error", "read noise"); () for none
+    adc_health: object = None            # ADC use per analog layer over all runs (DataFrame, see adc_health.health_table)
+    warnings: tuple = ()                 # the warnings this call issued, in order
 
     @property
     def interrupted(self) -> bool: return len(self.accuracies) < self.nruns_requested
     @property
     def nruns(self) -> int: return len(self.accuracies)
     @property
-    def mean(self) -> np.ndarray: return self.accuracies.mean(axis=0)
+    def mean(self) -> np.ndarray:
+        "Mean analog accuracy per k (NaN when no run finished; exactly the common value when all runs agree)."
+        if not self.nruns: return np.full(len(self.topk), np.nan)
+        return np.where(np.ptp(self.accuracies, axis=0) == 0, self.accuracies[0], self.accuracies.mean(axis=0))
     @property
     def std(self) -> np.ndarray:
-        return self.accuracies.std(axis=0, ddof=1) if self.nruns > 1 else np.zeros(len(self.topk))
+        "Standard deviation over runs per k (0 for one run, NaN for none)."
+        if self.nruns == 0: return np.full(len(self.topk), np.nan)
+        if self.nruns == 1: return np.zeros(len(self.topk))
+        return np.where(np.ptp(self.accuracies, axis=0) == 0, 0.0, self.accuracies.std(axis=0, ddof=1))   # (no rounding residue)
     @property
     def ci95(self) -> np.ndarray:
-        "95 % confidence interval of the mean accuracy, `(len(topk), 2)` (NaN with one run)."
+        "95 % confidence interval of the mean accuracy, `(len(topk), 2)`, clipped to [0, 1] (NaN with fewer than two runs)."
         if self.nruns < 2: return np.full((len(self.topk), 2), np.nan)
         from scipy import stats
         half = stats.t.ppf(0.975, self.nruns - 1) * self.std / math.sqrt(self.nruns)
-        return np.stack([self.mean - half, self.mean + half], axis=1)
+        return np.clip(np.stack([self.mean - half, self.mean + half], axis=1), 0.0, 1.0)
 
-    def to_frame(self):
-        "Tidy table: one row per run and k, plus the float reference."
+    def to_frame(self, table:str="accuracy", # "accuracy": one row per run and k; "adc_health": one row per analog layer
+                ):
+        "Tidy table: one row per run and k plus the float reference, or the ADC health per layer."
         import pandas as pd
-        rows = [dict(run=run, k=k, accuracy=float(self.accuracies[run, i]), kind="analog")
-                for run in range(self.nruns) for i, k in enumerate(self.topk)]
-        rows += [dict(run=-1, k=k, accuracy=float(self.float_accuracy[i]), kind="float") for i, k in enumerate(self.topk)]
-        frame = pd.DataFrame(rows)
+        if table == "adc_health":
+            frame = self.adc_health.copy() if self.adc_health is not None else pd.DataFrame()
+        elif table == "accuracy":
+            rows = [dict(run=run, k=k, accuracy=float(self.accuracies[run, i]), kind="analog")
+                    for run in range(self.nruns) for i, k in enumerate(self.topk)]
+            rows += [dict(run=-1, k=k, accuracy=float(self.float_accuracy[i]), kind="float") for i, k in enumerate(self.topk)]
+            frame = pd.DataFrame(rows)
+            frame["identical_runs"] = self.identical_runs
+        else: raise ValueError(f"table={table!r} is not allowed; allowed: 'accuracy', 'adc_health'")
         frame["model"], frame["dataset"], frame["ntest"] = self.model_name, self.dataset, self.ntest
         return frame
 
     def summary(self) -> dict:
-        "JSON-ready summary: accuracies, statistics, timing, the configuration."
+        "JSON-ready summary: accuracies, statistics, timing, ADC health, warnings, the configuration (None where a number does not exist)."
+        health = None if self.adc_health is None else self.adc_health.to_dict(orient="records")
         return dict(model=self.model_name, dataset=self.dataset, ntest=self.ntest, topk=list(self.topk),
                     nruns=self.nruns, nruns_requested=self.nruns_requested, interrupted=self.interrupted,
-                    float_accuracy=self.float_accuracy.tolist(), accuracies=self.accuracies.tolist(),
-                    mean=self.mean.tolist(), std=self.std.tolist(), ci95=self.ci95.tolist(),
-                    seconds_per_image=self.seconds_per_image, float_seconds_per_image=self.float_seconds_per_image,
-                    calibration=self.calibration, is_sample=self.is_sample, config=self.config.to_dict())
+                    float_accuracy=_or_none(self.float_accuracy.tolist()), accuracies=self.accuracies.tolist(),
+                    mean=_or_none(self.mean.tolist()), std=_or_none(self.std.tolist()),
+                    ci95=_or_none(self.ci95.tolist()) if self.nruns > 1 else None,
+                    identical_runs=self.identical_runs, random_effects=list(self.random_effects),
+                    seconds_per_image=_or_none(self.seconds_per_image), float_seconds_per_image=_or_none(self.float_seconds_per_image),
+                    calibration=self.calibration, is_sample=self.is_sample, adc_health=health,
+                    warnings=list(self.warnings), config=self.config.to_dict())
 
     def to_json(self, path):
-        "Write `summary()` as JSON."
-        Path(path).write_text(json.dumps(self.summary(), indent=2, allow_nan=True) + "\n")
+        "Write `summary()` as JSON (strict: no NaN)."
+        Path(path).write_text(json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
         return Path(path)
 
     def save_outputs(self, path):
@@ -93,17 +121,45 @@ class InferenceResult:
         np.save(path, self.outputs, allow_pickle=False)
         return Path(path)
 
+    def _accuracy_line(self, i:int, k:int) -> str:
+        line = f"  top-{k}: float {100 * self.float_accuracy[i]:.2f} %   analog "
+        if self.nruns == 0: return line + "-- (no finished runs)"
+        line += f"{100 * self.mean[i]:.2f} %"
+        if self.identical_runs:
+            why = "" if self.random_effects else "; no random effect is enabled: error_model and noise_model are 'none'"
+            return line + f" (all {self.nruns} runs identical{why})"
+        if self.nruns > 1 and self.std[i] == 0:
+            return line + f" in each of the {self.nruns} runs (their outputs differ; this accuracy does not)"
+        if self.nruns > 1:
+            line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %)"
+        return line
+
+    def _health_lines(self) -> list:
+        table = self.adc_health
+        if table is None or not len(table): return []
+        bad = table[table.status != "ok"]
+        if not len(bad):
+            worst_zero, worst_clip = table.loc[table.zero_fraction.idxmax()], table.loc[table.clipped_fraction.idxmax()]
+            return [f"  ADC health: all {len(table)} layers ok (most at code zero: {worst_zero.layer} {100 * worst_zero.zero_fraction:.1f} %; "
+                    f"most clipped: {worst_clip.layer} {100 * worst_clip.clipped_fraction:.1f} %)"]
+        lines = [f"  ADC health: {len(bad)} of {len(table)} layers degenerate (share of conversions at code zero / clipped low / clipped high):"]
+        for row in bad.itertuples():
+            lines.append(f"    {row.layer:<20} {100 * row.zero_fraction:5.1f} % / {100 * row.clipped_low_fraction:4.1f} % / "
+                         f"{100 * row.clipped_high_fraction:4.1f} %  {row.status}")
+        return lines
+
     def __str__(self):
-        lines = [f"crosssim_nb inference: {self.model_name} on {self.dataset} ({self.ntest} {'SAMPLE ' if self.is_sample else ''}images), "
-                 f"{self.nruns} run{'s' if self.nruns != 1 else ''}" + (f" of {self.nruns_requested} (interrupted)" if self.interrupted else "")]
-        for i, k in enumerate(self.topk):
-            spread = f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %)" if self.nruns > 1 else ""
-            lines.append(f"  top-{k}: float {100 * self.float_accuracy[i]:.2f} %   analog {100 * self.mean[i]:.2f} %{spread}")
-        ratio = self.seconds_per_image / self.float_seconds_per_image if self.float_seconds_per_image else float("nan")
-        lines.append(f"  speed: {1e3 * self.seconds_per_image:.3f} ms/image analog, {1e3 * self.float_seconds_per_image:.3f} ms/image "
-                     f"Keras ({ratio:.1f}x)")
+        runs = f"{self.nruns} run{'s' if self.nruns != 1 else ''}" + (f" of {self.nruns_requested} (interrupted)" if self.interrupted else "")
+        lines = [f"crosssim_nb inference: {self.model_name} on {self.dataset} ({self.ntest} {'SAMPLE ' if self.is_sample else ''}images), {runs}"]
+        lines += [self._accuracy_line(i, k) for i, k in enumerate(self.topk)]
+        if self.nruns:
+            ratio = self.seconds_per_image / self.float_seconds_per_image if self.float_seconds_per_image else float("nan")
+            lines.append(f"  speed: {1e3 * self.seconds_per_image:.3f} ms/image analog, {1e3 * self.float_seconds_per_image:.3f} ms/image "
+                         f"Keras ({ratio:.1f}x)")
         if self.calibration: lines.append(f"  DAC ranges: {self.calibration}")
         lines.append("  hardware: " + (", ".join(f"{k}={v}" for k, v in self.config.changed_fields().items()) or "defaults"))
+        lines += self._health_lines()
+        lines += [f"  warning: {text}" for text in self.warnings]
         return "\n".join(lines)
     __repr__ = __str__
 
@@ -243,11 +299,12 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
     nruns = config.nruns if nruns is None else int(nruns)
     if nruns < 1: raise ValueError(f"nruns={nruns} is not allowed; allowed: an integer >= 1")
     keras_model, preprocess, model_name = resolve_model(model)
-    if input_nonnegative is None:   # zoo models record their input range
-        from crosssim_nb import zoo
-        entry = zoo.read_manifest()["models"].get(model_name) if preprocess is not None else None
-        input_nonnegative = bool(entry and entry.get("input_range", [-1])[0] >= 0)
+    if input_nonnegative is None:   # zoo models record their input range: the same rule as AnalogNetwork.from_keras
+        from crosssim_nb.network import zoo_input_nonnegative
+        input_nonnegative = zoo_input_nonnegative(keras_model)
     x, y, dataset_name, is_sample = resolve_data(dataset, preprocess, ntest, nstart)
+    notes = _input_warnings(keras_model, dataset, x, config, layer_overrides)
+    for text in notes: warnings.warn(text, InferenceWarning, stacklevel=2)     # before the long work
     n_classes = int(np.prod(keras_model.output_shape[1:]))
     if max(topk) > n_classes: raise ValueError(f"topk={topk} asks for more classes than the model's {n_classes} outputs")
     _check_labels(y, n_classes, nstart, dataset_name, x)
@@ -280,32 +337,105 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
     network = AnalogNetwork.from_keras(keras_model, config, adc_limits=adc_limits, **build)
     if show_hw_config: network.print_hw_config()
     start = time.perf_counter()
-    float_outputs = np.asarray(keras_model.predict(x, batch_size=batch_size, verbose=0)).reshape(len(x), -1)
+    with _quiet_retracing(): float_outputs = np.asarray(keras_model.predict(x, batch_size=batch_size, verbose=0)).reshape(len(x), -1)
     float_seconds = (time.perf_counter() - start) / len(x)
     float_accuracy = np.array([topk_accuracy(float_outputs, y, k) for k in topk])
     batches = [(start, min(start + batch_size, len(x))) for start in range(0, len(x), batch_size)]
-    accuracies, outputs, analog_seconds = [], [], 0.0
+    accuracies, outputs, analog_seconds, digests, counts = [], [], 0.0, [], {}
+    from crosssim_nb.adc_health import start_counting, snapshot, add_snapshots, health_table
     bar = _progress(nruns * len(batches), progress, f"{model_name} analog")
     try:
         for run in range(nruns):
             network.program(run)
+            start_counting(network.cores)                        # ADC health, summed over the finished runs
             start = time.perf_counter()
             run_outputs = np.concatenate([_predict_batch(network, x[a:b], bar) for a, b in batches]).reshape(len(x), -1)
             analog_seconds += time.perf_counter() - start
             accuracies.append([topk_accuracy(run_outputs, y, k) for k in topk])
+            digests.append(hashlib.blake2b(run_outputs.tobytes(), digest_size=16).digest())
+            counts = add_snapshots(counts, snapshot(network.cores))
             if return_outputs: outputs.append(run_outputs)
     except KeyboardInterrupt:
-        warnings.warn(f"interrupted: keeping the {len(accuracies)} finished run(s) of {nruns}", stacklevel=2)
+        warnings.warn(f"interrupted: keeping the {len(accuracies)} finished run(s) of {nruns}" if accuracies else
+                      f"interrupted before any of the {nruns} runs finished: no finished runs", stacklevel=2)
     finally:
         bar.close()
-    return InferenceResult(model_name=model_name, dataset=dataset_name, config=config, topk=topk,
+    result = InferenceResult(model_name=model_name, dataset=dataset_name, config=config, topk=topk,
                            float_accuracy=float_accuracy, accuracies=np.array(accuracies, dtype=np.float64).reshape(-1, len(topk)),
                            ntest=len(x), seconds_per_image=analog_seconds / max(1, len(accuracies)) / len(x),
                            float_seconds_per_image=float_seconds, nruns_requested=nruns, calibration=calibration,
                            is_sample=is_sample, outputs=np.stack(outputs) if return_outputs and outputs else None,
-                           float_outputs=float_outputs if return_outputs else None, hw_config=network.hw_config())
+                           float_outputs=float_outputs if return_outputs else None, hw_config=network.hw_config(),
+                           identical_runs=len(digests) > 1 and len(set(digests)) == 1,
+                           random_effects=_random_effects([network.config, *network.layer_configs.values()]),
+                           adc_health=health_table(counts, network.cores) if counts else None)
+    outcome = _outcome_warnings(result, n_classes)
+    for text in outcome: warnings.warn(text, InferenceWarning, stacklevel=2)
+    result.warnings = tuple(notes + outcome)
+    return result
 
 def _predict_batch(network, x_batch, bar):
-    out = network.predict(x_batch, batch_size=len(x_batch))
+    outputs = network.run(x_batch, batch_size=len(x_batch))    # (run, not predict: the health warning comes once, at the end)
     bar.update(1)
-    return out
+    return outputs[0] if len(outputs) == 1 else outputs
+
+# %% ../nbs/30_inference.ipynb #4dfb13f7
+@contextlib.contextmanager
+def _quiet_retracing():
+    "TensorFlow's Python logger at ERROR for the duration (no 'triggered tf.function retracing' notices)."
+    import logging
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try: yield
+    finally: logger.setLevel(level)
+
+def _random_effects(configs) -> tuple:
+    "The random effects any of these configs enables: programming error, read noise (None entries: digital layers)."
+    found = []
+    for c in configs:
+        if c is None: continue
+        if c.error_model != "none" and (c.error_model != "generic" or c.alpha_error > 0): found.append("programming error")
+        if c.noise_model != "none" and (c.noise_model != "generic" or c.alpha_noise > 0): found.append("read noise")
+    return tuple(dict.fromkeys(found))
+
+def _dataset_key(name:str) -> str: return name.lower().replace("-", "_")
+
+def _input_warnings(keras_model, dataset, x, config:InferenceConfig, layer_overrides) -> list:
+    "Texts for inputs that look wrong for the model or the hardware (empty when all looks right)."
+    notes = []
+    configs = [config] + [v for v in (layer_overrides or {}).values() if isinstance(v, (InferenceConfig, dict))]
+    for c in configs:
+        for field in ("alpha_error", "alpha_noise"):
+            value = c.get(field, 0) if isinstance(c, dict) else getattr(c, field)
+            if value >= 1:
+                notes.append(f"{field}={value:g} is a fraction (of Gmax, or of each conductance with proportional_error): "
+                             f"{value:g} means {100 * value:g} %; did you mean {field}={value / 100:g} ({value:g} %)?")
+    from crosssim_nb import zoo
+    name = zoo.origin(keras_model)
+    if name is None: return list(dict.fromkeys(notes))
+    entry = zoo.info(name)
+    if isinstance(dataset, str) and _dataset_key(dataset) != _dataset_key(entry["dataset"]):
+        notes.append(f"zoo model {name!r} was trained on {entry['dataset']!r}, not {dataset!r}: its accuracy there measures "
+                     f"nothing about the hardware; use a zoo model of {dataset!r} (crosssim-nb zoo lists them)")
+    low, high = (float(v) for v in entry.get("input_range", (np.nan, np.nan)))
+    if len(x) and math.isfinite(low) and math.isfinite(high):
+        x_min, x_max, span = float(np.min(x)), float(np.max(x)), high - low
+        if x_max > high + span or x_min < low - span:
+            notes.append(f"the inputs range over [{x_min:g}, {x_max:g}] but {name!r} was trained on inputs in [{low:g}, {high:g}]: "
+                         f"raw 0-255 images? preprocess them first (zoo.preprocess({name!r}, images), here x / 255)")
+    return list(dict.fromkeys(notes))
+
+def _outcome_warnings(result:InferenceResult, n_classes:int) -> list:
+    "One text when the analog accuracy is near chance and / or layers have degenerate ADCs (empty when neither)."
+    from crosssim_nb.adc_health import health_message, chance_message, REMEDY
+    if not result.nruns: return []
+    health = health_message(result.adc_health) if result.adc_health is not None else None
+    chance = chance_message(float(result.mean[result.topk.index(1)]), float(result.float_accuracy[result.topk.index(1)]),
+                            n_classes) if 1 in result.topk else None
+    if health and chance: return [f"{result.model_name}: {chance}; {health}"]
+    if health: return [f"{result.model_name}: {health}"]
+    if chance:
+        remedy = REMEDY if result.adc_health is not None else "check the programming error, read noise and weight bits"
+        return [f"{result.model_name}: {chance}. {remedy}"]
+    return []

@@ -23,7 +23,7 @@ from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
            'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
-           'TopValues', 'AnalogNetwork']
+           'TopValues', 'AnalogNetwork', 'zoo_input_nonnegative']
 
 # %% ../nbs/11_network.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -561,7 +561,7 @@ class AnalogNetwork:
                    input_ranges=None, # {layer: x_max or (lo, hi)} or a JSON/YAML file of it; wins over profiling
                    adc_limits=None, # a Calibration or its limits file (checked against model and config), or {layer: limits}
                    layer_overrides=None, # {layer: 'digital' | {config fields} | InferenceConfig}
-                   input_nonnegative:bool=False, # declare the model inputs non-negative (unsigned DAC for the first layer)
+                   input_nonnegative:bool|None=None, # model inputs non-negative (unsigned first DAC); None: the zoo's record for a zoo model, else False
                    calibration_samples:int=500, # profile on at most this many samples (a seeded random subset)
                    batch_size:int=64, # batch size of the profiling pass
                    safe_mode:bool=True, # Keras safe_mode when loading a file
@@ -569,6 +569,7 @@ class AnalogNetwork:
         "Import a Keras model and put each analog layer on its own `AnalogCore`."
         if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
         keras_model = load_keras_model(model, safe_mode=safe_mode)
+        if input_nonnegative is None: input_nonnegative = zoo_input_nonnegative(keras_model)
         raw = build_graph(keras_model)                     # unsupported layers raise here, before any work
         specs = raw.analog_specs
         if layer_overrides is not None and not isinstance(layer_overrides, dict):
@@ -729,8 +730,11 @@ class AnalogNetwork:
     def predict(self, x, # model input(s): an array, a list of arrays, or a dict by input name
                 batch_size:int=32, # samples per batch
                ):
-        "What the analog hardware outputs for `x` (one array, or a list for several model outputs)."
+        "What the analog hardware outputs for `x` (one array, or a list for several model outputs); `adc_health()` then says how the ADCs were used."
+        from crosssim_nb.adc_health import start_counting, warn_degenerate
+        start_counting(self.cores)                       # ADC health of this call (see 12_adc_health)
         outputs = self.run(x, batch_size)
+        warn_degenerate(self)
         return outputs[0] if len(outputs) == 1 else outputs
 
     __call__ = predict
@@ -812,3 +816,21 @@ class AnalogNetwork:
     def __repr__(self):
         return (f"AnalogNetwork({self.model_name!r}: {len(self.cores)} analog cores, "
                 f"{sum(c is None for c in self.layer_configs.values())} analog-type layers kept digital, {self.config!r})")
+
+# %% ../nbs/11_network.ipynb #8e210628
+from fastcore.basics import patch
+
+@patch
+def adc_health(self:AnalogNetwork,
+               zero_limit:float|None=None, # a layer is degenerate above this share at code zero (default adc_health.ZERO_LIMIT)
+               clip_limit:float|None=None, # ... or above this share clipped (default adc_health.CLIP_LIMIT)
+              ):
+    "How the last `predict` used each layer's ADCs: one row per core with an ADC (shares at code zero, clipped low / high, status)."
+    from crosssim_nb.adc_health import health_table, snapshot
+    return health_table(snapshot(self.cores), self.cores, zero_limit, clip_limit)
+
+def zoo_input_nonnegative(keras_model) -> bool:
+    "Whether a model from `zoo.load` was trained on non-negative inputs (its manifest's input range); False for other models."
+    from crosssim_nb import zoo
+    name = zoo.origin(keras_model)
+    return bool(name and zoo.info(name).get("input_range", [-1])[0] >= 0)

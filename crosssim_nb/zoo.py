@@ -16,7 +16,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['ZOO_DIR', 'SUPPORTED_LAYER_TYPES', 'PREPROCESSING_KINDS', 'read_manifest', 'file_sha256', 'Preprocessing', 'info',
-           'model_path', 'list_models', 'preprocess', 'ZooModel', 'load']
+           'model_path', 'list_models', 'preprocess', 'ZooModel', 'load', 'origin']
 
 # %% ../nbs/21_zoo.ipynb #f3914c43
 ZOO_DIR = Path(__file__).resolve().parent / "zoo_models" if "__file__" in globals() else (
@@ -140,6 +140,7 @@ def load(name:str, # a zoo model name; see `list_models()`
         raise FileNotFoundError(f"zoo model file {path} is missing; retrain it with nbs/22_zoo_training.ipynb")
     import keras
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    _LOADED[model] = name                # so the model remembers its zoo entry (input range, dataset)
     return ZooModel(model, _preprocessing(entry), name, entry)
 
 
@@ -147,3 +148,13 @@ def __getattr__(attribute:str):
     # `zoo.list()`: an alias of list_models that does not shadow the builtin inside this module or on `import *`
     if attribute == "list": return list_models
     raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+
+# %% ../nbs/21_zoo.ipynb #edb05acc
+import weakref
+_LOADED = weakref.WeakKeyDictionary()   # keras model -> zoo name, for models made by `load`
+
+def origin(model, # a keras.Model
+          ) -> str|None:
+    "The zoo name of a model made by `load` (None for any other model)."
+    try: return _LOADED.get(model)
+    except TypeError: return None

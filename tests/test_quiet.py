@@ -1,0 +1,37 @@
+"""Quiet output: the CLI's main job and repeated inference calls print none of TensorFlow's start-up lines (absl
+banner, oneDNN, cudart, cuInit) and no tf.function retracing notices; viewers used from a script print no Figure repr."""
+import os, re, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cudart_stub|Could not find cuda drivers|cuInit"
+                   r"|cpu_feature_guard|tf\.function retracing|Figure\(\d")
+
+def _run(command, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)                    # as a user's shell: the package quiets TensorFlow itself
+    env.pop("CUDA_VISIBLE_DEVICES", None)                    # (an empty value would hide the cuInit attempt)
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+def test_demo_stderr_is_quiet(tmp_path):
+    done = _run([sys.executable, "-m", "crosssim_nb.cli", "demo", "--ntest", "50"], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "crosssim_nb inference: mnist_cnn on mnist (50 images), 3 runs" in done.stdout
+    assert not NOISE.search(done.stderr), done.stderr[-4000:]
+    assert not NOISE.search(done.stdout)
+
+SCRIPT = '''
+from crosssim_nb import InferenceConfig, AnalogNetwork, run_inference, zoo
+from crosssim_nb.array_viewer import ArrayViewer
+for _ in range(6):     # a new Keras model per call: TensorFlow would report tf.function retracing from the 5th on
+    result = run_inference("mnist_mlp", "mnist", InferenceConfig.ideal(), ntest=20, progress=False)
+viewer = ArrayViewer(AnalogNetwork.from_keras(zoo.load("mnist_mlp").model, InferenceConfig.ideal()))
+viewer.layer.value = viewer.layer.options[-1]              # redraw: no Figure(...) repr on stdout
+print("done", result.ntest)
+'''
+
+def test_repeated_runs_and_viewer_are_quiet(tmp_path):
+    done = _run([sys.executable, "-c", SCRIPT], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "done 20", done.stdout
+    assert not NOISE.search(done.stderr), done.stderr[-4000:]
