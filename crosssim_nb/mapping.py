@@ -16,7 +16,7 @@ __all__ = ['weight_scale', 'normalize_weights', 'weight_levels', 'weight_codes',
 def weight_scale(matrix:np.ndarray, # weights, any shape
                  percentile:float=100.0, # percentile in (0, 100]; 100 = max|W|
                 ) -> float:
-    "The weight mapped to full conductance range, `w_max` (DESIGN.md §3)."
+    "The weight mapped to full conductance range, `w_max`."
     matrix = np.asarray(matrix, dtype=np.float64)
     if percentile >= 100: w_max = float(np.max(np.abs(matrix))) if matrix.size else 0.0
     else:
@@ -95,7 +95,7 @@ def output_scale(config:InferenceConfig, w_max:float, x_max:float) -> float:
 def partition(size:int, # rows (or columns) to split
               size_max:int, # the most one array holds (0 = unlimited)
              ) -> list[tuple[int, int]]:
-    "`(start, stop)` of each array's share of `size` rows or columns (DESIGN.md §4)."
+    "`(start, stop)` of each array's share of `size` rows or columns."
     if size_max == 0 or size <= size_max: return [(0, size)]
     count = math.ceil(size / size_max)
     base, extra = divmod(size, count)
