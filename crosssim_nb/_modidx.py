@@ -16,6 +16,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                              'crosssim_nb/array_viewer.py'),
                                           'crosssim_nb.array_viewer.ArrayViewer._ipython_display_': ( 'array_viewer.html#arrayviewer._ipython_display_',
                                                                                                       'crosssim_nb/array_viewer.py'),
+                                          'crosssim_nb.array_viewer._thinned': ( 'array_viewer.html#_thinned',
+                                                                                 'crosssim_nb/array_viewer.py'),
                                           'crosssim_nb.array_viewer.plot_array_budget': ( 'array_viewer.html#plot_array_budget',
                                                                                           'crosssim_nb/array_viewer.py'),
                                           'crosssim_nb.array_viewer.plot_layer_mapping': ( 'array_viewer.html#plot_layer_mapping',

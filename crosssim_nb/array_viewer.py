@@ -17,7 +17,7 @@ def plot_array_budget(net, # an AnalogNetwork
     import matplotlib.pyplot as plt
     names = list(net.cores)
     summaries = [net.cores[name].hw_summary() for name in names]
-    if ax is None: fig, ax = plt.subplots(1, 2, figsize=(9, max(2.5, 0.28 * len(names) + 1)), sharey=True)
+    if ax is None: fig, ax = plt.subplots(1, 2, figsize=(9, max(2.5, 0.28 * len(names) + 1)), sharey=True, layout="constrained")
     else: fig = ax[0].figure
     positions = np.arange(len(names))
     ax[0].barh(positions, [s["n_arrays"] for s in summaries], color="tab:blue")
@@ -27,12 +27,17 @@ def plot_array_budget(net, # an AnalogNetwork
     ax[1].set(xlabel="devices", title=f"{sum(s['devices'] for s in summaries):,} devices in all")
     ax[0].invert_yaxis()
     for axis in ax: axis.tick_params(labelsize=8)
-    fig.tight_layout()
     return fig
+
+def _thinned(count:int, most:int) -> np.ndarray:
+    "At most `most` evenly spread indices of `count`, always the first and the last."
+    if count <= most: return np.arange(count)
+    return np.unique(np.rint(np.linspace(0, count - 1, most)).astype(int))
 
 def plot_layer_mapping(net, # an AnalogNetwork
                        layer:str, # analog core name (see `net.cores`)
                        ax=None, # axes to draw on
+                       max_labels:int=40, # label at most this many arrays with their used rows×columns
                       ):
     "The layer's matrix on its arrays: each array outlined at its physical size, used devices filled; returns the Figure."
     import matplotlib.pyplot as plt
@@ -40,36 +45,61 @@ def plot_layer_mapping(net, # an AnalogNetwork
     if layer not in net.cores: raise ValueError(f"{layer!r} is not an analog core of this network; cores: {', '.join(net.cores)}")
     core = net.cores[layer]
     s = core.hw_summary()
-    if ax is None: fig, ax = plt.subplots(figsize=(6, 4.5))
+    n_row_tiles, n_col_tiles = len(core.row_ranges), len(core.col_ranges)
+    gap_x, gap_y = 0.06 * s["array_cols"], 0.06 * s["array_rows"]      # space between arrays, each in its own axis
+    width = n_col_tiles * (s["array_cols"] + gap_x) - gap_x
+    height = n_row_tiles * (s["array_rows"] + gap_y) - gap_y
+    to_scale = 0.25 <= height / width <= 4          # a 3136-row, 128-column layer is drawn squeezed, and says so
+    if ax is None:
+        if to_scale: fig_height = min(max(6.4 * 0.8 * height / width, 2.8), 8)
+        else: fig_height = min(8, max(3, 1.5 + 0.5 * n_row_tiles)) if height > width else 3
+        fig, ax = plt.subplots(figsize=(6.4, fig_height), layout="constrained")
     else: fig = ax.figure
-    gap = 0.04 * max(s["array_rows"], s["array_cols"])
+    label_rows = _thinned(n_row_tiles, min(16, max_labels))                       # every array when few, else a spread
+    labelled = {(i, j) for i in label_rows for j in _thinned(n_col_tiles, max(1, max_labels // len(label_rows)))}
+    fontsize = 7 if len(labelled) <= 16 else 6
     for i, (r0, r1) in enumerate(core.row_ranges):
         for j, (c0, c1) in enumerate(core.col_ranges):
-            x, y = j * (s["array_cols"] + gap), i * (s["array_rows"] + gap)
-            ax.add_patch(Rectangle((x, y), s["array_cols"], s["array_rows"], fill=False, edgecolor="k", lw=1))
+            x, y = j * (s["array_cols"] + gap_x), i * (s["array_rows"] + gap_y)
+            ax.add_patch(Rectangle((x, y), s["array_cols"], s["array_rows"], fill=False, edgecolor="k", lw=0.8))
             ax.add_patch(Rectangle((x, y), c1 - c0, r1 - r0, color="tab:blue", alpha=0.6, lw=0))
-            ax.text(x + s["array_cols"] / 2, y + s["array_rows"] / 2, f"{r1 - r0}×{c1 - c0}", ha="center", va="center", fontsize=7)
-    width = len(core.col_ranges) * (s["array_cols"] + gap)
-    height = len(core.row_ranges) * (s["array_rows"] + gap)
-    ax.set(xlim=(-gap, width), ylim=(height, -gap), xlabel="columns (outputs)", ylabel="rows (inputs)", aspect="equal")
+            if (i, j) in labelled:
+                ax.text(x + s["array_cols"] / 2, y + s["array_rows"] / 2, f"{r1 - r0}×{c1 - c0}", ha="center", va="center",
+                        fontsize=fontsize, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7))
+    # ticks at array boundaries, labelled with the matrix row / column where each array starts
+    def ticks(ranges, pitch, most):
+        chosen = _thinned(len(ranges), most)
+        return [k * pitch for k in chosen], [f"{ranges[k][0]:,}" for k in chosen]
+    xt, xl = ticks(core.col_ranges, s["array_cols"] + gap_x, 8)
+    yt, yl = ticks(core.row_ranges, s["array_rows"] + gap_y, 12)
+    ax.set_xticks(xt, xl, fontsize=8); ax.set_yticks(yt, yl, fontsize=8)
+    ax.set(xlim=(-gap_x, width + gap_x), ylim=(height + gap_y, -gap_y), aspect="equal" if to_scale else "auto",
+           xlabel="matrix column where each array starts (outputs)", ylabel="matrix row where each array starts (inputs)")
     copies = []
     if s["weight_slices"] > 1: copies.append(f"{s['weight_slices']} weight slices")
     if s["arrays_per_tile"] == 2: copies.append("2 arrays per pair (G+, G−)")
-    ax.set_title(f"{layer}: {s['matrix_rows']}×{s['matrix_cols']} on {len(core.row_ranges)}×{len(core.col_ranges)} tiles"
-                 + (f" × {' × '.join(copies)}" if copies else "") + f"\n{s['n_arrays']} arrays of {s['array_rows']}×{s['array_cols']}, "
-                 f"utilisation {100 * s['utilisation']:.1f} %", fontsize=9)
+    ax.set_title(f"{layer}: {s['matrix_rows']:,}×{s['matrix_cols']:,} on {n_row_tiles}×{n_col_tiles} tiles"
+                 + (f" × {' × '.join(copies)}" if copies else "") + f"\n{s['n_arrays']:,} arrays of {s['array_rows']}×{s['array_cols']}, "
+                 f"utilisation {100 * s['utilisation']:.1f} %" + ("" if to_scale else " (not to scale)"), fontsize=9)
     return fig
 
 class ArrayViewer:
-    "A layer dropdown over `plot_layer_mapping`, with the budget figure and the hardware totals."
+    "The budget figure of every layer, the hardware totals, and a layer dropdown over `plot_layer_mapping`."
     def __init__(self, net):
         import ipywidgets as widgets
+        import matplotlib.pyplot as plt
         self.net = net
+        self.budget_figure = plot_array_budget(net)              # drawn once: it does not change with the layer
+        plt.close(self.budget_figure)                              # shown through the widget only, not again by the backend
+        self.budget = widgets.Output()
+        with self.budget:
+            from IPython.display import display
+            display(self.budget_figure)
         self.layer = widgets.Dropdown(options=list(net.cores), description="layer")
         self.output, self.figure = widgets.Output(), None
         self.totals = widgets.HTML()
         self.layer.observe(self._changed, names="value")
-        self.widget = widgets.VBox([self.totals, self.layer, self.output])
+        self.widget = widgets.VBox([self.totals, self.budget, self.layer, self.output])
         table = net.hw_config()
         self.totals.value = table.tail(1).to_html() if hasattr(table, "to_html") else ""
         self._changed(None)
@@ -79,9 +109,11 @@ class ArrayViewer:
         from IPython.display import display
         if self.figure is not None: plt.close(self.figure)
         self.figure = plot_layer_mapping(self.net, self.layer.value)
+        plt.close(self.figure)
         self.output.clear_output(wait=True)
         with self.output: display(self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
+

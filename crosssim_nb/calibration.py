@@ -370,7 +370,7 @@ def plot_adc_histogram(profile:ADCProfile, # a profile from `profile_adc_inputs`
     if core not in profile.adc:
         raise ValueError(f"no profile for {core!r}; profiled cores: {', '.join(profile.adc)}")
     values = profile.values(core, weight_slice, input_slice)
-    if ax is None: fig, ax = plt.subplots(figsize=(6, 3.2))
+    if ax is None: fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")   # saves whole: labels and title inside
     else: fig = ax.figure
     ax.hist(values, bins=200, color="tab:blue", alpha=0.8)
     ax.set_yscale("log")

@@ -782,8 +782,12 @@ class AnalogNetwork:
                              mvms_per_image=mvms.get(name, np.nan), bits_per_cell=s["bits_per_cell"],
                              folded_batchnorm=", ".join(spec.folded_batchnorm)))
         table = pd.DataFrame(rows, columns=_HW_COLUMNS)
+        # devices holding a weight: a depthwise core's block-diagonal matrix has kh·kw taps (+ an analog bias row) per column
+        used = [s["devices"] if not self.specs[n].is_depthwise else round(s["devices"] * (int(np.prod(self.specs[n].kernel_size))
+                + bool(core.analog_bias)) / s["matrix_rows"]) for n, core in self.cores.items() for s in [core.hw_summary()]]
+        table.insert(table.columns.get_loc("devices") + 1, "devices_used", used)
         if len(table):
-            total = dict(layer="total", type=f"{len(table)} cores", arrays=table.arrays.sum(), devices=table.devices.sum(),
+            total = dict(layer="total", type=f"{len(table)} cores", arrays=table.arrays.sum(), devices=table.devices.sum(), devices_used=table.devices_used.sum(),
                          capacity=table.capacity.sum(), mvms_per_image=table.mvms_per_image.sum())
             total["utilisation"] = total["devices"] / total["capacity"]
             table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)

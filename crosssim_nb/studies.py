@@ -57,7 +57,8 @@ def plot_sweep(table, # rows from `accuracy_sweep`
                ax=None, title:str="", xlabel:str|None=None, logx:bool=False):
     "Accuracy vs `x` with std error bars over runs, and the float accuracy as a dashed line; returns the Figure."
     import matplotlib.pyplot as plt
-    if ax is None: fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    import pandas as pd
+    if ax is None: fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
     else: fig = ax.figure
     groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=False))
     for label, part in groups:
@@ -66,5 +67,7 @@ def plot_sweep(table, # rows from `accuracy_sweep`
                     label=None if hue is None else f"{hue}={label}")
     ax.axhline(100 * table["float_accuracy"].iloc[0], color="k", ls="--", lw=0.8, label="float")
     if logx: ax.set_xscale("log")
+    elif pd.api.types.is_integer_dtype(table[x]):                        # bits, rows, slices: no 4.5 on the axis
+        from matplotlib.ticker import MaxNLocator; ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=xlabel or x, ylabel="top-1 accuracy (%)", title=title); ax.legend(fontsize=8)
     return fig

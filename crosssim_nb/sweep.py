@@ -569,6 +569,8 @@ def plot(results:pd.DataFrame, # a sweep's results table
         ax.errorbar(positions, summary["mean"].to_numpy(), yerr=None if error is None else spread, marker="o",
                     capsize=3, label=name)
     if not numeric_x: ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+    elif pd.api.types.is_integer_dtype(data[x]) or np.all(np.mod(data[x].to_numpy(dtype=float), 1) == 0):
+        from matplotlib.ticker import MaxNLocator; ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # bits: no 4.5
     ax.set_xlabel(x); ax.set_ylabel(y)
     ax.set_title(f"{y} vs {x}" + ("" if error is None else f" (mean ± {error} over runs)"))
     if hue is not None: ax.legend(fontsize="small")

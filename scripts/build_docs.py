@@ -3,7 +3,8 @@
 With Quarto on the PATH (or in `.venv/bin`, e.g. from `pip install -e ".[docs]"` on a machine with internet) this is
 `nbdev-docs`. Without it, the same nbdev processing runs (front matter, `show_doc` API sections for every exported
 symbol, hidden cells and directives removed) and nbconvert renders each processed notebook, with its committed
-outputs (figures embedded as PNG, tables as HTML), to one static HTML page; `index.html` comes from `nbs/index.ipynb`
+outputs (figures embedded as PNG, tables as HTML) — notebooks committed without outputs are executed first, cells
+flagged `notest`/`slow` skipped — to one static HTML page; `index.html` comes from `nbs/index.ipynb`
 and every page carries a sidebar of all chapters. Nothing is fetched from the network.
 
     python scripts/build_docs.py [--out _docs] [--engine auto|quarto|nbconvert]
@@ -58,7 +59,7 @@ def _title(nb):
     return "", "", None
 
 
-def process(notebook: Path):
+def process(notebook: Path, cwd: Path):
     "The notebook as nbdev prepares it for docs: show_doc sections executed, hidden/export-only cells dropped."
     import nbdev.processors as processors
     from nbdev.processors import FilterDefaults
@@ -66,9 +67,9 @@ def process(notebook: Path):
     processors._do_eval = _strict_do_eval
     nb = read_nb(notebook)
     os.environ["IN_TEST"] = "1"
-    cwd = os.getcwd(); os.chdir(notebook.parent)
+    before = os.getcwd(); os.chdir(cwd)
     try: FilterDefaults()(nb)
-    finally: os.chdir(cwd); os.environ.pop("IN_TEST", None)
+    finally: os.chdir(before); os.environ.pop("IN_TEST", None)
     return nb
 
 
@@ -116,15 +117,32 @@ def _clean(nb):
     return nbformat.from_dict({"cells": cells, "metadata": {"language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5})
 
 
-def build_nbconvert(out: Path):
+def _with_outputs(notebook: Path, scratch: Path, execute: bool) -> Path:
+    "The notebook itself when it was committed with outputs; else (with `execute`) a copy executed now, flagged cells skipped."
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from execute_notebooks import has_outputs, execute as run
+    if has_outputs(notebook) or not execute: return notebook
     import nbformat
+    try: executed = run(notebook)
+    except Exception as exc:
+        print(f"[docs] WARNING: {notebook.name} failed to execute ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}); "
+              "rendered without outputs", flush=True)
+        return notebook
+    copy = scratch / notebook.name
+    nbformat.write(executed, str(copy))
+    return copy
+
+
+def build_nbconvert(out: Path, execute: bool = True):
+    import nbformat, tempfile
     from nbconvert import HTMLExporter
     warnings.filterwarnings("ignore")
     out.mkdir(parents=True, exist_ok=True)
     rendered = []
+    scratch = Path(tempfile.mkdtemp(prefix="crosssim_nb_docs_"))
     for notebook in notebooks():
         print(f"[docs] {notebook.name}", flush=True)
-        nb = process(notebook)
+        nb = process(_with_outputs(notebook, scratch, execute), cwd=notebook.parent)
         title, summary, fm_cell = _title(nb)
         if fm_cell is not None: nb.cells.remove(fm_cell)
         title = title or notebook.stem
@@ -157,13 +175,16 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "_docs"), help="output folder (default: _docs)")
     parser.add_argument("--engine", default="auto", choices=["auto", "quarto", "nbconvert"],
                         help="quarto (nbdev-docs), nbconvert (offline), or auto: quarto when installed (default: auto)")
+    parser.add_argument("--no-execute", action="store_true",
+                        help="render notebooks committed without outputs as they are (default: execute them first, "
+                             "skipping cells flagged notest/slow)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     engine = args.engine if args.engine != "auto" else ("quarto" if quarto_path() else "nbconvert")
     if engine == "quarto" and not quarto_path():
         parser.error("--engine quarto: no quarto executable (pip install -e '.[docs]' needs the internet; or use --engine nbconvert)")
     if engine == "nbconvert" and out.exists(): shutil.rmtree(out)
-    pages = build_quarto(out) if engine == "quarto" else build_nbconvert(out)
+    pages = build_quarto(out) if engine == "quarto" else build_nbconvert(out, execute=not args.no_execute)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"[docs] {engine}: {len(pages)} pages, {size / 1e6:.1f} MB in {out}")
 
