@@ -75,9 +75,15 @@ def execute(path, timeout: int = 1800, allow_errors: bool = False,
     env_path = os.environ.get("PYTHONPATH", "")
     if str(ROOT) not in env_path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_path) if p)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3"); os.environ.setdefault("MPLBACKEND", "Agg")
-    NotebookClient(work, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                   resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"   # figures become outputs, as in Jupyter
+    try:
+        NotebookClient(work, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    finally:
+        if backend is None: os.environ.pop("MPLBACKEND", None)
+        else: os.environ["MPLBACKEND"] = backend
     for i, cell in enumerate(work.cells):
         if cell.cell_type != "code": continue
         cell.source = nb.cells[i].source
