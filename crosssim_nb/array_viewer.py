@@ -13,7 +13,7 @@ __all__ = ['plot_array_budget', 'plot_layer_mapping', 'ArrayViewer']
 def plot_array_budget(net, # an AnalogNetwork
                       ax=None, # axes pair to draw on (default: a new figure)
                      ):
-    "Bars per analog layer: arrays used (left) and devices (right, log scale); returns the Figure."
+    "Bars per analog layer: arrays used (left) and devices (right, log scale; depthwise: allocated and holding a weight); returns the Figure."
     import matplotlib.pyplot as plt
     names = list(net.cores)
     summaries = [net.cores[name].hw_summary() for name in names]
@@ -21,7 +21,11 @@ def plot_array_budget(net, # an AnalogNetwork
     else: fig = ax[0].figure
     positions = np.arange(len(names))
     ax[0].barh(positions, [s["n_arrays"] for s in summaries], color="tab:blue")
-    ax[1].barh(positions, [s["devices"] for s in summaries], color="tab:orange")
+    ax[1].barh(positions, [s["devices"] for s in summaries], color="tab:orange", label="allocated")
+    table = net.hw_config()
+    if "devices_used" in table and (table.devices_used[:-1] < table.devices[:-1]).any():   # block-diagonal (depthwise) layers
+        ax[1].barh(positions, table.devices_used[:-1].to_numpy(dtype=float), height=0.4, color="tab:red", label="holding a weight")
+        ax[1].legend(fontsize=7, loc="lower right")
     ax[1].set_xscale("log")
     ax[0].set(yticks=positions, yticklabels=names, xlabel="arrays", title=f"{sum(s['n_arrays'] for s in summaries)} arrays in all")
     ax[1].set(xlabel="devices", title=f"{sum(s['devices'] for s in summaries):,} devices in all")

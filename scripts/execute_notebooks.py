@@ -123,7 +123,8 @@ def differences(committed, executed) -> list[str]:
     a, b = code(committed), code(executed)
     if len(a) != len(b): return [f"{len(a)} code cells committed, {len(b)} executed"]
     for index, (old, new) in enumerate(zip(a, b)):
-        where = f"code cell {index} ({_text(old['source']).strip().splitlines()[0][:50] if _text(old['source']).strip() else 'empty'!r})"
+        lines = [line for line in _text(old["source"]).splitlines() if line.strip() and not line.startswith("#|")]
+        where = f"code cell {index} ({(lines[0][:50] if lines else 'empty')!r})"
         for output in list(old.get("outputs", [])) + list(new.get("outputs", [])):
             if output.get("output_type") == "error": problems.append(f"{where}: error {output.get('ename')}: {output.get('evalue')}")
         old_outputs = [o for o in old.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
