@@ -1,6 +1,6 @@
 """Benchmark: simulated analog network vs plain Keras predict, in the same process.
 
-Cases (DESIGN.md §7.4, issue 3):
+Cases (issue 3):
   - keras.applications ResNet50, random weights, 224x224, batch 32
   - a CIFAR-size ResNet-20-style network (32x32x3, 3 stages x 3 basic blocks, 16/32/64 filters)
 Each is timed for InferenceConfig.ideal() and for 8-bit weights / 8-bit DAC / 8-bit ADC (MAX range, DAC ranges
