@@ -1,4 +1,4 @@
-"""Generic device non-idealities: programming error drawn once per programming, read noise drawn on every read.
+"""Device non-idealities: programming error drawn once per programming, read noise drawn on every read — the generic models, and the entry points to the device library.
 
 Docs: https://example.invalid/crosssim_nb/device.html.md"""
 
@@ -10,19 +10,24 @@ import numpy as np
 from .config import InferenceConfig
 
 # %% auto #0
-__all__ = ['noise_std', 'standard_draws', 'program_conductances', 'read_noise_std']
+__all__ = ['noise_std', 'standard_draws', 'program_conductances', 'read_noise_std', 'has_read_noise']
 
 # %% ../nbs/05_device.ipynb #91bf2e4e
 _UNIFORM_STD = 1 / np.sqrt(12.0)   # std of U(-1/2, 1/2)
 
 def noise_std(conductance:np.ndarray, # conductances the noise acts on (Gmax = 1)
               alpha:float, # model size
-              proportional:bool, # std proportional to G (else alpha everywhere)
+              dependence, # 'independent', 'proportional', 'inverse_proportional' (or a bool: True = proportional)
               distribution:str="normal", # 'normal' (std alpha) or 'uniform' (U(-alpha/2, alpha/2), std alpha/sqrt(12))
              ) -> np.ndarray:
     "Per-device standard deviation of a generic error or noise model."
     scale = alpha * (_UNIFORM_STD if distribution == "uniform" else 1.0)
-    return scale * np.abs(conductance) if proportional else np.full_like(conductance, scale)
+    if isinstance(dependence, bool): dependence = "proportional" if dependence else "independent"
+    if dependence == "proportional": return scale * np.abs(conductance)
+    if dependence == "inverse_proportional":
+        magnitude = np.abs(conductance)
+        return np.divide(scale, magnitude, out=np.zeros_like(magnitude, dtype=np.result_type(magnitude, np.float32)), where=magnitude > 0)
+    return np.full_like(conductance, scale)
 
 def standard_draws(rng, # numpy or cupy Generator
                    shape, # shape of the draw
@@ -41,19 +46,20 @@ def standard_draws(rng, # numpy or cupy Generator
 def program_conductances(target:np.ndarray, # target conductances (from `mapping.target_conductances`)
                          config:InferenceConfig, # device settings
                          rng:np.random.Generator, # generator of this programming
+                         state:dict|None=None, # filled with 'at_programming' (the conductances at t = 0) when drift needs it
                         ) -> np.ndarray:
-    "Programmed conductances: target + programming error, then clipped (float64, same shape)."
-    programmed = np.array(target, dtype=np.float64)
-    if config.error_model == "generic" and config.alpha_error > 0:
-        std = noise_std(programmed, config.alpha_error, config.proportional_error, config.error_distribution)
-        programmed += std * standard_draws(rng, programmed.shape, config.error_distribution.value, np.float64)
-    low = config.gmin if config.clip_conductance else 0.0
-    high = 1.0 if config.clip_conductance else np.inf
-    return np.clip(programmed, low, high)
+    "Programmed conductances: target + programming error (or drift at t_drift > 0), then clipped (float64, same shape)."
+    from crosssim_nb.device_models import program_devices
+    return program_devices(target, config, rng, state)
 
 def read_noise_std(programmed:np.ndarray, # programmed conductances
                    config:InferenceConfig, # device settings
+                   at_programming:np.ndarray|None=None, # conductances at t = 0 (time-dependent read noise uses them)
                   ) -> np.ndarray | None:
     "Per-device read-noise std for these conductances, or None when read noise is off."
-    if config.noise_model != "generic" or config.alpha_noise == 0: return None
-    return noise_std(programmed, config.alpha_noise, config.proportional_noise, config.noise_distribution.value)
+    from crosssim_nb.device_models import device_read_std
+    return device_read_std(programmed, config, at_programming)
+
+def has_read_noise(config:InferenceConfig) -> bool:
+    "Whether reads are noisy under this configuration."
+    return config.noise_model != "none" and not (config.noise_model == "generic" and config.alpha_noise == 0)
