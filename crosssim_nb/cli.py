@@ -30,11 +30,12 @@ def add_config_arguments(parser:argparse.ArgumentParser):
     hints = typing.get_type_hints(InferenceConfig)
     for spec in dataclasses.fields(InferenceConfig):
         kind = hints[spec.name]
+        if type(None) in typing.get_args(kind): kind = next(a for a in typing.get_args(kind) if a is not type(None))   # optional field
         flag = "--" + spec.name.replace("_", "-")
         if kind is bool: group.add_argument(flag, type=_bool, metavar="true|false", dest=f"cfg_{spec.name}")
         elif kind is int: group.add_argument(flag, type=int, dest=f"cfg_{spec.name}")
         elif kind is float: group.add_argument(flag, type=float, dest=f"cfg_{spec.name}")
-        elif isinstance(kind, type) and issubclass(kind, str): group.add_argument(flag, choices=kind.allowed(), dest=f"cfg_{spec.name}")
+        elif isinstance(kind, type) and hasattr(kind, "allowed"): group.add_argument(flag, choices=kind.allowed(), dest=f"cfg_{spec.name}")
         else: group.add_argument(flag, type=_int_or_text, dest=f"cfg_{spec.name}")
 
 def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceConfig|None=None) -> InferenceConfig:

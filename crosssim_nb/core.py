@@ -208,7 +208,7 @@ def program(self:AnalogCore,
                                 spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
-    gains = drift_compensation_gains(self, state, program_rng)                    # digital gain per array (or column); None: off
+    gains = drift_compensation_gains(self, state, program_rng, reference_state)   # digital gain per array (or column); None: off
     self._drift_gain = None if gains is None else [xp.asarray(gain) for gain in gains]
     self._linear = self._linear_map() if self.linear else None
     return self

@@ -19,8 +19,8 @@ __all__ = ['SECONDS_PER_DAY', 'SONOS_DAYS', 'SONOS_POLYNOMIALS', 'SONOS_A', 'SON
            'GenericDevice', 'sonos_coefficients', 'SONOS', 'ConductancePolynomial', 'PCMJoshi', 'RRAMMilo', 'RRAMWan',
            'rram_milo_iv_coefficients', 'PCMStatistical', 'PCMLike', 'Hermes', 'HermesSingleDevice', 'ReRamWan2022',
            'ReRamCMO', 'ReRamCMO2', 'TableDevice', 'write_device_table', 'get_model', 'models_for',
-           'check_device_config', 'needs_baseline', 'program_devices', 'device_read_std', 'compensation_gains',
-           'drift_compensation_gains']
+           'check_device_config', 'drift_model_of', 'needs_baseline', 'program_devices', 'device_read_std',
+           'compensation_gains', 'drift_compensation_gains']
 
 # %% ../nbs/07_device_models.ipynb #48ca4753
 SECONDS_PER_DAY = 86400.0
@@ -499,11 +499,19 @@ def check_device_config(config:InferenceConfig):
     if config.noise_model not in ("none", "generic") and config.noise_distribution != "normal":
         raise ValueError(f"noise_distribution={config.noise_distribution.value!r} applies to the generic model only; "
                          f"{config.noise_model.value}'s read noise is Gaussian")
-    if config.t_drift > 0 and config.drift_model == "none":
+    drift = drift_model_of(config)
+    if drift is not None and drift.name != config.drift_model: drift.check(config, "drift")
+    if config.t_drift > 0 and drift is None:
         noise = get_model(config.noise_model.value, config)
         if noise is None or not noise.time_dependent_noise:
             raise ValueError(f"t_drift={config.t_drift} has no effect without a drift model; set drift_model to one of "
                              f"{', '.join(map(repr, models_for('drift')))} (or a time-dependent noise_model)")
+
+def drift_model_of(config:InferenceConfig) -> DeviceLibraryModel | None:
+    "The model that drifts: `drift_model`, or with drift_model='none' the programming-error model when it has a drift model."
+    if config.drift_model != "none": return get_model(config.drift_model.value, config)
+    error = get_model(config.error_model.value, config)
+    return error if config.t_drift > 0 and error is not None and "drift" in error.roles else None
 
 def needs_baseline(config:InferenceConfig) -> bool:
     "Whether programming must also keep the conductances at t = 0 (drift compensation, or read noise that depends on them)."
@@ -521,7 +529,7 @@ def program_devices(target:np.ndarray, # target conductances, any shape (normali
     "The conductances at `t_drift`: programming error at 0, then drift (replacing it or on top), clipped after each model."
     g = np.array(target, dtype=np.float64)
     error = get_model(config.error_model.value, config)
-    drift = get_model(config.drift_model.value, config) if config.t_drift > 0 else None
+    drift = drift_model_of(config) if config.t_drift > 0 else None
     baseline_rng = np.random.default_rng(rng.integers(2 ** 63)) if needs_baseline(config) else None
     def programmed(generator):
         return g.copy() if error is None else _clip(error.program(g, config, generator), config)
@@ -547,14 +555,18 @@ def device_read_std(programmed:np.ndarray, # conductances being read
     return sigma if config.noise_model == "generic" else _scale(config.alpha_noise) * sigma
 
 # %% ../nbs/07_device_models.ipynb #29a44401
-def _one_hot_readout(conductances, core, sigma, rng, reference=None):
+def _one_hot_readout(conductances, core, rng, reference=None, t_days=None, at_programming=None, reference_at_programming=None,
+                     noisy=True):
     "Signed output of every row's one-hot read in every column, (slices, rows, n_out), with one read's noise."
     c = core.config
-    g = conductances if sigma is None else conductances + sigma * rng.standard_normal(conductances.shape)
+    def read(g, before):
+        sigma = device_read_std(g, c, before, t_days) if noisy else None
+        return g if sigma is None else g + sigma * rng.standard_normal(g.shape)
+    g = read(conductances, at_programming)
     if c.style == "BALANCED": return g[:, 0] - g[:, 1]
     if reference is None: return g[:, 0] - (c.gmin + c.grange / 2)
     column_tile = np.repeat(np.arange(len(core.col_ranges)), [stop - start for start, stop in core.col_ranges])
-    return g[:, 0] - reference[None][:, :, column_tile]
+    return g[:, 0] - read(reference, reference_at_programming)[None][:, :, column_tile]
 
 def compensation_gains(then:np.ndarray, # one-hot readout at programming (slices, rows, n_out)
                        now:np.ndarray, # one-hot readout at t_drift, same shape
@@ -574,15 +586,17 @@ def compensation_gains(then:np.ndarray, # one-hot readout at programming (slices
     return gains
 
 def drift_compensation_gains(core, # the AnalogCore just programmed
-                             state:dict, # from programming: 'at_programming'
+                             state:dict, # from programming its devices: 'at_programming'
                              rng:np.random.Generator, # generator for the reference reads' noise
+                             reference_state:dict|None=None, # from programming its unit columns (OFFSET), if any
                             ) -> list | None:
     "The core's drift-compensation gains per row tile (None when `drift_compensation='none'`)."
     c = core.config
     if c.drift_compensation == "none": return None
-    now = _one_hot_readout(core.programmed, core, device_read_std(core.programmed, c, state.get("at_programming")), rng, core.reference)
-    if c.drift_compensation == "global_ideal": then = _one_hot_readout(core._target, core, None, rng)
+    reference_before = (reference_state or {}).get("at_programming")
+    now = _one_hot_readout(core.programmed, core, rng, core.reference, None, state.get("at_programming"), reference_before)
+    if c.drift_compensation == "global_ideal": then = _one_hot_readout(core._target, core, rng, None, noisy=False)
     else:
         before = state["at_programming"]
-        then = _one_hot_readout(before, core, device_read_std(before, c, before, t_days=0.0), rng, core.reference)
+        then = _one_hot_readout(before, core, rng, reference_before, 0.0, before, reference_before)
     return compensation_gains(then, now, core.row_ranges, core.col_ranges, c.drift_compensation == "per_column")
