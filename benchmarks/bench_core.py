@@ -1,7 +1,10 @@
 """Benchmark: AnalogCore on a 1152x256 matrix times 1024 vectors, as a ratio to plain NumPy matmul in the same run.
 
 Cases (issue 2): (a) ideal; (b) 8-bit DAC + 8-bit CALIBRATED ADC (limits = 99.99th percentile of a profile made here);
-(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit.
+(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit;
+(f) (b) + a measured device's read noise (SONOS, issue 10), whose ratio to (c) is printed: a named model's σ(G) is
+computed once at programming, so its reads cost what generic read noise costs; (g) (b) with SONOS devices 1 day after
+programming and (h) (g) with global drift compensation, whose ratios to (b) show what drift costs at inference.
 Programming time (building the arrays) is reported separately from inference time.
 Usage: python benchmarks/bench_core.py [--repeats N]
 """
@@ -36,6 +39,10 @@ def main(repeats=5):
         "(c) (b) + 1% read noise": base.replace(noise_model="generic", alpha_noise=0.01),
         "(d) (b) + 4 weight slices": base.replace(nslices=4),
         "(e) (b) + 8-bit input bit slicing, ADC per bit": base.replace(input_bitslicing=True, adc_per_ibit=True),
+        "(f) (b) + SONOS read noise": base.replace(rmin=35e3, vread=0.06, noise_model="SONOS"),
+        "(g) (b) + SONOS drift, 1 day": base.replace(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS", t_drift=1.0),
+        "(h) (g) + global drift compensation": base.replace(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS", t_drift=1.0,
+                                                            drift_compensation="global"),
     }
     numpy_time = best_time(lambda: matrix @ x, repeats)
     rows, times = [], {}
@@ -51,6 +58,7 @@ def main(repeats=5):
     print(f"{'case':50s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s}")
     for label, program_time in rows:
         print(f"{label:50s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} {program_time:10.3f}")
+    print(f"named-model (SONOS) read noise / generic read noise: {times['(f) (b) + SONOS read noise'] / times['(c) (b) + 1% read noise']:.2f}x")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -15,12 +15,12 @@ from .device import noise_std, standard_draws
 # %% auto #0
 __all__ = ['SECONDS_PER_DAY', 'SONOS_DAYS', 'SONOS_POLYNOMIALS', 'SONOS_A', 'SONOS_B', 'SONOS_READ', 'SONOS_MAX_CURRENT_NA',
            'SONOS_MAX_DRIFT_CURRENT_NA', 'RRAM_MILO_IV', 'RERAM_WAN2022_TIMES_S', 'RERAM_WAN2022_COEFFICIENTS',
-           'MODELS', 'max_conductance_uS', 'min_conductance_uS', 'max_current_nA', 'DeviceLibraryModel',
-           'GenericDevice', 'sonos_coefficients', 'SONOS', 'ConductancePolynomial', 'PCMJoshi', 'RRAMMilo', 'RRAMWan',
-           'rram_milo_iv_coefficients', 'PCMStatistical', 'PCMLike', 'Hermes', 'HermesSingleDevice', 'ReRamWan2022',
-           'ReRamCMO', 'ReRamCMO2', 'TableDevice', 'write_device_table', 'get_model', 'models_for',
-           'check_device_config', 'drift_model_of', 'needs_baseline', 'program_devices', 'device_read_std',
-           'compensation_gains', 'drift_compensation_gains']
+           'MODELS', 'DEVICE_PRESETS', 'max_conductance_uS', 'min_conductance_uS', 'max_current_nA',
+           'DeviceLibraryModel', 'GenericDevice', 'sonos_coefficients', 'SONOS', 'ConductancePolynomial', 'PCMJoshi',
+           'RRAMMilo', 'RRAMWan', 'rram_milo_iv_coefficients', 'PCMStatistical', 'PCMLike', 'Hermes',
+           'HermesSingleDevice', 'ReRamWan2022', 'ReRamCMO', 'ReRamCMO2', 'TableDevice', 'write_device_table',
+           'get_model', 'models_for', 'check_device_config', 'drift_model_of', 'needs_baseline', 'device_config',
+           'program_devices', 'device_read_std', 'compensation_gains', 'drift_compensation_gains']
 
 # %% ../nbs/07_device_models.ipynb #48ca4753
 SECONDS_PER_DAY = 86400.0
@@ -75,7 +75,7 @@ class DeviceLibraryModel:
 def _refuse(model:str, role:str, message:str):
     raise ValueError(f"{model} ({role}_model): {message}")
 
-# %% ../nbs/07_device_models.ipynb #678dd98c
+# %% ../nbs/07_device_models.ipynb #fb49719e
 class GenericDevice(DeviceLibraryModel):
     "alpha-parameterised normal/uniform error and noise, independent, proportional or inverse-proportional to G."
     name, roles = "generic", ("error", "noise")
@@ -91,7 +91,7 @@ class GenericDevice(DeviceLibraryModel):
     def read_std(self, conductance, config, t_days=0.0, at_programming=None):
         return noise_std(conductance, config.alpha_noise, config.noise_dependence, config.noise_distribution.value)
 
-# %% ../nbs/07_device_models.ipynb #012b93d9
+# %% ../nbs/07_device_models.ipynb #3aafffbb
 SONOS_DAYS = np.arange(6.0)
 SONOS_POLYNOMIALS = np.array([   # p_0..p_10 (nA^(1-k)) at days 0..5; row 0 is zero (no drift at t = 0)
     [0.0] * 11,
@@ -147,7 +147,7 @@ class SONOS(DeviceLibraryModel):
         spread = np.maximum(amplitude * (1 - np.exp(-current / width)), 0)
         return np.maximum((current + spread * rng.standard_normal(target.shape)) / scale, 0)
 
-# %% ../nbs/07_device_models.ipynb #ba9c4c0e
+# %% ../nbs/07_device_models.ipynb #9e3e47dd
 class ConductancePolynomial(DeviceLibraryModel):
     "Programming σ(G) = max(polynomial of G in µS, 0), G = Gmax·g."
     roles = ("error",)
@@ -197,7 +197,7 @@ def rram_milo_iv_coefficients(conductance_S:np.ndarray, # small-signal conductan
     on = g >= 1e-9
     return np.where(on, np.polyval(RRAM_MILO_IV["nl2"], x), 0.0), np.where(on, np.polyval(RRAM_MILO_IV["nl3"], x), 0.0)
 
-# %% ../nbs/07_device_models.ipynb #0a0dcecd
+# %% ../nbs/07_device_models.ipynb #0d34cba4
 class PCMStatistical(DeviceLibraryModel):
     "aihwkit-style PCM: programming noise, power-law drift with state-dependent exponent, 1/f read noise growing with time."
     roles = ("error", "noise", "drift")
@@ -280,7 +280,7 @@ class HermesSingleDevice(Hermes):
     nu_std_fit = (0.3039, (-0.0120, -0.0023, 0.0124, 0.04), (-0.0165, 0.0116, 0.0104))
     read_fit = (0.1591, (-0.0078, 0.0038, 0.0179, 0.04), (0.0664, -0.1352, 0.0768, 0.0088))
 
-# %% ../nbs/07_device_models.ipynb #b8a47558
+# %% ../nbs/07_device_models.ipynb #72ffbf38
 RERAM_WAN2022_TIMES_S = np.array([1.0, 86400.0, 172800.0])
 RERAM_WAN2022_COEFFICIENTS = np.array([       # ascending powers of x = G/40 µS, σ in µS
     [0.348, 16.030, -43.853, 45.393, -16.815],
@@ -354,7 +354,7 @@ class ReRamCMO2(ReRamCMO):
     "ReRamCMO with the 2 % acceptance programming fit."
     name, program_fit = "ReRamCMO2", (0.0112185391, 0.01129027418)
 
-# %% ../nbs/07_device_models.ipynb #482c1a06
+# %% ../nbs/07_device_models.ipynb #6121a78a
 _DRIFT_COLUMN = re.compile(r"^drift_(shift|sigma)_t([0-9.eE+-]+)$")
 
 class TableDevice(DeviceLibraryModel):
@@ -462,7 +462,7 @@ def write_device_table(path, # CSV file to write
     pd.DataFrame(data).to_csv(path, index=False, float_format="%.10g")
     return Path(path)
 
-# %% ../nbs/07_device_models.ipynb #d321f471
+# %% ../nbs/07_device_models.ipynb #e48aa834
 MODELS = {model.name: model for model in (GenericDevice(), SONOS(), PCMJoshi(), RRAMMilo(), RRAMWan(), PCMLike(), Hermes(),
                                           HermesSingleDevice(), ReRamWan2022(), ReRamCMO(), ReRamCMO2())}
 _ROLE_FIELDS = {"error": "error_model", "noise": "noise_model", "drift": "drift_model"}
@@ -521,6 +521,30 @@ def needs_baseline(config:InferenceConfig) -> bool:
 def _clip(g, config):
     return np.clip(g, config.gmin, 1.0) if config.clip_conductance else np.maximum(g, 0.0)
 
+DEVICE_PRESETS = {   # each model in its measured range, in every role it has
+    "SONOS": dict(rmin=35e3, vread=0.06, error_model="SONOS", noise_model="SONOS", drift_model="SONOS"),
+    "PCMJoshi": dict(rmin=40e3, rmax=4e6, infinite_on_off_ratio=False, error_model="PCMJoshi"),
+    "RRAMMilo": dict(rmin=4450, rmax=20000, infinite_on_off_ratio=False, error_model="RRAMMilo"),
+    "RRAMWan": dict(rmin=25.5e3, error_model="RRAMWan"),
+    "PCMLike": dict(error_model="PCMLike", noise_model="PCMLike", drift_model="PCMLike"),
+    "Hermes": dict(rmin=1e6 / 20.7, error_model="Hermes", noise_model="Hermes", drift_model="Hermes"),
+    "HermesSingleDevice": dict(rmin=1e6 / 10.35, error_model="HermesSingleDevice", noise_model="HermesSingleDevice",
+                               drift_model="HermesSingleDevice"),
+    "ReRamWan2022": dict(rmin=25e3, error_model="ReRamWan2022", drift_model="ReRamWan2022"),
+    "ReRamCMO": dict(rmin=1e6 / 88.199997, rmax=1e6 / 9.0, infinite_on_off_ratio=False, error_model="ReRamCMO",
+                     noise_model="ReRamCMO", drift_model="ReRamCMO"),
+    "ReRamCMO2": dict(rmin=1e6 / 88.199997, rmax=1e6 / 9.0, infinite_on_off_ratio=False, error_model="ReRamCMO2",
+                      noise_model="ReRamCMO2", drift_model="ReRamCMO2"),
+}
+
+def device_config(name:str, # a DEVICE_PRESETS name
+                  base:InferenceConfig|None=None, # the rest of the hardware (default InferenceConfig())
+                  **changes, # further config changes (t_drift, drift_compensation, ...)
+                 ) -> InferenceConfig:
+    "`base` with the device `name` in every role it has, at physical settings inside its measured range."
+    if name not in DEVICE_PRESETS: raise ValueError(f"device {name!r} has no preset; allowed: {', '.join(map(repr, DEVICE_PRESETS))}")
+    return (base or InferenceConfig()).replace(**{**DEVICE_PRESETS[name], **changes})
+
 def program_devices(target:np.ndarray, # target conductances, any shape (normalised)
                     config:InferenceConfig, # device settings
                     rng:np.random.Generator, # generator of this programming
@@ -554,7 +578,7 @@ def device_read_std(programmed:np.ndarray, # conductances being read
     sigma = model.read_std(programmed, config, t, at_programming)
     return sigma if config.noise_model == "generic" else _scale(config.alpha_noise) * sigma
 
-# %% ../nbs/07_device_models.ipynb #29a44401
+# %% ../nbs/07_device_models.ipynb #1b9fd096
 def _one_hot_readout(conductances, core, rng, reference=None, t_days=None, at_programming=None, reference_at_programming=None,
                      noisy=True):
     "Signed output of every row's one-hot read in every column, (slices, rows, n_out), with one read's noise."
