@@ -312,3 +312,25 @@ def test_compensation_is_a_digital_gain_per_array_and_offset_mode_works():
                            nrows_max=32)
     gains = tile_gains(AnalogCore(W, base.replace(drift_compensation="global")), 64)
     assert np.all(np.abs(gains - 1) < 0.05) and np.all(tile_gains(AnalogCore(W, base), 64) < 0.8)
+
+# ---------------------------------------------------------------- end to end
+def test_compensation_keeps_accuracy_on_a_zoo_model():
+    "mnist_mlp on PCM a year after programming: accuracy with global compensation >= without (and drift does hurt)."
+    from crosssim_nb.inference import run_inference
+    from crosssim_nb.device_models import device_config
+    base = device_config("PCMLike", InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0), t_drift=365.0)
+    accuracy = {c: run_inference("mnist_mlp", "mnist", base.replace(drift_compensation=c), ntest=300, nruns=2, progress=False,
+                                 calibration_samples=100).mean[0] for c in ("none", "global")}
+    fresh = run_inference("mnist_mlp", "mnist", base.replace(t_drift=0.0), ntest=300, nruns=2, progress=False, calibration_samples=100).mean[0]
+    assert accuracy["global"] >= accuracy["none"] and accuracy["global"] >= fresh - 0.02, (accuracy, fresh)
+
+@pytest.mark.slow
+def test_cli_runs_a_measured_device():
+    import subprocess, sys, os
+    command = [sys.executable, "-m", "crosssim_nb.cli", "run", "--model", "mnist_mlp", "--ntest", "50", "--no-progress",
+               "--error-model", "SONOS", "--noise-model", "SONOS", "--t-drift", "1", "--rmin", "35000", "--vread", "0.06"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "error_model=SONOS" in result.stdout and "t_drift=1.0" in result.stdout
+    bad = subprocess.run(command[:-4], capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert bad.returncode != 0 and "exceeds the measured 3200 nA" in bad.stderr
