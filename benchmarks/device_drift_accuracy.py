@@ -12,22 +12,14 @@ from pathlib import Path
 import pandas as pd
 from crosssim_nb import InferenceConfig, zoo
 from crosssim_nb.inference import run_inference
+from crosssim_nb.device_models import device_config
 
 BASE = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="CALIBRATED")
 HOUR, MONTH, YEAR = 1 / 24, 30.0, 365.0
-# model: (device settings, times in days); every model serves as many roles (error, noise, drift) as it has
-MODELS = {
-    "ideal devices": (dict(), [0.0]),
-    "SONOS": (dict(rmin=35e3, vread=0.06, error_model="SONOS", noise_model="SONOS", drift_model="SONOS"), [0.0, 1.0, 5.0]),
-    "PCMJoshi": (dict(rmin=40e3, rmax=4e6, infinite_on_off_ratio=False, error_model="PCMJoshi"), [0.0]),
-    "RRAMMilo": (dict(rmin=4450, rmax=20000, infinite_on_off_ratio=False, error_model="RRAMMilo"), [0.0]),
-    "RRAMWan": (dict(rmin=25.5e3, error_model="RRAMWan"), [0.0]),
-    "PCMLike": (dict(error_model="PCMLike", noise_model="PCMLike", drift_model="PCMLike"), [0.0, HOUR, 1.0, MONTH, YEAR]),
-    "Hermes": (dict(rmin=1e6 / 20.7, error_model="Hermes", noise_model="Hermes", drift_model="Hermes"), [0.0, 1.0, MONTH, YEAR]),
-    "ReRamWan2022": (dict(rmin=25e3, error_model="ReRamWan2022", drift_model="ReRamWan2022"), [0.0, 1.0, 2.0]),
-    "ReRamCMO": (dict(rmin=1e6 / 88.199997, rmax=1e6 / 9.0, infinite_on_off_ratio=False, error_model="ReRamCMO",
-                      noise_model="ReRamCMO", drift_model="ReRamCMO"), [0.0, HOUR, 1.0, YEAR]),
-}
+# device: times in days; each device is its preset (device_models.DEVICE_PRESETS: every role it has, inside its measured range)
+TIMES = {"ideal devices": [0.0], "SONOS": [0.0, 1.0, 5.0], "PCMJoshi": [0.0], "RRAMMilo": [0.0], "RRAMWan": [0.0],
+         "PCMLike": [0.0, HOUR, 1.0, MONTH, YEAR], "Hermes": [0.0, 1.0, MONTH, YEAR], "ReRamWan2022": [0.0, 1.0, 2.0],
+         "ReRamCMO": [0.0, HOUR, 1.0, YEAR]}
 
 def time_label(days):
     if days == 0: return "0"
@@ -41,8 +33,8 @@ def main(model_name, ntest, nruns, models, out, compensations):
         for line in out.read_text().splitlines():
             row = json.loads(line); done[(row["device"], row["t_days"], row["compensation"])] = row
     for device in models:
-        settings, times = MODELS[device]
-        config = BASE.replace(**settings)
+        times = TIMES[device]
+        config = BASE if device == "ideal devices" else device_config(device, BASE)
         todo = [(t, comp) for t in times for comp in (compensations if t > 0 else ["none"]) if (device, t, comp) not in done]
         if not todo: continue
         start = time.perf_counter()            # calibrate once, at programming time
@@ -79,7 +71,7 @@ def _limits_of(model_name, dataset, config):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fashion_resnet")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(TIMES), choices=list(TIMES))
     parser.add_argument("--ntest", type=int, default=500)
     parser.add_argument("--nruns", type=int, default=5)
     parser.add_argument("--compensations", nargs="+", default=["none", "global"])
