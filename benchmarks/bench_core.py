@@ -1,7 +1,10 @@
 """Benchmark: AnalogCore on a 1152x256 matrix times 1024 vectors, as a ratio to plain NumPy matmul in the same run.
 
 Cases (issue 2): (a) ideal; (b) 8-bit DAC + 8-bit CALIBRATED ADC (limits = 99.99th percentile of a profile made here);
-(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit.
+(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit;
+(f) (b) + a measured device's read noise (SONOS, issue 10), whose ratio to (c) is printed: a named model's σ(G) is
+computed once at programming, so its reads cost what generic read noise costs; (g) (b) with SONOS devices 1 day after
+programming and (h) (g) with global drift compensation, whose ratios to (b) show what drift costs at inference.
 Programming time (building the arrays) is reported separately from inference time.
 Usage: python benchmarks/bench_core.py [--repeats N]
 """
@@ -15,6 +18,14 @@ def best_time(fn, repeats):
     for _ in range(repeats):
         start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
     return min(times)
+
+def paired_ratio(core_a, core_b, x_rows, pairs):
+    "Median over `pairs` back-to-back calls of time(core_a) / time(core_b)."
+    ratios = []
+    for _ in range(pairs):
+        start = time.perf_counter(); core_a.apply(x_rows); middle = time.perf_counter(); core_b.apply(x_rows); end = time.perf_counter()
+        ratios.append((middle - start) / (end - middle))
+    return float(np.median(ratios))
 
 def calibrated_limits(matrix, config, x_rows, percentile=99.99):
     "Symmetric per-slice (per-input-bit) limits from a profile of the ADC inputs, ADCs off."
@@ -36,13 +47,18 @@ def main(repeats=5):
         "(c) (b) + 1% read noise": base.replace(noise_model="generic", alpha_noise=0.01),
         "(d) (b) + 4 weight slices": base.replace(nslices=4),
         "(e) (b) + 8-bit input bit slicing, ADC per bit": base.replace(input_bitslicing=True, adc_per_ibit=True),
+        "(f) (b) + SONOS read noise": base.replace(rmin=35e3, vread=0.06, noise_model="SONOS"),
+        "(g) (b) + SONOS drift, 1 day": base.replace(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS", t_drift=1.0),
+        "(h) (g) + global drift compensation": base.replace(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS", t_drift=1.0,
+                                                            drift_compensation="global"),
     }
     numpy_time = best_time(lambda: matrix @ x, repeats)
-    rows, times = [], {}
+    rows, times, cores = [], {}, {}
     for label, config in cases.items():
         limits = calibrated_limits(matrix, config, x_rows[:256]) if config.adc_bits else None
         if limits is not None and not config.adc_per_ibit: limits = limits[:, 0]
         start = time.perf_counter(); core = AnalogCore(matrix, config, adc_limits=limits); program_time = time.perf_counter() - start
+        cores[label] = core
         core.apply(x_rows)   # warm-up
         numpy_time = min(numpy_time, best_time(lambda: matrix @ x, repeats))
         times[label] = best_time(lambda: core.apply(x_rows), repeats)
@@ -51,6 +67,11 @@ def main(repeats=5):
     print(f"{'case':50s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s}")
     for label, program_time in rows:
         print(f"{label:50s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} {program_time:10.3f}")
+    # the device-library ratios, timed alternately (each pair back to back) so that load changes on a shared machine cancel
+    for label, numerator, denominator in (("named-model (SONOS) read noise / generic read noise", "(f) (b) + SONOS read noise", "(c) (b) + 1% read noise"),
+                                          ("SONOS drift 1 day / undrifted (b)", "(g) (b) + SONOS drift, 1 day", "(b) 8-bit DAC + 8-bit calibrated ADC"),
+                                          ("drift + global compensation / undrifted (b)", "(h) (g) + global drift compensation", "(b) 8-bit DAC + 8-bit calibrated ADC")):
+        print(f"{label}: {paired_ratio(cores[numerator], cores[denominator], x_rows, 3 * repeats):.2f}x (median of {3 * repeats} alternating pairs)")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -14,6 +14,7 @@ __all__ = ['MAIN_JOB_CONFIG', 'add_config_arguments', 'config_from_arguments', '
            'core_demo']
 
 # %% ../nbs/40_cli.ipynb #f695a083
+import typing
 class _Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line: what is wrong and what is allowed (exit status 2, no usage block)."
     def error(self, message):
@@ -53,13 +54,14 @@ def add_config_arguments(parser:argparse.ArgumentParser,
     for spec in dataclasses.fields(InferenceConfig):
         if spec.name in exclude: continue
         kind, default = hints[spec.name], spec.default
+        if type(None) in typing.get_args(kind): kind = next(a for a in typing.get_args(kind) if a is not type(None))   # optional field
         flag, dest = "--" + spec.name.replace("_", "-"), f"cfg_{spec.name}"
         shown = getattr(default, "value", default)
         text = f"{meanings.get(spec.name) or spec.name} (default: {shown})".replace("%", "%%")
         if kind is bool: group.add_argument(flag, type=_bool, metavar="true|false", dest=dest, help=text)
         elif kind is int: group.add_argument(flag, type=int, metavar="INT", dest=dest, help=text)
         elif kind is float: group.add_argument(flag, type=float, metavar="NUMBER", dest=dest, help=text)
-        elif isinstance(kind, type) and issubclass(kind, str):
+        elif isinstance(kind, type) and hasattr(kind, "allowed"):
             group.add_argument(flag, type=_choice(kind.allowed()), metavar="{" + ",".join(kind.allowed()) + "}", dest=dest,
                                help=text + "; any case")
         else: group.add_argument(flag, type=_int_or_text, metavar="VALUE", dest=dest, help=text)

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['WeightStyle', 'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'DeviceModel', 'DriftModel',
-           'InferenceConfig', 'FileFormatError', 'read_data_file', 'describe_config']
+__all__ = ['WeightStyle', 'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'Dependence', 'DeviceModel',
+           'DriftModel', 'DriftCompensation', 'InferenceConfig', 'FileFormatError', 'read_data_file', 'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -47,14 +47,46 @@ class ReadNoiseMethod(_Option):
     output_domain = "output_domain" # exact-in-distribution noise on column currents: one extra matmul (fast)
     exact = "exact"         # a fresh noise matrix per input vector (slow; for validation)
 
+class Dependence(_Option):
+    "How the std of a generic error or noise depends on the conductance G (Gmax = 1)."
+    independent = "independent"   # sigma = alpha (Gmax units)
+    proportional = "proportional" # sigma = alpha*G
+    inverse_proportional = "inverse_proportional" # sigma = alpha/G (= alpha*R/Rmin); G = 0 stays 0
+
 class DeviceModel(_Option):
-    "Device model for programming error or read noise."
+    "Device model for programming error or read noise (CrossSim's and aihwkit's names; see the device_models module)."
     none = "none"           # no error
-    generic = "generic"     # alpha-parameterised normal/uniform, independent or proportional to G
+    generic = "generic"     # alpha-parameterised normal/uniform, independent, proportional or inverse-proportional to G
+    SONOS = "SONOS"         # 40 nm SONOS, Agrawal et al. IEDM 2022 (programming error, read noise)
+    PCMJoshi = "PCMJoshi"   # PCM, Joshi et al. Nat. Commun. 2020 (programming error)
+    RRAMMilo = "RRAMMilo"   # RRAM, Milo et al. IRPS 2021 (programming error)
+    RRAMWan = "RRAMWan"     # RRAM, Wan et al. Nature 2022, CrossSim fit (programming error)
+    PCMLike = "PCMLike"     # aihwkit PCM statistical model, Nandakumar et al. 2019 (programming noise, 1/f read noise)
+    Hermes = "Hermes"       # aihwkit HERMES PCM chip, two devices per weight (MSF), Le Gallo et al. 2023
+    HermesSingleDevice = "HermesSingleDevice" # aihwkit HERMES PCM chip, one device per weight
+    ReRamWan2022 = "ReRamWan2022" # aihwkit ReRAM model of Wan et al. Nature 2022 (programming error)
+    ReRamCMO = "ReRamCMO"   # aihwkit CMO/HfOx ReRAM, 0.2 % acceptance fit (programming error, read noise)
+    ReRamCMO2 = "ReRamCMO2" # aihwkit CMO/HfOx ReRAM, 2 % acceptance fit
+    table = "table"         # the user's measured sigma(G) from the CSV file `device_table`
 
 class DriftModel(_Option):
-    "Conductance drift model (only 'none' is built so far)."
+    "Conductance drift model, applied at t_drift > 0 days."
     none = "none"
+    SONOS = "SONOS"         # mean current drift + growing spread, measured days 1-5 (replaces programming error)
+    PCMLike = "PCMLike"     # aihwkit PCM power-law drift, state-dependent exponent (on top of programming noise)
+    Hermes = "Hermes"       # aihwkit HERMES PCM drift (two devices per weight; on top of programming noise)
+    HermesSingleDevice = "HermesSingleDevice" # aihwkit HERMES PCM drift, one device per weight
+    ReRamWan2022 = "ReRamWan2022" # spread measured at 1 s, 1 day, 2 days (replaces programming error)
+    ReRamCMO = "ReRamCMO"   # aihwkit CMO/HfOx ReRAM logarithmic relaxation (on top of programming noise)
+    ReRamCMO2 = "ReRamCMO2" # the same drift, 2 % acceptance programming fit
+    table = "table"         # drift shift and spread at the times listed in `device_table` (replaces programming error)
+
+class DriftCompensation(_Option):
+    "Digital drift compensation from reference reads at programming time and at t_drift."
+    none = "none"
+    global_ = "global"      # one gain per array: mean|output| at programming / mean|output| now (one-hot readout)
+    global_ideal = "global_ideal" # one gain per array against the ideal (unprogrammed) conductances
+    per_column = "per_column" # one gain per array column
 
 # %% ../nbs/01_config.ipynb #04148708
 _WEIGHT_BITS = "0 (no quantisation) or 2..24"
@@ -78,19 +110,24 @@ class InferenceConfig:
     # --- devices ---
     rmin: float = 1e3                    # device on-resistance in ohm (sets Gmin = rmin/rmax)
     rmax: float = 1e6                    # device off-resistance in ohm
+    vread: float = 0.1                   # read voltage in volts at a full-scale input (|v| = 1); physical cell current = vread·G
     infinite_on_off_ratio: bool = True   # take Gmin = 0 regardless of rmin/rmax
     clip_conductance: bool = False       # clip programmed conductances to [Gmin, Gmax] (else only at 0)
-    error_model: DeviceModel = DeviceModel.none # programming error model: 'none' or 'generic'
-    alpha_error: float = 0.0             # generic programming error size (std in Gmax units, or relative with proportional)
-    proportional_error: bool = True      # programming error std proportional to G (sigma = alpha*G) rather than alpha
+    error_model: DeviceModel = DeviceModel.none # programming error model: 'none', 'generic' or a device-library name
+    alpha_error: float = 0.0             # generic: programming error size (see error_dependence); named model: scale on its sigma (0 = as measured)
+    proportional_error: bool | None = None # alias of error_dependence: True = proportional, False = independent (unset: follows it)
     error_distribution: Distribution = Distribution.normal # programming error distribution: normal or uniform
-    noise_model: DeviceModel = DeviceModel.none # per-read noise model: 'none' or 'generic'
-    alpha_noise: float = 0.0             # generic read noise size (std in Gmax units, or relative with proportional)
-    proportional_noise: bool = True      # read noise std proportional to G (sigma = alpha*G) rather than alpha
+    error_dependence: Dependence | None = None # generic error std: independent (alpha), proportional (alpha*G), inverse_proportional (alpha/G); default proportional
+    noise_model: DeviceModel = DeviceModel.none # per-read noise model: 'none', 'generic' or a device-library name
+    alpha_noise: float = 0.0             # generic: read noise size (see noise_dependence); named model: scale on its sigma (0 = as measured)
+    proportional_noise: bool | None = None # alias of noise_dependence: True = proportional, False = independent (unset: follows it)
     noise_distribution: Distribution = Distribution.normal # read noise distribution: normal or uniform (moment-matched)
+    noise_dependence: Dependence | None = None # generic read noise std: independent, proportional or inverse_proportional; default proportional
     read_noise_method: ReadNoiseMethod = ReadNoiseMethod.output_domain # output_domain (fast, exact in distribution) or exact
-    drift_model: DriftModel = DriftModel.none # conductance drift model (not built: must be 'none')
-    t_drift: float = 0.0                 # time since programming in days (not built: must be 0)
+    drift_model: DriftModel = DriftModel.none # conductance drift model, applied at t_drift > 0 (CrossSim's and aihwkit's names)
+    t_drift: float = 0.0                 # time since programming in days (CrossSim's unit, fractions allowed); 0 = just programmed
+    device_table: str = ""               # CSV of measured sigma(G) (and drift) for the 'table' model; see device_models.write_device_table
+    drift_compensation: DriftCompensation = DriftCompensation.none # none, global (gain per array), global_ideal, per_column
     icol_max: float = 0.0                # column current limit in normalised current (0 = off); clips I+ and I- separately
     rp_row: float = 0.0                  # parasitic wire resistance per row segment in ohm (not built: must be 0)
     rp_col: float = 0.0                  # parasitic wire resistance per column segment in ohm (not built: must be 0)
@@ -123,6 +160,9 @@ class InferenceConfig:
     def replace(self, **changes):
         "A validated copy with `changes` applied."
         _check_names(changes)
+        for pair in (("error_dependence", "proportional_error"), ("noise_dependence", "proportional_noise")):
+            for given, alias in (pair, pair[::-1]):    # changing one of a dependence and its alias lets the other follow
+                if given in changes and alias not in changes: changes[alias] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -196,16 +236,18 @@ def _set(cfg, name, value): object.__setattr__(cfg, name, value)
 def _check_type(cfg, spec):
     name, value = spec.name, getattr(cfg, spec.name)
     anno = spec.type if isinstance(spec.type, str) else spec.type.__name__
+    if anno.endswith(" | None"):        # optional: None is resolved by the value checks
+        if value is None: return
+        anno = anno[:-len(" | None")]
     option_types = {"WeightStyle": WeightStyle, "BalancedStyle": BalancedStyle, "ADCRangeOption": ADCRangeOption,
                     "Distribution": Distribution, "ReadNoiseMethod": ReadNoiseMethod, "DeviceModel": DeviceModel,
-                    "DriftModel": DriftModel}
+                    "DriftModel": DriftModel, "Dependence": Dependence, "DriftCompensation": DriftCompensation}
     if anno in option_types:
         option = option_types[anno]
         text = value.value if isinstance(value, Enum) else value
         matches = [m for m in option if isinstance(text, str) and m.value.lower() == text.lower()]
         if not matches:
-            extra = " (device-library models are not built yet)" if option is DeviceModel else ""
-            raise ValueError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(repr, option.allowed()))}{extra}")
+            raise ValueError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(repr, option.allowed()))}")
         _set(cfg, name, matches[0])
     elif anno == "bool":
         if not isinstance(value, bool): raise ValueError(f"{name}={value!r} must be True or False")
@@ -225,7 +267,18 @@ def _check_type(cfg, spec):
 def _require(ok:bool, message:str):
     if not ok: raise ValueError(message)
 
+def _resolve_dependence(c:InferenceConfig):
+    "Fill in error/noise_dependence and their boolean aliases proportional_error/noise; a contradiction is an error."
+    for kind in ("error", "noise"):
+        dependence, alias = getattr(c, f"{kind}_dependence"), getattr(c, f"proportional_{kind}")
+        if dependence is None: dependence = Dependence.independent if alias is False else Dependence.proportional
+        _require(alias is None or alias == (dependence == "proportional"),
+                 f"proportional_{kind}={alias} contradicts {kind}_dependence={dependence.value!r}; set only {kind}_dependence")
+        _set(c, f"{kind}_dependence", dependence)
+        _set(c, f"proportional_{kind}", dependence == "proportional")
+
 def _check_values(c:InferenceConfig):
+    _resolve_dependence(c)
     _require(c.weight_bits == 0 or 2 <= c.weight_bits <= 24, f"weight_bits={c.weight_bits} is not allowed; allowed: {_WEIGHT_BITS}")
     _require(c.dac_bits == 0 or 1 <= c.dac_bits <= 24, f"dac_bits={c.dac_bits} is not allowed; allowed: {_DAC_BITS}")
     _require(c.adc_bits == 0 or 2 <= c.adc_bits <= 32, f"adc_bits={c.adc_bits} is not allowed; allowed: {_ADC_BITS}")
@@ -241,6 +294,7 @@ def _check_values(c:InferenceConfig):
         value = getattr(c, name)
         _require(value == 0 or value >= 1, f"{name}={value} is not allowed; allowed: 0 (unlimited) or a positive number of {name[:4]}")
     _require(c.rmin > 0 and c.rmax > c.rmin, f"rmin={c.rmin}, rmax={c.rmax} are not allowed; need 0 < rmin < rmax (ohm)")
+    _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
     for name in ("alpha_error", "alpha_noise", "icol_max"):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0")
     for model, alpha in (("error_model", "alpha_error"), ("noise_model", "alpha_noise")):
@@ -250,8 +304,9 @@ def _check_values(c:InferenceConfig):
     _require(c.nruns >= 1, f"nruns={c.nruns} is not allowed; allowed: an integer >= 1")
     # physics not built yet: reject instead of ignoring
     _require(not c.interleaved_posneg, "interleaved_posneg=True is not built yet; allowed: False")
-    _require(c.drift_model == "none", f"drift_model={c.drift_model.value!r} is not built yet; allowed: 'none'")
-    _require(c.t_drift == 0, f"t_drift={c.t_drift} is not built yet (drift is not simulated); allowed: 0")
+    _require(c.t_drift >= 0, f"t_drift={c.t_drift} is not allowed; allowed: >= 0 (days since programming)")
+    from crosssim_nb.device_models import check_device_config
+    check_device_config(c)     # model roles, each model's valid physical range, the table file, t_drift semantics
     for name in ("rp_row", "rp_col"):
         _require(getattr(c, name) == 0, f"{name}={getattr(c, name)} is not built yet (parasitic resistance is not simulated); allowed: 0")
     # input bit slicing

@@ -12,7 +12,8 @@ from .mapping import (weight_scale, normalize_weights, weight_levels, target_con
                                  slice_weights, output_scale, partition)
 from .dac import dac_levels, quantize_inputs, input_slice_count, input_slice_weights, slice_inputs
 from .adc import adc_grid, ADCGrid, max_range, granular_range
-from .device import program_conductances, read_noise_std, standard_draws
+from .device import program_conductances, read_noise_std, standard_draws, has_read_noise
+from .device_models import drift_compensation_gains
 
 # %% auto #0
 __all__ = ['AnalogCore', 'NonFiniteResultError']
@@ -77,13 +78,13 @@ class AnalogCore:
                                if config.input_bitslicing else np.ones(1))
         self._slice_weights = slice_weights(config)
         self._scale = output_scale(config, self.w_max, self.x_max)
-        self.read_noise = config.noise_model == "generic" and config.alpha_noise > 0
+        self.read_noise = has_read_noise(config)
         if config.style == "OFFSET": self.mode = "offset"
         elif config.subtract_current_in_xbar and config.icol_max == 0 and not (self.read_noise and config.read_noise_method == "exact"):
             self.mode = "difference"
         else: self.mode = "pair"
         # no ADC, no read noise, no current limit: the outputs are one linear map of the drives, read with one matmul
-        self.linear = config.adc_bits == 0 and config.icol_max == 0 and not self.read_noise
+        self.linear = config.adc_bits == 0 and config.icol_max == 0 and not self.read_noise and config.drift_compensation == "none"
         self.adc_limits = self._check_limits(adc_limits)
         self._digital_bias = self._quantized_bias()
         self._prepare_periphery()
@@ -177,19 +178,20 @@ def _prepare_periphery(self:AnalogCore):
 def program(self:AnalogCore,
             run:int=0, # Monte-Carlo run index: each run re-programs with its own seed
            ):
-    "(Re-)program every device: programming error and clipping, then the per-tile read matrices."
+    "(Re-)program every device: programming error (or drift at t_drift > 0) and clipping, then the per-tile read matrices."
     c, xp = self.config, self.xp
     sequence = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode())])
     program_seed, noise_seed = sequence.spawn(2)
     program_rng = np.random.default_rng(program_seed)
     self.run = run
-    self.programmed = program_conductances(self._target, c, program_rng)          # (slices, parts, rows, n_out)
+    state, reference_state = {}, {}                                                # conductances at t = 0, when drift needs them
+    self.programmed = program_conductances(self._target, c, program_rng, state)   # (slices, parts, rows, n_out)
     self.reference = None
     if self.mode == "offset" and not c.digital_offset:
         ref_target = np.full((self.rows, len(self.col_ranges)), c.gmin + c.grange / 2)
-        self.reference = program_conductances(ref_target, c, program_rng)         # one unit column per array
-    sigma = read_noise_std(self.programmed, c)
-    ref_sigma = None if sigma is None or self.reference is None else read_noise_std(self.reference, c)
+        self.reference = program_conductances(ref_target, c, program_rng, reference_state)   # one unit column per array
+    sigma = read_noise_std(self.programmed, c, state.get("at_programming"))
+    ref_sigma = None if sigma is None or self.reference is None else read_noise_std(self.reference, c, reference_state.get("at_programming"))
     exact = c.read_noise_method == "exact"
     self._tiles = []
     for start, stop in self.row_ranges:
@@ -211,6 +213,8 @@ def program(self:AnalogCore,
                                 spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
+    gains = drift_compensation_gains(self, state, program_rng, reference_state)   # digital gain per array (or column); None: off
+    self._drift_gain = None if gains is None else [xp.asarray(gain) for gain in gains]
     self._linear = self._linear_map() if self.linear else None
     self._check_programmed()                          # overflowing settings: a named error before any read
     return self
@@ -337,6 +341,7 @@ def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=T
     if correction is not None:
         if not per_ibit and correction.shape[0] > 1: correction = (correction * input_weights).sum(axis=0, keepdims=True)
         combined = combined - correction
+    if self._drift_gain is not None: combined = combined * self._drift_gain[index]     # drift compensation (device_models)
     weights = self._output_weights                         # slice weight × output scale, one multiply for both
     if combined.shape[0] > 1: combined = (combined * input_weights).sum(axis=0)              # (batch, slices, n_out)
     else:
