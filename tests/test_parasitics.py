@@ -212,3 +212,6 @@ def test_conv_network_with_parasitics():
     np.testing.assert_allclose(fast, im2col, rtol=0, atol=1e-5 * np.abs(im2col).max())
     ideal = AnalogNetwork.from_keras(model, InferenceConfig.ideal()).predict(x)
     assert 1e-4 < relative_error(fast, ideal) < 0.2          # the wires change the result, by a plausible amount
+    from crosssim_nb.parasitics import ir_drop_viewer
+    viewer = ir_drop_viewer(net)                              # the widget builds and draws its first choice
+    assert len(viewer.children) == 2 and viewer.children[0].children[0].options == tuple(net.cores)
