@@ -215,3 +215,46 @@ def test_conv_network_with_parasitics():
     from crosssim_nb.parasitics import ir_drop_viewer
     viewer = ir_drop_viewer(net)                              # the widget builds and draws its first choice
     assert len(viewer.children) == 2 and viewer.children[0].children[0].options == tuple(net.cores)
+
+
+@pytest.mark.parametrize("digital_offset", [True, False])
+def test_offset_core_matches_dense_circuit(digital_offset):
+    "OFFSET arrays: one device per weight; the unit column (digital_offset=False) sits in each array as its last column."
+    rng = np.random.default_rng(10)
+    W, x = rng.normal(size=(7, 12)), rng.uniform(-1, 1, (3, 12))
+    config = BASE.replace(style="OFFSET", digital_offset=digital_offset, rp_row=6.0, rp_col=9.0, rp_col_terminal=4.0, ncols_max=4)
+    core = AnalogCore(W, config)
+    circuit, c = Circuit.from_config(config), config
+    v = np.asarray(core._dac(x.astype(np.float32)), dtype=np.float64)
+    expected = np.zeros((len(x), core.n_out))
+    for t, (c0, c1) in enumerate(core.col_ranges):
+        G = core.programmed[0, 0][:, c0:c1]
+        if not digital_offset: G = np.concatenate([G, core.reference[:, t:t + 1]], axis=1)
+        for b in range(len(x)):
+            current = dense_solve(G, circuit, v[b])[0]
+            mid = c.gmin + c.grange / 2
+            expected[b, c0:c1] = current[:c1 - c0] - (current[-1] if not digital_offset else mid * v[b].sum())
+    assert relative_error(core.apply(x), expected * core._scale) < 2e-5
+
+
+def test_pair_mode_and_slices_with_wires():
+    rng = np.random.default_rng(11)
+    W, x = rng.normal(size=(9, 14)), rng.uniform(-1, 1, (2, 14))
+    core = AnalogCore(W, BASE.replace(rp_row=8.0, rp_col=12.0, nrows_max=8, subtract_current_in_xbar=False))
+    assert core.mode == "pair"
+    assert relative_error(core.apply(x), expected_outputs(core, x)) < 2e-5
+    ideal = AnalogCore(W, BASE.replace(nslices=3)).apply(x)
+    tiny = AnalogCore(W, BASE.replace(nslices=3, rp_row=1e-9, rp_col=1e-9)).apply(x)
+    np.testing.assert_allclose(tiny, ideal, rtol=0, atol=1e-5 * np.abs(ideal).max())
+
+
+def test_exact_read_noise_method_with_wires():
+    "read_noise_method='exact' draws a noise matrix per vector: with wires it acts through the same first-order weights."
+    rng = np.random.default_rng(12)
+    W = rng.normal(size=(6, 32))
+    x = np.repeat(rng.uniform(0, 1, (1, 32)), 2000, axis=0)
+    config = BASE.replace(rp_row=0.1, rp_col=0.1, noise_model="generic", alpha_noise=0.05, proportional_noise=False)
+    fast = AnalogCore(W, config, input_range=(0, 1)).apply(x)
+    exact = AnalogCore(W, config.replace(read_noise_method="exact"), input_range=(0, 1)).apply(x)
+    np.testing.assert_allclose(exact.std(axis=0), fast.std(axis=0), rtol=0.1)
+    np.testing.assert_allclose(exact.mean(axis=0), fast.mean(axis=0), atol=5 * fast.std(axis=0).max() / np.sqrt(2000))
