@@ -296,7 +296,6 @@ def _check_circuit(c:InferenceConfig):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0 (ohm)")
     _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
     noisy = c.noise_model != "none" and c.alpha_noise > 0
-    wires = any(getattr(c, n) > 0 for n in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal"))
     if c.interleaved_posneg:
         _require(c.style == "BALANCED" and c.subtract_current_in_xbar,
                  f"interleaved_posneg=True with style={c.style.value!r}, subtract_current_in_xbar={c.subtract_current_in_xbar} is not "
@@ -308,8 +307,6 @@ def _check_circuit(c:InferenceConfig):
         _require(c.input_bitslicing and c.input_slice_size == 1,
                  f"current_from_input=False with input_bitslicing={c.input_bitslicing}, input_slice_size={c.input_slice_size} is not "
                  "allowed: with a separate supply line the input only gates each cell, so it needs input_bitslicing=True and input_slice_size=1")
-        _require(not (wires and noisy), "current_from_input=False with parasitic resistance and read noise is not built; "
-                                         "allowed: read noise with current_from_input=True, or no read noise")
     if c.nonlinear_iv != "none":
         _require(not noisy, f"nonlinear_iv={c.nonlinear_iv.value!r} with read noise (noise_model={c.noise_model.value!r}) is not built; "
                             "allowed: nonlinear_iv='none' with read noise, or no read noise")
