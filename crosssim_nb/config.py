@@ -307,9 +307,6 @@ def _check_circuit(c:InferenceConfig):
         _require(c.input_bitslicing and c.input_slice_size == 1,
                  f"current_from_input=False with input_bitslicing={c.input_bitslicing}, input_slice_size={c.input_slice_size} is not "
                  "allowed: with a separate supply line the input only gates each cell, so it needs input_bitslicing=True and input_slice_size=1")
-    if c.nonlinear_iv != "none":
-        _require(not noisy, f"nonlinear_iv={c.nonlinear_iv.value!r} with read noise (noise_model={c.noise_model.value!r}) is not built; "
-                            "allowed: nonlinear_iv='none' with read noise, or no read noise")
     if c.nonlinear_iv == "Cubic":
         _require(c.vread <= 2.00001, f"nonlinear_iv='Cubic' with vread={c.vread} is not allowed; the Cubic law holds for vread <= 2 V "
                                      "(its current reverses beyond)")

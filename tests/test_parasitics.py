@@ -274,3 +274,21 @@ def test_separate_source_read_noise_per_read(interleaved):
     np.testing.assert_allclose(wired.std(axis=0), reference.std(axis=0), rtol=0.12)
     np.testing.assert_allclose(wired.mean(axis=0), reference.mean(axis=0), atol=5 * reference.std(axis=0).max() / np.sqrt(1500))
     assert not np.array_equal(wired[0], wired[1])                   # a fresh draw per read
+
+
+def test_nonlinear_read_noise_per_read():
+    "Cubic cells are linear in G: with read noise the output std is exactly sqrt(sum σ²·(v − v³·vread²/4)²) per column."
+    rng = np.random.default_rng(14)
+    W = rng.normal(size=(5, 20))
+    x = np.repeat(rng.uniform(-1, 1, (1, 20)), 2000, axis=0)
+    config = BASE.replace(nonlinear_iv="Cubic", vread=1.5, noise_model="generic", alpha_noise=0.1, proportional_noise=True)
+    core = AnalogCore(W, config)
+    y = core.apply(x)
+    v = np.asarray(core._dac(x[:1].astype(np.float32)), dtype=np.float64)[0]
+    u = v - 0.25 * 1.5 ** 2 * v ** 3
+    variance = (u ** 2) @ ((0.1 * core.programmed[0, 0]) ** 2 + (0.1 * core.programmed[0, 1]) ** 2)
+    np.testing.assert_allclose(y.std(axis=0), np.sqrt(variance) * core._scale, rtol=0.08)
+    # with (tiny) wires: the chord solve per noisy read gives the same distribution
+    wired = AnalogCore(W, config.replace(rp_row=1e-6, rp_col=1e-6)).apply(x[:600])
+    np.testing.assert_allclose(wired.std(axis=0), y.std(axis=0), rtol=0.15)
+    np.testing.assert_allclose(wired.mean(axis=0), y.mean(axis=0), atol=5 * y.std(axis=0).max() / np.sqrt(600))
