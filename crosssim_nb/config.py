@@ -12,7 +12,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['WeightStyle', 'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'Dependence', 'DeviceModel',
-           'DriftModel', 'DriftCompensation', 'InferenceConfig', 'FileFormatError', 'read_data_file', 'describe_config']
+           'DriftModel', 'DriftCompensation', 'SelectedRows', 'IVModel', 'InferenceConfig', 'FileFormatError',
+           'read_data_file', 'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -88,6 +89,18 @@ class DriftCompensation(_Option):
     global_ideal = "global_ideal" # one gain per array against the ideal (unprogrammed) conductances
     per_column = "per_column" # one gain per array column
 
+# %% ../nbs/01_config.ipynb #153a1a47
+class SelectedRows(_Option):
+    "Which rows of a partly filled separate-source array carry the tile (CrossSim selected_rows)."
+    top = "top"             # rows next to the supply driver, far from the ADC; the unused rows sit between them and the ADC
+    bottom = "bottom"       # rows next to the ADC; the unused rows sit between the supply driver and them
+
+class IVModel(_Option):
+    "Current-voltage law of one cell (CrossSim nonlinear_IV)."
+    none = "none"           # a linear resistor: I = G·V
+    RRAMMilo = "RRAMMilo"   # measured RRAM (Milo et al., IRPS 2021): I = G·V + NL2(G)·V² + NL3(G)·V³, vread <= 0.5 V
+    Cubic = "Cubic"         # analytic example: I = G·(V − V³/4), vread <= 2 V
+
 # %% ../nbs/01_config.ipynb #04148708
 _WEIGHT_BITS = "0 (no quantisation) or 2..24"
 _DAC_BITS = "0 (off), 1 (unsigned inputs only) or 2..24"
@@ -106,7 +119,7 @@ class InferenceConfig:
     balanced_style: BalancedStyle = BalancedStyle.ONE_SIDED # ONE_SIDED or TWO_SIDED use of a BALANCED pair
     subtract_current_in_xbar: bool = True  # BALANCED: subtract I+ - I- in the array (one ADC) rather than digitally
     digital_offset: bool = True          # OFFSET: subtract the zero-weight current digitally (else a unit column does)
-    interleaved_posneg: bool = False     # interleave G+ and G- columns in one array (not built: must be False)
+    interleaved_posneg: bool = False     # BALANCED: G+ and G- cells of a pair share one column line, driven by +v and -v
     # --- devices ---
     rmin: float = 1e3                    # device on-resistance in ohm (sets Gmin = rmin/rmax)
     rmax: float = 1e6                    # device off-resistance in ohm
@@ -129,8 +142,13 @@ class InferenceConfig:
     device_table: str = ""               # CSV of measured sigma(G) (and drift) for the 'table' model; see device_models.write_device_table
     drift_compensation: DriftCompensation = DriftCompensation.none # none, global (gain per array), global_ideal, per_column
     icol_max: float = 0.0                # column current limit in normalised current (0 = off); clips I+ and I- separately
-    rp_row: float = 0.0                  # parasitic wire resistance per row segment in ohm (not built: must be 0)
-    rp_col: float = 0.0                  # parasitic wire resistance per column segment in ohm (not built: must be 0)
+    rp_row: float = 0.0                  # parasitic wire resistance per row (input or supply line) segment in ohm (CrossSim Rp_row)
+    rp_col: float = 0.0                  # parasitic wire resistance per column (summation line) segment in ohm (CrossSim Rp_col)
+    rp_row_terminal: float = 0.0         # series resistance at the driven end of each input (supply) line in ohm (drivers, muxes)
+    rp_col_terminal: float = 0.0         # series resistance at the ADC end of each column line in ohm
+    current_from_input: bool = True      # the input line sources the cell current (else a supply line per column; needs 1-bit input slices)
+    selected_rows: SelectedRows = SelectedRows.top # separate-source arrays: used rows of a partly filled array, 'top' (far from the ADC) or 'bottom'
+    nonlinear_iv: IVModel = IVModel.none # cell I-V law: 'none' (resistor), 'RRAMMilo' or 'Cubic' (uses vread)
     # --- network mapping ---
     fold_batchnorm: bool = True          # fold BatchNormalization into the preceding analog layer's weights and bias
     digital_bias: bool = True            # add biases digitally after the ADC (else an analog bias row at full-scale input)
@@ -241,7 +259,8 @@ def _check_type(cfg, spec):
         anno = anno[:-len(" | None")]
     option_types = {"WeightStyle": WeightStyle, "BalancedStyle": BalancedStyle, "ADCRangeOption": ADCRangeOption,
                     "Distribution": Distribution, "ReadNoiseMethod": ReadNoiseMethod, "DeviceModel": DeviceModel,
-                    "DriftModel": DriftModel, "Dependence": Dependence, "DriftCompensation": DriftCompensation}
+                    "DriftModel": DriftModel, "Dependence": Dependence, "DriftCompensation": DriftCompensation,
+                    "SelectedRows": SelectedRows, "IVModel": IVModel}
     if anno in option_types:
         option = option_types[anno]
         text = value.value if isinstance(value, Enum) else value
@@ -303,12 +322,10 @@ def _check_values(c:InferenceConfig):
     _require(c.seed >= 0, f"seed={c.seed} is not allowed; allowed: an integer >= 0")
     _require(c.nruns >= 1, f"nruns={c.nruns} is not allowed; allowed: an integer >= 1")
     # physics not built yet: reject instead of ignoring
-    _require(not c.interleaved_posneg, "interleaved_posneg=True is not built yet; allowed: False")
     _require(c.t_drift >= 0, f"t_drift={c.t_drift} is not allowed; allowed: >= 0 (days since programming)")
     from crosssim_nb.device_models import check_device_config
     check_device_config(c)     # model roles, each model's valid physical range, the table file, t_drift semantics
-    for name in ("rp_row", "rp_col"):
-        _require(getattr(c, name) == 0, f"{name}={getattr(c, name)} is not built yet (parasitic resistance is not simulated); allowed: 0")
+    _check_circuit(c)
     # input bit slicing
     _require(c.input_slice_size >= 1, f"input_slice_size={c.input_slice_size} is not allowed; allowed: >= 1")
     if c.input_bitslicing:
@@ -417,6 +434,35 @@ def _check_combinations(c):
                  f"{distribution}={getattr(c, distribution).value!r} has no effect with {model}='none'; "
                  f"set {model}='generic' (or leave {distribution}='normal')")
 
+
+# %% ../nbs/01_config.ipynb #3b3f09f6
+def _check_circuit(c:InferenceConfig):
+    "Parasitic-resistance and I-V-law settings: each supported combination passes, any other names itself."
+    for name in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal"):
+        _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0 (ohm)")
+    _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
+    noisy = c.noise_model != "none" and c.alpha_noise > 0
+    if c.interleaved_posneg:
+        _require(c.style == "BALANCED" and c.subtract_current_in_xbar,
+                 f"interleaved_posneg=True with style={c.style.value!r}, subtract_current_in_xbar={c.subtract_current_in_xbar} is not "
+                 "allowed: interleaving puts the G+ and G- cells of a BALANCED pair on one column line, so it needs style='BALANCED' "
+                 "and subtract_current_in_xbar=True")
+        _require(not (noisy and c.read_noise_method == "exact" and c.icol_max > 0),
+                 "interleaved_posneg=True with read_noise_method='exact' and icol_max > 0 is not built; use read_noise_method='output_domain'")
+    if not c.current_from_input:
+        _require(c.input_bitslicing and c.input_slice_size == 1,
+                 f"current_from_input=False with input_bitslicing={c.input_bitslicing}, input_slice_size={c.input_slice_size} is not "
+                 "allowed: with a separate supply line the input only gates each cell, so it needs input_bitslicing=True and input_slice_size=1")
+    if c.nonlinear_iv == "Cubic":
+        _require(c.vread <= 2.00001, f"nonlinear_iv='Cubic' with vread={c.vread} is not allowed; the Cubic law holds for vread <= 2 V "
+                                     "(its current reverses beyond)")
+    if c.nonlinear_iv == "RRAMMilo":
+        problems = []
+        if c.vread > 0.5001: problems.append(f"vread={c.vread} (needs <= 0.5 V, the measured I-V range)")
+        if c.rmin < 4444.2: problems.append(f"rmin={c.rmin} (needs >= 4444.2 ohm: Gmax <= 225 uS)")
+        if c.rmax > 20004: problems.append(f"rmax={c.rmax} (needs <= 20004 ohm: Gmin >= 50 uS)")
+        if c.infinite_on_off_ratio: problems.append("infinite_on_off_ratio=True (needs False: the fit spans 50-225 uS)")
+        _require(not problems, "nonlinear_iv='RRAMMilo' is outside the model's valid range: " + "; ".join(problems))
 
 # %% ../nbs/01_config.ipynb #db2873e9
 def describe_config(config:InferenceConfig, # the configuration to describe

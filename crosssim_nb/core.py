@@ -14,6 +14,7 @@ from .dac import dac_levels, quantize_inputs, input_slice_count, input_slice_wei
 from .adc import adc_grid, ADCGrid, max_range, granular_range
 from .device import program_conductances, read_noise_std, standard_draws, has_read_noise
 from .device_models import drift_compensation_gains
+from .parasitics import array_circuit, tile_circuit
 
 # %% auto #0
 __all__ = ['AnalogCore', 'NonFiniteResultError']
@@ -83,8 +84,12 @@ class AnalogCore:
         elif config.subtract_current_in_xbar and config.icol_max == 0 and not (self.read_noise and config.read_noise_method == "exact"):
             self.mode = "difference"
         else: self.mode = "pair"
+        if config.interleaved_posneg and not (self.read_noise and config.read_noise_method == "exact"):
+            self.mode = "difference"      # G+ and G- share one column line: it carries I+ - I- (and icol_max clips that)
+        self._circuit = array_circuit(config)   # parasitic wires / non-linear cells (parasitics module); None: ideal arrays
         # no ADC, no read noise, no current limit: the outputs are one linear map of the drives, read with one matmul
         self.linear = config.adc_bits == 0 and config.icol_max == 0 and not self.read_noise and config.drift_compensation == "none"
+        self.linear = self.linear and not (self._circuit and self._circuit.per_read)
         self.adc_limits = self._check_limits(adc_limits)
         self._digital_bias = self._quantized_bias()
         self._prepare_periphery()
@@ -197,6 +202,10 @@ def program(self:AnalogCore,
     for start, stop in self.row_ranges:
         block = self.programmed[:, :, start:stop]
         sig = None if sigma is None else sigma[:, :, start:stop]
+        if self._circuit is not None:     # this tile's arrays through their circuit: T (read noise weighted in place) or a solver
+            sig = None if sig is None else sig.copy()
+            circuit = tile_circuit(self, block, None if self.reference is None else self.reference[start:stop], sig,
+                                   None if ref_sigma is None else ref_sigma[start:stop])
         if self.mode == "difference":
             matrix = _side_by_side(block[:, 0] - block[:, 1])
             spread = None if sig is None else _side_by_side(sig[:, 0] ** 2 + sig[:, 1] ** 2)
@@ -209,8 +218,10 @@ def program(self:AnalogCore,
             if sig is not None:
                 spread = np.concatenate([sig[0, 0]] + ([ref_sigma[start:stop]] if ref_sigma is not None else []), axis=1) ** (1 if exact else 2)
             else: spread = None
+        if self._circuit is not None: matrix = circuit.matrix
         self._tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
                                 spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
+        if self._circuit is not None and circuit.reader is not None: self._tiles[-1]["reader"] = circuit.reader
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
     gains = drift_compensation_gains(self, state, program_rng, reference_state)   # digital gain per array (or column); None: off
@@ -241,6 +252,7 @@ def _read(self:AnalogCore, drives, tile):
     "Column currents of one row tile for every input slice: `(n_input_slices, batch, tile columns)`."
     xp = self.xp
     rows = drives[:, :, tile["start"]:tile["stop"]]
+    if "reader" in tile: return tile["reader"](rows)     # a circuit solve on every read (parasitics module)
     if rows.flags.c_contiguous:   # one 2-D GEMM over all input slices
         currents = xp.matmul(rows.reshape(-1, rows.shape[2]), tile["matrix"]).reshape(rows.shape[0], rows.shape[1], -1)
     else: currents = xp.matmul(rows, tile["matrix"])
@@ -385,7 +397,7 @@ def conv_matrix(self:AnalogCore):
     product: several row tiles, read noise, or input bit slices (and on the GPU, whose cores take im2col rows)."""
     if self.xp is not np: return None
     if self._linear is not None: return self._linear[0]
-    if len(self._tiles) > 1 or self.read_noise or self.config.input_bitslicing: return None
+    if len(self._tiles) > 1 or self.read_noise or self.config.input_bitslicing or "reader" in self._tiles[0]: return None
     matrix = self._tiles[0]["matrix"][:self.n_in]
     if self._needs_drive_sums(True): matrix = np.concatenate([matrix, np.ones((self.n_in, 1), dtype=np.float32)], axis=1)
     return matrix            # (an extra column of ones gives each vector's summed drive)

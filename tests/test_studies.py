@@ -13,6 +13,7 @@ POINTS = {
     "accuracy_vs_array_rows": dict(nrows_values=[0, 256]),
     "accuracy_vs_bit_slicing": dict(nslices_values=[1, 2], input_bitslicing_values=[False, True]),
     "accuracy_vs_drift_time": dict(t_drift_values=[1.0, 365.0], compensation_values=["none", "global"]),
+    "accuracy_vs_parasitics": dict(rp_col_values=[0.0, 2.0], nrows_values=[256]),
 }
 # The swept columns of the result rows, point by point in the order each notebook builds its variants from POINTS
 # (bit slicing: input mode outer, slice count inner); every point repeats nruns times.
@@ -23,6 +24,7 @@ EXPECTED_POINTS = {
     "accuracy_vs_array_rows": [{"nrows_max": 0}, {"nrows_max": 256}],
     "accuracy_vs_bit_slicing": [{"nslices": n, "input_bitslicing": b, "adc_per_ibit": b} for b in (False, True) for n in (1, 2)],
     "accuracy_vs_drift_time": [{"t_drift": t, "drift_compensation": c} for t in (1.0, 365.0) for c in ("none", "global")],
+    "accuracy_vs_parasitics": [{"nrows_max": 256, "rp_col": 0.0}, {"nrows_max": 256, "rp_col": 2.0}],
 }
 
 def test_every_study_notebook_is_tested():
