@@ -331,4 +331,8 @@ def describe_config(config:InferenceConfig, # the configuration to describe
     default = InferenceConfig().to_dict()
     rows = [dict(field=k, value=v, default=default[k], meaning=meanings.get(k) or "")
             for k, v in config.to_dict().items() if not only_changed or v != default[k]]
+    preset = getattr(config, "_preset", None)      # a preset's documented deviations (crosssim_compat.PRESET_NOTES)
+    if preset:
+        from crosssim_nb.crosssim_compat import PRESET_NOTES
+        rows += [dict(field=f"preset {preset}: note {i + 1}", value="", default="", meaning=note) for i, note in enumerate(PRESET_NOTES[preset])]
     return pd.DataFrame(rows).set_index("field")
