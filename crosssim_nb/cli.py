@@ -41,6 +41,8 @@ def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceCo
     "The config from `--config FILE` (or `base`) with the flag overrides applied; bad values exit like argparse."
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
+        if getattr(args, "preset", None) and getattr(args, "config", None): raise ValueError("--preset and --config both given; pass one")
+        if getattr(args, "preset", None): base = InferenceConfig.preset(args.preset)     # a CrossSim accelerator preset
         config = InferenceConfig.from_file(args.config) if getattr(args, "config", None) else (base or InferenceConfig())
         return config.replace(**changes)
     except (ValueError, TypeError, FileNotFoundError) as error:
@@ -65,6 +67,7 @@ def _add_run_arguments(parser):
     parser.add_argument("--model", default="mnist_cnn", help="zoo model name or model file (.keras/.h5)")
     parser.add_argument("--dataset", default=None, help="dataset name (default: the zoo model's dataset)")
     parser.add_argument("--config", help="hardware config file (.yaml/.json); flags below override it")
+    parser.add_argument("--preset", choices=["ISAAC", "ISAAC-SarADC", "PRIME", "SONOS-TCAS"], help="a CrossSim accelerator preset; flags below override it")
     parser.add_argument("--ntest", type=int, default=1000, help="test images")
     parser.add_argument("--nstart", type=int, default=0, help="first test image")
     parser.add_argument("--batch-size", type=int, default=256)
