@@ -1,7 +1,8 @@
 """Benchmark: AnalogCore on a 1152x256 matrix times 1024 vectors, as a ratio to plain NumPy matmul in the same run.
 
 Cases (issue 2): (a) ideal; (b) 8-bit DAC + 8-bit CALIBRATED ADC (limits = 99.99th percentile of a profile made here);
-(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit.
+(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit;
+(b-ramp), (b-sar), (b-pipeline): (b) with circuit ADCs with component errors (issue 12: at most 1.5x (b)).
 Programming time (building the arrays) is reported separately from inference time.
 Usage: python benchmarks/bench_core.py [--repeats N]
 """
@@ -36,6 +37,9 @@ def main(repeats=5):
         "(c) (b) + 1% read noise": base.replace(noise_model="generic", alpha_noise=0.01),
         "(d) (b) + 4 weight slices": base.replace(nslices=4),
         "(e) (b) + 8-bit input bit slicing, ADC per bit": base.replace(input_bitslicing=True, adc_per_ibit=True),
+        "(b-ramp) (b) with ramp ADCs, 1% mismatch/offset": base.replace(adc_type="ramp", sigma_capacitor=0.01, sigma_comparator=0.01),
+        "(b-sar) (b) with SAR ADCs (8 columns each), errors": base.replace(adc_type="sar", sigma_capacitor=0.01, sigma_comparator=0.01),
+        "(b-pipeline) (b) with pipeline ADCs, errors": base.replace(adc_type="pipeline", sigma_c1=0.01, sigma_c2=0.01, sigma_comparator=0.01),
     }
     numpy_time = best_time(lambda: matrix @ x, repeats)
     rows, times = [], {}

@@ -520,7 +520,7 @@ def hw_summary(self:AnalogCore) -> dict:
     n_arrays = row_tiles * col_tiles * self.n_weight_slices * arrays_per_tile
     devices = self.rows * (self.n_out * self.n_weight_slices * arrays_per_tile + reference_columns * col_tiles * self.n_weight_slices)
     levels = self._cell_levels()
-    cell_levels = 0 if levels == 0 else (levels + 1 if c.style == "BALANCED" else 2 * levels + 1)
+    cell_levels = 0 if levels == 0 else levels + 1       # levels per sign (BALANCED) or over the whole OFFSET span, + the bottom one
     adcs_per_mvm = 0 if c.adc_bits == 0 else (self.n_out * row_tiles * self.n_weight_slices
         * (self.n_input_slices if c.adc_per_ibit else 1) * (2 if self.mode == "pair" and not c.subtract_current_in_xbar else 1)
         * (2 if reference_columns else 1))
