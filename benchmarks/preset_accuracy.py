@@ -2,7 +2,8 @@
 
 Each preset as its CrossSim file defines it; CALIBRATED presets (PRIME, SONOS-TCAS) get optimal per-layer ADC ranges from
 the calibration sample (training split) first. A preset the build cannot simulate (SONOS-TCAS without the SONOS device
-model) is listed with the reason. 'ISAAC-SarADC σ=1%' adds SAR capacitor mismatch and comparator offsets, so its runs differ.
+model) is listed with the reason. The presets have no random element (ideal devices, error-free converters), so their
+Monte-Carlo runs are identical; the 'σ=1%' variants add 1 % capacitor mismatch and comparator offsets, so their runs differ.
 Results are appended to --out (CSV) as each finishes; finished rows are skipped when restarted.
 Usage: python benchmarks/preset_accuracy.py [--ntest 500] [--nruns 5] [--models ...] [--presets ...] [--out preset_accuracy.csv]
 """
@@ -13,7 +14,8 @@ from crosssim_nb import InferenceConfig, zoo
 from crosssim_nb.inference import run_inference
 
 VARIANTS = {"ISAAC": ("ISAAC", {}), "ISAAC-SarADC": ("ISAAC-SarADC", {}), "PRIME": ("PRIME", {}), "SONOS-TCAS": ("SONOS-TCAS", {}),
-            "ISAAC-SarADC σ=1%": ("ISAAC-SarADC", dict(sigma_capacitor=0.01, sigma_comparator=0.01))}
+            "ISAAC-SarADC σ=1%": ("ISAAC-SarADC", dict(sigma_capacitor=0.01, sigma_comparator=0.01)),
+            "PRIME σ=1%": ("PRIME", dict(sigma_capacitor=0.01, sigma_comparator=0.01))}
 
 def main(models, presets, ntest, nruns, out):
     out = Path(out)
