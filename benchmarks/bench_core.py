@@ -5,6 +5,7 @@ Cases (issue 2): (a) ideal; (b) 8-bit DAC + 8-bit CALIBRATED ADC (limits = 99.99
 (f) (b) + a measured device's read noise (SONOS, issue 10), whose ratio to (c) is printed: a named model's σ(G) is
 computed once at programming, so its reads cost what generic read noise costs; (g) (b) with SONOS devices 1 day after
 programming and (h) (g) with global drift compensation, whose ratios to (b) show what drift costs at inference.
+(b-ramp), (b-sar), (b-pipeline): (b) with circuit ADCs with component errors (issue 12: at most 1.5x (b)).
 Programming time (building the arrays) is reported separately from inference time.
 Usage: python benchmarks/bench_core.py [--repeats N]
 """
@@ -51,6 +52,9 @@ def main(repeats=5):
         "(g) (b) + SONOS drift, 1 day": base.replace(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS", t_drift=1.0),
         "(h) (g) + global drift compensation": base.replace(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS", t_drift=1.0,
                                                             drift_compensation="global"),
+        "(b-ramp) (b) with ramp ADCs, 1% mismatch/offset": base.replace(adc_type="ramp", sigma_capacitor=0.01, sigma_comparator=0.01),
+        "(b-sar) (b) with SAR ADCs (8 columns each), errors": base.replace(adc_type="sar", sigma_capacitor=0.01, sigma_comparator=0.01),
+        "(b-pipeline) (b) with pipeline ADCs, errors": base.replace(adc_type="pipeline", sigma_c1=0.01, sigma_c2=0.01, sigma_comparator=0.01),
     }
     numpy_time = best_time(lambda: matrix @ x, repeats)
     rows, times, cores = [], {}, {}

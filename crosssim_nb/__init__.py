@@ -53,6 +53,7 @@ _quiet_tensorflow_import()
 
 from crosssim_nb.config import InferenceConfig
 from crosssim_nb.core import AnalogCore
+import crosssim_nb.crosssim_compat   # InferenceConfig.from_crosssim / to_crosssim / preset
 
 _LAZY = {  # heavy modules (TensorFlow) load on first use
     "AnalogNetwork": "crosssim_nb.network",

@@ -36,6 +36,7 @@ class ADCGrid:
                  limits, # (I_min, I_max), or an array of them broadcastable against the currents once the last axis is dropped
                  adc_bits:int, # ADC bits (> 0)
                  xp=np, # array module the currents live in
+                 stochastic_rounding:bool=False, # round up with probability = the fraction above the lower level (CrossSim)
                 ):
         offset, step, code_min, code_max = adc_grid(limits, adc_bits)
         def backend(a):   # one float32 scalar when every ADC shares the value (cheaper to broadcast), else an array
@@ -44,14 +45,26 @@ class ADCGrid:
         self.offset = backend(offset) if np.any(offset != 0) else None
         self.step, self.code_min, self.code_max = backend(step), backend(code_min), backend(code_max)
         self.inverse_step = 1 / self.step
+        self.stochastic_rounding, self.rng = stochastic_rounding, None
+
+    def program(self, rng=None, # generator of ADC component errors (the quantiser has none)
+                noise_rng=None, # generator of per-conversion draws (stochastic rounding)
+               ):
+        "A new Monte-Carlo run: the ideal quantiser draws nothing; stochastic rounding takes its per-conversion draws from `noise_rng`."
+        self.rng = noise_rng
 
     def digitize(self, current, # column currents, modified in place when float32
+                 part:str|None=None, # which columns these are (every column has the same quantiser)
                 ):
         "The ADC's output level for every current, in normalised current units (same shape, float32)."
         out = current if current.dtype == np.float32 else current.astype(np.float32)
         if self.offset is not None: out -= self.offset
         out *= self.inverse_step
-        self.xp.rint(out, out=out)
+        if self.stochastic_rounding:     # floor(u + r), r ~ U[0, 1): rounds up with probability frac(u), unbiased
+            if self.rng is None: raise ValueError("stochastic rounding needs a generator: call program(noise_rng=...) first")
+            out += self.rng.random(out.shape, dtype=np.float32)
+            self.xp.floor(out, out=out)
+        else: self.xp.rint(out, out=out)
         self.xp.clip(out, self.code_min, self.code_max, out=out)
         if self.counts is not None: self.counts.add(out, self)
         out *= self.step
@@ -62,10 +75,13 @@ def digitize(current, # column currents (numpy or cupy), modified in place when 
              limits, # (I_min, I_max), or an array of them broadcastable against `current` once the last axis is dropped
              adc_bits:int, # ADC bits (0 = identity)
              xp=np, # array module
+             rng=None, # generator for stochastic rounding (None: round to nearest)
             ):
     "The ADC's output level for every current, in normalised current units (same shape, float32)."
     if adc_bits == 0: return current
-    return ADCGrid(limits, adc_bits, xp).digitize(current)
+    grid = ADCGrid(limits, adc_bits, xp, stochastic_rounding=rng is not None)
+    grid.program(noise_rng=rng)
+    return grid.digitize(current)
 
 # %% ../nbs/04_adc.ipynb #00d859bd
 def max_range(rows:int, # rows of the array

@@ -77,6 +77,8 @@ def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceCo
     "The config from `--config FILE` (or `base`) with the flag overrides applied; bad values exit like argparse."
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
+        if getattr(args, "preset", None) and getattr(args, "config", None): raise ValueError("--preset and --config both given; pass one")
+        if getattr(args, "preset", None): base = InferenceConfig.preset(args.preset)     # a CrossSim accelerator preset
         config = InferenceConfig.from_file(args.config) if getattr(args, "config", None) else (base or InferenceConfig())
         for alpha, model in (("alpha_error", "error_model"), ("alpha_noise", "noise_model")):   # `--alpha-error 0.02` alone: the generic model
             if (changes.get(alpha) or 0) > 0 and model not in changes and getattr(config, model) == "none": changes[model] = "generic"
@@ -115,6 +117,8 @@ def _add_run_arguments(parser, evaluates:bool=True):
     parser.add_argument("--dataset", default=None, metavar="NAME", help="dataset name (default: the zoo model's own dataset)")
     parser.add_argument("--config", metavar="FILE", help="hardware config file (.yaml/.yml/.json); the flags below override it "
                         "(default: none, InferenceConfig defaults)")
+    parser.add_argument("--preset", choices=["ISAAC", "ISAAC-SarADC", "PRIME", "SONOS-TCAS"], metavar="NAME",
+                        help="a CrossSim accelerator preset (ISAAC, ISAAC-SarADC, PRIME, SONOS-TCAS); flags below override it (default: none)")
     if evaluates:
         parser.add_argument("--ntest", type=int, default=1000, metavar="N", help="test images to evaluate (count; default: 1000)")
         parser.add_argument("--nstart", type=int, default=0, metavar="INDEX", help="index of the first test image (default: 0)")

@@ -12,8 +12,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['WeightStyle', 'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'Dependence', 'DeviceModel',
-           'DriftModel', 'DriftCompensation', 'SelectedRows', 'IVModel', 'InferenceConfig', 'FileFormatError',
-           'read_data_file', 'describe_config']
+           'DriftModel', 'DriftCompensation', 'SelectedRows', 'IVModel', 'ADCType', 'InferenceConfig',
+           'FileFormatError', 'read_data_file', 'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -101,10 +101,19 @@ class IVModel(_Option):
     RRAMMilo = "RRAMMilo"   # measured RRAM (Milo et al., IRPS 2021): I = G·V + NL2(G)·V² + NL3(G)·V³, vread <= 0.5 V
     Cubic = "Cubic"         # analytic example: I = G·(V − V³/4), vread <= 2 V
 
+# %% ../nbs/01_config.ipynb #86905313
+class ADCType(_Option):
+    "Which ADC digitises the column currents (device_models sheet §5)."
+    quantizer = "quantizer" # ideal levels spread evenly over [I_min, I_max] (sign-magnitude when symmetric): CrossSim's generic ADCs
+    ramp = "ramp"           # ramp (single-slope) ADC: one capacitive DAC per array, one comparator per column
+    sar = "sar"             # successive-approximation ADC: one per group_size columns, binary search on a capacitive DAC
+    pipeline = "pipeline"   # pipelined ADC of 1.5-bit stages: one per group_size columns
+    cyclic = "cyclic"       # cyclic ADC: one 1.5-bit stage reused for every bit, one per group_size columns
+
 # %% ../nbs/01_config.ipynb #04148708
 _WEIGHT_BITS = "0 (no quantisation) or 2..24"
 _DAC_BITS = "0 (off), 1 (unsigned inputs only) or 2..24"
-_ADC_BITS = "0 (off) or 2..32"
+_ADC_BITS = "0 (off) or 2..32 (1 for a circuit ADC: a sign comparator)"
 
 @dataclass(frozen=True)
 class InferenceConfig:
@@ -160,6 +169,18 @@ class InferenceConfig:
     dac_bits: int = 8                    # DAC (input) resolution in bits, sign included for signed inputs (0 = off)
     input_bitslicing: bool = False       # drive the DAC code bit-serially, input_slice_size bits at a time
     input_slice_size: int = 1            # bits per input slice
+    adc_type: ADCType = ADCType.quantizer # 'quantizer' (ideal levels over the range), or a circuit ADC: 'ramp', 'sar', 'pipeline', 'cyclic'
+    stochastic_rounding: bool = False    # quantizer ADC: round up with probability = the fraction above the lower level, per conversion
+    gain_db: float = 100.0               # circuit ADCs: open-loop amplifier gain in dB (0 = ideal, infinite gain)
+    sigma_capacitor: float = 0.0         # ramp/SAR: capacitor mismatch std, in units of a unit capacitor (grows with sqrt of the size)
+    sigma_comparator: float = 0.0        # circuit ADCs: comparator offset std as a fraction of Vref, drawn once per comparator per run
+    symmetric_cdac: bool = True          # ramp: symmetric (sign-magnitude) capacitive DAC rather than a plain binary one
+    split_cdac: bool = True              # SAR: split (bridge-capacitor) capacitive DAC; needs adc_bits >= 2
+    group_size: int = 8                  # SAR/pipeline/cyclic: consecutive columns of one array served by one ADC
+    sigma_c1: float = 0.0                # pipeline/cyclic: std of the sampling capacitor C1, as a fraction of nominal
+    sigma_c2: float = 0.0                # pipeline/cyclic: std of the feedback capacitor C2, as a fraction of nominal
+    sigma_cpar: float = 0.0              # pipeline/cyclic: parasitic capacitance std, as a fraction of nominal C1
+    icol_max_amps: float = 0.0           # column current limit in amperes (0 = off), = icol_max·vread/rmin; set this or icol_max
     # --- run control ---
     use_gpu: bool = False                # run array math on a CUDA GPU through CuPy (an error if none is usable)
     seed: int = 0                        # random seed; each Monte-Carlo run derives its own from it
@@ -258,6 +279,7 @@ def _check_type(cfg, spec):
         if value is None: return
         anno = anno[:-len(" | None")]
     option_types = {"WeightStyle": WeightStyle, "BalancedStyle": BalancedStyle, "ADCRangeOption": ADCRangeOption,
+                    "ADCType": ADCType,
                     "Distribution": Distribution, "ReadNoiseMethod": ReadNoiseMethod, "DeviceModel": DeviceModel,
                     "DriftModel": DriftModel, "Dependence": Dependence, "DriftCompensation": DriftCompensation,
                     "SelectedRows": SelectedRows, "IVModel": IVModel}
@@ -298,23 +320,26 @@ def _resolve_dependence(c:InferenceConfig):
 
 def _check_values(c:InferenceConfig):
     _resolve_dependence(c)
-    _require(c.weight_bits == 0 or 2 <= c.weight_bits <= 24, f"weight_bits={c.weight_bits} is not allowed; allowed: {_WEIGHT_BITS}")
+    _require(c.weight_bits == 0 or 2 <= c.weight_bits <= 24, f"weight_bits={c.weight_bits} is not allowed; allowed: {_WEIGHT_BITS}"
+             + ("; one bit leaves Kw = 2^0 - 1 = 0 magnitude levels, so every weight would be zero (as in CrossSim)" if c.weight_bits == 1 else ""))
     _require(c.dac_bits == 0 or 1 <= c.dac_bits <= 24, f"dac_bits={c.dac_bits} is not allowed; allowed: {_DAC_BITS}")
-    _require(c.adc_bits == 0 or 2 <= c.adc_bits <= 32, f"adc_bits={c.adc_bits} is not allowed; allowed: {_ADC_BITS}")
+    _require(c.adc_bits == 0 or 2 <= c.adc_bits <= 32 or (c.adc_bits == 1 and c.adc_type != "quantizer"),
+             f"adc_bits={c.adc_bits} is not allowed with adc_type={c.adc_type.value!r}; allowed: {_ADC_BITS}"
+             + ("; a 1-bit sign-magnitude quantiser has 2^1 - 1 = 1 level (zero) only, as CrossSim's SignMagnitudeADC" if c.adc_bits == 1 else ""))
     _require(0 < c.weight_percentile <= 100, f"weight_percentile={c.weight_percentile} is not allowed; allowed: 0 < p <= 100")
-    max_slices = max(1, c.weight_bits - 1)
+    max_slices = max(1, c.weight_bits)
     _require(1 <= c.nslices <= max_slices,
-             f"nslices={c.nslices} is not allowed with weight_bits={c.weight_bits}; allowed: 1..{max_slices} (at most weight_bits - 1)")
+             f"nslices={c.nslices} is not allowed with weight_bits={c.weight_bits}; allowed: 1..{max_slices} (at most one bit per slice)")
     if c.nslices > 1:
-        _require(c.style == "BALANCED" and c.balanced_style == "ONE_SIDED",
-                 f"nslices={c.nslices} needs style='BALANCED' and balanced_style='ONE_SIDED' (slices hold sign-magnitude digits "
-                 f"on differential pairs); got style={c.style.value!r}, balanced_style={c.balanced_style.value!r}")
+        _require(c.style == "OFFSET" or c.balanced_style == "ONE_SIDED",
+                 f"nslices={c.nslices} needs style='OFFSET' or balanced_style='ONE_SIDED' (slices hold sign-magnitude digits "
+                 f"on differential pairs, or offset-binary digits); got style={c.style.value!r}, balanced_style={c.balanced_style.value!r}")
     for name in ("nrows_max", "ncols_max"):
         value = getattr(c, name)
         _require(value == 0 or value >= 1, f"{name}={value} is not allowed; allowed: 0 (unlimited) or a positive number of {name[:4]}")
     _require(c.rmin > 0 and c.rmax > c.rmin, f"rmin={c.rmin}, rmax={c.rmax} are not allowed; need 0 < rmin < rmax (ohm)")
     _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
-    for name in ("alpha_error", "alpha_noise", "icol_max"):
+    for name in ("alpha_error", "alpha_noise", "icol_max", "icol_max_amps"):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0")
     for model, alpha in (("error_model", "alpha_error"), ("noise_model", "alpha_noise")):
         _require(not (getattr(c, model) == "none" and getattr(c, alpha) > 0),
@@ -333,13 +358,14 @@ def _check_values(c:InferenceConfig):
         _require(c.input_slice_size <= c.dac_bits,
                  f"input_slice_size={c.input_slice_size} is not allowed with dac_bits={c.dac_bits}; allowed: 1..{c.dac_bits}")
     _require(not c.adc_per_ibit or c.input_bitslicing, "adc_per_ibit=True needs input_bitslicing=True")
+    _check_converters(c)
     # GRANULAR: exact only for this combination
     if c.adc_bits > 0 and c.adc_range_option == "GRANULAR":
-        needs = {"style": (c.style == "BALANCED", "'BALANCED'"), "balanced_style": (c.balanced_style == "ONE_SIDED", "'ONE_SIDED'"),
+        needs = {"balanced_style": (c.style == "OFFSET" or c.balanced_style == "ONE_SIDED", "'ONE_SIDED' (or style='OFFSET')"),
                  "weight_bits": (c.weight_bits > 0, "> 0"), "dac_bits": (c.dac_bits > 0, "> 0"),
                  "input_bitslicing": (c.input_bitslicing, "True"), "adc_per_ibit": (c.adc_per_ibit, "True")}
         wrong = [f"{k}={_plain(getattr(c, k))!r} (needs {need})" for k, (ok, need) in needs.items() if not ok]
-        _require(not wrong, "adc_range_option='GRANULAR' needs BALANCED ONE_SIDED mapping, weight and input quantisation, "
+        _require(not wrong, "adc_range_option='GRANULAR' needs BALANCED ONE_SIDED or OFFSET mapping, weight and input quantisation, "
                             "input bit slicing and adc_per_ibit; wrong: " + "; ".join(wrong))
     _check_combinations(c)
 
@@ -441,6 +467,10 @@ def _check_circuit(c:InferenceConfig):
     for name in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal"):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0 (ohm)")
     _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
+    wired = any(getattr(c, n) > 0 for n in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal")) or c.nonlinear_iv != "none"
+    _require(not (wired and c.style == "OFFSET" and c.nslices > 1),
+             f"style='OFFSET' with nslices={c.nslices} and parasitic resistance or an I-V law is not built yet; allowed with array circuits: "
+             "OFFSET with nslices=1, or BALANCED with any nslices")
     noisy = c.noise_model != "none" and c.alpha_noise > 0
     if c.interleaved_posneg:
         _require(c.style == "BALANCED" and c.subtract_current_in_xbar,
@@ -464,6 +494,25 @@ def _check_circuit(c:InferenceConfig):
         if c.infinite_on_off_ratio: problems.append("infinite_on_off_ratio=True (needs False: the fit spans 50-225 uS)")
         _require(not problems, "nonlinear_iv='RRAMMilo' is outside the model's valid range: " + "; ".join(problems))
 
+# %% ../nbs/01_config.ipynb #2daad33b
+def _check_converters(c:InferenceConfig):
+    "Circuit-ADC parameters, stochastic rounding and the two spellings of the column current limit."
+    for name in ("sigma_capacitor", "sigma_comparator", "sigma_c1", "sigma_c2", "sigma_cpar"):
+        _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0")
+    _require(c.gain_db >= 0, f"gain_db={c.gain_db} is not allowed; allowed: > 0 (open-loop gain in dB) or 0 (ideal amplifier)")
+    _require(c.adc_type == "quantizer" or c.adc_bits <= 16,
+             f"adc_bits={c.adc_bits} is not allowed with adc_type={c.adc_type.value!r}; allowed: 0..16 (each circuit ADC is a lookup table of 2^N levels)")
+    _require(c.group_size >= 1, f"group_size={c.group_size} is not allowed; allowed: >= 1 (columns per ADC)")
+    _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
+    _require(not (c.stochastic_rounding and c.adc_type != "quantizer"),
+             f"stochastic_rounding=True is not allowed with adc_type={c.adc_type.value!r}; allowed only with 'quantizer' "
+             "(circuit ADCs decide with comparators; CrossSim ignores the flag there)")
+    _require(not (c.adc_type == "sar" and c.split_cdac and c.adc_bits == 1),
+             "adc_bits=1 is not allowed with adc_type='sar' and split_cdac=True; a split capacitive DAC needs >= 2 bits (set split_cdac=False)")
+    _require(not (c.icol_max > 0 and c.icol_max_amps > 0),
+             f"icol_max={c.icol_max} and icol_max_amps={c.icol_max_amps} are both set; set one: icol_max in normalised current "
+             f"(1 = one device at Gmax at full-scale input) or icol_max_amps in amperes (normalised by vread/rmin = {c.vread / c.rmin:g} A)")
+
 # %% ../nbs/01_config.ipynb #db2873e9
 def describe_config(config:InferenceConfig, # the configuration to describe
                     only_changed:bool=False, # list only fields that differ from the defaults
@@ -476,4 +525,8 @@ def describe_config(config:InferenceConfig, # the configuration to describe
     default = InferenceConfig().to_dict()
     rows = [dict(field=k, value=v, default=default[k], meaning=meanings.get(k) or "")
             for k, v in config.to_dict().items() if not only_changed or v != default[k]]
+    preset = getattr(config, "_preset", None)      # a preset's documented deviations (crosssim_compat.PRESET_NOTES)
+    if preset:
+        from crosssim_nb.crosssim_compat import PRESET_NOTES
+        rows += [dict(field=f"preset {preset}: note {i + 1}", value="", default="", meaning=note) for i, note in enumerate(PRESET_NOTES[preset])]
     return pd.DataFrame(rows).set_index("field")

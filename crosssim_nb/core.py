@@ -55,6 +55,7 @@ class AnalogCore:
                 ):
         if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
         if not isinstance(name, str): raise TypeError(f"AnalogCore name={name!r} must be a string, got {type(name).__name__}")
+        if config.icol_max_amps > 0: config = config.replace(icol_max=config.icol_max_amps * config.rmin / config.vread, icol_max_amps=0.0)
         self.name, self.config = name, config
         self.matrix = _check_matrix(matrix, name)
         self.n_out, self.n_in = self.matrix.shape
@@ -97,12 +98,12 @@ class AnalogCore:
 
 # %% ../nbs/06_core.ipynb #3a6897d5
 from fastcore.basics import patch
+from .mapping import cell_levels, offset_conductances
 
 @patch
 def _cell_levels(self:AnalogCore) -> int:
     "Cell levels per sign of one device (Kw, or 2^b − 1 for a weight slice); 0 when unquantised."
-    c = self.config
-    return 2 ** slice_bits(c.weight_bits, c.nslices) - 1 if c.nslices > 1 else weight_levels(c.weight_bits)
+    return cell_levels(self.config)
 
 @patch
 def _can_be_negative(self:AnalogCore) -> bool:
@@ -169,7 +170,7 @@ def _quantized_bias(self:AnalogCore):
 def _prepare_periphery(self:AnalogCore):
     "What the read path reuses on every chunk: each tile's ADC levels, the unit-column index, the bias row's drive, weights."
     c, xp = self.config, self.xp
-    self._tile_grids = [None if c.adc_bits == 0 else ADCGrid(self.tile_limits(index).transpose(1, 0, 2)[:, None, :, None, :], c.adc_bits, xp)
+    self._tile_grids = [None if c.adc_bits == 0 else self._make_adc_grid(self.tile_limits(index).transpose(1, 0, 2)[:, None, :, None, :])
                         for index in range(len(self.row_ranges))]     # limits (slices, k, 2) against (k, batch, slices, n_out)
     column_tile = np.repeat(np.arange(len(self.col_ranges)), [stop - start for start, stop in self.col_ranges])
     self._column_tile = xp.asarray(column_tile)
@@ -177,6 +178,42 @@ def _prepare_periphery(self:AnalogCore):
     self._input_weights_xp = xp.asarray(self._input_weights, dtype=np.float32)[:, None, None, None]
     self._output_weights = xp.asarray(self._slice_weights * self._scale, dtype=np.float32)   # slice weight × output scale
     self._digital_bias_xp = None if self._digital_bias is None else xp.asarray(self._digital_bias)
+
+# %% ../nbs/06_core.ipynb #719841a9
+from .adc_circuits import CircuitADCGrid
+
+@patch
+def _make_adc_grid(self:AnalogCore, limits):
+    "The ADC periphery of one row tile for `limits` (k, 1, slices, 1, 2): the quantiser's level grid or the tile's circuit ADCs."
+    c = self.config
+    if c.adc_type == "quantizer": return ADCGrid(limits, c.adc_bits, self.xp, stochastic_rounding=c.stochastic_rounding)
+    array_columns, part_columns = self._adc_arrays()
+    return CircuitADCGrid(limits, c, array_columns, part_columns, self.xp)
+
+@patch
+def _adc_arrays(self:AnalogCore):
+    "The physical arrays of one row tile that have ADCs: `(digitised columns of each array, {part: (array index, column within the array)})`, each map `(slices, n_out)`."
+    c, slices = self.config, self.n_weight_slices
+    separate = self.mode == "pair" and not c.subtract_current_in_xbar
+    sides = {"positive": 0, "negative": 1} if separate else {dict(difference="difference", pair="positive", offset="column")[self.mode]: 0}
+    unit = 1 if self.mode == "offset" and not c.digital_offset else 0
+    widths = [stop - start for start, stop in self.col_ranges]
+    column_tile = np.repeat(np.arange(len(widths)), widths)
+    local = np.arange(self.n_out) - np.repeat([start for start, _ in self.col_ranges], widths)
+    array_columns = [w + unit for _ in sides for _ in range(slices) for w in widths]
+    def array_index(side): return (side * slices + np.arange(slices)[:, None]) * len(widths) + column_tile[None, :]
+    parts = {name: (array_index(side), np.broadcast_to(local, (slices, self.n_out))) for name, side in sides.items()}
+    if unit: parts["reference"] = (array_index(0), np.broadcast_to(np.array(widths)[column_tile], (slices, self.n_out)))
+    return array_columns, parts
+
+@patch
+def _program_adcs(self:AnalogCore, run:int):
+    "Draw every circuit ADC of this Monte-Carlo run; hand the quantiser its per-conversion generator (stochastic rounding)."
+    c = self.config
+    self._offset_levels = self.xp.asarray(offset_conductances(c)[:, None], dtype=np.float32) if c.style == "OFFSET" else None
+    rng = np.random.default_rng(np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0xADC]))
+    for grid in self._tile_grids:
+        if grid is not None: grid.program(rng, self._noise_rng)
 
 # %% ../nbs/06_core.ipynb #43883ec3
 @patch
@@ -193,8 +230,8 @@ def program(self:AnalogCore,
     self.programmed = program_conductances(self._target, c, program_rng, state)   # (slices, parts, rows, n_out)
     self.reference = None
     if self.mode == "offset" and not c.digital_offset:
-        ref_target = np.full((self.rows, len(self.col_ranges)), c.gmin + c.grange / 2)
-        self.reference = program_conductances(ref_target, c, program_rng, reference_state)   # one unit column per array
+        ref_target = np.broadcast_to(offset_conductances(c)[:, None, None], (self.n_weight_slices, self.rows, len(self.col_ranges)))
+        self.reference = program_conductances(ref_target, c, program_rng, reference_state)   # one unit column per array (and slice)
     sigma = read_noise_std(self.programmed, c, state.get("at_programming"))
     ref_sigma = None if sigma is None or self.reference is None else read_noise_std(self.reference, c, reference_state.get("at_programming"))
     exact = c.read_noise_method == "exact"
@@ -204,8 +241,8 @@ def program(self:AnalogCore,
         sig = None if sigma is None else sigma[:, :, start:stop]
         if self._circuit is not None:     # this tile's arrays through their circuit: T (read noise weighted in place) or a solver
             sig = None if sig is None else sig.copy()
-            circuit = tile_circuit(self, block, None if self.reference is None else self.reference[start:stop], sig,
-                                   None if ref_sigma is None else ref_sigma[start:stop])
+            circuit = tile_circuit(self, block, None if self.reference is None else self.reference[0, start:stop], sig,
+                                   None if ref_sigma is None else ref_sigma[0, start:stop])
         if self.mode == "difference":
             matrix = _side_by_side(block[:, 0] - block[:, 1])
             spread = None if sig is None else _side_by_side(sig[:, 0] ** 2 + sig[:, 1] ** 2)
@@ -213,10 +250,11 @@ def program(self:AnalogCore,
             matrix = np.concatenate([_side_by_side(block[:, 0]), _side_by_side(block[:, 1])], axis=1)
             spread = None if sig is None else np.concatenate([_side_by_side(sig[:, 0]), _side_by_side(sig[:, 1])], axis=1) ** (1 if exact else 2)
         else:   # stored relative to mid-range: keeps float32 precision when the large offset current cancels
-            parts = [block[0, 0]] + ([self.reference[start:stop]] if self.reference is not None else [])
-            matrix = np.concatenate(parts, axis=1) - (c.gmin + c.grange / 2)
+            zero = offset_conductances(c)[:, None, None]
+            parts = [_side_by_side(block[:, 0] - zero)] + ([_side_by_side(self.reference[:, start:stop] - zero)] if self.reference is not None else [])
+            matrix = np.concatenate(parts, axis=1)
             if sig is not None:
-                spread = np.concatenate([sig[0, 0]] + ([ref_sigma[start:stop]] if ref_sigma is not None else []), axis=1) ** (1 if exact else 2)
+                spread = np.concatenate([_side_by_side(sig[:, 0])] + ([_side_by_side(ref_sigma[:, start:stop])] if ref_sigma is not None else []), axis=1) ** (1 if exact else 2)
             else: spread = None
         if self._circuit is not None: matrix = circuit.matrix
         self._tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
@@ -228,6 +266,7 @@ def program(self:AnalogCore,
     self._drift_gain = None if gains is None else [xp.asarray(gain) for gain in gains]
     self._linear = self._linear_map() if self.linear else None
     self._check_programmed()                          # overflowing settings: a named error before any read
+    self._program_adcs(run)
     return self
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
@@ -240,7 +279,9 @@ def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
 def programmed_weights(self:AnalogCore) -> np.ndarray:
     "The weight matrix `(n_out, n_in)` the devices hold this run, in algorithm units."
     c = self.config
-    if self.mode == "offset": stored = 2 * (self.programmed[0, 0] - c.gmin) / c.grange - 1
+    if self.mode == "offset":
+        relative = self.programmed[:, 0] - offset_conductances(c)[:, None, None]
+        stored = np.tensordot(self._slice_weights, relative, axes=1) / c.grange * (2 if c.nslices == 1 else 1)
     else: stored = np.tensordot(self._slice_weights, self.programmed[:, 0] - self.programmed[:, 1], axes=1) / c.grange
     return (stored.T * self.w_max)[:, :self.n_in]
 
@@ -279,26 +320,28 @@ def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
     c, xp = self.config, self.xp
     k, b = currents.shape[:2]
     slices, n_out = self.n_weight_slices, self.n_out
-    if self.mode == "offset":   # currents are relative to mid-range; add the offset back where the physics sees it
-        if not physical: return [(1, currents[:, :, :n_out].reshape(k, b, 1, n_out))] + (
+    if self.mode == "offset":   # currents are relative to each slice's zero level; add it back where the physics sees it
+        if not physical: return [(1, currents[:, :, :slices * n_out].reshape(k, b, slices, n_out))] + (
             [(-1, self._reference_columns(currents, xp))] if self.reference is not None else []), None
-        offset = (c.gmin + c.grange / 2) * drive_sums
-        currents += offset
+        offset = self._offset_levels * drive_sums[..., None]                       # (k, b, slices, 1)
+        currents[:, :, :slices * n_out].reshape(k, b, slices, n_out)[...] += offset
+        if self.reference is not None: currents[:, :, slices * n_out:].reshape(k, b, slices, -1)[...] += offset
     if c.icol_max > 0: xp.clip(currents, -c.icol_max, c.icol_max, out=currents)
     if self.mode == "difference": return [(1, currents.reshape(k, b, slices, n_out))], None
     if self.mode == "pair":
         both = currents.reshape(k, b, 2, slices, n_out)
         if c.subtract_current_in_xbar: return [(1, both[:, :, 0] - both[:, :, 1])], None
         return [(1, both[:, :, 0]), (-1, both[:, :, 1])], None
-    main = currents[:, :, :n_out].reshape(k, b, 1, n_out)
+    main = currents[:, :, :slices * n_out].reshape(k, b, slices, n_out)
     if self.reference is not None: return [(1, main), (-1, self._reference_columns(currents, xp))], None
-    return [(1, main)], offset.reshape(k, b, 1, 1)
+    return [(1, main)], offset
 
 @patch
 def _reference_columns(self:AnalogCore, currents, xp):
     "Each output column's unit-column current (one unit column per array), `(k, b, 1, n_out)`."
     k, b = currents.shape[:2]
-    return currents[:, :, self.n_out:][:, :, self._column_tile].reshape(k, b, 1, self.n_out)
+    slices = self.n_weight_slices
+    return currents[:, :, slices * self.n_out:].reshape(k, b, slices, -1)[..., self._column_tile]
 
 _PART_NAMES = {("difference", 1): "difference", ("pair", 1): "positive", ("pair", -1): "negative",
                ("offset", 1): "column", ("offset", -1): "reference"}
@@ -348,7 +391,7 @@ def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=T
     for sign, current in parts:
         if not per_ibit and current.shape[0] > 1: current = (current * input_weights).sum(axis=0, keepdims=True)
         if collect is not None: collect(index, _PART_NAMES[(self.mode, sign)], current)
-        if grid is not None: current = grid.digitize(current)
+        if grid is not None: current = grid.digitize(current, _PART_NAMES[(self.mode, sign)])
         combined = current if combined is None else combined - current
     if correction is not None:
         if not per_ibit and correction.shape[0] > 1: correction = (correction * input_weights).sum(axis=0, keepdims=True)
@@ -544,9 +587,9 @@ def hw_summary(self:AnalogCore) -> dict:
     array_rows = c.nrows_max or self.rows
     array_cols = (c.ncols_max or self.n_out) + reference_columns
     n_arrays = row_tiles * col_tiles * self.n_weight_slices * arrays_per_tile
-    devices = self.rows * (self.n_out * self.n_weight_slices * arrays_per_tile + reference_columns * col_tiles)
+    devices = self.rows * (self.n_out * self.n_weight_slices * arrays_per_tile + reference_columns * col_tiles * self.n_weight_slices)
     levels = self._cell_levels()
-    cell_levels = 0 if levels == 0 else (levels + 1 if c.style == "BALANCED" else 2 * levels + 1)
+    cell_levels = 0 if levels == 0 else levels + 1       # levels per sign (BALANCED) or over the whole OFFSET span, + the bottom one
     adcs_per_mvm = 0 if c.adc_bits == 0 else (self.n_out * row_tiles * self.n_weight_slices
         * (self.n_input_slices if c.adc_per_ibit else 1) * (2 if self.mode == "pair" and not c.subtract_current_in_xbar else 1)
         * (2 if reference_columns else 1))

@@ -586,9 +586,12 @@ def _one_hot_readout(conductances, core, rng, reference=None, t_days=None, at_pr
         return g if sigma is None else g + sigma * rng.standard_normal(g.shape)
     g = read(conductances, at_programming)
     if c.style == "BALANCED": return g[:, 0] - g[:, 1]
-    if reference is None: return g[:, 0] - (c.gmin + c.grange / 2)
+    from crosssim_nb.mapping import offset_conductances
+    zero = offset_conductances(c)[:, None, None]             # each slice's zero-weight conductance
+    if reference is None: return g[:, 0] - zero
     column_tile = np.repeat(np.arange(len(core.col_ranges)), [stop - start for start, stop in core.col_ranges])
-    return g[:, 0] - read(reference, reference_at_programming)[None][:, :, column_tile]
+    unit = read(reference, reference_at_programming)
+    return g[:, 0] - (unit if unit.ndim == 3 else unit[None])[:, :, column_tile]
 
 def compensation_gains(then:np.ndarray, # one-hot readout at programming (slices, rows, n_out)
                        now:np.ndarray, # one-hot readout at t_drift, same shape

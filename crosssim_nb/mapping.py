@@ -10,7 +10,8 @@ from .config import InferenceConfig
 
 # %% auto #0
 __all__ = ['weight_scale', 'normalize_weights', 'weight_levels', 'weight_codes', 'slice_bits', 'slice_codes',
-           'target_conductances', 'slice_weights', 'output_scale', 'partition']
+           'offset_slice_codes', 'slice_offset_digits', 'target_conductances', 'slice_weights', 'output_scale',
+           'offset_conductances', 'cell_levels', 'partition']
 
 # %% ../nbs/02_mapping.ipynb #8af93b87
 def weight_scale(matrix:np.ndarray, # weights, any shape
@@ -43,8 +44,11 @@ def weight_codes(normalized:np.ndarray, # weights in [-1, 1]
     return np.rint(normalized * weight_levels(weight_bits)).astype(np.int64)
 
 # %% ../nbs/02_mapping.ipynb #14783b4e
-def slice_bits(weight_bits:int, nslices:int) -> int:
-    "Bits per weight slice, `ceil((Bw-1)/nslices)`."
+def slice_bits(weight_bits:int, nslices:int,
+               offset:bool=False, # OFFSET slices (offset-binary codes of Bw bits) rather than sign-magnitude ones
+              ) -> int:
+    "Bits per weight slice: `ceil((Bw-1)/nslices)` sign-magnitude, `Bw/nslices` (if it divides) or `ceil(Bw/nslices)` OFFSET."
+    if offset: return weight_bits // nslices if weight_bits % nslices == 0 else math.ceil(weight_bits / nslices)
     return math.ceil((weight_bits - 1) / nslices)
 
 def slice_codes(codes:np.ndarray, # integer weight codes in [-Kw, Kw]
@@ -55,6 +59,19 @@ def slice_codes(codes:np.ndarray, # integer weight codes in [-Kw, Kw]
     bits = slice_bits(weight_bits, nslices)
     magnitude, sign = np.abs(codes), np.sign(codes)
     return np.stack([sign * ((magnitude >> (bits * s)) & (2 ** bits - 1)) for s in range(nslices)])
+
+def offset_slice_codes(codes:np.ndarray, # integer weight codes in [-Kw, Kw]
+                       weight_bits:int, # weight bits, sign included
+                       nslices:int, # number of slices
+                      ) -> np.ndarray:
+    "Unsigned digits of the offset-binary codes `k + 2^(Bw−1)`, shape `(nslices, *codes.shape)`, least significant first."
+    bits = slice_bits(weight_bits, nslices, offset=True)
+    shifted = np.asarray(codes, dtype=np.int64) + 2 ** (weight_bits - 1)
+    return np.stack([(shifted >> (bits * s)) & (2 ** bits - 1) for s in range(nslices)])
+
+def slice_offset_digits(weight_bits:int, nslices:int) -> np.ndarray:
+    "The digits of the zero-weight code `2^(Bw−1)` in every OFFSET slice (what each slice's unit column holds)."
+    return offset_slice_codes(np.zeros(1, dtype=np.int64), weight_bits, nslices)[:, 0]
 
 # %% ../nbs/02_mapping.ipynb #2a036c0b
 def _levels(values:np.ndarray, levels:int) -> np.ndarray:
@@ -68,6 +85,9 @@ def target_conductances(normalized:np.ndarray, # weights in [-1, 1], shape (n_ou
     gmin, grange, bits = config.gmin, config.grange, config.weight_bits
     wn = np.asarray(normalized, dtype=np.float64).T          # crossbar layout: rows = inputs
     kw = weight_levels(bits)
+    if config.style == "OFFSET" and config.nslices > 1:
+        digits = offset_slice_codes(weight_codes(wn, bits), bits, config.nslices)
+        return (gmin + grange * digits / (2 ** slice_bits(bits, config.nslices, offset=True) - 1))[:, None]
     if config.style == "OFFSET":
         fraction = _levels(np.abs(wn), kw) * np.sign(wn)
         return (gmin + grange * (fraction + 1) / 2)[None, None]
@@ -84,12 +104,23 @@ def target_conductances(normalized:np.ndarray, # weights in [-1, 1], shape (n_ou
 def slice_weights(config:InferenceConfig) -> np.ndarray:
     "Digital weight of each slice's current in the recombination: 1 unsliced, else `2^(b·s)·(2^b−1)/Kw`."
     if config.nslices == 1: return np.ones(1)
-    bits = slice_bits(config.weight_bits, config.nslices)
+    bits = slice_bits(config.weight_bits, config.nslices, offset=config.style == "OFFSET")
     return np.array([2.0 ** (bits * s) * (2 ** bits - 1) for s in range(config.nslices)]) / weight_levels(config.weight_bits)
 
 def output_scale(config:InferenceConfig, w_max:float, x_max:float) -> float:
-    "Multiplier from recombined normalised current to algorithm units: `w_max·x_max/Grange` (×2 for OFFSET)."
-    return w_max * x_max / config.grange * (2.0 if config.style == "OFFSET" else 1.0)
+    "Multiplier from recombined normalised current to algorithm units: `w_max·x_max/Grange` (×2 for unsliced OFFSET)."
+    return w_max * x_max / config.grange * (2.0 if config.style == "OFFSET" and config.nslices == 1 else 1.0)
+
+def offset_conductances(config:InferenceConfig) -> np.ndarray:
+    "OFFSET: the zero-weight conductance of every slice (what the unit column holds): `Gmin + Grange/2` unsliced, else `Gmin + Grange·o_s/(2^b − 1)`."
+    if config.nslices == 1: return np.array([config.gmin + config.grange / 2])
+    bits = slice_bits(config.weight_bits, config.nslices, offset=True)
+    return config.gmin + config.grange * slice_offset_digits(config.weight_bits, config.nslices) / (2 ** bits - 1)
+
+def cell_levels(config:InferenceConfig) -> int:
+    "Steps of one device per unit of the stored weight grid, for GRANULAR ranges: Kw (BALANCED), 2·Kw (OFFSET: the weight spans half the range), or 2^b − 1 per slice (0 when unquantised)."
+    if config.nslices > 1: return 2 ** slice_bits(config.weight_bits, config.nslices, offset=config.style == "OFFSET") - 1
+    return weight_levels(config.weight_bits) * (2 if config.style == "OFFSET" else 1)
 
 # %% ../nbs/02_mapping.ipynb #4478843d
 def partition(size:int, # rows (or columns) to split

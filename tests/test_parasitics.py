@@ -229,7 +229,7 @@ def test_offset_core_matches_dense_circuit(digital_offset):
     expected = np.zeros((len(x), core.n_out))
     for t, (c0, c1) in enumerate(core.col_ranges):
         G = core.programmed[0, 0][:, c0:c1]
-        if not digital_offset: G = np.concatenate([G, core.reference[:, t:t + 1]], axis=1)
+        if not digital_offset: G = np.concatenate([G, core.reference[0][:, t:t + 1]], axis=1)
         for b in range(len(x)):
             current = dense_solve(G, circuit, v[b])[0]
             mid = c.gmin + c.grange / 2
