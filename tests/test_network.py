@@ -13,6 +13,7 @@ import keras
 from crosssim_nb.config import InferenceConfig
 from crosssim_nb.keras_import import UnsupportedLayerError, build_graph, load_keras_model
 import crosssim_nb.network as network_module
+import crosssim_nb.convolution as convolution_module
 from crosssim_nb.network import AnalogNetwork, CoreEngine, GroupedDepthwise
 
 IDEAL = InferenceConfig.ideal()
@@ -51,7 +52,7 @@ def randomize_batchnorm(model, seed=0):
 @pytest.fixture(params=[True, False], ids=["tensorflow-conv", "im2col"])
 def conv_path(request, monkeypatch):
     "Run a test with convolutions through TensorFlow's kernels (one-product cores) and through im2col × matrix."
-    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", request.param)
+    monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", request.param)
     return request.param
 
 
@@ -420,13 +421,13 @@ def test_threaded_chunks_are_bit_identical(monkeypatch, nrows_max):
     model = resnet_block_model()
     x = images(40, 12)
     config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=nrows_max)
-    if not network_module._blas_threads.available(): pytest.skip("BLAS threads cannot be limited here: chunks run serially")
+    if not convolution_module._blas_threads.available(): pytest.skip("BLAS threads cannot be limited here: chunks run serially")
     net = AnalogNetwork.from_keras(model, config, calibration_data=x)
-    monkeypatch.setattr(network_module, "MIN_CHUNK_ROWS", 64)           # many chunks per layer
-    monkeypatch.setattr(network_module, "CHUNK_ELEMENTS", 64 * 72)
-    monkeypatch.setattr(network_module, "THREADS", 1)
+    monkeypatch.setattr(convolution_module, "MIN_CHUNK_ROWS", 64)           # many chunks per layer
+    monkeypatch.setattr(convolution_module, "CHUNK_ELEMENTS", 64 * 72)
+    monkeypatch.setattr(convolution_module, "THREADS", 1)
     serial = net.predict(x, batch_size=40)
-    monkeypatch.setattr(network_module, "THREADS", 2)
+    monkeypatch.setattr(convolution_module, "THREADS", 2)
     np.testing.assert_array_equal(net.predict(x, batch_size=40), serial)
 
 
@@ -457,17 +458,17 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
     assert all(net.engines[name].library_kernel is not None for name in ("same", "strided", "dilated", "separable/pointwise"))
     if config.style == "BALANCED":            # per-channel (depthwise) kernels, one per weight slice / differential part
         assert net.engines["depthwise"].library_kernel[1] and net.engines["separable/depthwise"].library_kernel[1]
-    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", True)
+    monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", True)
     convolved = []                                  # layers TensorFlow actually convolved (not a silent im2col fallback)
-    original = network_module._library_convolution
+    original = convolution_module._library_convolution
     def counting(x, kernel, depthwise, spec):
         currents = original(x, kernel, depthwise, spec)
         if currents is not None: convolved.append((spec.name, depthwise))
         return currents
-    monkeypatch.setattr(network_module, "_library_convolution", counting)
+    monkeypatch.setattr(convolution_module, "_library_convolution", counting)
     library = net.predict(x)
     assert {"same", "strided", "dilated"} <= {name for name, _ in convolved}
     if config.style == "BALANCED": assert ("depthwise", True) in convolved
-    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", False)
+    monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", False)
     reference = net.predict(x)
     assert relative_error(library, reference) < 1e-4
