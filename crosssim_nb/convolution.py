@@ -158,25 +158,30 @@ def _drives(engine, x):
     prepare = getattr(engine, "prepare", None)
     return x if prepare is None else prepare(x)
 
-def _apply_into(engine, rows, out):
+def _apply_into(engine, rows, out, first_row:int=0, read:int=0):
     "`engine.apply(rows)` into `out`: written there directly by engines that can (no extra copy of the outputs)."
-    if getattr(engine, "writes_into", False): engine.apply(rows, out=out)
-    else: out[...] = engine.apply(rows)
+    keys = dict(first_row=first_row, read=read) if getattr(engine, "keyed", False) else {}
+    if getattr(engine, "writes_into", False): engine.apply(rows, out=out, **keys)
+    else: out[...] = engine.apply(rows, **keys)
 
-def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int) -> np.ndarray:
+def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
+                first_row:int=0, # global index of rows[0] (image index × rows per image): keys the read noise
+                read:int=0, # read number of this layer call (a layer called twice per image reads twice)
+               ) -> np.ndarray:
     "engine.apply on rows (N, n_in) of drives in chunks, with the in-place post-op on each chunk."
     n = rows.shape[0]
     per_chunk = _chunk_rows(max(rows.shape[1], engine.n_out), chunk_elements)
     workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
     if workers > 1 and n >= 2 * MIN_CHUNK_ROWS: per_chunk = min(per_chunk, -(-n // workers))
     if n <= per_chunk:
-        out = engine.apply(rows)
+        out = np.empty((n, engine.n_out), dtype=np.float32)
+        _apply_into(engine, rows, out, first_row, read)
         if post is not None: post(out)
         return out
     out = np.empty((n, engine.n_out), dtype=np.float32)
     def work(start):
         target = out[start:start + per_chunk]
-        _apply_into(engine, rows[start:start + per_chunk], target)
+        _apply_into(engine, rows[start:start + per_chunk], target, first_row + start, read)
         if post is not None: post(target)
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
@@ -203,19 +208,25 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
         currents = currents.reshape(B, out_h, out_w, x.shape[3], groups, -1).transpose(0, 1, 2, 4, 3, 5).reshape(B, out_h, out_w, -1)
     return currents
 
-def _apply_currents_rows(currents:np.ndarray, engine, post) -> np.ndarray:
+def _apply_currents_rows(currents:np.ndarray, engine, post,
+                         variance=None, # with read noise: each current's noise variance, same shape
+                         first_row:int=0, read:int=0, # keys of the read noise (as `_apply_rows`)
+                        ) -> np.ndarray:
     "The engine's periphery (`apply_currents`) and the post-op on a layer's currents `(N, columns)`, split over the worker threads."
     n = currents.shape[0]
     workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
+    def periphery(start, stop):
+        if variance is None: return engine.apply_currents(currents[start:stop])
+        return engine.apply_currents(currents[start:stop], variance=variance[start:stop], first_row=first_row + start, read=read)
     if workers < 2 or n < 2 * MIN_CHUNK_ROWS:
-        out = engine.apply_currents(currents)
+        out = periphery(0, n)
         if post is not None: post(out)
         return out
     per_chunk = -(-n // workers)
     # one column per output: the periphery works in place, so the currents' own buffer holds the outputs
     out = currents if currents.shape[1] == engine.n_out else np.empty((n, engine.n_out), dtype=np.float32)
     def work(start):
-        y = engine.apply_currents(currents[start:start + per_chunk])
+        y = periphery(start, start + per_chunk)
         if post is not None: post(y)
         target = out[start:start + per_chunk]
         if not np.may_share_memory(y, target): target[...] = y      # (in place: y is the target itself)
@@ -227,6 +238,8 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                engine, # .apply(rows) -> (rows, n_out) float32, or .apply_patches(view block) for grouped depthwise
                post=None, # optional in-place function applied to each chunk's output (fused activation)
                chunk_elements:int|None=None, # bound on the input values handed to the engine at once (default CHUNK_ELEMENTS)
+               first_image:int=0, # global index of x[0] in the run: keys the read noise, so it does not depend on the batch
+               read:int=0, # read number of this layer call (a layer called twice per image reads twice)
               ) -> np.ndarray:
     "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
@@ -236,14 +249,18 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     grouped = hasattr(engine, "apply_patches")
     kernel = getattr(engine, "library_kernel", None)
     if kernel is not None and not (one_by_one and not grouped):   # (a 1×1 convolution is already one matrix product)
+        noise_kernel = getattr(engine, "noise_kernel", None)      # read noise: its variance is a convolution of x²
         currents = _library_convolution(x, *kernel, spec)
-        if currents is not None:
+        variance = None if currents is None or noise_kernel is None else _library_convolution(x * x, *noise_kernel, spec)
+        if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
-            out = _apply_currents_rows(currents.reshape(-1, columns), engine, post).reshape(B, out_h, out_w, engine.n_out)
+            out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
+                                       None if variance is None else variance.reshape(-1, columns),
+                                       first_image * out_h * out_w, read).reshape(B, out_h, out_w, engine.n_out)
             return out[:, 0] if spec.spatial_rank == 1 else out
     if one_by_one and not grouped:
         B, H, W, C = x.shape
-        out = _apply_rows(x.reshape(-1, C), engine, post, chunk_elements).reshape(B, H, W, engine.n_out)
+        out = _apply_rows(x.reshape(-1, C), engine, post, chunk_elements, first_image * H * W, read).reshape(B, H, W, engine.n_out)
         return out[:, 0] if spec.spatial_rank == 1 else out
     view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)
     B, out_h, out_w = view.shape[:3]
@@ -266,10 +283,13 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
             if getattr(local, "buffer", None) is None: local.buffer = np.empty(buffer_size, dtype=np.float32)
             rows = local.buffer[:block.size].reshape(block.shape)
             np.copyto(rows, block)                              # the im2col copy of this chunk
+            first_row = ((first_image + b0) * out_h + h0) * out_w  # global index of the chunk's first output pixel
             if target.flags.c_contiguous:                       # the engine writes straight into the layer output
                 y = target.reshape(-1, engine.n_out)
-                _apply_into(engine, rows.reshape(-1, width), y)
-            else: y = engine.apply(rows.reshape(-1, width))
+                _apply_into(engine, rows.reshape(-1, width), y, first_row, read)
+            else:
+                y = np.empty((block.shape[0] * block.shape[1] * out_w, engine.n_out), dtype=np.float32)
+                _apply_into(engine, rows.reshape(-1, width), y, first_row, read)
         if post is not None: post(y)
         if not np.may_share_memory(y, target): target[...] = y.reshape(target.shape)
     _run_chunks([(b0, h0) for b0 in range(0, B, images) for h0 in range(0, out_h, lines)], work, engine)
@@ -290,12 +310,13 @@ def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, c
     "`(kernel, depthwise)` for TensorFlow's convolution equal to im2col × `matrix`; None when there is none."
     if matrix is None or not spec.is_conv: return None
     kh, kw = spec.kernel_size
-    if not spec.is_depthwise: return matrix.reshape(kh, kw, -1, matrix.shape[1]), False
-    if matrix.shape[1] % spec.n_out: return None               # an extra column of summed drives: not per channel
+    dense = matrix.reshape(kh, kw, -1, matrix.shape[1]), False   # any matrix: one dense convolution (zeros included)
+    if not spec.is_depthwise: return dense
+    if matrix.shape[1] % spec.n_out: return dense              # an extra column of summed drives: not per channel
     kernels = []
     for start in range(0, matrix.shape[1], spec.n_out):        # each weight slice / differential part is block-diagonal
         kernel = per_channel_kernel(matrix[:, start:start + spec.n_out].T, spec.depth_multiplier)   # (taps, C, m)
-        if kernel is None: return None
+        if kernel is None: return dense                        # errors or noise on the zero devices couple channels
         kernels.append(kernel)
     taps, channels, multiplier = kernels[0].shape
     return np.stack(kernels, axis=2).reshape(kh, kw, channels, len(kernels) * multiplier), True   # channel-major outputs
@@ -340,11 +361,15 @@ class GroupedDepthwise(_DigitalPeriphery):
 
 class CoreEngine:
     "An AnalogCore as an engine: its DAC once on a layer's whole input, then its arrays on rows of drives (the network checks NaN/inf once at its entry)."
-    writes_into = True
+    writes_into, keyed = True, True             # keyed: read noise drawn per row index, so chunks may run in any order
     def __init__(self, core:AnalogCore, spec:AnalogSpec):
         self.core, self.n_out = core, core.n_out
-        self.parallel_safe = core.xp is np and not core.read_noise      # read noise draws random numbers per chunk
+        self.parallel_safe = core.xp is np
         self.library_kernel = library_kernel(core.conv_matrix(), spec) if core.xp is np else None   # one product: TensorFlow may do it
+        spread = core.conv_spread() if self.library_kernel is not None else None
+        self.noise_kernel = None if spread is None else library_kernel(spread, spec)   # σ² kernel: the noise variance map
     def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
-    def apply(self, rows, out=None): return self.core.apply_drives(rows, out=out)
-    def apply_currents(self, currents): return self.core.apply_currents(currents)
+    def apply(self, rows, out=None, first_row:int=0, read:int=0):
+        return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)
+    def apply_currents(self, currents, variance=None, first_row:int=0, read:int=0):
+        return self.core.apply_currents(currents, variance=variance, first_row=first_row, read=read)

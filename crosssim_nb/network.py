@@ -342,21 +342,26 @@ class AnalogNetwork:
         if not count: raise ValueError(f"{what} holds no samples")
         return out, count
 
-    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer) -> np.ndarray:
+    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None) -> np.ndarray:
+        "The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass."
         for i, spec in enumerate(node.analog):
             engine = engines[spec.name]
             if observer is not None: observer(spec.name, x)
             post = self._post[node.name] if i == len(node.analog) - 1 else None
-            if spec.is_conv: x = apply_conv(x, spec, engine, post)
+            read = 0
+            if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
+            if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read)
             else:
                 lead = x.shape[:-1]
                 rows = _drives(engine, x.reshape(-1, x.shape[-1]))
-                x = _apply_rows(rows, engine, post, convolution.CHUNK_ELEMENTS).reshape(lead + (engine.n_out,))
+                x = _apply_rows(rows, engine, post, convolution.CHUNK_ELEMENTS, first_image * (rows.shape[0] // max(1, lead[0])),
+                                read).reshape(lead + (engine.n_out,))
         return x
 
-    def _forward(self, feeds:list, engines:dict, observer=None) -> list:
-        "One batch through the graph; tensors are freed after their last reader."
+    def _forward(self, feeds:list, engines:dict, observer=None, first_image:int=0) -> list:
+        "One batch (images `first_image...` of the run) through the graph; tensors are freed after their last reader."
         values = dict(zip(self.graph.inputs, feeds))
+        reads = Counter()                 # calls of each core so far in this pass (a shared layer reads once per call)
         owned = set()                     # tensors whose array nobody else references (safe to overwrite)
         remaining = dict(self._readers)
         outputs = set(self.graph.outputs)
@@ -364,7 +369,7 @@ class AnalogNetwork:
             if node.kind == "input": continue
             inputs = [values[t] for t in node.inputs]
             if node.kind == "analog":
-                y, fresh = self._run_analog(node, inputs[0], engines, observer), True
+                y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads), True
             elif node.kind == "identity" or node.name in self._fused:
                 source = node.inputs[0]
                 y, fresh = inputs[0], source in owned and source not in outputs and remaining[source] == 1
@@ -392,7 +397,7 @@ class AnalogNetwork:
         engines = engines or self.engines
         results = None
         for start in range(0, count, batch_size):
-            outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer)
+            outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer, first_image=start)
             if results is None: results = [np.empty((count,) + o.shape[1:], dtype=np.float32) for o in outs]
             for result, o in zip(results, outs): result[start:start + len(o)] = o
         return results

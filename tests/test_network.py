@@ -472,3 +472,53 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
     monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", False)
     reference = net.predict(x)
     assert relative_error(library, reference) < 1e-4
+
+
+def noise_model_small():
+    "Conv (27 rows), depthwise, 1×1 conv and Dense on a Dense-on-sequence: every way a core is read."
+    keras.utils.set_random_seed(21)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = keras.layers.Conv2D(6, 1, strides=2, activation="relu", name="pointwise")(x)
+    x = keras.layers.Reshape((16, 6))(x)
+    x = keras.layers.Dense(5, activation="relu", name="per_position")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(4, name="head")(x))
+
+
+@pytest.mark.parametrize("nrows_max", [10, 0], ids=["three-row-tiles-im2col", "one-tile-library-conv"])
+def test_read_noise_does_not_depend_on_the_batch_size(nrows_max):
+    "Read noise is keyed per image: batches of 256, 37 and 1 give bit-identical outputs (row tiles, 6-bit ADC)."
+    model = noise_model_small()
+    x = images(300, 8, seed=5)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="CALIBRATED", nrows_max=nrows_max,
+                             noise_model="generic", alpha_noise=0.05, seed=4)
+    limits = {name: (-3.0, 3.0) for name in ("conv", "depthwise", "pointwise", "per_position", "head")}
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x, adc_limits=limits)
+    if nrows_max: assert len(net.cores["conv"].row_ranges) == 3
+    else: assert net.engines["conv"].noise_kernel is not None          # noise through a second library convolution
+    reference = net.predict(x, batch_size=256)
+    for batch_size in (37, 1):
+        np.testing.assert_array_equal(net.predict(x, batch_size=batch_size), reference)
+    assert np.mean(reference != 0) > 0.5                                                 # not a trivially zero output
+    net.program(1)
+    assert not np.array_equal(net.predict(x[:40], batch_size=40), reference[:40])      # another run: other noise
+
+
+def test_noisy_library_convolution_equals_noisy_im2col(monkeypatch):
+    "Noise variance as conv(x², σ²-kernel) draws the same keyed noise as the im2col read: the outputs agree."
+    model = noise_model_small()
+    x = images(40, 8, seed=6)
+    for proportional in (False, True):              # independent noise couples depthwise channels; proportional does not
+        config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=10, adc_range_option="MAX", nrows_max=0,
+                                 noise_model="generic", alpha_noise=0.05, proportional_noise=proportional)
+        net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+        assert net.engines["depthwise"].noise_kernel[1] == proportional       # per channel only when the zeros stay quiet
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", True)
+        library = net.predict(x)
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", False)
+        im2col = net.predict(x)
+        assert relative_error(library, im2col) < 1e-3
+        noiseless = AnalogNetwork.from_keras(model, config.replace(alpha_noise=0.0, noise_model="none"), calibration_data=x)
+        assert relative_error(library, noiseless.predict(x)) > 1e-3                  # the noise is really there
