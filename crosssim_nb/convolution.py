@@ -251,11 +251,14 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     if kernel is not None and not (one_by_one and not grouped):   # (a 1×1 convolution is already one matrix product)
         noise_kernel = getattr(engine, "noise_kernel", None)      # read noise: its variance is a convolution of x²
         currents = _library_convolution(x, *kernel, spec)
-        variance = None if currents is None or noise_kernel is None else _library_convolution(x * x, *noise_kernel, spec)
+        if currents is None or noise_kernel is None: variance = None
+        else:
+            squares = np.einsum("bhwc,bhwc->bhw", x, x)[..., None] if engine.noise_channel_sum else x * x
+            variance = _library_convolution(squares, *noise_kernel, spec)
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
             out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
-                                       None if variance is None else variance.reshape(-1, columns),
+                                       None if variance is None else variance.reshape(-1, variance.shape[-1]),
                                        first_image * out_h * out_w, read).reshape(B, out_h, out_w, engine.n_out)
             return out[:, 0] if spec.spatial_rank == 1 else out
     if one_by_one and not grouped:
@@ -367,6 +370,9 @@ class CoreEngine:
         self.parallel_safe = core.xp is np
         self.library_kernel = library_kernel(core.conv_matrix(), spec) if core.xp is np else None   # one product: TensorFlow may do it
         spread = core.conv_spread() if self.library_kernel is not None else None
+        # σ² the same on every device (independent noise): the variance map is σ² × the window sum of Σ_c x², one channel
+        self.noise_channel_sum = spread is not None and spec.is_conv and bool(np.all(spread == spread[0, 0]))
+        if self.noise_channel_sum: spread = np.full((spec.kernel_size[0] * spec.kernel_size[1], 1), spread[0, 0], dtype=np.float32)
         self.noise_kernel = None if spread is None else library_kernel(spread, spec)   # σ² kernel: the noise variance map
     def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
     def apply(self, rows, out=None, first_row:int=0, read:int=0):

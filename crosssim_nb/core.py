@@ -239,23 +239,23 @@ def keyed_draws(key:np.ndarray, # the stream's 128-bit Philox key, two uint64
     "Zero-mean, unit-variance float32 draws `(rows, per_row)`; row `g` gets the same numbers however the rows are split."
     blocks = -(-per_row // _BLOCK_VALUES)
     generator = np.random.Philox(key=key, counter=[int(first_row) * blocks, 0, int(read), 0])
-    bits = generator.random_raw(rows * blocks * _BLOCK_VALUES // 2).view(np.uint32).reshape(rows, -1, 2)
-    out = np.empty(bits.shape, dtype=np.float32)
+    bits = generator.random_raw(rows * blocks * _BLOCK_VALUES // 2).view(np.uint32).reshape(rows, -1)
+    np.right_shift(bits, 8, out=bits)                  # 24-bit uniforms, exact in float32
+    out = bits.astype(np.float32)
     if distribution == "uniform":
-        np.right_shift(bits, 8, out=bits)
-        out[...] = bits
-        out += np.float32(0.5 - 2 ** 23)             # centred 24-bit uniforms, times 2^24
+        out += np.float32(0.5 - 2 ** 23)             # centred, times 2^24
         out *= np.float32(math.sqrt(12.0) * 2 ** -24)
-    else:                                              # Box-Muller: radius from one uniform, angle from the other
-        radius = (bits[..., 0] >> 8).astype(np.float32)
-        radius += np.float32(0.5)
-        radius *= np.float32(2 ** -24)
+    else:                                              # Box-Muller: radii from a row's first half, angles from its second
+        half = out.shape[1] // 2
+        radius, angle = out[:, :half], out[:, half:]
+        radius += np.float32(0.5); radius *= np.float32(2 ** -24)
         np.log(radius, out=radius); radius *= np.float32(-2.0); np.sqrt(radius, out=radius)
-        angle = (bits[..., 1] >> 8).astype(np.float32)
         angle *= np.float32(2 * math.pi * 2 ** -24)
-        np.cos(angle, out=out[..., 0]); np.sin(angle, out=out[..., 1])
-        out *= radius[..., None]
-    return out.reshape(rows, -1)[:, :per_row]
+        sine = np.sin(angle)
+        np.cos(angle, out=angle)
+        angle *= radius                                # r·cos in the second half
+        radius *= sine                                 # r·sin in the first
+    return out[:, :per_row]
 
 # %% ../nbs/06_core.ipynb #ee5f0cb1
 _CHUNK_ELEMENTS = 1 << 23   # bound on the per-chunk working arrays (elements), ~32 MB in float32
@@ -291,12 +291,12 @@ def _read(self:AnalogCore, drives, tile,
 def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
     "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance is consumed)."
     xp = self.xp
-    k, b, columns = variance.shape
+    k, b, columns = currents.shape                    # (variance may have one column: the same for every column)
     xp.sqrt(variance, out=variance)
     draws = keyed_draws(tile["noise_key"], read, first_row, b, k * columns, self.config.noise_distribution.value)
-    draws = draws.reshape(b, k, columns).transpose(1, 0, 2) if k > 1 else draws.reshape(1, b, columns)
-    variance *= xp.asarray(draws)
-    currents += variance
+    draws = xp.asarray(draws.reshape(b, k, columns).transpose(1, 0, 2) if k > 1 else draws.reshape(1, b, columns))
+    draws *= variance
+    currents += draws
 
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
@@ -431,10 +431,12 @@ def conv_matrix(self:AnalogCore):
 @patch
 def conv_spread(self:AnalogCore):
     """With output-domain read noise and a `conv_matrix`: the per-device noise variance σ² `(n_in, columns)` in the
-    same layout, so `drives² @ conv_spread()` is each column current's noise variance (a second library convolution
-    of the squared drives); None otherwise."""
+    same layout (one column when every column has the same σ², as with independent noise), so `drives² @ conv_spread()`
+    is each column current's noise variance (a second library convolution of the squared drives); None otherwise."""
     if not self.read_noise or self.conv_matrix() is None or self._linear is not None: return None
-    spread = self._tiles[0]["spread"][:self.n_in]
+    full = self._tiles[0]["spread"]
+    if np.all(full == full[:, :1]): return full[:self.n_in, :1]     # the same σ² in every column: one column is enough
+    spread = full[:self.n_in]
     if self._needs_drive_sums(True): spread = np.concatenate([spread, np.zeros((self.n_in, 1), dtype=np.float32)], axis=1)
     return spread
 
@@ -451,11 +453,11 @@ def apply_currents(self:AnalogCore,
     drive_sums = None
     if self._needs_drive_sums(True):
         currents, drive_sums = currents[:, :-1], currents[:, -1:]
-        if variance is not None: variance = variance[:, :-1]
+        if variance is not None and variance.shape[1] > 1: variance = variance[:, :-1]
     if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
         currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
         if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
-        if variance is not None: variance += self._tiles[0]["spread"][self.n_in] * np.float32(self._bias_drive ** 2)
+        if variance is not None: variance += self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
     if self.read_noise:
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")

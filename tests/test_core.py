@@ -357,7 +357,9 @@ def test_conv_matrix_none_when_one_product_is_not_enough():
                      dict(input_bitslicing=True)):
         assert AnalogCore(W, InferenceConfig(adc_bits=8, adc_range_option="MAX", **settings)).conv_matrix() is None
     noisy = AnalogCore(W, InferenceConfig(adc_bits=8, adc_range_option="MAX", noise_model="generic", alpha_noise=0.01))
-    assert noisy.conv_matrix() is not None and noisy.conv_spread().shape == noisy.conv_matrix().shape   # a second product
+    assert noisy.conv_matrix() is not None and noisy.conv_spread().shape == (40, 1)   # a second product (σ² alike in every column)
+    proportional = AnalogCore(W + np.arange(3)[:, None], noisy.config.replace(proportional_noise=True))
+    assert proportional.conv_spread().shape == proportional.conv_matrix().shape
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(style="OFFSET"), dict(digital_bias=False), dict(subtract_current_in_xbar=False),
