@@ -15,10 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 
 # %% auto #0
-__all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'NONNEGATIVE_ACTIVATIONS',
-           'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'activation_name', 'AnalogSpec',
-           'depthwise_matrix', 'depthwise_kernel', 'analog_specs', 'GraphNode', 'ModelGraph', 'build_graph',
-           'fold_batchnorm', 'nonnegative_tensors']
+__all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'APPLICATION_LAYERS',
+           'NONNEGATIVE_ACTIVATIONS', 'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'activation_name',
+           'AnalogSpec', 'depthwise_matrix', 'grouped_matrix', 'depthwise_kernel', 'analog_specs', 'GraphNode',
+           'ModelGraph', 'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
 
 # %% ../nbs/10_keras_import.ipynb #f22e51f3
 _LEGACY_CONV_KEYS = ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -108,6 +108,15 @@ SUPPORTED_LAYERS = ("InputLayer",) + ANALOG_LAYERS + DIGITAL_LAYERS + IDENTITY_L
 SUPPORTED_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative", "Maximum", "Minimum")
 _SUPPORTED_CLASSES = {getattr(keras.layers, name): name for name in SUPPORTED_LAYERS}
 _SUPPORTED_CLASSES.update({getattr(keras.src.ops.numpy, name): f"ops.{name}" for name in SUPPORTED_OPS})
+import importlib
+# layers defined inside keras.applications (digital; StochasticDepth is the identity at inference)
+APPLICATION_LAYERS = {"LayerScale": "keras.src.applications.convnext", "StochasticDepth": "keras.src.applications.convnext",
+                      "CustomScaleLayer": "keras.src.applications.inception_resnet_v2"}
+IDENTITY_LAYERS += ("StochasticDepth",)
+for _name, _module in APPLICATION_LAYERS.items():
+    try: _SUPPORTED_CLASSES[getattr(importlib.import_module(_module), _name)] = _name
+    except (ImportError, AttributeError): pass          # an older Keras without these models
+SUPPORTED_LAYERS += tuple(APPLICATION_LAYERS)
 
 class UnsupportedLayerError(ValueError):
     "A Keras layer (or layer setting) the simulator cannot run."
@@ -134,8 +143,6 @@ def _unsupported_setting(layer, kind:str) -> str | None:
     if kind in ANALOG_LAYERS or kind in ("Activation",):
         if kind != "Activation" and getattr(layer, "data_format", "channels_last") != "channels_last":
             return f"data_format={layer.data_format!r} (only 'channels_last' is supported)"
-        if kind in ("Conv1D", "Conv2D") and getattr(layer, "groups", 1) != 1:
-            return f"groups={layer.groups} (grouped convolutions are not supported)"
         if getattr(layer, "activation", None) is not None and activation_name(layer.activation) is None:
             return f"a custom activation function {getattr(layer.activation, '__name__', layer.activation)!r}"
     if kind in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
@@ -206,6 +213,17 @@ def depthwise_matrix(kernel:np.ndarray, # depthwise kernel (kh, kw, C, m) (1-D: 
     matrix[_diagonal_index(channels, multiplier, taps)] = per_tap
     return matrix
 
+def grouped_matrix(kernel:np.ndarray, # grouped convolution kernel (..., cin / groups, cout)
+                   groups:int, # number of groups
+                  ) -> np.ndarray:
+    "The block-diagonal crossbar matrix `(cout, taps·cin)` of a grouped convolution: group g's outputs read only its inputs."
+    *window, per_group_in, cout = kernel.shape
+    taps, per_group_out = int(np.prod(window)), cout // groups
+    per_tap = kernel.reshape(taps, per_group_in, groups, per_group_out)
+    matrix = np.zeros((groups, per_group_out, taps, groups, per_group_in), dtype=np.float32)
+    for g in range(groups): matrix[g, :, :, g, :] = per_tap[:, :, g, :].transpose(2, 0, 1)
+    return matrix.reshape(cout, taps * groups * per_group_in)
+
 def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
                      multiplier:int, # depth multiplier m
                     ) -> np.ndarray:
@@ -228,8 +246,15 @@ def analog_specs(layer, # a supported analog Keras layer
     geometry = dict(strides=_pair(layer.strides, rank), dilation=_pair(layer.dilation_rate, rank),
                     padding=layer.padding, spatial_rank=rank)
     if kind in ("Conv1D", "Conv2D"):
-        return [AnalogSpec(name, name, kind, _crossbar(_numpy(layer.kernel)), bias, kernel_size=_pair(layer.kernel_size, rank),
-                           **geometry)]
+        groups = int(getattr(layer, "groups", 1) or 1)
+        kernel = _numpy(layer.kernel)                    # (..., cin / groups, cout)
+        if groups > 1 and kernel.shape[-2] == 1:         # one input channel per group: a depthwise convolution
+            multiplier = kernel.shape[-1] // groups
+            per_channel = kernel.reshape(kernel.shape[:-2] + (groups, multiplier))
+            return [AnalogSpec(name, name, kind, depthwise_matrix(per_channel), bias, kernel_size=_pair(layer.kernel_size, rank),
+                               depth_multiplier=multiplier, **geometry)]
+        matrix = _crossbar(kernel) if groups == 1 else grouped_matrix(kernel, groups)
+        return [AnalogSpec(name, name, kind, matrix, bias, kernel_size=_pair(layer.kernel_size, rank), **geometry)]
     depthwise = _numpy(layer.kernel if kind.startswith("Depthwise") else layer.depthwise_kernel)
     multiplier = depthwise.shape[-1]
     if kind.startswith("Depthwise"):

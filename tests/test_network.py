@@ -522,3 +522,35 @@ def test_noisy_library_convolution_equals_noisy_im2col(monkeypatch):
         assert relative_error(library, im2col) < 1e-3
         noiseless = AnalogNetwork.from_keras(model, config.replace(alpha_noise=0.0, noise_model="none"), calibration_data=x)
         assert relative_error(library, noiseless.predict(x)) > 1e-3                  # the noise is really there
+
+
+def grouped_model():
+    "ConvNeXt-style block (Conv2D groups=C, LayerNormalization, gelu MLP, LayerScale, StochasticDepth), a grouped Conv2D,"
+    " a depthwise Conv2D(groups=C) with multiplier 2 and InceptionResNetV2's scale layer."
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((10, 10, 8))
+    x = keras.layers.Conv2D(8, 7, padding="same", groups=8, name="dw")(inp)
+    x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    x = keras.layers.Dense(16, activation="gelu", name="mlp1")(x)
+    x = keras.layers.Dense(8, name="mlp2")(x)
+    x = LayerScale(0.5, 8)(x)
+    x = StochasticDepth(0.1)(x)
+    x = keras.layers.Add()([inp, x])
+    y = keras.layers.Conv2D(12, 3, groups=4, padding="same", name="grouped")(x)
+    y = keras.layers.Conv2D(24, 3, groups=12, strides=2, name="dw_multiplier")(y)
+    z = keras.layers.Conv2D(24, 1, name="branch")(keras.layers.MaxPooling2D(3, 2)(x))
+    y = CustomScaleLayer(0.2)([z, y])
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(y)))
+
+
+def test_grouped_convolutions_and_application_layers_match_keras(conv_path):
+    model = grouped_model()
+    x = images(6, 10, channels=8, seed=3)
+    net = check_ideal(model, x)
+    assert net.specs["dw"].is_depthwise and net.specs["dw_multiplier"].depth_multiplier == 2    # per channel
+    grouped = net.specs["grouped"].matrix.reshape(12, 9, 8)                                  # (cout, taps, cin)
+    assert np.all(grouped[:3, :, 2:] == 0) and np.all(grouped[9:, :, :6] == 0)                # block-diagonal groups
+    eight_bit = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0)
+    check_ideal(model, x, eight_bit, tolerance=0.05, calibration_data=x)                      # quantised: close
