@@ -12,13 +12,16 @@ from numpy.lib.stride_tricks import as_strided
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
+import zlib
 from .core import AnalogCore
+from .config import InferenceConfig
 from .backend import to_numpy, available_cpus
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
-           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine']
+           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
+           'DepthwiseCore', 'DepthwiseEngine']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -245,6 +248,12 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
     if spec.spatial_rank == 1: x = x[:, None]
+    convolve = getattr(engine, "convolve", None)                # an engine that convolves per row tile itself
+    if convolve is not None and LIBRARY_CONVOLUTION and keras.backend.backend() == "tensorflow":
+        out = convolve(x, spec, first_image, read)
+        if out is not None:
+            if post is not None: post(out)
+            return out[:, 0] if spec.spatial_rank == 1 else out
     one_by_one = spec.kernel_size == (1, 1) and spec.strides == (1, 1)
     grouped = hasattr(engine, "apply_patches")
     kernel = getattr(engine, "library_kernel", None)
@@ -379,3 +388,128 @@ class CoreEngine:
         return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)
     def apply_currents(self, currents, variance=None, first_row:int=0, read:int=0):
         return self.core.apply_currents(currents, variance=variance, first_row=first_row, read=read)
+
+# %% ../nbs/12_convolution.ipynb #dwc00002
+from .mapping import partition
+
+class DepthwiseCore(AnalogCore):
+    "A depthwise layer's block-diagonal crossbar holding only its diagonal devices: `(taps (+ bias), C·m)` per row tile."
+    def __init__(self, kernel:np.ndarray, # per-channel weights (taps, C, m)
+                 config:InferenceConfig, adc_limits=None, input_range=None, bias=None, name:str=""):
+        taps, channels, multiplier = kernel.shape
+        self.taps, self.channels, self.multiplier = taps, channels, multiplier
+        analog_bias = bias is not None and not config.digital_bias
+        self.physical_in = taps * channels                                     # rows of the dense crossbar (bias row apart)
+        self._physical_ranges = partition(self.physical_in + int(analog_bias), config.nrows_max)
+        self._column_channel = np.repeat(np.arange(channels), multiplier)    # the input channel each output reads
+        super().__init__(np.asarray(kernel, dtype=np.float64).reshape(taps, -1).T, config, adc_limits, input_range, bias, name)
+        self._linear = None                       # never one dense matrix: reads go through the per-channel product
+
+    row_ranges = property(lambda self: self._physical_ranges, lambda self, value: None)   # tiles of the dense layout
+
+    @staticmethod
+    def exact_for(config:InferenceConfig) -> bool:
+        "Whether the per-channel storage gives the dense block-diagonal core's result (zero devices stay at zero)."
+        quiet_zero = config.infinite_on_off_ratio or config.gmin == 0
+        errors = config.error_model == "none" or config.alpha_error == 0 or (config.proportional_error and quiet_zero)
+        noise = config.noise_model == "none" or config.alpha_noise == 0 or (
+            config.proportional_noise and quiet_zero and config.read_noise_method != "exact")
+        return (errors and noise and config.style == "BALANCED" and config.weight_percentile == 100
+                and getattr(config, "rp_row", 0) == 0 and getattr(config, "rp_col", 0) == 0)
+
+    def _rows_in_tile(self, start:int, stop:int) -> np.ndarray:
+        "Mask `(taps (+ bias), C·m)`: which stored devices sit in dense rows [start, stop)."
+        physical = np.arange(self.taps)[:, None] * self.channels + self._column_channel[None, :]
+        if self.rows > self.taps: physical = np.vstack([physical, np.full((1, physical.shape[1]), self.physical_in)])
+        return (physical >= start) & (physical < stop)
+
+    def program(self, run:int=0):
+        "Program the diagonal devices; each row tile keeps its own devices (the rest of its matrix is zero)."
+        dense_ranges, self._physical_ranges = self._physical_ranges, [(0, self.rows)]
+        super().program(run)                       # one compact tile: errors, clipping, noise std of every stored device
+        self._physical_ranges = dense_ranges
+        whole = self._tiles[0]
+        tiles = []
+        for index, (start, stop) in enumerate(dense_ranges):
+            mask = np.tile(self._rows_in_tile(start, stop), (1, whole["matrix"].shape[1] // self.n_out)).astype(np.float32)
+            tile = dict(start=start, stop=stop, matrix=whole["matrix"] * mask,
+                        spread=None if whole["spread"] is None else whole["spread"] * mask)
+            tiles.append(tile)
+        keys = np.random.SeedSequence([self.config.seed, int(run), zlib.crc32(self.name.encode())]).spawn(2)[1].spawn(len(tiles))
+        for tile, key in zip(tiles, keys): tile["noise_key"] = key.generate_state(2, np.uint64)
+        self._tiles = tiles
+        self._linear = None
+        return self
+
+    def _read(self, drives, tile, first_row:int=0, read:int=0):
+        "Column currents of one row tile from dense-layout drive rows `(k, b, taps·C (+ 1))`, channel by channel."
+        k, b = drives.shape[:2]
+        x = drives[:, :, :self.physical_in].reshape(k, b, self.taps, self.channels)
+        def product(values, matrix):
+            out = np.zeros((k, b, matrix.shape[1]), dtype=np.float32)
+            for start in range(0, matrix.shape[1], self.n_out):          # each weight slice / differential part
+                block = matrix[:, start:start + self.n_out].reshape(-1, self.channels, self.multiplier)
+                target = out[:, :, start:start + self.n_out].reshape(k, b, self.channels, self.multiplier)
+                for tap in range(self.taps):
+                    if block[tap].any(): target += values[:, :, tap, :, None] * block[tap]
+                if self.rows > self.taps:                                  # the bias row, driven like any row
+                    target += drives[:, :, self.physical_in, None, None] ** (2 if values is not x else 1) * block[self.taps]
+            return out
+        currents = product(x, tile["matrix"])
+        if tile["spread"] is not None: self._add_noise(currents, product(x * x, tile["spread"]), tile, first_row, read)
+        return currents
+
+    def _check_rows(self, x_rows, check_finite:bool):
+        if x_rows.ndim != 2 or x_rows.shape[1] != self.physical_in:
+            raise ValueError(f"AnalogCore {self.name!r}: inputs must have shape (batch, {self.physical_in}), got {tuple(x_rows.shape)}")
+        super()._check_rows(x_rows[:, :self.n_in], check_finite)
+
+    def conv_matrix(self): return None             # no dense matrix: the engine convolves per channel
+    def conv_spread(self): return None
+
+    def channel_kernels(self, index:int) -> tuple:
+        "Row tile `index`'s per-channel `(kernel, spread)` as depthwise kernels `(taps, C, columns / C)` (spread None without noise)."
+        tile = self._tiles[index]
+        def per_channel(matrix):
+            blocks = [matrix[:self.taps, s:s + self.n_out].reshape(self.taps, self.channels, self.multiplier)
+                      for s in range(0, matrix.shape[1], self.n_out)]
+            return np.concatenate(blocks, axis=2)                          # channel-major columns, blocks side by side
+        return per_channel(tile["matrix"]), None if tile["spread"] is None else per_channel(tile["spread"])
+
+    def programmed_kernel(self) -> np.ndarray:
+        "The weights the devices hold this run as a per-channel kernel `(taps, C, m)` (algorithm units)."
+        return self.programmed_weights()[:, :self.taps].T.reshape(self.taps, self.channels, self.multiplier)
+
+    def hw_summary(self) -> dict:
+        "The dense array's budget (its zero devices are real devices, counted in the utilisation)."
+        compact, self.rows = self.rows, self.physical_in + (self.rows - self.taps)
+        try: return {**super().hw_summary(), "n_in": self.physical_in}
+        finally: self.rows = compact
+
+# %% ../nbs/12_convolution.ipynb #dwc00003
+class DepthwiseEngine(CoreEngine):
+    "A `DepthwiseCore` as an engine: each row tile convolved per channel by TensorFlow, then that tile's ADC; im2col rows otherwise."
+    def __init__(self, core:DepthwiseCore, spec:AnalogSpec):
+        self.core, self.n_out, self.spec = core, core.n_out, spec
+        self.parallel_safe = core.xp is np
+        self.library_kernel = self.noise_kernel = None
+
+    def convolve(self, x:np.ndarray, # the layer's drives (B, H, W, C)
+                 spec:AnalogSpec, first_image:int=0, read:int=0):
+        "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
+        core, (kh, kw) = self.core, spec.kernel_size
+        total, bias_drive = None, np.float32(core._bias_drive)
+        for index, tile in enumerate(core._tiles):
+            kernel, spread = core.channel_kernels(index)
+            currents = _library_convolution(x, kernel.reshape(kh, kw, core.channels, -1), True, spec)
+            if currents is None: return None
+            B, out_h, out_w, columns = currents.shape
+            currents = currents.reshape(1, -1, columns)
+            if core.rows > core.taps: currents += tile["matrix"][core.taps] * bias_drive          # the analog bias row
+            if spread is not None:
+                variance = _library_convolution(x * x, spread.reshape(kh, kw, core.channels, -1), True, spec).reshape(1, -1, columns)
+                if core.rows > core.taps: variance += tile["spread"][core.taps] * bias_drive ** 2
+                core._add_noise(currents, variance, tile, first_image * out_h * out_w, read)
+            part = core._tile_output(index, currents, None)
+            total = part if total is None else total + part
+        return core._finish(total, None, core._digital_bias_xp).reshape(B, out_h, out_w, core.n_out)

@@ -22,7 +22,7 @@ from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_
 import crosssim_nb.convolution as convolution
 from .convolution import (conv_geometry, _pad_spatial, patch_view, im2col, _blas_threads, CHUNK_ELEMENTS, _drives,
                                      _apply_rows, apply_conv, per_channel_kernel, library_kernel, FloatMatrix, GroupedDepthwise,
-                                     CoreEngine)
+                                     CoreEngine, DepthwiseCore, DepthwiseEngine)
 
 # %% auto #0
 __all__ = ['TopValues', 'AnalogNetwork']
@@ -292,6 +292,10 @@ class AnalogNetwork:
         for name, spec in self.specs.items():
             cfg = self.layer_configs[name]
             if cfg is None: continue
+            if spec.is_depthwise and DepthwiseCore.exact_for(cfg):      # the diagonal devices only (same outputs)
+                self.cores[name] = DepthwiseCore(depthwise_kernel(spec.matrix, spec.depth_multiplier), cfg,
+                                                 adc_limits=limits.get(name), input_range=ranges[name], bias=spec.bias, name=name)
+                continue
             self.cores[name] = AnalogCore(spec.matrix, cfg, adc_limits=limits.get(name), input_range=ranges[name],
                                           bias=spec.bias, name=name)
         self._refresh_engines()
@@ -300,13 +304,15 @@ class AnalogNetwork:
         "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
         for name, core in self.cores.items():
             spec = self.specs[name]
-            self.engines[name] = self._grouped_engine(spec, core) or CoreEngine(core, spec)
+            self.engines[name] = self._grouped_engine(spec, core) or (
+                DepthwiseEngine(core, spec) if isinstance(core, DepthwiseCore) else CoreEngine(core, spec))
 
     @staticmethod
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
         c = core.config
         if not spec.is_depthwise or not core.linear or c.dac_bits or core.analog_bias or c.bias_bits != 0: return None
-        kernel = per_channel_kernel(core.programmed_weights(), spec.depth_multiplier)
+        kernel = (core.programmed_kernel() if isinstance(core, DepthwiseCore) else
+                  per_channel_kernel(core.programmed_weights(), spec.depth_multiplier))
         return None if kernel is None else GroupedDepthwise(kernel, spec.bias, spec.kernel_size)   # None: errors on zero devices couple channels
 
     # ----- execution -----

@@ -15,6 +15,10 @@ from crosssim_nb.keras_import import UnsupportedLayerError, build_graph, load_ke
 import crosssim_nb.network as network_module
 import crosssim_nb.convolution as convolution_module
 from crosssim_nb.network import AnalogNetwork, CoreEngine, GroupedDepthwise
+from crosssim_nb.convolution import DepthwiseCore, DepthwiseEngine
+from crosssim_nb.core import AnalogCore
+from crosssim_nb.keras_import import depthwise_matrix
+from crosssim_nb.convolution import im2col
 
 IDEAL = InferenceConfig.ideal()
 
@@ -456,8 +460,8 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
                                        error_model="generic", alpha_error=0.02), **settings})
     net = AnalogNetwork.from_keras(model, config, calibration_data=x)
     assert all(net.engines[name].library_kernel is not None for name in ("same", "strided", "dilated", "separable/pointwise"))
-    if config.style == "BALANCED":            # per-channel (depthwise) kernels, one per weight slice / differential part
-        assert net.engines["depthwise"].library_kernel[1] and net.engines["separable/depthwise"].library_kernel[1]
+    if config.style == "BALANCED":            # diagonal devices only, convolved per channel (proportional error: zeros stay 0)
+        assert isinstance(net.engines["depthwise"], DepthwiseEngine) and isinstance(net.engines["separable/depthwise"], DepthwiseEngine)
     monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", True)
     convolved = []                                  # layers TensorFlow actually convolved (not a silent im2col fallback)
     original = convolution_module._library_convolution
@@ -514,7 +518,8 @@ def test_noisy_library_convolution_equals_noisy_im2col(monkeypatch):
         config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=10, adc_range_option="MAX", nrows_max=0,
                                  noise_model="generic", alpha_noise=0.05, proportional_noise=proportional)
         net = AnalogNetwork.from_keras(model, config, calibration_data=x)
-        assert net.engines["depthwise"].noise_kernel[1] == proportional       # per channel only when the zeros stay quiet
+        if proportional: assert isinstance(net.engines["depthwise"], DepthwiseEngine)   # zeros stay quiet: diagonal only
+        else: assert net.engines["depthwise"].noise_kernel[1] is False              # noise on the zeros: dense σ² kernel
         monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", True)
         library = net.predict(x)
         monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", False)
@@ -554,3 +559,25 @@ def test_grouped_convolutions_and_application_layers_match_keras(conv_path):
     assert np.all(grouped[:3, :, 2:] == 0) and np.all(grouped[9:, :, :6] == 0)                # block-diagonal groups
     eight_bit = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0)
     check_ideal(model, x, eight_bit, tolerance=0.05, calibration_data=x)                      # quantised: close
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(subtract_current_in_xbar=False), dict(digital_bias=False), dict(nslices=2),
+                                      dict(noise_model="generic", alpha_noise=0.05, proportional_noise=True),
+                                      dict(icol_max=3.0), dict(adc_bits=0, dac_bits=0)],
+                         ids=["balanced", "pair", "analog-bias", "two-slices", "proportional-noise", "current-limit", "linear"])
+def test_depthwise_core_equals_dense_block_diagonal_core(settings):
+    "Storing only the diagonal devices changes nothing: same outputs as the dense block-diagonal core (3 row tiles, ADC)."
+    rng = np.random.default_rng(31)
+    kernel = rng.normal(size=(9, 6, 2)).astype(np.float32)               # 3x3 taps, 6 channels, multiplier 2
+    bias = rng.normal(size=12).astype(np.float32)
+    config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=20), **settings})
+    assert DepthwiseCore.exact_for(config)
+    dense = AnalogCore(depthwise_matrix(kernel.reshape(3, 3, 6, 2)), config, bias=bias, input_range=(-2, 2), name="dw")
+    compact = DepthwiseCore(kernel, config, bias=bias, input_range=(-2, 2), name="dw")
+    assert len(compact.row_ranges) == len(dense.row_ranges) == 3 and compact.hw_summary() == dense.hw_summary()
+    x = rng.uniform(-2.4, 2.4, size=(2, 7, 7, 6)).astype(np.float32)
+    rows = im2col(x, (3, 3), padding="same")
+    got, expected = compact.apply(rows), dense.apply(rows)
+    close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert close.mean() > 0.99        # the rest: quantised values on an exact ADC rounding tie, summed in another order
+    assert not DepthwiseCore.exact_for(config.replace(error_model="generic", alpha_error=0.01, proportional_error=False))
