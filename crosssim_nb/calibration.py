@@ -104,7 +104,7 @@ def weights_hash(net) -> str:
     digest = hashlib.sha256()
     for name, spec in sorted(net.specs.items()):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(spec.matrix, dtype=np.float32).tobytes())
+        digest.update(np.ascontiguousarray(spec.dense_matrix(), dtype=np.float32).tobytes())
         if spec.bias is not None: digest.update(np.ascontiguousarray(spec.bias, dtype=np.float32).tobytes())
     return digest.hexdigest()
 

@@ -344,7 +344,7 @@ class FloatMatrix(_DigitalPeriphery):
     parallel_safe, writes_into = True, True
     def __init__(self, spec:AnalogSpec):
         self.spec, self.n_out = spec, spec.n_out
-        self.matrix_t = np.ascontiguousarray(spec.matrix.T, dtype=np.float32)
+        self.matrix_t = np.ascontiguousarray(spec.dense_matrix().T, dtype=np.float32)
         self.bias = None if spec.bias is None else np.asarray(spec.bias, dtype=np.float32)
         self.library_kernel = library_kernel(self.matrix_t, spec)
     def apply(self, rows, out=None):

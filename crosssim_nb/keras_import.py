@@ -158,7 +158,7 @@ class AnalogSpec:
     name: str                    # core name: the layer name, or "layer/depthwise", "layer/pointwise"
     layer: str                   # the Keras layer name (nested models: "outer/inner")
     layer_type: str              # Keras class name of the layer
-    matrix: np.ndarray           # (n_out, n_in) float32; conv rows in (kh, kw, cin) order
+    matrix: np.ndarray | None    # (n_out, n_in) float32; conv rows in (kh, kw, cin) order (None for depthwise: see kernel)
     bias: np.ndarray | None = None # (n_out,) float32 or None
     kernel_size: tuple = ()      # () for Dense; (kh, kw) for convolutions (1-D: (1, k))
     strides: tuple = (1, 1)
@@ -167,11 +167,15 @@ class AnalogSpec:
     spatial_rank: int = 0        # 0 Dense, 1 for 1-D and 2 for 2-D convolutions
     depth_multiplier: int = 0    # > 0 for a depthwise core (block-diagonal matrix)
     folded_batchnorm: list = field(default_factory=list) # names of BatchNormalization layers folded in
+    kernel: np.ndarray | None = None # depthwise: the per-channel weights (taps, C, m), not the block-diagonal matrix
 
     @property
-    def n_out(self): return self.matrix.shape[0]
+    def n_out(self): return self.matrix.shape[0] if self.kernel is None else self.kernel.shape[1] * self.kernel.shape[2]
     @property
-    def n_in(self): return self.matrix.shape[1]
+    def n_in(self): return self.matrix.shape[1] if self.kernel is None else self.kernel.shape[0] * self.kernel.shape[1]
+    def dense_matrix(self) -> np.ndarray:
+        "The crossbar matrix `(n_out, n_in)` (for a depthwise core: the block-diagonal one, built on demand)."
+        return self.matrix if self.kernel is None else depthwise_matrix(self.kernel)
     @property
     def is_conv(self): return self.spatial_rank > 0
     @property
@@ -233,6 +237,10 @@ def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
     return matrix[_diagonal_index(channels, multiplier, n_in // channels)]
 
 # %% ../nbs/10_keras_import.ipynb #1efa0245
+def _per_tap(kernel:np.ndarray) -> np.ndarray:
+    "A depthwise kernel `(..., C, m)` as `(taps, C, m)`: the only devices of its block-diagonal crossbar that hold weights."
+    return np.ascontiguousarray(kernel.reshape((-1,) + kernel.shape[-2:]), dtype=np.float32)
+
 def analog_specs(layer, # a supported analog Keras layer
                  name:str, # its (path) name
                 ) -> list[AnalogSpec]:
@@ -251,18 +259,18 @@ def analog_specs(layer, # a supported analog Keras layer
         if groups > 1 and kernel.shape[-2] == 1:         # one input channel per group: a depthwise convolution
             multiplier = kernel.shape[-1] // groups
             per_channel = kernel.reshape(kernel.shape[:-2] + (groups, multiplier))
-            return [AnalogSpec(name, name, kind, depthwise_matrix(per_channel), bias, kernel_size=_pair(layer.kernel_size, rank),
-                               depth_multiplier=multiplier, **geometry)]
+            return [AnalogSpec(name, name, kind, None, bias, kernel_size=_pair(layer.kernel_size, rank), depth_multiplier=multiplier,
+                               kernel=_per_tap(per_channel), **geometry)]
         matrix = _crossbar(kernel) if groups == 1 else grouped_matrix(kernel, groups)
         return [AnalogSpec(name, name, kind, matrix, bias, kernel_size=_pair(layer.kernel_size, rank), **geometry)]
     depthwise = _numpy(layer.kernel if kind.startswith("Depthwise") else layer.depthwise_kernel)
     multiplier = depthwise.shape[-1]
     if kind.startswith("Depthwise"):
-        return [AnalogSpec(name, name, kind, depthwise_matrix(depthwise), bias, kernel_size=_pair(layer.kernel_size, rank),
-                           depth_multiplier=multiplier, **geometry)]
+        return [AnalogSpec(name, name, kind, None, bias, kernel_size=_pair(layer.kernel_size, rank),
+                           depth_multiplier=multiplier, kernel=_per_tap(depthwise), **geometry)]
     pointwise = _numpy(layer.pointwise_kernel)
-    first = AnalogSpec(f"{name}/depthwise", name, kind, depthwise_matrix(depthwise), None,
-                       kernel_size=_pair(layer.kernel_size, rank), depth_multiplier=multiplier, **geometry)
+    first = AnalogSpec(f"{name}/depthwise", name, kind, None, None, kernel_size=_pair(layer.kernel_size, rank),
+                       depth_multiplier=multiplier, kernel=_per_tap(depthwise), **geometry)
     second = AnalogSpec(f"{name}/pointwise", name, kind, _crossbar(pointwise), bias, kernel_size=(1, 1), spatial_rank=rank)
     return [first, second]
 
@@ -457,8 +465,9 @@ def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
         scale, shift = _batchnorm_affine(bn.layer)
         last = producer.analog[-1]
         bias = np.zeros(last.n_out) if last.bias is None else last.bias.astype(np.float64)
-        folded = dataclasses.replace(last, matrix=(last.matrix * scale[:, None]).astype(np.float32),
-                                     bias=((bias * scale) + shift).astype(np.float32),
+        weights = (dict(kernel=(last.kernel * scale.reshape(last.kernel.shape[1:])).astype(np.float32)) if last.kernel is not None
+                   else dict(matrix=(last.matrix * scale[:, None]).astype(np.float32)))
+        folded = dataclasses.replace(last, **weights, bias=((bias * scale) + shift).astype(np.float32),
                                      folded_batchnorm=last.folded_batchnorm + [bn.layer_name])
         producer.analog = producer.analog[:-1] + [folded]
         producer.output_shape = bn.output_shape

@@ -200,7 +200,7 @@ class AnalogNetwork:
     # ----- construction -----
     @staticmethod
     def _float_engine(spec:AnalogSpec):
-        if spec.is_depthwise: return GroupedDepthwise(depthwise_kernel(spec.matrix, spec.depth_multiplier), spec.bias, spec.kernel_size)
+        if spec.is_depthwise: return GroupedDepthwise(spec.kernel, spec.bias, spec.kernel_size)
         return FloatMatrix(spec)
 
     @staticmethod
@@ -293,10 +293,10 @@ class AnalogNetwork:
             cfg = self.layer_configs[name]
             if cfg is None: continue
             if spec.is_depthwise and DepthwiseCore.exact_for(cfg):      # the diagonal devices only (same outputs)
-                self.cores[name] = DepthwiseCore(depthwise_kernel(spec.matrix, spec.depth_multiplier), cfg,
+                self.cores[name] = DepthwiseCore(spec.kernel, cfg,
                                                  adc_limits=limits.get(name), input_range=ranges[name], bias=spec.bias, name=name)
                 continue
-            self.cores[name] = AnalogCore(spec.matrix, cfg, adc_limits=limits.get(name), input_range=ranges[name],
+            self.cores[name] = AnalogCore(spec.dense_matrix(), cfg, adc_limits=limits.get(name), input_range=ranges[name],
                                           bias=spec.bias, name=name)
         self._refresh_engines()
 
