@@ -65,7 +65,7 @@ class AnalogCore:
         full = np.hstack([self.matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else self.matrix
         self.rows = full.shape[1]
         self.w_max = weight_scale(full, config.weight_percentile)
-        self._target = target_conductances(normalize_weights(full, self.w_max), config)   # (slices, parts, rows, n_out)
+        del full                                   # the targets are recomputed at each programming (not kept: memory)
         self.row_ranges = partition(self.rows, config.nrows_max)
         self.col_ranges = partition(self.n_out, config.ncols_max)
         self.n_weight_slices = config.nslices
@@ -211,6 +211,12 @@ def program(self:AnalogCore,
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
     self._linear = self._linear_map() if self.linear else None
     return self
+
+@patch(as_prop=True)
+def _target(self:AnalogCore):
+    "Target conductances `(slices, parts, rows, n_out)` (float64), computed when programming: not stored, they are as big as the devices."
+    full = np.hstack([self.matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else self.matrix
+    return target_conductances(normalize_weights(full, self.w_max), self.config)
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
     "(slices, rows, n_out) -> (rows, slices·n_out): every slice's columns next to each other."

@@ -179,6 +179,15 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 # %% ../nbs/11_network.ipynb #53fb61b0
+class _FloatEngines(dict):
+    "Exact float engines by core name, built when first asked for."
+    def __init__(self, specs:dict, make, built:dict):
+        super().__init__(built)
+        self._specs, self._make = specs, make
+    def __missing__(self, name):
+        engine = self[name] = self._make(self._specs[name])
+        return engine
+
 _HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bits", "dac_bits", "adc_bits", "row_tiles",
                "col_tiles", "weight_slices", "arrays_per_tile", "arrays", "array_size", "devices", "capacity", "utilisation",
                "mvms_per_image", "bits_per_cell", "folded_batchnorm"]
@@ -299,6 +308,9 @@ class AnalogNetwork:
             self.cores[name] = AnalogCore(spec.dense_matrix(), cfg, adc_limits=limits.get(name), input_range=ranges[name],
                                           bias=spec.bias, name=name)
         self._refresh_engines()
+        # the float engines of analog layers were for profiling: free their weight copies (rebuilt if ever needed again)
+        self._float_engines = _FloatEngines(self.specs, self._float_engine,
+                                            {n: e for n, e in self._float_engines.items() if n not in self.cores})
 
     def _refresh_engines(self):
         "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
