@@ -26,7 +26,7 @@ def _check_matrix(matrix, name):
         raise ValueError(f"AnalogCore {name!r}: matrix must be 2-D (n_out, n_in) and non-empty, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number): raise TypeError(f"AnalogCore {name!r}: matrix must be numeric, got dtype {array.dtype}")
     if not np.all(np.isfinite(array)): raise ValueError(f"AnalogCore {name!r}: matrix contains NaN or inf")
-    return array.astype(np.float64)
+    return array.astype(np.float32 if array.dtype == np.float32 else np.float64)   # float32 weights stay float32 (memory)
 
 def _parse_input_range(input_range, name):
     "`(x_max, signed)` from an input range `(lo, hi)`: `(-x, x)` signed or `(0, x)` unsigned."
@@ -62,7 +62,7 @@ class AnalogCore:
         if self.bias is not None and (self.bias.shape != (self.n_out,) or not np.all(np.isfinite(self.bias))):
             raise ValueError(f"AnalogCore {name!r}: bias must be finite with shape ({self.n_out},), got {np.shape(bias)}")
         self.analog_bias = self.bias is not None and not config.digital_bias
-        full = np.hstack([self.matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else self.matrix
+        full = self._full_matrix()
         self.rows = full.shape[1]
         self.w_max = weight_scale(full, config.weight_percentile)
         del full                                   # the targets are recomputed at each programming (not kept: memory)
@@ -215,8 +215,13 @@ def program(self:AnalogCore,
 @patch(as_prop=True)
 def _target(self:AnalogCore):
     "Target conductances `(slices, parts, rows, n_out)` (float64), computed when programming: not stored, they are as big as the devices."
-    full = np.hstack([self.matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else self.matrix
-    return target_conductances(normalize_weights(full, self.w_max), self.config)
+    return target_conductances(normalize_weights(self._full_matrix(), self.w_max), self.config)
+
+@patch
+def _full_matrix(self:AnalogCore) -> np.ndarray:
+    "The stored matrix in float64, with the analog bias row's column when there is one (built when needed)."
+    matrix = self.matrix.astype(np.float64)
+    return np.hstack([matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else matrix
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
     "(slices, rows, n_out) -> (rows, slices·n_out): every slice's columns next to each other."
