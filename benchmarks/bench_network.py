@@ -11,7 +11,11 @@ Timings interleave Keras and the simulator `--repeats` times. The ratio quoted i
 (simulator time / Keras time) measured back to back, which cancels the slow swings of a shared host; the ratio of
 the best times is printed too. Targets: ideal <= 1.5x Keras, 8-bit <= 2.5x Keras.
 
-Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 5] [--out benchmarks/results/network.json]
+Read noise (issue 15): the zoo's fashion_resnet and fashion_mobilenet with 8-bit weights/DAC and an 8-bit CALIBRATED
+ADC, with generic read noise (alpha 0.02) vs the same run without noise (target <= 2x); ResNet50 8-bit + 1 % read
+noise vs Keras (target <= 2.5x).
+
+Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 5] [--noise-only] [--out benchmarks/results/network.json]
 """
 import argparse, json, os, platform, resource, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -70,9 +74,11 @@ def interleaved_times(functions, repeats):
     return times
 
 
-def bench_case(name, model, x, calibration, batch_size, repeats):
-    configs = {"ideal": InferenceConfig.ideal(),
-               "8bit": InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=1152)}
+def bench_case(name, model, x, calibration, batch_size, repeats, noise_only=False):
+    eight_bit = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=1152)
+    configs = {"ideal": InferenceConfig.ideal(), "8bit": eight_bit,
+               "8bit+noise": eight_bit.replace(noise_model="generic", alpha_noise=0.01)}
+    if noise_only: configs = {"8bit+noise": configs["8bit+noise"]}
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)          # trace / warm up
     results = []
     for label, config in configs.items():
@@ -100,26 +106,59 @@ def bench_case(name, model, x, calibration, batch_size, repeats):
     return results
 
 
+def bench_noise_zoo(name, repeats, images=1000, batch_size=256):
+    "A zoo model, 8-bit calibrated ADC: generic read noise (alpha 0.02) vs the same run without noise, in one process."
+    from crosssim_nb import zoo
+    from crosssim_nb.calibration import calibrate_adc
+    model = keras.models.load_model(zoo.model_path(name))
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, size=(images,) + tuple(model.input_shape[1:])).astype(np.float32)
+    calibration = rng.uniform(0, 1, size=(256,) + tuple(model.input_shape[1:])).astype(np.float32)
+    base = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX")
+    profiled = AnalogNetwork.from_keras(model, base, calibration_data=calibration, input_nonnegative=True)
+    limits = calibrate_adc(profiled, calibration, method="percentile").adc_limits
+    clean_config = base.replace(adc_range_option="CALIBRATED")
+    clean = AnalogNetwork.from_keras(model, clean_config, input_ranges=profiled.input_ranges, adc_limits=limits,
+                                     input_nonnegative=True)
+    noisy = AnalogNetwork.from_keras(model, clean_config.replace(noise_model="generic", alpha_noise=0.02),
+                                     input_ranges=profiled.input_ranges, adc_limits=limits, input_nonnegative=True)
+    for f in (lambda: model.predict(x[:batch_size], batch_size=batch_size, verbose=0), lambda: clean.predict(x[:batch_size], batch_size),
+              lambda: noisy.predict(x[:batch_size], batch_size)): f()
+    times = interleaved_times([lambda: model.predict(x, batch_size=batch_size, verbose=0), lambda: clean.predict(x, batch_size),
+                               lambda: noisy.predict(x, batch_size)], repeats)
+    ratio = float(np.median(times[:, 2] / times[:, 1]))
+    row = dict(case=name, config="8bit-calibrated+read-noise-0.02", images=images, batch_size=batch_size,
+               keras_s_per_image=times[:, 0].min() / images, clean_s_per_image=times[:, 1].min() / images,
+               sim_s_per_image=times[:, 2].min() / images, ratio_to_noiseless=ratio,
+               ratio_to_keras=float(np.median(times[:, 2] / times[:, 0])), target_ratio_to_noiseless=2.0)
+    print(f"{name:17s} read noise: keras {row['keras_s_per_image'] * 1e3:6.3f} ms/img  no noise {row['clean_s_per_image'] * 1e3:6.3f}  "
+          f"noise {row['sim_s_per_image'] * 1e3:6.3f}  noisy/noiseless {ratio:4.2f}x (target <= 2)  noisy/keras {row['ratio_to_keras']:4.2f}x",
+          flush=True)
+    return [row]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (ResNet50 at 112 px, fewer CIFAR images)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median ratio reported)")
     parser.add_argument("--out", default="benchmarks/results/network.json", help="JSON file for the results")
+    parser.add_argument("--noise-only", action="store_true", help="only the read-noise cases")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     results = []
+    for name in ("fashion_resnet", "fashion_mobilenet"): results += bench_noise_zoo(name, args.repeats)
 
     size = 112 if args.quick else 224
     model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)))
     x = rng.normal(size=(32, size, size, 3)).astype(np.float32)
     calibration = rng.normal(size=(32, size, size, 3)).astype(np.float32)
-    results += bench_case("ResNet50", model, x, calibration, batch_size=32, repeats=args.repeats)
+    results += bench_case("ResNet50", model, x, calibration, batch_size=32, repeats=args.repeats, noise_only=args.noise_only)
 
     model = randomize_batchnorm(resnet20())
     n = 256 if args.quick else 1024
     x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
     calibration = rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
-    results += bench_case("ResNet20", model, x, calibration, batch_size=128, repeats=args.repeats)
+    if not args.noise_only: results += bench_case("ResNet20", model, x, calibration, batch_size=128, repeats=args.repeats)
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

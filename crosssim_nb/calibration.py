@@ -106,7 +106,7 @@ def _specs_hash(specs) -> str:
     digest = hashlib.sha256()
     for name, spec in sorted((s.name, s) for s in specs):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(spec.matrix, dtype=np.float32).tobytes())
+        digest.update(np.ascontiguousarray(spec.dense_matrix(), dtype=np.float32).tobytes())
         if spec.bias is not None: digest.update(np.ascontiguousarray(spec.bias, dtype=np.float32).tobytes())
     return digest.hexdigest()
 

@@ -17,7 +17,7 @@ from .device_models import drift_compensation_gains
 from .parasitics import array_circuit, tile_circuit
 
 # %% auto #0
-__all__ = ['AnalogCore', 'NonFiniteResultError']
+__all__ = ['AnalogCore', 'keyed_draws', 'NonFiniteResultError']
 
 # %% ../nbs/06_core.ipynb #ac672ae0
 def _check_matrix(matrix, name):
@@ -29,7 +29,7 @@ def _check_matrix(matrix, name):
     if not np.issubdtype(array.dtype, np.number): raise TypeError(f"AnalogCore {name!r}: matrix must be numeric, got dtype {array.dtype}")
     _refuse_complex(array, f"AnalogCore {name!r}: matrix")
     if not np.all(np.isfinite(array)): raise ValueError(f"AnalogCore {name!r}: matrix contains NaN or inf")
-    return array.astype(np.float64)
+    return array.astype(np.float32 if array.dtype == np.float32 else np.float64)   # float32 weights stay float32 (memory)
 
 def _parse_input_range(input_range, name):
     "`(x_max, signed)` from an input range `(lo, hi)`: `(-x, x)` signed or `(0, x)` unsigned."
@@ -68,10 +68,10 @@ class AnalogCore:
         if self.bias is not None and (self.bias.shape != (self.n_out,) or not np.all(np.isfinite(self.bias))):
             raise ValueError(f"AnalogCore {name!r}: bias must be finite with shape ({self.n_out},), got {np.shape(bias)}")
         self.analog_bias = self.bias is not None and not config.digital_bias
-        full = np.hstack([self.matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else self.matrix
+        full = self._full_matrix()
         self.rows = full.shape[1]
         self.w_max = weight_scale(full, config.weight_percentile)
-        self._target = target_conductances(normalize_weights(full, self.w_max), config)   # (slices, parts, rows, n_out)
+        del full                                   # the targets are recomputed at each programming (not kept: memory)
         self.row_ranges = partition(self.rows, config.nrows_max)
         self.col_ranges = partition(self.n_out, config.ncols_max)
         self.n_weight_slices = config.nslices
@@ -260,6 +260,9 @@ def program(self:AnalogCore,
         self._tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
                                 spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
         if self._circuit is not None and circuit.reader is not None: self._tiles[-1]["reader"] = circuit.reader
+    for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
+        tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
+    self._reads = 0                                                # reads of a bare core so far (each gets fresh noise)
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
     gains = drift_compensation_gains(self, state, program_rng, reference_state)   # digital gain per array (or column); None: off
@@ -268,6 +271,17 @@ def program(self:AnalogCore,
     self._check_programmed()                          # overflowing settings: a named error before any read
     self._program_adcs(run)
     return self
+
+@patch(as_prop=True)
+def _target(self:AnalogCore):
+    "Target conductances `(slices, parts, rows, n_out)` (float64), computed when programming: not stored, they are as big as the devices."
+    return target_conductances(normalize_weights(self._full_matrix(), self.w_max), self.config)
+
+@patch
+def _full_matrix(self:AnalogCore) -> np.ndarray:
+    "The stored matrix in float64, with the analog bias row's column when there is one (built when needed)."
+    matrix = self.matrix.astype(np.float64)
+    return np.hstack([matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else matrix
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
     "(slices, rows, n_out) -> (rows, slices·n_out): every slice's columns next to each other."
@@ -285,11 +299,45 @@ def programmed_weights(self:AnalogCore) -> np.ndarray:
     else: stored = np.tensordot(self._slice_weights, self.programmed[:, 0] - self.programmed[:, 1], axes=1) / c.grange
     return (stored.T * self.w_max)[:, :self.n_in]
 
+# %% ../nbs/06_core.ipynb #k3yd0002
+_BLOCK_VALUES = 8          # draws per Philox counter block (four 64-bit outputs, two draws each)
+
+def keyed_draws(key:np.ndarray, # the stream's 128-bit Philox key, two uint64
+                read:int, # read number: its own counter word
+                first_row:int, # global index of the first row
+                rows:int, # number of rows
+                per_row:int, # draws per row
+                distribution:str="normal", # 'normal' or 'uniform' (zero mean, unit variance)
+               ) -> np.ndarray:
+    "Zero-mean, unit-variance float32 draws `(rows, per_row)`; row `g` gets the same numbers however the rows are split."
+    blocks = -(-per_row // _BLOCK_VALUES)
+    generator = np.random.Philox(key=key, counter=[int(first_row) * blocks, 0, int(read), 0])
+    bits = generator.random_raw(rows * blocks * _BLOCK_VALUES // 2).view(np.uint32).reshape(rows, -1)
+    np.right_shift(bits, 8, out=bits)                  # 24-bit uniforms, exact in float32
+    out = bits.astype(np.float32)
+    if distribution == "uniform":
+        out += np.float32(0.5 - 2 ** 23)             # centred, times 2^24
+        out *= np.float32(math.sqrt(12.0) * 2 ** -24)
+    else:                                              # Box-Muller: radii from a row's first half, angles from its second
+        half = out.shape[1] // 2
+        radius, angle = out[:, :half], out[:, half:]
+        radius += np.float32(0.5); radius *= np.float32(2 ** -24)
+        np.log(radius, out=radius); radius *= np.float32(-2.0); np.sqrt(radius, out=radius)
+        angle *= np.float32(2 * math.pi * 2 ** -24)
+        sine = np.sin(angle)
+        np.cos(angle, out=angle)
+        angle *= radius                                # r·cos in the second half
+        radius *= sine                                 # r·sin in the first
+    return out[:, :per_row]
+
 # %% ../nbs/06_core.ipynb #ee5f0cb1
 _CHUNK_ELEMENTS = 1 << 23   # bound on the per-chunk working arrays (elements), ~32 MB in float32
 
 @patch
-def _read(self:AnalogCore, drives, tile):
+def _read(self:AnalogCore, drives, tile,
+          first_row:int=0, # global index of the first drive row (image index × rows per image + row in the image)
+          read:int=0, # read number: a new stream of noise for the same rows
+         ):
     "Column currents of one row tile for every input slice: `(n_input_slices, batch, tile columns)`."
     xp = self.xp
     rows = drives[:, :, tile["start"]:tile["stop"]]
@@ -299,20 +347,30 @@ def _read(self:AnalogCore, drives, tile):
     else: currents = xp.matmul(rows, tile["matrix"])
     spread = tile["spread"]
     if spread is None: return currents
-    distribution = self.config.noise_distribution.value
+    distribution, (k, b) = self.config.noise_distribution.value, rows.shape[:2]
     if self.config.read_noise_method == "exact":
-        per_vector = max(1, _CHUNK_ELEMENTS // max(1, spread.size))
-        for start in range(0, rows.shape[1], per_vector):
+        per_vector = max(1, _CHUNK_ELEMENTS // max(1, spread.size * k))
+        for start in range(0, b, per_vector):
             block = rows[:, start:start + per_vector]
-            noise = standard_draws(self._noise_rng, block.shape + spread.shape[1:], distribution)
+            noise = keyed_draws(tile["noise_key"], read, first_row + start, block.shape[1], k * spread.size, distribution)
+            noise = xp.asarray(noise.reshape((block.shape[1], k) + spread.shape).transpose(1, 0, 2, 3))
             noise *= spread
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
     std = xp.matmul(rows * rows, spread)
-    xp.sqrt(std, out=std)
-    std *= standard_draws(self._noise_rng, std.shape, distribution)
-    currents += std
+    self._add_noise(currents, std, tile, first_row, read)
     return currents
+
+@patch
+def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
+    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance is consumed)."
+    xp = self.xp
+    k, b, columns = currents.shape                    # (variance may have one column: the same for every column)
+    xp.sqrt(variance, out=variance)
+    draws = keyed_draws(tile["noise_key"], read, first_row, b, k * columns, self.config.noise_distribution.value)
+    draws = xp.asarray(draws.reshape(b, k, columns).transpose(1, 0, 2) if k > 1 else draws.reshape(1, b, columns))
+    draws *= variance
+    currents += draws
 
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
@@ -416,7 +474,7 @@ def _finish(self:AnalogCore, total, out, bias):
     return self._check_outputs(out)
 
 @patch
-def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect=None):
+def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect=None, first_row:int=0, read:int=0):
     "Simulated outputs `(batch, n_out)` for one chunk of row drives (backend float32); written into `out` when given."
     c, xp = self.config, self.xp
     if self._linear is not None and collect is None:      # one matmul (the ADC-input profiling hook takes the path below)
@@ -428,7 +486,7 @@ def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect
     total = None
     for index, tile in enumerate(self._tiles):
         drive_sums = drives[:, :, tile["start"]:tile["stop"]].sum(axis=2, keepdims=True) if sums_needed else None
-        recombined = self._tile_output(index, self._read(drives, tile), drive_sums, adc_enabled, collect)
+        recombined = self._tile_output(index, self._read(drives, tile, first_row, read), drive_sums, adc_enabled, collect)
         if total is None: total = recombined
         else: total += recombined
     return self._finish(total, out, self._digital_bias_xp)
@@ -437,27 +495,50 @@ def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect
 def conv_matrix(self:AnalogCore):
     """The matrix `(n_in, columns)` whose product with the drives is what `apply_currents` takes — so a library
     convolution of the drive tensor can stand in for im2col × matrix — or None when the read needs more than one
-    product: several row tiles, read noise, or input bit slices (and on the GPU, whose cores take im2col rows)."""
+    product: several row tiles, exact per-read noise, or input bit slices (and on the GPU, whose cores take im2col rows).
+    Output-domain read noise needs a second product, of the squared drives with `conv_spread()`."""
     if self.xp is not np: return None
     if self._linear is not None: return self._linear[0]
-    if len(self._tiles) > 1 or self.read_noise or self.config.input_bitslicing or "reader" in self._tiles[0]: return None
+    if len(self._tiles) > 1 or self.config.input_bitslicing or "reader" in self._tiles[0]: return None
+    if self.read_noise and self.config.read_noise_method == "exact": return None
     matrix = self._tiles[0]["matrix"][:self.n_in]
     if self._needs_drive_sums(True): matrix = np.concatenate([matrix, np.ones((self.n_in, 1), dtype=np.float32)], axis=1)
     return matrix            # (an extra column of ones gives each vector's summed drive)
 
 @patch
+def conv_spread(self:AnalogCore):
+    """With output-domain read noise and a `conv_matrix`: the per-device noise variance σ² `(n_in, columns)` in the
+    same layout (one column when every column has the same σ², as with independent noise), so `drives² @ conv_spread()`
+    is each column current's noise variance (a second library convolution of the squared drives); None otherwise."""
+    if not self.read_noise or self.conv_matrix() is None or self._linear is not None: return None
+    full = self._tiles[0]["spread"]
+    if np.all(full == full[:, :1]): return full[:self.n_in, :1]     # the same σ² in every column: one column is enough
+    spread = full[:self.n_in]
+    if self._needs_drive_sums(True): spread = np.concatenate([spread, np.zeros((self.n_in, 1), dtype=np.float32)], axis=1)
+    return spread
+
+@patch
 def apply_currents(self:AnalogCore,
                    currents, # drives @ conv_matrix(), shape (batch, columns), float32 NumPy (consumed in place)
                    out=None, # optional float32 array (batch, n_out) for the outputs
+                   variance=None, # with read noise: drives² @ conv_spread(), same shape (consumed in place)
+                   first_row:int=0, # global index of the first row (image index × rows per image + row), keys the noise
+                   read:int=0, # read number (a new noise stream for the same rows)
                   ):
-    "The outputs for currents read with `conv_matrix`: bias row, ADCs and recombination as in `apply_drives`."
+    "The outputs for currents read with `conv_matrix`: bias row, read noise, ADCs and recombination as in `apply_drives`."
     if self._linear is not None: return self._finish(currents, out, self._linear[1])
     drive_sums = None
     if self._needs_drive_sums(True):
         currents, drive_sums = currents[:, :-1], currents[:, -1:]
+        if variance is not None and variance.shape[1] > 1: variance = variance[:, :-1]
     if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
         currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
         if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
+        if variance is not None: variance += self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
+    if self.read_noise:
+        if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
+                                              "drives² @ conv_spread()")
+        self._add_noise(currents[None], variance[None], self._tiles[0], first_row, read)
     total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None])
     return self._finish(total, out, self._digital_bias_xp)
 
@@ -480,10 +561,14 @@ def _check_rows(self:AnalogCore, x_rows, check_finite:bool):
 def apply_drives(self:AnalogCore,
                  drive_rows, # row drives from `input_drives`, shape (batch, n_in)
                  out=None, # optional float32 NumPy array (batch, n_out) to write the outputs into
+                 first_row:int|None=None, # global index of the first row: keys its read noise (None: a fresh read of rows 0...)
+                 read:int|None=None, # read number (default: the next one when first_row is None, else 0)
                 ) -> np.ndarray:
     "What the hardware outputs for rows of drives: `(batch, n_out)` float32 NumPy array (the DAC has already run)."
     xp = self.xp
     _refuse_complex(drive_rows, f"AnalogCore {self.name!r}: drive_rows")
+    if first_row is None: first_row, read = 0, (self._next_read() if read is None else read)
+    read = read or 0
     drive_rows = xp.asarray(drive_rows, dtype=np.float32)
     if drive_rows.ndim != 2 or drive_rows.shape[1] != self.n_in:
         raise ValueError(f"AnalogCore {self.name!r}: drive_rows must have shape (batch, {self.n_in}) (one drive per array row), "
@@ -491,9 +576,15 @@ def apply_drives(self:AnalogCore,
     if out is None: out = np.empty((drive_rows.shape[0], self.n_out), dtype=np.float32)
     for start, chunk in self._chunks(drive_rows):
         target = out[start:start + chunk.shape[0]]
-        if xp is np: self._forward_drives(chunk, out=target)
-        else: target[...] = to_numpy(self._forward_drives(chunk))
+        if xp is np: self._forward_drives(chunk, out=target, first_row=first_row + start, read=read)
+        else: target[...] = to_numpy(self._forward_drives(chunk, first_row=first_row + start, read=read))
     return out
+
+@patch
+def _next_read(self:AnalogCore) -> int:
+    "The number of a new read of a bare core (so repeated reads of the same vectors see fresh noise)."
+    self._reads += 1
+    return self._reads - 1
 
 @patch
 def apply(self:AnalogCore,
@@ -505,7 +596,9 @@ def apply(self:AnalogCore,
     x_rows = self.xp.asarray(x_rows, dtype=np.float32)
     self._check_rows(x_rows, check_finite)
     out = np.empty((x_rows.shape[0], self.n_out), dtype=np.float32)
-    for start, chunk in self._chunks(x_rows): self.apply_drives(self.input_drives(chunk), out=out[start:start + chunk.shape[0]])
+    read = self._next_read()
+    for start, chunk in self._chunks(x_rows):
+        self.apply_drives(self.input_drives(chunk), out=out[start:start + chunk.shape[0]], first_row=start, read=read)
     return out
 
 @patch
@@ -572,7 +665,9 @@ def adc_inputs(self:AnalogCore,
     collected, outputs = {}, []
     def collect(tile, part, current):   # current: (k, batch, slices, n_out)
         collected.setdefault((tile, part), []).append(to_numpy(current).transpose(2, 0, 1, 3).copy())
-    for _, chunk in self._chunks(x_rows): outputs.append(to_numpy(self._forward_drives(self._dac(chunk), adc_enabled=False, collect=collect)))
+    read = self._next_read()
+    for start, chunk in self._chunks(x_rows):
+        outputs.append(to_numpy(self._forward_drives(self._dac(chunk), adc_enabled=False, collect=collect, first_row=start, read=read)))
     records = [dict(row_tile=tile, part=part, values=np.concatenate(values, axis=2)) for (tile, part), values in collected.items()]
     return (records, np.concatenate(outputs)) if return_outputs else records
 

@@ -156,7 +156,7 @@ def _translate_parameters(params:dict) -> _Translation:
         if t.get(f"{weights}.{key}"): t.refuse(f"{weights}.{key}", "partition priorities are not simulated")
         else: t.no_effect(f"{weights}.{key}", "unset")
     for key in ("row_partition_strategy", "col_partition_strategy"):
-        t.no_effect(f"{weights}.{key}", "arrays split as evenly as possible (DESIGN §4); equal to CrossSim's whenever the count divides")
+        t.no_effect(f"{weights}.{key}", "arrays split as evenly as possible (see the units chapter); equal to CrossSim's whenever the count divides")
     inputs = "core.mapping.inputs"
     for path in [p for p in t.leaves if p.startswith(inputs)]:
         t.no_effect(path, "input ranges are per layer here (calibrated, or AnalogCore input_range)")

@@ -13,10 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 
 # %% auto #0
-__all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'NONNEGATIVE_ACTIVATIONS',
-           'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'stored_model_config', 'check_stored_layers',
-           'activation_name', 'AnalogSpec', 'depthwise_matrix', 'depthwise_kernel', 'analog_specs', 'GraphNode',
-           'ModelGraph', 'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
+__all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'APPLICATION_LAYERS',
+           'NONNEGATIVE_ACTIVATIONS', 'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'stored_model_config',
+           'check_stored_layers', 'activation_name', 'AnalogSpec', 'depthwise_matrix', 'grouped_matrix',
+           'depthwise_kernel', 'analog_specs', 'GraphNode', 'ModelGraph', 'build_graph', 'fold_batchnorm',
+           'nonnegative_tensors']
 
 # %% ../nbs/10_keras_import.ipynb #f22e51f3
 _LEGACY_CONV_KEYS = ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -107,6 +108,15 @@ SUPPORTED_LAYERS = ("InputLayer",) + ANALOG_LAYERS + DIGITAL_LAYERS + IDENTITY_L
 SUPPORTED_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative", "Maximum", "Minimum")
 _SUPPORTED_CLASSES = {getattr(keras.layers, name): name for name in SUPPORTED_LAYERS}
 _SUPPORTED_CLASSES.update({getattr(keras.src.ops.numpy, name): f"ops.{name}" for name in SUPPORTED_OPS})
+import importlib
+# layers defined inside keras.applications (digital; StochasticDepth is the identity at inference)
+APPLICATION_LAYERS = {"LayerScale": "keras.src.applications.convnext", "StochasticDepth": "keras.src.applications.convnext",
+                      "CustomScaleLayer": "keras.src.applications.inception_resnet_v2"}
+IDENTITY_LAYERS += ("StochasticDepth",)
+for _name, _module in APPLICATION_LAYERS.items():
+    try: _SUPPORTED_CLASSES[getattr(importlib.import_module(_module), _name)] = _name
+    except (ImportError, AttributeError): pass          # an older Keras without these models
+SUPPORTED_LAYERS += tuple(APPLICATION_LAYERS)
 
 class UnsupportedLayerError(ValueError):
     "A Keras layer (or layer setting) the simulator cannot run."
@@ -177,8 +187,6 @@ def _unsupported_setting(layer, kind:str) -> str | None:
     if kind in ANALOG_LAYERS or kind in ("Activation",):
         if kind != "Activation" and getattr(layer, "data_format", "channels_last") != "channels_last":
             return f"data_format={layer.data_format!r} (only 'channels_last' is supported)"
-        if kind in ("Conv1D", "Conv2D") and getattr(layer, "groups", 1) != 1:
-            return f"groups={layer.groups} (grouped convolutions are not supported)"
         if getattr(layer, "activation", None) is not None and activation_name(layer.activation) is None:
             return f"a custom activation function {getattr(layer.activation, '__name__', layer.activation)!r}"
     if kind in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
@@ -194,7 +202,7 @@ class AnalogSpec:
     name: str                    # core name: the layer name, or "layer/depthwise", "layer/pointwise"
     layer: str                   # the Keras layer name (nested models: "outer/inner")
     layer_type: str              # Keras class name of the layer
-    matrix: np.ndarray           # (n_out, n_in) float32; conv rows in (kh, kw, cin) order
+    matrix: np.ndarray | None    # (n_out, n_in) float32; conv rows in (kh, kw, cin) order (None for depthwise: see kernel)
     bias: np.ndarray | None = None # (n_out,) float32 or None
     kernel_size: tuple = ()      # () for Dense; (kh, kw) for convolutions (1-D: (1, k))
     strides: tuple = (1, 1)
@@ -203,11 +211,15 @@ class AnalogSpec:
     spatial_rank: int = 0        # 0 Dense, 1 for 1-D and 2 for 2-D convolutions
     depth_multiplier: int = 0    # > 0 for a depthwise core (block-diagonal matrix)
     folded_batchnorm: list = field(default_factory=list) # names of BatchNormalization layers folded in
+    kernel: np.ndarray | None = None # depthwise: the per-channel weights (taps, C, m), not the block-diagonal matrix
 
     @property
-    def n_out(self): return self.matrix.shape[0]
+    def n_out(self): return self.matrix.shape[0] if self.kernel is None else self.kernel.shape[1] * self.kernel.shape[2]
     @property
-    def n_in(self): return self.matrix.shape[1]
+    def n_in(self): return self.matrix.shape[1] if self.kernel is None else self.kernel.shape[0] * self.kernel.shape[1]
+    def dense_matrix(self) -> np.ndarray:
+        "The crossbar matrix `(n_out, n_in)` (for a depthwise core: the block-diagonal one, built on demand)."
+        return self.matrix if self.kernel is None else depthwise_matrix(self.kernel)
     @property
     def is_conv(self): return self.spatial_rank > 0
     @property
@@ -249,6 +261,17 @@ def depthwise_matrix(kernel:np.ndarray, # depthwise kernel (kh, kw, C, m) (1-D: 
     matrix[_diagonal_index(channels, multiplier, taps)] = per_tap
     return matrix
 
+def grouped_matrix(kernel:np.ndarray, # grouped convolution kernel (..., cin / groups, cout)
+                   groups:int, # number of groups
+                  ) -> np.ndarray:
+    "The block-diagonal crossbar matrix `(cout, taps·cin)` of a grouped convolution: group g's outputs read only its inputs."
+    *window, per_group_in, cout = kernel.shape
+    taps, per_group_out = int(np.prod(window)), cout // groups
+    per_tap = kernel.reshape(taps, per_group_in, groups, per_group_out)
+    matrix = np.zeros((groups, per_group_out, taps, groups, per_group_in), dtype=np.float32)
+    for g in range(groups): matrix[g, :, :, g, :] = per_tap[:, :, g, :].transpose(2, 0, 1)
+    return matrix.reshape(cout, taps * groups * per_group_in)
+
 def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
                      multiplier:int, # depth multiplier m
                     ) -> np.ndarray:
@@ -258,6 +281,10 @@ def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
     return matrix[_diagonal_index(channels, multiplier, n_in // channels)]
 
 # %% ../nbs/10_keras_import.ipynb #1efa0245
+def _per_tap(kernel:np.ndarray) -> np.ndarray:
+    "A depthwise kernel `(..., C, m)` as `(taps, C, m)`: the only devices of its block-diagonal crossbar that hold weights."
+    return np.ascontiguousarray(kernel.reshape((-1,) + kernel.shape[-2:]), dtype=np.float32)
+
 def analog_specs(layer, # a supported analog Keras layer
                  name:str, # its (path) name
                 ) -> list[AnalogSpec]:
@@ -271,16 +298,23 @@ def analog_specs(layer, # a supported analog Keras layer
     geometry = dict(strides=_pair(layer.strides, rank), dilation=_pair(layer.dilation_rate, rank),
                     padding=layer.padding, spatial_rank=rank)
     if kind in ("Conv1D", "Conv2D"):
-        return [AnalogSpec(name, name, kind, _crossbar(_numpy(layer.kernel)), bias, kernel_size=_pair(layer.kernel_size, rank),
-                           **geometry)]
+        groups = int(getattr(layer, "groups", 1) or 1)
+        kernel = _numpy(layer.kernel)                    # (..., cin / groups, cout)
+        if groups > 1 and kernel.shape[-2] == 1:         # one input channel per group: a depthwise convolution
+            multiplier = kernel.shape[-1] // groups
+            per_channel = kernel.reshape(kernel.shape[:-2] + (groups, multiplier))
+            return [AnalogSpec(name, name, kind, None, bias, kernel_size=_pair(layer.kernel_size, rank), depth_multiplier=multiplier,
+                               kernel=_per_tap(per_channel), **geometry)]
+        matrix = _crossbar(kernel) if groups == 1 else grouped_matrix(kernel, groups)
+        return [AnalogSpec(name, name, kind, matrix, bias, kernel_size=_pair(layer.kernel_size, rank), **geometry)]
     depthwise = _numpy(layer.kernel if kind.startswith("Depthwise") else layer.depthwise_kernel)
     multiplier = depthwise.shape[-1]
     if kind.startswith("Depthwise"):
-        return [AnalogSpec(name, name, kind, depthwise_matrix(depthwise), bias, kernel_size=_pair(layer.kernel_size, rank),
-                           depth_multiplier=multiplier, **geometry)]
+        return [AnalogSpec(name, name, kind, None, bias, kernel_size=_pair(layer.kernel_size, rank),
+                           depth_multiplier=multiplier, kernel=_per_tap(depthwise), **geometry)]
     pointwise = _numpy(layer.pointwise_kernel)
-    first = AnalogSpec(f"{name}/depthwise", name, kind, depthwise_matrix(depthwise), None,
-                       kernel_size=_pair(layer.kernel_size, rank), depth_multiplier=multiplier, **geometry)
+    first = AnalogSpec(f"{name}/depthwise", name, kind, None, None, kernel_size=_pair(layer.kernel_size, rank),
+                       depth_multiplier=multiplier, kernel=_per_tap(depthwise), **geometry)
     second = AnalogSpec(f"{name}/pointwise", name, kind, _crossbar(pointwise), bias, kernel_size=(1, 1), spatial_rank=rank)
     return [first, second]
 
@@ -475,8 +509,9 @@ def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
         scale, shift = _batchnorm_affine(bn.layer)
         last = producer.analog[-1]
         bias = np.zeros(last.n_out) if last.bias is None else last.bias.astype(np.float64)
-        folded = dataclasses.replace(last, matrix=(last.matrix * scale[:, None]).astype(np.float32),
-                                     bias=((bias * scale) + shift).astype(np.float32),
+        weights = (dict(kernel=(last.kernel * scale.reshape(last.kernel.shape[1:])).astype(np.float32)) if last.kernel is not None
+                   else dict(matrix=(last.matrix * scale[:, None]).astype(np.float32)))
+        folded = dataclasses.replace(last, **weights, bias=((bias * scale) + shift).astype(np.float32),
                                      folded_batchnorm=last.folded_batchnorm + [bn.layer_name])
         producer.analog = producer.analog[:-1] + [folded]
         producer.output_shape = bn.output_shape

@@ -17,340 +17,13 @@ from .core import AnalogCore
 from .backend import to_numpy, available_cpus
 from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
                                       nonnegative_tensors, depthwise_kernel, depthwise_matrix, activation_name)
+import crosssim_nb.convolution as convolution
+from .convolution import (conv_geometry, _pad_spatial, patch_view, im2col, _blas_threads, CHUNK_ELEMENTS, _drives,
+                                     _apply_rows, apply_conv, per_channel_kernel, library_kernel, FloatMatrix, GroupedDepthwise,
+                                     CoreEngine, DepthwiseCore, DepthwiseEngine)
 
 # %% auto #0
-__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
-           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
-           'TopValues', 'AnalogNetwork', 'zoo_input_nonnegative']
-
-# %% ../nbs/11_network.ipynb #924aaedd
-def conv_geometry(size:int, # input size along one spatial axis
-                  kernel:int, # kernel size along that axis
-                  stride:int=1, dilation:int=1,
-                  padding:str="valid", # 'valid', 'same' or 'causal'
-                 ) -> tuple[int, int, int]:
-    "`(output size, padding before, padding after)` of a convolution along one axis, Keras' rules."
-    span = (kernel - 1) * dilation + 1
-    if padding == "same":
-        out = -(-size // stride)
-        total = max((out - 1) * stride + span - size, 0)
-        return out, total // 2, total - total // 2
-    before = span - 1 if padding == "causal" else 0
-    if padding not in ("valid", "causal"): raise ValueError(f"padding={padding!r} is not allowed; allowed: 'valid', 'same', 'causal'")
-    out = (size + before - span) // stride + 1
-    if out < 1: raise ValueError(f"a kernel spanning {span} does not fit an input of size {size} with padding={padding!r}")
-    return out, before, 0
-
-def _pad_spatial(x, pads):
-    "Zero-pad axes 1 and 2 of a 4-D array by `pads = ((top, bottom), (left, right))`; only the border is zero-filled."
-    (top, bottom), (left, right) = pads
-    if not (top or bottom or left or right): return x
-    B, H, W, C = x.shape
-    padded = np.empty((B, H + top + bottom, W + left + right, C), dtype=x.dtype)
-    padded[:, :top] = 0; padded[:, top + H:] = 0
-    padded[:, top:top + H, :left] = 0; padded[:, top:top + H, left + W:] = 0
-    padded[:, top:top + H, left:left + W] = x
-    return padded
-
-def patch_view(x:np.ndarray, # channels-last input (B, H, W, C)
-               kernel_size:tuple, strides:tuple=(1, 1), dilation:tuple=(1, 1), padding:str="valid",
-              ) -> np.ndarray:
-    "Read-only strided view `(B, Ho, Wo, kh, kw, C)`: every output pixel's receptive field."
-    geometry = [conv_geometry(size, k, s, d, padding) for size, k, s, d in zip(x.shape[1:3], kernel_size, strides, dilation)]
-    x = _pad_spatial(x, [(before, after) for _, before, after in geometry])
-    (out_h, _, _), (out_w, _, _) = geometry
-    sb, sh, sw, sc = x.strides
-    shape = (x.shape[0], out_h, out_w, kernel_size[0], kernel_size[1], x.shape[3])
-    strides_ = (sb, sh * strides[0], sw * strides[1], sh * dilation[0], sw * dilation[1], sc)
-    return as_strided(x, shape, strides_, writeable=False)
-
-def im2col(x:np.ndarray, # channels-last input (B, H, W, C)
-           kernel_size:tuple, strides:tuple=(1, 1), dilation:tuple=(1, 1), padding:str="valid",
-          ) -> np.ndarray:
-    "The im2col matrix `(B·Ho·Wo, kh·kw·C)`, rows in (b, i, j) order, columns in (kh, kw, cin) order (a copy)."
-    view = patch_view(x, kernel_size, strides, dilation, padding)
-    return view.reshape(-1, int(np.prod(view.shape[3:])))
-
-# %% ../nbs/11_network.ipynb #3ed18ede
-class _BlasThreads:
-    "Context manager that limits the BLAS threads NumPy uses (threadpoolctl, or the OpenBLAS bundled with NumPy)."
-    _setter = _getter = None
-    _probed = False
-
-    @classmethod
-    def _probe(cls):
-        if cls._probed: return
-        cls._probed = True
-        try:
-            import threadpoolctl
-            controller = threadpoolctl.ThreadpoolController()
-            def get(): return max([info["num_threads"] for info in controller.select(user_api="blas").info()] or [1])
-            def set_(n): controller.select(user_api="blas").limit(limits=n)   # persistent limit
-            if controller.select(user_api="blas").info(): cls._getter, cls._setter = get, set_
-            return
-        except Exception: pass
-        import ctypes, glob
-        folder = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-        for path in glob.glob(os.path.join(folder, "*openblas*")):
-            try: lib = ctypes.CDLL(path)
-            except OSError: continue
-            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
-                get, set_ = getattr(lib, f"{prefix}_get_num_threads{suffix}", None), getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and set_ is not None:
-                    set_.argtypes = [ctypes.c_int]
-                    cls._getter, cls._setter = get, set_
-                    return
-
-    @classmethod
-    def available(cls) -> bool:
-        cls._probe()
-        return cls._setter is not None
-
-    @classmethod
-    def current(cls):
-        "BLAS threads in use now (None when they cannot be read)."
-        cls._probe()
-        return int(cls._getter()) if cls._getter is not None else None
-
-    def __init__(self, threads:int): self.threads, self.previous = threads, None
-    def __enter__(self):
-        self._probe()
-        if self._setter is not None:
-            self.previous = int(self._getter())
-            if self.previous != self.threads: self._setter(self.threads)
-        return self
-    def __exit__(self, *exc):
-        if self._setter is not None and self.previous is not None and self.previous != self.threads: self._setter(self.previous)
-
-_blas_threads = _BlasThreads
-_EXECUTORS = {}
-
-def _executor(workers:int):
-    "A persistent thread pool with `workers` threads."
-    if workers not in _EXECUTORS:
-        from concurrent.futures import ThreadPoolExecutor
-        _EXECUTORS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="crosssim-chunk")
-    return _EXECUTORS[workers]
-
-# %% ../nbs/11_network.ipynb #a989fa2c
-CHUNK_ELEMENTS = 1 << 20   # input values per chunk handed to a core (4 MB of float32 rows: cache-sized)
-MIN_CHUNK_ROWS = 1024      # ... but at least this many rows, so each matrix product stays efficient
-THREADS = None             # worker threads for the chunks of a layer (None: the CPUs this process may use; 1: serial)
-LIBRARY_CONVOLUTION = True # convolve one-product cores with TensorFlow's convolution instead of im2col (False: always im2col)
-
-def _chunk_rows(width:int, chunk_elements:int) -> int:
-    "Rows per chunk for rows of `width` values."
-    return max(MIN_CHUNK_ROWS, chunk_elements // max(1, width))
-
-def _worker_count() -> int:
-    "Worker threads: THREADS, else as many as BLAS may use (so a process limited to one BLAS thread stays serial)."
-    if THREADS is not None: return max(1, int(THREADS))
-    return max(1, min(available_cpus(), _blas_threads.current() or 1))
-
-def _run_chunks(tasks:list, work, engine):
-    "Run `work(task)` for every task: in worker threads when there are several and the engine is thread-safe."
-    workers = min(_worker_count(), len(tasks))
-    if workers < 2 or not getattr(engine, "parallel_safe", False) or not _blas_threads.available():
-        for task in tasks: work(task)
-        return
-    with _blas_threads(1):
-        list(_executor(workers).map(work, tasks))
-
-def _drives(engine, x):
-    "The engine's row drives for layer input `x`: its DAC run once on the whole tensor (engines without one take `x`)."
-    prepare = getattr(engine, "prepare", None)
-    return x if prepare is None else prepare(x)
-
-def _apply_into(engine, rows, out):
-    "`engine.apply(rows)` into `out`: written there directly by engines that can (no extra copy of the outputs)."
-    if getattr(engine, "writes_into", False): engine.apply(rows, out=out)
-    else: out[...] = engine.apply(rows)
-
-def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int) -> np.ndarray:
-    "engine.apply on rows (N, n_in) of drives in chunks, with the in-place post-op on each chunk."
-    n = rows.shape[0]
-    per_chunk = _chunk_rows(max(rows.shape[1], engine.n_out), chunk_elements)
-    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
-    if workers > 1 and n >= 2 * MIN_CHUNK_ROWS: per_chunk = min(per_chunk, -(-n // workers))
-    if n <= per_chunk:
-        out = engine.apply(rows)
-        if post is not None: post(out)
-        return out
-    out = np.empty((n, engine.n_out), dtype=np.float32)
-    def work(start):
-        target = out[start:start + per_chunk]
-        _apply_into(engine, rows[start:start + per_chunk], target)
-        if post is not None: post(target)
-    _run_chunks(list(range(0, n, per_chunk)), work, engine)
-    return out
-
-def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
-                         kernel:np.ndarray, # (kh, kw, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
-                         depthwise:bool, # per-channel kernel whose outputs are channel-major
-                         spec:AnalogSpec, # the convolution's geometry
-                        ):
-    "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, Ho, Wo, columns)`; None where TensorFlow cannot stand in."
-    if not LIBRARY_CONVOLUTION or keras.backend.backend() != "tensorflow": return None
-    if max(spec.strides) > 1 and max(spec.dilation) > 1: return None      # TensorFlow's CPU kernels refuse the pair
-    if depthwise and spec.strides[0] != spec.strides[1]: return None      # its depthwise kernel needs equal strides
-    import tensorflow as tf
-    pads = [[0, 0]] + [list(conv_geometry(size, k, s, d, spec.padding)[1:]) for size, k, s, d in
-                       zip(x.shape[1:3], spec.kernel_size, spec.strides, spec.dilation)] + [[0, 0]]
-    if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
-    else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
-    currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
-    if not currents.flags.writeable: currents = currents.copy()
-    groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
-    if groups > 1:             # (channel, group, j) -> (group, channel, j): the core's column order
-        B, out_h, out_w, _ = currents.shape
-        currents = currents.reshape(B, out_h, out_w, x.shape[3], groups, -1).transpose(0, 1, 2, 4, 3, 5).reshape(B, out_h, out_w, -1)
-    return currents
-
-def _apply_currents_rows(currents:np.ndarray, engine, post) -> np.ndarray:
-    "The engine's periphery (`apply_currents`) and the post-op on a layer's currents `(N, columns)`, split over the worker threads."
-    n = currents.shape[0]
-    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
-    if workers < 2 or n < 2 * MIN_CHUNK_ROWS:
-        out = engine.apply_currents(currents)
-        if post is not None: post(out)
-        return out
-    per_chunk = -(-n // workers)
-    # one column per output: the periphery works in place, so the currents' own buffer holds the outputs
-    out = currents if currents.shape[1] == engine.n_out else np.empty((n, engine.n_out), dtype=np.float32)
-    def work(start):
-        y = engine.apply_currents(currents[start:start + per_chunk])
-        if post is not None: post(y)
-        target = out[start:start + per_chunk]
-        if not np.may_share_memory(y, target): target[...] = y      # (in place: y is the target itself)
-    _run_chunks(list(range(0, n, per_chunk)), work, engine)
-    return out
-
-def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) for 1-D convolutions
-               spec:AnalogSpec, # geometry of the convolution
-               engine, # .apply(rows) -> (rows, n_out) float32, or .apply_patches(view block) for grouped depthwise
-               post=None, # optional in-place function applied to each chunk's output (fused activation)
-               chunk_elements:int|None=None, # bound on the input values handed to the engine at once (default CHUNK_ELEMENTS)
-              ) -> np.ndarray:
-    "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
-    chunk_elements = chunk_elements or CHUNK_ELEMENTS
-    x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
-    if spec.spatial_rank == 1: x = x[:, None]
-    one_by_one = spec.kernel_size == (1, 1) and spec.strides == (1, 1)
-    grouped = hasattr(engine, "apply_patches")
-    kernel = getattr(engine, "library_kernel", None)
-    if kernel is not None and not (one_by_one and not grouped):   # (a 1×1 convolution is already one matrix product)
-        currents = _library_convolution(x, *kernel, spec)
-        if currents is not None:
-            B, out_h, out_w, columns = currents.shape
-            out = _apply_currents_rows(currents.reshape(-1, columns), engine, post).reshape(B, out_h, out_w, engine.n_out)
-            return out[:, 0] if spec.spatial_rank == 1 else out
-    if one_by_one and not grouped:
-        B, H, W, C = x.shape
-        out = _apply_rows(x.reshape(-1, C), engine, post, chunk_elements).reshape(B, H, W, engine.n_out)
-        return out[:, 0] if spec.spatial_rank == 1 else out
-    view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)
-    B, out_h, out_w = view.shape[:3]
-    width = int(np.prod(view.shape[3:]))
-    rows_per_chunk = _chunk_rows(width, chunk_elements)
-    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
-    total_rows = B * out_h * out_w
-    if workers > 1 and total_rows >= 2 * MIN_CHUNK_ROWS: rows_per_chunk = min(rows_per_chunk, -(-total_rows // workers))
-    images = max(1, rows_per_chunk // (out_h * out_w))
-    lines = out_h if images > 1 or rows_per_chunk >= out_h * out_w else max(1, rows_per_chunk // out_w)
-    out = np.empty((B, out_h, out_w, engine.n_out), dtype=np.float32)
-    buffer_size = min(B, images) * min(out_h, lines) * out_w * width
-    local = threading.local()
-    def work(task):
-        b0, h0 = task
-        block = view[b0:b0 + images, h0:h0 + lines]
-        target = out[b0:b0 + images, h0:h0 + lines]            # whole images or lines of one image: contiguous
-        if grouped: y = engine.apply_patches(block)
-        else:
-            if getattr(local, "buffer", None) is None: local.buffer = np.empty(buffer_size, dtype=np.float32)
-            rows = local.buffer[:block.size].reshape(block.shape)
-            np.copyto(rows, block)                              # the im2col copy of this chunk
-            if target.flags.c_contiguous:                       # the engine writes straight into the layer output
-                y = target.reshape(-1, engine.n_out)
-                _apply_into(engine, rows.reshape(-1, width), y)
-            else: y = engine.apply(rows.reshape(-1, width))
-        if post is not None: post(y)
-        if not np.may_share_memory(y, target): target[...] = y.reshape(target.shape)
-    _run_chunks([(b0, h0) for b0 in range(0, B, images) for h0 in range(0, out_h, lines)], work, engine)
-    return out[:, 0] if spec.spatial_rank == 1 else out
-
-# %% ../nbs/11_network.ipynb #c9a84d2e
-def per_channel_kernel(matrix:np.ndarray, # a depthwise core's matrix (C·m, taps·C)
-                       multiplier:int, # depth multiplier m
-                      ):
-    "The per-channel kernel `(taps, C, m)` on the block diagonal of `matrix`; None when an entry off it is not zero (channels couple)."
-    kernel = depthwise_kernel(matrix, multiplier)
-    on_diagonal = depthwise_matrix(np.ones(kernel.shape, dtype=np.float32)) != 0
-    return None if np.any(matrix[~on_diagonal] != 0) else kernel
-
-def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, columns), rows in (kh, kw, cin) order
-                   spec:AnalogSpec, # the convolution
-                  ):
-    "`(kernel, depthwise)` for TensorFlow's convolution equal to im2col × `matrix`; None when there is none."
-    if matrix is None or not spec.is_conv: return None
-    kh, kw = spec.kernel_size
-    if not spec.is_depthwise: return matrix.reshape(kh, kw, -1, matrix.shape[1]), False
-    if matrix.shape[1] % spec.n_out: return None               # an extra column of summed drives: not per channel
-    kernels = []
-    for start in range(0, matrix.shape[1], spec.n_out):        # each weight slice / differential part is block-diagonal
-        kernel = per_channel_kernel(matrix[:, start:start + spec.n_out].T, spec.depth_multiplier)   # (taps, C, m)
-        if kernel is None: return None
-        kernels.append(kernel)
-    taps, channels, multiplier = kernels[0].shape
-    return np.stack(kernels, axis=2).reshape(kh, kw, channels, len(kernels) * multiplier), True   # channel-major outputs
-
-class _DigitalPeriphery:
-    "What follows the product in a digital engine: the exact bias, added in place."
-    def apply_currents(self, currents):
-        if self.bias is not None: currents += self.bias
-        return currents
-
-class FloatMatrix(_DigitalPeriphery):
-    "Exact float32 product `rows @ matrix.T + bias` of an analog-type layer run digitally."
-    parallel_safe, writes_into = True, True
-    def __init__(self, spec:AnalogSpec):
-        self.spec, self.n_out = spec, spec.n_out
-        self.matrix_t = np.ascontiguousarray(spec.matrix.T, dtype=np.float32)
-        self.bias = None if spec.bias is None else np.asarray(spec.bias, dtype=np.float32)
-        self.library_kernel = library_kernel(self.matrix_t, spec)
-    def apply(self, rows, out=None):
-        return self.apply_currents(np.matmul(rows, self.matrix_t, out=out))
-
-class GroupedDepthwise(_DigitalPeriphery):
-    "Per-channel depthwise product on patch blocks `(b, h, w, kh, kw, C)`; equals the block-diagonal matrix product."
-    def __init__(self, kernel:np.ndarray, # (taps, C, m) per-channel weights
-                 bias=None, # (C·m,) or None
-                 kernel_size:tuple|None=None, # (kh, kw): lets TensorFlow's depthwise convolution do the product
-                ):
-        self.parallel_safe = True
-        self.kernel = np.asarray(kernel, dtype=np.float32)
-        taps, self.channels, self.multiplier = self.kernel.shape
-        self.n_out = self.channels * self.multiplier
-        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
-        self.library_kernel = None if kernel_size is None else (self.kernel.reshape(*kernel_size, self.channels, self.multiplier), True)
-    def apply_patches(self, block):
-        b, h, w, kh, kw, C = block.shape
-        out = np.zeros((b, h, w, C, self.multiplier), dtype=np.float32)
-        product = np.empty_like(out)
-        for tap in range(kh * kw):
-            np.multiply(block[:, :, :, tap // kw, tap % kw, :, None], self.kernel[tap], out=product)
-            out += product
-        return self.apply_currents(out.reshape(b * h * w, self.n_out))
-
-class CoreEngine:
-    "An AnalogCore as an engine: its DAC once on a layer's whole input, then its arrays on rows of drives (the network checks NaN/inf once at its entry)."
-    writes_into = True
-    def __init__(self, core:AnalogCore, spec:AnalogSpec):
-        self.core, self.n_out = core, core.n_out
-        self.parallel_safe = core.xp is np and not core.read_noise      # read noise draws random numbers per chunk
-        self.library_kernel = library_kernel(core.conv_matrix(), spec) if core.xp is np else None   # one product: TensorFlow may do it
-    def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
-    def apply(self, rows, out=None): return self.core.apply_drives(rows, out=out)
-    def apply_currents(self, currents): return self.core.apply_currents(currents)
+__all__ = ['TopValues', 'AnalogNetwork', 'zoo_input_nonnegative']
 
 # %% ../nbs/11_network.ipynb #c9c37d04
 def _clamp(bound):
@@ -500,6 +173,15 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 # %% ../nbs/11_network.ipynb #53fb61b0
+class _FloatEngines(dict):
+    "Exact float engines by core name, built when first asked for."
+    def __init__(self, specs:dict, make, built:dict):
+        super().__init__(built)
+        self._specs, self._make = specs, make
+    def __missing__(self, name):
+        engine = self[name] = self._make(self._specs[name])
+        return engine
+
 _HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bits", "dac_bits", "adc_bits", "row_tiles",
                "col_tiles", "weight_slices", "arrays_per_tile", "arrays", "array_size", "devices", "capacity", "utilisation",
                "mvms_per_image", "bits_per_cell", "folded_batchnorm"]
@@ -521,7 +203,7 @@ class AnalogNetwork:
     # ----- construction -----
     @staticmethod
     def _float_engine(spec:AnalogSpec):
-        if spec.is_depthwise: return GroupedDepthwise(depthwise_kernel(spec.matrix, spec.depth_multiplier), spec.bias, spec.kernel_size)
+        if spec.is_depthwise: return GroupedDepthwise(spec.kernel, spec.bias, spec.kernel_size)
         return FloatMatrix(spec)
 
     @staticmethod
@@ -618,21 +300,30 @@ class AnalogNetwork:
         for name, spec in self.specs.items():
             cfg = self.layer_configs[name]
             if cfg is None: continue
-            self.cores[name] = AnalogCore(spec.matrix, cfg, adc_limits=limits.get(name), input_range=ranges[name],
+            if spec.is_depthwise and DepthwiseCore.exact_for(cfg):      # the diagonal devices only (same outputs)
+                self.cores[name] = DepthwiseCore(spec.kernel, cfg,
+                                                 adc_limits=limits.get(name), input_range=ranges[name], bias=spec.bias, name=name)
+                continue
+            self.cores[name] = AnalogCore(spec.dense_matrix(), cfg, adc_limits=limits.get(name), input_range=ranges[name],
                                           bias=spec.bias, name=name)
         self._refresh_engines()
+        # the float engines of analog layers were for profiling: free their weight copies (rebuilt if ever needed again)
+        self._float_engines = _FloatEngines(self.specs, self._float_engine,
+                                            {n: e for n, e in self._float_engines.items() if n not in self.cores})
 
     def _refresh_engines(self):
         "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
         for name, core in self.cores.items():
             spec = self.specs[name]
-            self.engines[name] = self._grouped_engine(spec, core) or CoreEngine(core, spec)
+            self.engines[name] = self._grouped_engine(spec, core) or (
+                DepthwiseEngine(core, spec) if isinstance(core, DepthwiseCore) else CoreEngine(core, spec))
 
     @staticmethod
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
         c = core.config
         if not spec.is_depthwise or not core.linear or c.dac_bits or core.analog_bias or c.bias_bits != 0: return None
-        kernel = per_channel_kernel(core.programmed_weights(), spec.depth_multiplier)
+        kernel = (core.programmed_kernel() if isinstance(core, DepthwiseCore) else
+                  per_channel_kernel(core.programmed_weights(), spec.depth_multiplier))
         return None if kernel is None else GroupedDepthwise(kernel, spec.bias, spec.kernel_size)   # None: errors on zero devices couple channels
 
     # ----- execution -----
@@ -670,21 +361,26 @@ class AnalogNetwork:
         if not count: raise ValueError(f"{what} holds no samples")
         return out, count
 
-    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer) -> np.ndarray:
+    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None) -> np.ndarray:
+        "The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass."
         for i, spec in enumerate(node.analog):
             engine = engines[spec.name]
             if observer is not None: observer(spec.name, x)
             post = self._post[node.name] if i == len(node.analog) - 1 else None
-            if spec.is_conv: x = apply_conv(x, spec, engine, post)
+            read = 0
+            if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
+            if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read)
             else:
                 lead = x.shape[:-1]
                 rows = _drives(engine, x.reshape(-1, x.shape[-1]))
-                x = _apply_rows(rows, engine, post, CHUNK_ELEMENTS).reshape(lead + (engine.n_out,))
+                x = _apply_rows(rows, engine, post, convolution.CHUNK_ELEMENTS, first_image * (rows.shape[0] // max(1, lead[0])),
+                                read).reshape(lead + (engine.n_out,))
         return x
 
-    def _forward(self, feeds:list, engines:dict, observer=None) -> list:
-        "One batch through the graph; tensors are freed after their last reader."
+    def _forward(self, feeds:list, engines:dict, observer=None, first_image:int=0) -> list:
+        "One batch (images `first_image...` of the run) through the graph; tensors are freed after their last reader."
         values = dict(zip(self.graph.inputs, feeds))
+        reads = Counter()                 # calls of each core so far in this pass (a shared layer reads once per call)
         owned = set()                     # tensors whose array nobody else references (safe to overwrite)
         remaining = dict(self._readers)
         outputs = set(self.graph.outputs)
@@ -692,7 +388,7 @@ class AnalogNetwork:
             if node.kind == "input": continue
             inputs = [values[t] for t in node.inputs]
             if node.kind == "analog":
-                y, fresh = self._run_analog(node, inputs[0], engines, observer), True
+                y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads), True
             elif node.kind == "identity" or node.name in self._fused:
                 source = node.inputs[0]
                 y, fresh = inputs[0], source in owned and source not in outputs and remaining[source] == 1
@@ -720,7 +416,7 @@ class AnalogNetwork:
         engines = engines or self.engines
         results = None
         for start in range(0, count, batch_size):
-            outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer)
+            outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer, first_image=start)
             if results is None: results = [np.empty((count,) + o.shape[1:], dtype=np.float32) for o in outs]
             for result, o in zip(results, outs): result[start:start + len(o)] = o
         return results

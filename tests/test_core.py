@@ -353,5 +353,45 @@ def test_currents_from_conv_matrix_equal_apply(settings):
 
 def test_conv_matrix_none_when_one_product_is_not_enough():
     W = np.ones((3, 40))
-    for settings in (dict(nrows_max=16), dict(noise_model="generic", alpha_noise=0.01), dict(input_bitslicing=True)):
+    for settings in (dict(nrows_max=16), dict(noise_model="generic", alpha_noise=0.01, read_noise_method="exact"),
+                     dict(input_bitslicing=True)):
         assert AnalogCore(W, InferenceConfig(adc_bits=8, adc_range_option="MAX", **settings)).conv_matrix() is None
+    noisy = AnalogCore(W, InferenceConfig(adc_bits=8, adc_range_option="MAX", noise_model="generic", alpha_noise=0.01))
+    assert noisy.conv_matrix() is not None and noisy.conv_spread().shape == (40, 1)   # a second product (σ² alike in every column)
+    proportional = AnalogCore(W + np.arange(3)[:, None], noisy.config.replace(proportional_noise=True))
+    assert proportional.conv_spread().shape == proportional.conv_matrix().shape
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(style="OFFSET"), dict(digital_bias=False), dict(subtract_current_in_xbar=False),
+                                      dict(nslices=2), dict(proportional_noise=True)],
+                         ids=["balanced", "offset", "analog-bias", "pair", "two-slices", "proportional"])
+def test_noisy_currents_from_conv_products_equal_apply_drives(settings):
+    "Read noise through two products (currents and variance, as two library convolutions) equals the core's own noisy read."
+    core, x, _ = layer_core(3, (12, 50), 2.0, dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=0,
+                                                   noise_model="generic", alpha_noise=0.05), settings, "conv")
+    drives = core.input_drives(x)
+    currents, variance = drives @ core.conv_matrix(), (drives * drives) @ core.conv_spread()
+    got = core.apply_currents(currents, variance=variance, first_row=7, read=3)
+    expected = core.apply_drives(drives, first_row=7, read=3)
+    close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert close.mean() > 0.99                                                   # float rounding may move an ADC tie
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()          # ... by one level, never more
+    assert not np.array_equal(expected, core.apply_drives(drives, first_row=7, read=4))   # another read: other noise
+
+
+@pytest.mark.parametrize("method", ["output_domain", "exact"])
+def test_read_noise_does_not_depend_on_how_rows_are_split(method):
+    "Noise is keyed by each row's global index: reading rows in pieces gives bit-identical outputs (3 row tiles, ADC)."
+    rng = np.random.default_rng(12)
+    W, x = rng.normal(size=(10, 90)), rng.uniform(-1, 1, size=(300, 90)).astype(np.float32)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="MAX", nrows_max=30,
+                             noise_model="generic", alpha_noise=0.05, read_noise_method=method)
+    core = AnalogCore(W, config)
+    assert len(core.row_ranges) == 3
+    drives = core.input_drives(x)
+    whole = core.apply_drives(drives, first_row=0)
+    for size in (37, 1):
+        pieces = np.concatenate([core.apply_drives(drives[s:s + size], first_row=s) for s in range(0, 300, size)])
+        np.testing.assert_array_equal(pieces, whole)
+    core.program(1)
+    assert not np.array_equal(core.apply_drives(drives, first_row=0), whole)   # another Monte-Carlo run: other noise

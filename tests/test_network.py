@@ -13,7 +13,12 @@ import keras
 from crosssim_nb.config import InferenceConfig
 from crosssim_nb.keras_import import UnsupportedLayerError, build_graph, load_keras_model
 import crosssim_nb.network as network_module
+import crosssim_nb.convolution as convolution_module
 from crosssim_nb.network import AnalogNetwork, CoreEngine, GroupedDepthwise
+from crosssim_nb.convolution import DepthwiseCore, DepthwiseEngine
+from crosssim_nb.core import AnalogCore
+from crosssim_nb.keras_import import depthwise_matrix
+from crosssim_nb.convolution import im2col
 
 IDEAL = InferenceConfig.ideal()
 
@@ -51,7 +56,7 @@ def randomize_batchnorm(model, seed=0):
 @pytest.fixture(params=[True, False], ids=["tensorflow-conv", "im2col"])
 def conv_path(request, monkeypatch):
     "Run a test with convolutions through TensorFlow's kernels (one-product cores) and through im2col × matrix."
-    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", request.param)
+    monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", request.param)
     return request.param
 
 
@@ -420,13 +425,13 @@ def test_threaded_chunks_are_bit_identical(monkeypatch, nrows_max):
     model = resnet_block_model()
     x = images(40, 12)
     config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=nrows_max)
-    if not network_module._blas_threads.available(): pytest.skip("BLAS threads cannot be limited here: chunks run serially")
+    if not convolution_module._blas_threads.available(): pytest.skip("BLAS threads cannot be limited here: chunks run serially")
     net = AnalogNetwork.from_keras(model, config, calibration_data=x)
-    monkeypatch.setattr(network_module, "MIN_CHUNK_ROWS", 64)           # many chunks per layer
-    monkeypatch.setattr(network_module, "CHUNK_ELEMENTS", 64 * 72)
-    monkeypatch.setattr(network_module, "THREADS", 1)
+    monkeypatch.setattr(convolution_module, "MIN_CHUNK_ROWS", 64)           # many chunks per layer
+    monkeypatch.setattr(convolution_module, "CHUNK_ELEMENTS", 64 * 72)
+    monkeypatch.setattr(convolution_module, "THREADS", 1)
     serial = net.predict(x, batch_size=40)
-    monkeypatch.setattr(network_module, "THREADS", 2)
+    monkeypatch.setattr(convolution_module, "THREADS", 2)
     np.testing.assert_array_equal(net.predict(x, batch_size=40), serial)
 
 
@@ -455,19 +460,124 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
                                        error_model="generic", alpha_error=0.02), **settings})
     net = AnalogNetwork.from_keras(model, config, calibration_data=x)
     assert all(net.engines[name].library_kernel is not None for name in ("same", "strided", "dilated", "separable/pointwise"))
-    if config.style == "BALANCED":            # per-channel (depthwise) kernels, one per weight slice / differential part
-        assert net.engines["depthwise"].library_kernel[1] and net.engines["separable/depthwise"].library_kernel[1]
-    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", True)
+    if config.style == "BALANCED":            # diagonal devices only, convolved per channel (proportional error: zeros stay 0)
+        assert isinstance(net.engines["depthwise"], DepthwiseEngine) and isinstance(net.engines["separable/depthwise"], DepthwiseEngine)
+    monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", True)
     convolved = []                                  # layers TensorFlow actually convolved (not a silent im2col fallback)
-    original = network_module._library_convolution
+    original = convolution_module._library_convolution
     def counting(x, kernel, depthwise, spec):
         currents = original(x, kernel, depthwise, spec)
         if currents is not None: convolved.append((spec.name, depthwise))
         return currents
-    monkeypatch.setattr(network_module, "_library_convolution", counting)
+    monkeypatch.setattr(convolution_module, "_library_convolution", counting)
     library = net.predict(x)
     assert {"same", "strided", "dilated"} <= {name for name, _ in convolved}
     if config.style == "BALANCED": assert ("depthwise", True) in convolved
-    monkeypatch.setattr(network_module, "LIBRARY_CONVOLUTION", False)
+    monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", False)
     reference = net.predict(x)
     assert relative_error(library, reference) < 1e-4
+
+
+def noise_model_small():
+    "Conv (27 rows), depthwise, 1×1 conv and Dense on a Dense-on-sequence: every way a core is read."
+    keras.utils.set_random_seed(21)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = keras.layers.Conv2D(6, 1, strides=2, activation="relu", name="pointwise")(x)
+    x = keras.layers.Reshape((16, 6))(x)
+    x = keras.layers.Dense(5, activation="relu", name="per_position")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(4, name="head")(x))
+
+
+@pytest.mark.parametrize("nrows_max", [10, 0], ids=["three-row-tiles-im2col", "one-tile-library-conv"])
+def test_read_noise_does_not_depend_on_the_batch_size(nrows_max):
+    "Read noise is keyed per image: batches of 256, 37 and 1 give bit-identical outputs (row tiles, 6-bit ADC)."
+    model = noise_model_small()
+    x = images(300, 8, seed=5)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="CALIBRATED", nrows_max=nrows_max,
+                             noise_model="generic", alpha_noise=0.05, seed=4)
+    limits = {name: (-3.0, 3.0) for name in ("conv", "depthwise", "pointwise", "per_position", "head")}
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x, adc_limits=limits)
+    if nrows_max: assert len(net.cores["conv"].row_ranges) == 3
+    else: assert net.engines["conv"].noise_kernel is not None          # noise through a second library convolution
+    reference = net.predict(x, batch_size=256)
+    for batch_size in (37, 1):
+        np.testing.assert_array_equal(net.predict(x, batch_size=batch_size), reference)
+    assert np.mean(reference != 0) > 0.5                                                 # not a trivially zero output
+    net.program(1)
+    assert not np.array_equal(net.predict(x[:40], batch_size=40), reference[:40])      # another run: other noise
+
+
+def test_noisy_library_convolution_equals_noisy_im2col(monkeypatch):
+    "Noise variance as conv(x², σ²-kernel) draws the same keyed noise as the im2col read: the outputs agree."
+    model = noise_model_small()
+    x = images(40, 8, seed=6)
+    for proportional in (False, True):              # independent noise couples depthwise channels; proportional does not
+        config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=10, adc_range_option="MAX", nrows_max=0,
+                                 noise_model="generic", alpha_noise=0.05, proportional_noise=proportional)
+        net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+        if proportional: assert isinstance(net.engines["depthwise"], DepthwiseEngine)   # zeros stay quiet: diagonal only
+        else: assert net.engines["depthwise"].noise_kernel[1] is False              # noise on the zeros: dense σ² kernel
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", True)
+        library = net.predict(x)
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", False)
+        im2col = net.predict(x)
+        assert relative_error(library, im2col) < 1e-3
+        noiseless = AnalogNetwork.from_keras(model, config.replace(alpha_noise=0.0, noise_model="none"), calibration_data=x)
+        assert relative_error(library, noiseless.predict(x)) > 1e-3                  # the noise is really there
+
+
+def grouped_model():
+    "ConvNeXt-style block (Conv2D groups=C, LayerNormalization, gelu MLP, LayerScale, StochasticDepth), a grouped Conv2D,"
+    " a depthwise Conv2D(groups=C) with multiplier 2 and InceptionResNetV2's scale layer."
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((10, 10, 8))
+    x = keras.layers.Conv2D(8, 7, padding="same", groups=8, name="dw")(inp)
+    x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    x = keras.layers.Dense(16, activation="gelu", name="mlp1")(x)
+    x = keras.layers.Dense(8, name="mlp2")(x)
+    x = LayerScale(0.5, 8)(x)
+    x = StochasticDepth(0.1)(x)
+    x = keras.layers.Add()([inp, x])
+    y = keras.layers.Conv2D(12, 3, groups=4, padding="same", name="grouped")(x)
+    y = keras.layers.Conv2D(24, 3, groups=12, strides=2, name="dw_multiplier")(y)
+    z = keras.layers.Conv2D(24, 1, name="branch")(keras.layers.MaxPooling2D(3, 2)(x))
+    y = CustomScaleLayer(0.2)([z, y])
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(y)))
+
+
+def test_grouped_convolutions_and_application_layers_match_keras(conv_path):
+    model = grouped_model()
+    x = images(6, 10, channels=8, seed=3)
+    net = check_ideal(model, x)
+    assert net.specs["dw"].is_depthwise and net.specs["dw_multiplier"].depth_multiplier == 2    # per channel
+    grouped = net.specs["grouped"].matrix.reshape(12, 9, 8)                                  # (cout, taps, cin)
+    assert np.all(grouped[:3, :, 2:] == 0) and np.all(grouped[9:, :, :6] == 0)                # block-diagonal groups
+    eight_bit = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0)
+    check_ideal(model, x, eight_bit, tolerance=0.05, calibration_data=x)                      # quantised: close
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(subtract_current_in_xbar=False), dict(digital_bias=False), dict(nslices=2),
+                                      dict(noise_model="generic", alpha_noise=0.05, proportional_noise=True),
+                                      dict(icol_max=3.0), dict(adc_bits=0, dac_bits=0)],
+                         ids=["balanced", "pair", "analog-bias", "two-slices", "proportional-noise", "current-limit", "linear"])
+def test_depthwise_core_equals_dense_block_diagonal_core(settings):
+    "Storing only the diagonal devices changes nothing: same outputs as the dense block-diagonal core (3 row tiles, ADC)."
+    rng = np.random.default_rng(31)
+    kernel = rng.normal(size=(9, 6, 2)).astype(np.float32)               # 3x3 taps, 6 channels, multiplier 2
+    bias = rng.normal(size=12).astype(np.float32)
+    config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=20), **settings})
+    assert DepthwiseCore.exact_for(config)
+    dense = AnalogCore(depthwise_matrix(kernel.reshape(3, 3, 6, 2)), config, bias=bias, input_range=(-2, 2), name="dw")
+    compact = DepthwiseCore(kernel, config, bias=bias, input_range=(-2, 2), name="dw")
+    assert len(compact.row_ranges) == len(dense.row_ranges) == 3 and compact.hw_summary() == dense.hw_summary()
+    x = rng.uniform(-2.4, 2.4, size=(2, 7, 7, 6)).astype(np.float32)
+    rows = im2col(x, (3, 3), padding="same")
+    got, expected = compact.apply(rows), dense.apply(rows)
+    close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert close.mean() > 0.99        # the rest: quantised values on an exact ADC rounding tie, summed in another order
+    assert not DepthwiseCore.exact_for(config.replace(error_model="generic", alpha_error=0.01, proportional_error=False))
