@@ -96,9 +96,7 @@ class ArrayViewer:
         self.budget_figure = plot_array_budget(net)              # drawn once: it does not change with the layer
         plt.close(self.budget_figure)                              # shown through the widget only, not again by the backend
         self.budget = widgets.Output()
-        with self.budget:
-            from IPython.display import display
-            display(self.budget_figure)
+        self.budget.append_display_data(self.budget_figure)      # (no display(): a script would print the Figure repr)
         self.layer = widgets.Dropdown(options=list(net.cores), description="layer")
         self.output, self.figure = widgets.Output(), None
         self.totals = widgets.HTML()

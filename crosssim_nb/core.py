@@ -570,8 +570,9 @@ def apply_drives(self:AnalogCore,
     if first_row is None: first_row, read = 0, (self._next_read() if read is None else read)
     read = read or 0
     drive_rows = xp.asarray(drive_rows, dtype=np.float32)
-    if drive_rows.ndim != 2 or drive_rows.shape[1] != self.n_in:
-        raise ValueError(f"AnalogCore {self.name!r}: drive_rows must have shape (batch, {self.n_in}) (one drive per array row), "
+    width = getattr(self, "physical_in", self.n_in)      # a depthwise core reads the dense block-diagonal rows
+    if drive_rows.ndim != 2 or drive_rows.shape[1] != width:
+        raise ValueError(f"AnalogCore {self.name!r}: drive_rows must have shape (batch, {width}) (one drive per array row), "
                          f"got {tuple(drive_rows.shape)}")
     if out is None: out = np.empty((drive_rows.shape[0], self.n_out), dtype=np.float32)
     for start, chunk in self._chunks(drive_rows):

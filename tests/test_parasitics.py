@@ -195,7 +195,7 @@ def test_ir_drop_report_consistent():
 
 def test_conv_network_with_parasitics():
     import keras
-    import crosssim_nb.network as network_module
+    import crosssim_nb.convolution as network_module
     from crosssim_nb.network import AnalogNetwork
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(5, 3, activation="relu"), keras.layers.Flatten(),

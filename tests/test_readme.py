@@ -29,7 +29,7 @@ SHRINK = [  # (text in README, replacement in the test): sizes only, never names
      "adc_bits: [6]\\nparameters:\\n  ntest: 50\\n  nruns: 1\\n  calibration_samples: 100\\n"),
     ("--nruns 5", "--nruns 2"),
     ("crosssim-nb run ", "crosssim-nb run --ntest 50 --calibration-samples 100 "),
-    ("crosssim-nb calibrate ", "crosssim-nb calibrate --ntest 50 --calibration-samples 100 "),
+    ("crosssim-nb calibrate ", "crosssim-nb calibrate --calibration-samples 100 "),
     ("crosssim-nb sweep sweeps/accuracy_vs_adc_bits.ipynb adc_bits.yaml --out runs/adc_bits_cli",
      "crosssim-nb sweep sweeps/accuracy_vs_adc_bits.ipynb adc_bits.yaml --out runs/adc_bits_cli --n-workers 0"),
 ]
