@@ -55,14 +55,16 @@ class ADCGrid:
 
     def digitize(self, current, # column currents, modified in place when float32
                  part:str|None=None, # which columns these are (every column has the same quantiser)
+                 uniforms=None, # stochastic rounding: U[0, 1) draws shaped like `current` (None: from the generator `program` got)
                 ):
         "The ADC's output level for every current, in normalised current units (same shape, float32)."
         out = current if current.dtype == np.float32 else current.astype(np.float32)
         if self.offset is not None: out -= self.offset
         out *= self.inverse_step
         if self.stochastic_rounding:     # floor(u + r), r ~ U[0, 1): rounds up with probability frac(u), unbiased
-            if self.rng is None: raise ValueError("stochastic rounding needs a generator: call program(noise_rng=...) first")
-            out += self.rng.random(out.shape, dtype=np.float32)
+            if uniforms is None and self.rng is None:
+                raise ValueError("stochastic rounding needs draws: pass uniforms=... or call program(noise_rng=...) first")
+            out += self.rng.random(out.shape, dtype=np.float32) if uniforms is None else uniforms
             self.xp.floor(out, out=out)
         else: self.xp.rint(out, out=out)
         self.xp.clip(out, self.code_min, self.code_max, out=out)

@@ -8,7 +8,8 @@ import functools, os
 import numpy as np
 
 # %% auto #0
-__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus']
+__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus',
+           'openblas_thread_controls']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
 @functools.lru_cache(maxsize=1)
@@ -58,3 +59,23 @@ def available_cpus() -> int:
     "CPUs this process may run on (its affinity where the OS tells it, else the machine's count)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
+
+# %% ../nbs/00_backend.ipynb #bl4sc001
+@functools.lru_cache(maxsize=None)
+def openblas_thread_controls(packages:tuple=("numpy",), # packages whose bundled OpenBLAS (`<package>.libs/`) to find
+                            ) -> tuple:
+    "`((get_threads, set_threads), ...)` of the OpenBLAS libraries bundled in the wheels of `packages` (those found; cached). For when threadpoolctl is not installed, or for libraries it does not see."
+    import ctypes, glob, importlib
+    controls = []
+    for name in packages:
+        package = importlib.import_module(name)
+        folder = os.path.join(os.path.dirname(os.path.dirname(package.__file__)), f"{name}.libs")
+        for path in glob.glob(os.path.join(folder, "*openblas*")):
+            try: lib = ctypes.CDLL(path)
+            except OSError: continue
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+                get, set_ = getattr(lib, f"{prefix}_get_num_threads{suffix}", None), getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and set_ is not None:
+                    set_.argtypes = [ctypes.c_int]; controls.append((get, set_)); break
+    return tuple(controls)
+

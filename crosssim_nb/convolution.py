@@ -13,7 +13,7 @@ import keras
 import zlib
 from .core import AnalogCore
 from .config import InferenceConfig
-from .backend import to_numpy, available_cpus
+from .backend import to_numpy, available_cpus, openblas_thread_controls
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
 # %% auto #0
@@ -87,17 +87,8 @@ class _BlasThreads:
             if controller.select(user_api="blas").info(): cls._getter, cls._setter = get, set_
             return
         except Exception: pass
-        import ctypes, glob
-        folder = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-        for path in glob.glob(os.path.join(folder, "*openblas*")):
-            try: lib = ctypes.CDLL(path)
-            except OSError: continue
-            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
-                get, set_ = getattr(lib, f"{prefix}_get_num_threads{suffix}", None), getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and set_ is not None:
-                    set_.argtypes = [ctypes.c_int]
-                    cls._getter, cls._setter = get, set_
-                    return
+        controls = openblas_thread_controls(("numpy",))
+        if controls: cls._getter, cls._setter = controls[0]
 
     @classmethod
     def available(cls) -> bool:

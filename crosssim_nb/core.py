@@ -160,8 +160,10 @@ def _quantized_bias(self:AnalogCore):
     if c.bias_bits == 0: return self.bias.astype(np.float32)
     if c.bias_bits == "adc":
         if c.adc_bits == 0: raise ValueError(f"AnalogCore {self.name!r}: bias_bits='adc' needs adc_bits > 0 (got adc_bits=0)")
-        _, steps, _, _ = adc_grid(self.tile_limits(0), c.adc_bits)
-        step = float(steps[0, 0]) * self._slice_weights[0] * (self._input_weights[0] if c.adc_per_ibit else 1.0) * self._scale
+        limits = self.tile_limits(0)
+        if c.adc_type == "quantizer": lsb = float(adc_grid(limits, c.adc_bits)[1][0, 0])
+        else: lsb = 2 * float(np.abs(limits[0, 0]).max()) / 2 ** c.adc_bits     # a circuit ADC's LSB: 2·Vref / 2^N over ±Vref
+        step = lsb * self._slice_weights[0] * (self._input_weights[0] if c.adc_per_ibit else 1.0) * self._scale
     else:
         step = max(np.abs(self.bias).max(), 1e-30) / (2 ** (c.bias_bits - 1) - 1)
     return (np.rint(self.bias / step) * step).astype(np.float32)
@@ -262,6 +264,10 @@ def program(self:AnalogCore,
         if self._circuit is not None and circuit.reader is not None: self._tiles[-1]["reader"] = circuit.reader
     for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
         tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
+    if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
+        rounding = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0x5D])
+        for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
+            tile["rounding_keys"] = {sign: part.generate_state(2, np.uint64) for sign, part in zip((1, -1), key.spawn(2))}
     self._reads = 0                                                # reads of a bare core so far (each gets fresh noise)
     if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
     else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
@@ -438,7 +444,9 @@ def _needs_drive_sums(self:AnalogCore, physical:bool) -> bool:
     return self.mode == "offset" and physical
 
 @patch
-def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=True, collect=None):
+def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=True, collect=None,
+                 first_row:int=0, read:int=0, # keys of stochastic rounding's draws (as of the read noise)
+                ):
     "Row tile `index`'s contribution `(batch, n_out)` to the outputs, from its column currents `(k, batch, columns)`."
     c, xp = self.config, self.xp
     grid = self._tile_grids[index] if adc_enabled else None
@@ -449,7 +457,9 @@ def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=T
     for sign, current in parts:
         if not per_ibit and current.shape[0] > 1: current = (current * input_weights).sum(axis=0, keepdims=True)
         if collect is not None: collect(index, _PART_NAMES[(self.mode, sign)], current)
-        if grid is not None: current = grid.digitize(current, _PART_NAMES[(self.mode, sign)])
+        if grid is not None:
+            uniforms = self._rounding_draws(index, sign, current.shape, first_row, read) if getattr(grid, "stochastic_rounding", False) else None
+            current = grid.digitize(current, _PART_NAMES[(self.mode, sign)], **({} if uniforms is None else dict(uniforms=uniforms)))
         combined = current if combined is None else combined - current
     if correction is not None:
         if not per_ibit and correction.shape[0] > 1: correction = (correction * input_weights).sum(axis=0, keepdims=True)
@@ -486,7 +496,7 @@ def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect
     total = None
     for index, tile in enumerate(self._tiles):
         drive_sums = drives[:, :, tile["start"]:tile["stop"]].sum(axis=2, keepdims=True) if sums_needed else None
-        recombined = self._tile_output(index, self._read(drives, tile, first_row, read), drive_sums, adc_enabled, collect)
+        recombined = self._tile_output(index, self._read(drives, tile, first_row, read), drive_sums, adc_enabled, collect, first_row, read)
         if total is None: total = recombined
         else: total += recombined
     return self._finish(total, out, self._digital_bias_xp)
@@ -539,8 +549,20 @@ def apply_currents(self:AnalogCore,
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")
         self._add_noise(currents[None], variance[None], self._tiles[0], first_row, read)
-    total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None])
+    total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None], first_row=first_row, read=read)
     return self._finish(total, out, self._digital_bias_xp)
+
+# %% ../nbs/06_core.ipynb #k3yd0sr1
+@patch
+def _rounding_draws(self:AnalogCore, index:int, sign:int, shape:tuple, first_row:int, read:int):
+    "Stochastic rounding's U[0, 1) draws for one part of row tile `index`, shape `(k, b, slices, n_out)`, keyed like the read noise: by run, layer, tile, part and each row's global index, so they do not depend on how a batch is split."
+    k, b = shape[:2]
+    per_row = int(np.prod(shape)) // (k * b) * k
+    z = keyed_draws(self._tiles[index]["rounding_keys"][sign], read, first_row, b, per_row, "uniform")   # zero mean, unit variance
+    z *= np.float32(1 / math.sqrt(12.0)); z += np.float32(0.5)
+    z = z.reshape((b, k) + tuple(shape[2:])).swapaxes(0, 1)
+    return z if self.xp is np else self.xp.asarray(z)
+
 
 # %% ../nbs/06_core.ipynb #68b47f34
 @patch

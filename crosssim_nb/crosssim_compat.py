@@ -381,7 +381,7 @@ PRESET_NOTES = {
     "PRIME": ["the file's calibrated_range belongs to one CrossSim layer; a network calibrates each layer (calibrate_adc)",
               "6-bit ramp ADCs (100 dB gain, zero mismatch); positive and negative arrays digitised separately",
               "a circuit ADC spans ±Vref: the non-negative currents of separately digitised arrays use half its codes (as in CrossSim)"],
-    "SONOS-TCAS": ["needs the SONOS device model (programming error and drift)",
+    "SONOS-TCAS": ["the SONOS device model: programming error at t_drift = 0 as the file sets it; set t_drift (days, 1-5 measured) for retention",
                    "Vread is not set in the file, so 0.1 V: Imax = 2857 nA is valid at t_drift = 0 only (CrossSim's DNN interface uses 0.06 V)",
                    "the file's calibrated_range belongs to one CrossSim layer; a network calibrates each layer (calibrate_adc)"],
     "default": ["CrossSim's default parameters: ideal devices and converters, BALANCED one-sided, 1024 x 1024 arrays"],

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.sparse.csgraph import connected_components
 from scipy.linalg import solveh_banded, lapack
-from .backend import to_numpy
+from .backend import to_numpy, openblas_thread_controls
 from .device import standard_draws
 
 # %% auto #0
@@ -169,23 +169,10 @@ def _spd_inverse(matrix):
 class _OneBlasThread:
     """Run NumPy's and SciPy's bundled OpenBLAS (two separate libraries) on one thread: the recursion's m×m blocks gain
     little from threads, and on a busy host spinning BLAS threads make it many times slower."""
-    _libraries = None
     @classmethod
     def _controls(cls):
         "[(get, set)] thread controls of the OpenBLAS libraries bundled with numpy and scipy (those found)."
-        if cls._libraries is None:
-            import ctypes, glob, scipy
-            cls._libraries = []
-            for package in (np, scipy):
-                folder = os.path.join(os.path.dirname(os.path.dirname(package.__file__)), f"{package.__name__}.libs")
-                for path in glob.glob(os.path.join(folder, "*openblas*")):
-                    try: lib = ctypes.CDLL(path)
-                    except OSError: continue
-                    for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
-                        get, set_ = getattr(lib, f"{prefix}_get_num_threads{suffix}", None), getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                        if get is not None and set_ is not None:
-                            set_.argtypes = [ctypes.c_int]; cls._libraries.append((get, set_)); break
-        return cls._libraries
+        return openblas_thread_controls(("numpy", "scipy"))
     def __enter__(self):
         self.previous = [(set_, int(get())) for get, set_ in self._controls()]
         for set_, _ in self.previous: set_(1)

@@ -210,3 +210,38 @@ def test_calibration_works_unchanged_with_every_adc_type():
         errors[kind] = np.abs(calibrated.predict(images[40:]) - exact).mean() / np.abs(exact).mean()
         assert errors[kind] < 0.5 * np.abs(net.predict(images[40:]) - exact).mean() / np.abs(exact).mean(), kind
     assert all(e < 0.1 for e in errors.values()), errors
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_stochastic_rounding_does_not_depend_on_the_batch_size():
+    "Stochastic rounding's draws are keyed per image like the read noise: batches of 200, 37 and 1 give bit-identical outputs."
+    keras = pytest.importorskip("keras")
+    from crosssim_nb.network import AnalogNetwork
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, name="conv"), keras.layers.ReLU(),
+                              keras.layers.Flatten(), keras.layers.Dense(4, name="head")])
+    x = np.random.default_rng(2).random((200, 6, 6, 2)).astype(np.float32)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=3, adc_range_option="MAX", stochastic_rounding=True, nrows_max=8)
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x, input_nonnegative=True)
+    reference = net.predict(x, batch_size=200)
+    for batch_size in (37, 1):
+        np.testing.assert_array_equal(net.predict(x, batch_size=batch_size), reference)
+    rounded = AnalogNetwork.from_keras(model, config.replace(stochastic_rounding=False), calibration_data=x, input_nonnegative=True)
+    assert not np.array_equal(rounded.predict(x), reference)       # the draws are really used
+    net.program(1)
+    assert not np.array_equal(net.predict(x[:50]), reference[:50])  # another run: other draws
+
+@pytest.mark.parametrize("kind", ["quantizer", "ramp"])
+def test_bias_bits_adc_is_the_adcs_own_step(kind):
+    "bias_bits='adc' rounds the digital bias to the spacing of the ADC's output levels (a circuit ADC: 2·Vref/2^N)."
+    W = np.array([[0.6, -0.2, 0.4, 0.1]])
+    config = InferenceConfig(weight_bits=0, dac_bits=0, adc_bits=4, adc_type=kind, adc_range_option="MAX", bias_bits="adc")
+    bias = np.array([0.337])
+    core = AnalogCore(W, config, bias=bias)
+    plain = AnalogCore(W, config.replace(bias_bits=0))
+    x = np.random.default_rng(0).uniform(-1, 1, (4000, 4))
+    levels = np.unique(np.round(plain.apply(x)[:, 0], 6))
+    spacing = np.diff(levels).min()
+    assert len(levels) >= 5
+    quantized = float(core._quantized_bias()[0])
+    assert abs(quantized / spacing - round(quantized / spacing)) < 1e-4      # a whole number of output steps
+    assert abs(quantized - bias[0]) <= spacing / 2 + 1e-6
