@@ -492,7 +492,8 @@ class DepthwiseEngine(CoreEngine):
                  spec:AnalogSpec, first_image:int=0, read:int=0):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
         core, (kh, kw) = self.core, spec.kernel_size
-        total, bias_drive = None, np.float32(core._bias_drive)
+        bias_drive, squares, out = np.float32(core._bias_drive), None, None
+        last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):
             kernel, spread = core.channel_kernels(index)
             currents = _library_convolution(x, kernel.reshape(kh, kw, core.channels, -1), True, spec)
@@ -500,10 +501,23 @@ class DepthwiseEngine(CoreEngine):
             B, out_h, out_w, columns = currents.shape
             currents = currents.reshape(1, -1, columns)
             if core.rows > core.taps: currents += tile["matrix"][core.taps] * bias_drive          # the analog bias row
+            variance = None
             if spread is not None:
-                variance = _library_convolution(x * x, spread.reshape(kh, kw, core.channels, -1), True, spec).reshape(1, -1, columns)
+                if squares is None: squares = np.square(x)
+                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec).reshape(1, -1, columns)
                 if core.rows > core.taps: variance += tile["spread"][core.taps] * bias_drive ** 2
-                core._add_noise(currents, variance, tile, first_image * out_h * out_w, read)
-            part = core._tile_output(index, currents, None)
-            total = part if total is None else total + part
-        return core._finish(total, None, core._digital_bias_xp).reshape(B, out_h, out_w, core.n_out)
+            n, first_row = currents.shape[1], first_image * out_h * out_w
+            if out is None: out = np.empty((n, core.n_out), dtype=np.float32)
+            def periphery(span, index=index, tile=tile, currents=currents, variance=variance):
+                "This tile's read noise, ADC and sum into the outputs for rows [start, stop): rows are keyed, so blocks run in any thread."
+                start, stop = span
+                block = currents[:, start:stop]
+                if variance is not None: core._add_noise(block, variance[:, start:stop], tile, first_row + start, read)
+                part = core._tile_output(index, block, None)
+                if index == 0: out[start:stop] = part
+                else: out[start:stop] += part
+                if index == last: core._finish(out[start:stop], out[start:stop], core._digital_bias_xp)
+            workers = _worker_count() if self.parallel_safe and n >= 2 * MIN_CHUNK_ROWS else 1
+            per_block = -(-n // workers)
+            _run_chunks([(start, min(n, start + per_block)) for start in range(0, n, per_block)], periphery, self)
+        return out.reshape(B, out_h, out_w, core.n_out)
