@@ -182,6 +182,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
                          kernel:np.ndarray, # (kh, kw, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
                          depthwise:bool, # per-channel kernel whose outputs are channel-major
                          spec:AnalogSpec, # the convolution's geometry
+                         writable:bool=True, # the result is modified in place (else TensorFlow's own buffer may be returned read-only)
                         ):
     "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, Ho, Wo, columns)`; None where TensorFlow cannot stand in."
     if not LIBRARY_CONVOLUTION or keras.backend.backend() != "tensorflow": return None
@@ -193,7 +194,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
     else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
     currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
-    if not currents.flags.writeable: currents = currents.copy()
+    if writable and not currents.flags.writeable: currents = currents.copy()
     groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
     if groups > 1:             # (channel, group, j) -> (group, channel, j): the core's column order
         B, out_h, out_w, _ = currents.shape
@@ -252,7 +253,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         if currents is None or noise_kernel is None: variance = None
         else:
             squares = np.einsum("bhwc,bhwc->bhw", x, x)[..., None] if engine.noise_channel_sum else x * x
-            variance = _library_convolution(squares, *noise_kernel, spec)
+            variance = _library_convolution(squares, *noise_kernel, spec, writable=False)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
             out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
@@ -504,8 +505,9 @@ class DepthwiseEngine(CoreEngine):
             variance = None
             if spread is not None:
                 if squares is None: squares = np.square(x)
-                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec).reshape(1, -1, columns)
-                if core.rows > core.taps: variance += tile["spread"][core.taps] * bias_drive ** 2
+                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec,
+                                                writable=False).reshape(1, -1, columns)
+                if core.rows > core.taps: variance = variance + tile["spread"][core.taps] * bias_drive ** 2
             n, first_row = currents.shape[1], first_image * out_h * out_w
             if out is None: out = np.empty((n, core.n_out), dtype=np.float32)
             def periphery(span, index=index, tile=tile, currents=currents, variance=variance):

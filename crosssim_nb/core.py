@@ -264,6 +264,8 @@ def program(self:AnalogCore,
         if self._circuit is not None and circuit.reader is not None: self._tiles[-1]["reader"] = circuit.reader
     for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
         tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
+        if tile["spread"] is not None and not exact and "reader" not in tile:   # σ² the same in every column: a one-column product
+            tile["same_spread"] = bool(xp.all(tile["spread"] == tile["spread"][:, :1]))
     if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
         rounding = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0x5D])
         for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
@@ -385,13 +387,14 @@ def _read(self:AnalogCore, drives, tile,
             noise *= spread
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
+    if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column (independent noise): one column
     std = xp.matmul(rows * rows, spread)
     self._add_noise(currents, std, tile, first_row, read)
     return currents
 
 @patch
 def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
-    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance is consumed)."
+    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
     xp = self.xp
     k, b, columns = currents.shape                    # (variance may have one column: the same for every column)
     distribution = self.config.noise_distribution.value
@@ -402,9 +405,7 @@ def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:in
         stop = min(b, start + per_block)
         draws = stream.next(stop - start, distribution, out=buffer).reshape(stop - start, k, columns).swapaxes(0, 1)
         if xp is not np: draws = xp.asarray(draws)
-        std = variance[:, start:stop]
-        xp.sqrt(std, out=std)
-        draws *= std
+        draws *= xp.sqrt(variance[:, start:stop])     # (the variance is only read: it may be a library convolution's read-only buffer)
         currents[:, start:stop] += draws
 
 @patch
@@ -560,7 +561,7 @@ def conv_spread(self:AnalogCore):
 def apply_currents(self:AnalogCore,
                    currents, # drives @ conv_matrix(), shape (batch, columns), float32 NumPy (consumed in place)
                    out=None, # optional float32 array (batch, n_out) for the outputs
-                   variance=None, # with read noise: drives² @ conv_spread(), same shape (consumed in place)
+                   variance=None, # with read noise: drives² @ conv_spread(), same shape (only read)
                    first_row:int=0, # global index of the first row (image index × rows per image + row), keys the noise
                    read:int=0, # read number (a new noise stream for the same rows)
                   ):
@@ -573,7 +574,7 @@ def apply_currents(self:AnalogCore,
     if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
         currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
         if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
-        if variance is not None: variance += self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
+        if variance is not None: variance = variance + self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
     if self.read_noise:
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")
