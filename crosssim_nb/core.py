@@ -388,7 +388,8 @@ def _read(self:AnalogCore, drives, tile,
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
     if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column (independent noise): one column
-    std = xp.matmul(rows * rows, spread)
+    squares = rows * rows                               # contiguous (k, b, rows): one 2-D GEMM, as for the currents
+    std = xp.matmul(squares.reshape(-1, squares.shape[2]), spread).reshape(squares.shape[0], squares.shape[1], -1)
     self._add_noise(currents, std, tile, first_row, read)
     return currents
 
