@@ -15,7 +15,7 @@ Read noise (issue 15): the zoo's fashion_resnet and fashion_mobilenet with 8-bit
 ADC, with generic read noise (alpha 0.02) vs the same run without noise (target <= 2x); ResNet50 8-bit + 1 % read
 noise vs Keras (target <= 2.5x).
 
-Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 5] [--noise-only] [--out benchmarks/results/network.json]
+Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 5] [--noise-only | --zoo-only] [--noise-images 1000] [--out benchmarks/results/network.json]
 """
 import argparse, json, os, platform, resource, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -143,22 +143,26 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median ratio reported)")
     parser.add_argument("--out", default="benchmarks/results/network.json", help="JSON file for the results")
     parser.add_argument("--noise-only", action="store_true", help="only the read-noise cases")
+    parser.add_argument("--zoo-only", action="store_true", help="only the zoo read-noise cases (fashion_resnet, fashion_mobilenet)")
+    parser.add_argument("--noise-images", type=int, default=1000, help="images per timed run of the zoo read-noise cases")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     results = []
-    for name in ("fashion_resnet", "fashion_mobilenet"): results += bench_noise_zoo(name, args.repeats)
+    for name in ("fashion_resnet", "fashion_mobilenet"): results += bench_noise_zoo(name, args.repeats, images=args.noise_images)
 
-    size = 112 if args.quick else 224
-    model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)))
-    x = rng.normal(size=(32, size, size, 3)).astype(np.float32)
-    calibration = rng.normal(size=(32, size, size, 3)).astype(np.float32)
-    results += bench_case("ResNet50", model, x, calibration, batch_size=32, repeats=args.repeats, noise_only=args.noise_only)
+    if not args.zoo_only:
+        size = 112 if args.quick else 224
+        model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)))
+        x = rng.normal(size=(32, size, size, 3)).astype(np.float32)
+        calibration = rng.normal(size=(32, size, size, 3)).astype(np.float32)
+        results += bench_case("ResNet50", model, x, calibration, batch_size=32, repeats=args.repeats, noise_only=args.noise_only)
 
-    model = randomize_batchnorm(resnet20())
-    n = 256 if args.quick else 1024
-    x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
-    calibration = rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
-    if not args.noise_only: results += bench_case("ResNet20", model, x, calibration, batch_size=128, repeats=args.repeats)
+    if not (args.noise_only or args.zoo_only):
+        model = randomize_batchnorm(resnet20())
+        n = 256 if args.quick else 1024
+        x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+        calibration = rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
+        results += bench_case("ResNet20", model, x, calibration, batch_size=128, repeats=args.repeats)
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

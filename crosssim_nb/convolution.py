@@ -182,6 +182,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
                          kernel:np.ndarray, # (kh, kw, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
                          depthwise:bool, # per-channel kernel whose outputs are channel-major
                          spec:AnalogSpec, # the convolution's geometry
+                         writable:bool=True, # the result is modified in place (else TensorFlow's own buffer may be returned read-only)
                         ):
     "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, Ho, Wo, columns)`; None where TensorFlow cannot stand in."
     if not LIBRARY_CONVOLUTION or keras.backend.backend() != "tensorflow": return None
@@ -193,7 +194,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
     else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
     currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
-    if not currents.flags.writeable: currents = currents.copy()
+    if writable and not currents.flags.writeable: currents = currents.copy()
     groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
     if groups > 1:             # (channel, group, j) -> (group, channel, j): the core's column order
         B, out_h, out_w, _ = currents.shape
@@ -252,7 +253,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         if currents is None or noise_kernel is None: variance = None
         else:
             squares = np.einsum("bhwc,bhwc->bhw", x, x)[..., None] if engine.noise_channel_sum else x * x
-            variance = _library_convolution(squares, *noise_kernel, spec)
+            variance = _library_convolution(squares, *noise_kernel, spec, writable=False)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
             out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
@@ -492,7 +493,8 @@ class DepthwiseEngine(CoreEngine):
                  spec:AnalogSpec, first_image:int=0, read:int=0):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
         core, (kh, kw) = self.core, spec.kernel_size
-        total, bias_drive = None, np.float32(core._bias_drive)
+        bias_drive, squares, out = np.float32(core._bias_drive), None, None
+        last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):
             kernel, spread = core.channel_kernels(index)
             currents = _library_convolution(x, kernel.reshape(kh, kw, core.channels, -1), True, spec)
@@ -500,10 +502,24 @@ class DepthwiseEngine(CoreEngine):
             B, out_h, out_w, columns = currents.shape
             currents = currents.reshape(1, -1, columns)
             if core.rows > core.taps: currents += tile["matrix"][core.taps] * bias_drive          # the analog bias row
+            variance = None
             if spread is not None:
-                variance = _library_convolution(x * x, spread.reshape(kh, kw, core.channels, -1), True, spec).reshape(1, -1, columns)
-                if core.rows > core.taps: variance += tile["spread"][core.taps] * bias_drive ** 2
-                core._add_noise(currents, variance, tile, first_image * out_h * out_w, read)
-            part = core._tile_output(index, currents, None)
-            total = part if total is None else total + part
-        return core._finish(total, None, core._digital_bias_xp).reshape(B, out_h, out_w, core.n_out)
+                if squares is None: squares = np.square(x)
+                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec,
+                                                writable=False).reshape(1, -1, columns)
+                if core.rows > core.taps: variance = variance + tile["spread"][core.taps] * bias_drive ** 2
+            n, first_row = currents.shape[1], first_image * out_h * out_w
+            if out is None: out = np.empty((n, core.n_out), dtype=np.float32)
+            def periphery(span, index=index, tile=tile, currents=currents, variance=variance):
+                "This tile's read noise, ADC and sum into the outputs for rows [start, stop): rows are keyed, so blocks run in any thread."
+                start, stop = span
+                block = currents[:, start:stop]
+                if variance is not None: core._add_noise(block, variance[:, start:stop], tile, first_row + start, read)
+                part = core._tile_output(index, block, None)
+                if index == 0: out[start:stop] = part
+                else: out[start:stop] += part
+                if index == last: core._finish(out[start:stop], out[start:stop], core._digital_bias_xp)
+            workers = _worker_count() if self.parallel_safe and n >= 2 * MIN_CHUNK_ROWS else 1
+            per_block = -(-n // workers)
+            _run_chunks([(start, min(n, start + per_block)) for start in range(0, n, per_block)], periphery, self)
+        return out.reshape(B, out_h, out_w, core.n_out)

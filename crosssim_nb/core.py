@@ -17,7 +17,7 @@ from .device_models import drift_compensation_gains
 from .parasitics import array_circuit, tile_circuit
 
 # %% auto #0
-__all__ = ['AnalogCore', 'keyed_draws', 'NonFiniteResultError']
+__all__ = ['AnalogCore', 'KeyedStream', 'keyed_draws', 'NonFiniteResultError']
 
 # %% ../nbs/06_core.ipynb #ac672ae0
 def _check_matrix(matrix, name):
@@ -264,6 +264,8 @@ def program(self:AnalogCore,
         if self._circuit is not None and circuit.reader is not None: self._tiles[-1]["reader"] = circuit.reader
     for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
         tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
+        if tile["spread"] is not None and not exact and "reader" not in tile:   # σ² the same in every column: a one-column product
+            tile["same_spread"] = bool(xp.all(tile["spread"] == tile["spread"][:, :1]))
     if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
         rounding = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0x5D])
         for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
@@ -306,38 +308,60 @@ def programmed_weights(self:AnalogCore) -> np.ndarray:
     return (stored.T * self.w_max)[:, :self.n_in]
 
 # %% ../nbs/06_core.ipynb #k3yd0002
-_BLOCK_VALUES = 8          # draws per Philox counter block (four 64-bit outputs, two draws each)
+class KeyedStream:
+    "The keyed draws of consecutive rows `first_row, first_row + 1, ...` of one stream, `per_row` draws each, block by block."
+    def __init__(self, key:np.ndarray, # the stream's key, two uint64 (fixed by seed, run, layer and tile)
+                 read:int, # read number: a separate stretch of the stream (2⁶⁴ raws apart)
+                 first_row:int, # global index of the first row
+                 per_row:int, # draws per row
+                ):
+        self.per_row, self.raws = per_row, -(-per_row // 2)           # 64-bit raws per row: two draws each
+        self.generator = np.random.PCG64DXSM(np.random.SeedSequence([int(key[0]), int(key[1])]))
+        self.generator.advance((int(read) << 64) + int(first_row) * self.raws)
+        self._scratch = np.empty(0, dtype=np.float32)
 
-def keyed_draws(key:np.ndarray, # the stream's 128-bit Philox key, two uint64
-                read:int, # read number: its own counter word
+    def next(self, rows:int, # rows to draw (the next ones in the stream)
+             distribution:str="normal", # 'normal' or 'uniform' (zero mean, unit variance)
+             out:np.ndarray|None=None, # optional float32 buffer of at least rows·2·ceil(per_row / 2) values to write into
+            ) -> np.ndarray:
+        "Zero-mean, unit-variance float32 draws `(rows, per_row)` of the next `rows` rows."
+        n = rows * self.raws
+        bits = self.generator.random_raw(n).view(np.uint32)              # (2n,): each raw's low and high halves in turn
+        out = np.empty(2 * n, dtype=np.float32) if out is None else out.reshape(-1)[:2 * n]
+        if distribution == "uniform":                  # 24-bit uniforms, exact in float32, strictly inside (-√3, √3)
+            np.right_shift(bits, 8, out=bits)
+            out[...] = bits
+            out += np.float32(0.5 - 2 ** 23)
+            out *= np.float32(math.sqrt(12.0) * 2 ** -24)
+        else:                                          # Box-Muller: draws 2j, 2j + 1 of a row are r·cos θ, r·sin θ of its raw j
+            if self._scratch.size < 2 * n: self._scratch = np.empty(2 * n, dtype=np.float32)
+            radius, angle = self._scratch[:n], self._scratch[n:2 * n]
+            radius[...] = bits[0::2]                   # radius from the low half: u in (0, 1], |draw| <= sqrt(-2 ln 2^-33) = 6.76
+            radius *= np.float32(2 ** -32); radius += np.float32(2 ** -33)
+            np.log(radius, out=radius); radius *= np.float32(-2.0); np.sqrt(radius, out=radius)
+            angle[...] = bits[1::2]                    # angle from the high half
+            angle *= np.float32(2 * math.pi * 2 ** -32)
+            pairs = out.reshape(n, 2)
+            np.cos(angle, out=pairs[:, 0])
+            pairs[:, 0] *= radius
+            np.sin(angle, out=angle)
+            np.multiply(angle, radius, out=pairs[:, 1])
+        out = out.reshape(rows, 2 * self.raws)
+        return out if 2 * self.raws == self.per_row else out[:, :self.per_row]
+
+def keyed_draws(key:np.ndarray, # the stream's key, two uint64
+                read:int, # read number: its own stretch of the stream
                 first_row:int, # global index of the first row
                 rows:int, # number of rows
                 per_row:int, # draws per row
                 distribution:str="normal", # 'normal' or 'uniform' (zero mean, unit variance)
                ) -> np.ndarray:
     "Zero-mean, unit-variance float32 draws `(rows, per_row)`; row `g` gets the same numbers however the rows are split."
-    blocks = -(-per_row // _BLOCK_VALUES)
-    generator = np.random.Philox(key=key, counter=[int(first_row) * blocks, 0, int(read), 0])
-    bits = generator.random_raw(rows * blocks * _BLOCK_VALUES // 2).view(np.uint32).reshape(rows, -1)
-    np.right_shift(bits, 8, out=bits)                  # 24-bit uniforms, exact in float32
-    out = bits.astype(np.float32)
-    if distribution == "uniform":
-        out += np.float32(0.5 - 2 ** 23)             # centred, times 2^24
-        out *= np.float32(math.sqrt(12.0) * 2 ** -24)
-    else:                                              # Box-Muller: radii from a row's first half, angles from its second
-        half = out.shape[1] // 2
-        radius, angle = out[:, :half], out[:, half:]
-        radius += np.float32(0.5); radius *= np.float32(2 ** -24)
-        np.log(radius, out=radius); radius *= np.float32(-2.0); np.sqrt(radius, out=radius)
-        angle *= np.float32(2 * math.pi * 2 ** -24)
-        sine = np.sin(angle)
-        np.cos(angle, out=angle)
-        angle *= radius                                # r·cos in the second half
-        radius *= sine                                 # r·sin in the first
-    return out[:, :per_row]
+    return KeyedStream(key, read, first_row, per_row).next(rows, distribution)
 
 # %% ../nbs/06_core.ipynb #ee5f0cb1
 _CHUNK_ELEMENTS = 1 << 23   # bound on the per-chunk working arrays (elements), ~32 MB in float32
+_NOISE_BLOCK = 1 << 15      # read-noise draws per block (128 KB of float32: drawn, scaled and added while in cache)
 
 @patch
 def _read(self:AnalogCore, drives, tile,
@@ -363,20 +387,27 @@ def _read(self:AnalogCore, drives, tile,
             noise *= spread
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
-    std = xp.matmul(rows * rows, spread)
+    if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column (independent noise): one column
+    squares = rows * rows                               # contiguous (k, b, rows): one 2-D GEMM, as for the currents
+    std = xp.matmul(squares.reshape(-1, squares.shape[2]), spread).reshape(squares.shape[0], squares.shape[1], -1)
     self._add_noise(currents, std, tile, first_row, read)
     return currents
 
 @patch
 def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
-    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance is consumed)."
+    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
     xp = self.xp
     k, b, columns = currents.shape                    # (variance may have one column: the same for every column)
-    xp.sqrt(variance, out=variance)
-    draws = keyed_draws(tile["noise_key"], read, first_row, b, k * columns, self.config.noise_distribution.value)
-    draws = xp.asarray(draws.reshape(b, k, columns).transpose(1, 0, 2) if k > 1 else draws.reshape(1, b, columns))
-    draws *= variance
-    currents += draws
+    distribution = self.config.noise_distribution.value
+    stream = KeyedStream(tile["noise_key"], read, first_row, k * columns)
+    per_block = max(1, _NOISE_BLOCK // (k * columns))   # rows per block: draw, scale and add while they are in cache
+    buffer = np.empty(min(b, per_block) * 2 * stream.raws, dtype=np.float32)
+    for start in range(0, b, per_block):
+        stop = min(b, start + per_block)
+        draws = stream.next(stop - start, distribution, out=buffer).reshape(stop - start, k, columns).swapaxes(0, 1)
+        if xp is not np: draws = xp.asarray(draws)
+        draws *= xp.sqrt(variance[:, start:stop])     # (the variance is only read: it may be a library convolution's read-only buffer)
+        currents[:, start:stop] += draws
 
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
@@ -531,7 +562,7 @@ def conv_spread(self:AnalogCore):
 def apply_currents(self:AnalogCore,
                    currents, # drives @ conv_matrix(), shape (batch, columns), float32 NumPy (consumed in place)
                    out=None, # optional float32 array (batch, n_out) for the outputs
-                   variance=None, # with read noise: drives² @ conv_spread(), same shape (consumed in place)
+                   variance=None, # with read noise: drives² @ conv_spread(), same shape (only read)
                    first_row:int=0, # global index of the first row (image index × rows per image + row), keys the noise
                    read:int=0, # read number (a new noise stream for the same rows)
                   ):
@@ -544,7 +575,7 @@ def apply_currents(self:AnalogCore,
     if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
         currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
         if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
-        if variance is not None: variance += self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
+        if variance is not None: variance = variance + self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
     if self.read_noise:
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")

@@ -581,3 +581,35 @@ def test_depthwise_core_equals_dense_block_diagonal_core(settings):
     close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert close.mean() > 0.99        # the rest: quantised values on an exact ADC rounding tie, summed in another order
     assert not DepthwiseCore.exact_for(config.replace(error_model="generic", alpha_error=0.01, proportional_error=False))
+
+
+@pytest.mark.parametrize("proportional", [False, True], ids=["independent", "proportional"])
+def test_two_convolution_noise_has_the_analytic_std(monkeypatch, proportional):
+    "Noise through conv(x², σ²-kernel) + one draw per output: over 300 reads each output's std is sqrt(conv(x², σ²)) (checked"
+    " against im2col × σ²), the mean is the noiseless output, and the im2col noisy path has the same statistics."
+    from crosssim_nb.convolution import apply_conv
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((9, 9, 4))
+    model = keras.Model(inp, keras.layers.Conv2D(6, 3, padding="same", name="conv")(inp))
+    x = images(2, 9, channels=4, seed=8)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0, noise_model="generic", alpha_noise=0.1,
+                             proportional_noise=proportional)
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+    clean = AnalogNetwork.from_keras(model, config.replace(noise_model="none", alpha_noise=0.0), calibration_data=x)
+    engine, spec, core = net.engines["conv"], net.specs["conv"], net.cores["conv"]
+    assert engine.noise_kernel is not None                                   # the two-convolution path is taken
+    expected = apply_conv(x, spec, clean.engines["conv"])
+    drives = core.input_drives(x)
+    rows = im2col(drives, spec.kernel_size, spec.strides, spec.dilation, spec.padding)
+    currents = rows @ core.conv_matrix()[:, :core.n_out]
+    scale = np.median(expected.reshape(-1, core.n_out)[np.abs(currents) > 1e-3 * np.abs(currents).max()]
+                      / currents[np.abs(currents) > 1e-3 * np.abs(currents).max()])
+    full_spread = np.broadcast_to(core.conv_spread(), core.conv_matrix().shape)[:, :core.n_out]
+    analytic = np.abs(scale) * np.sqrt((rows * rows) @ full_spread).reshape(expected.shape)
+    for library in (True, False):
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", library)
+        reads = np.stack([apply_conv(x, spec, engine, read=r) for r in range(300)])
+        std, mean = reads.std(axis=0), reads.mean(axis=0)
+        ratio = std / analytic
+        assert abs(ratio.mean() - 1) < 0.02 and np.quantile(np.abs(ratio - 1), 0.99) < 0.2
+        assert np.all(np.abs(mean - expected) < 5 * analytic / np.sqrt(300) + 1e-5 * np.abs(expected).max())
