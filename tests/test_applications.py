@@ -19,6 +19,7 @@ from crosssim_nb.config import InferenceConfig
 from crosssim_nb.keras_import import UnsupportedLayerError
 from crosssim_nb.network import AnalogNetwork
 
+TOLERANCE = 1e-4    # max |simulated - Keras| / max |Keras| on the logits
 REFUSED = {}        # model name -> the reason its refusal must name (empty: every model is expected to run)
 
 
@@ -30,6 +31,7 @@ def application_names() -> list:
 @pytest.mark.parametrize("name", application_names())
 def test_keras_application_ideal_equals_keras(name):
     keras.backend.clear_session(); gc.collect()
+    keras.utils.set_random_seed(0)         # the random weights: the same model on every run
     model = getattr(keras.applications, name)(weights=None, classifier_activation=None)
     if None in model.input_shape[1:]:      # size-agnostic models (MobileNetV3): their default size, 224 px
         model = getattr(keras.applications, name)(weights=None, classifier_activation=None, input_shape=(224, 224, 3))
@@ -39,18 +41,36 @@ def test_keras_application_ideal_equals_keras(name):
         return
     set_batchnorm_statistics(model, x)
     reference = model.predict(x, batch_size=2, verbose=0)
-    agreement = relative_error(model.predict(x, batch_size=1, verbose=0), reference)
-    assert agreement < 1e-5, f"{name}: Keras disagrees with itself between batch sizes ({agreement:.1e}): no reference"
+    assert np.all(np.isfinite(reference))
     net = AnalogNetwork.from_keras(model, InferenceConfig.ideal())
     got = net.predict(x, batch_size=2)
-    assert np.all(np.isfinite(reference))
     error = relative_error(got, reference)
-    assert error < 1e-4, f"{name}: relative error {error:.2e}"
+    if error >= TOLERANCE:
+        # Deep models amplify float32 rounding (ResNet152: 2 in 1e4 between two float32 orders of summation). Judge both
+        # float32 computations against the same weights in float64 Keras: the simulator must be within the tolerance of
+        # the exact result, or at most twice as far from it as Keras' own float32 result is.
+        exact = float64_predict(name, model, x)
+        keras_error, error = relative_error(reference, exact), relative_error(got, exact)
+        assert error < max(TOLERANCE, 2 * keras_error), (
+            f"{name}: relative error {error:.2e} against float64 Keras (Keras float32: {keras_error:.2e})")
     del net, model; gc.collect()
 
 
 def relative_error(got, expected) -> float:
     return float(np.abs(np.asarray(got, np.float64) - expected).max() / np.abs(expected).max())
+
+
+def float64_predict(name, model, x) -> np.ndarray:
+    "The same model, weights and inputs in float64 Keras: the reference both float32 computations are judged against."
+    keras.config.set_dtype_policy("float64")
+    try:
+        twin = getattr(keras.applications, name)(weights=None, classifier_activation=None, input_shape=model.input_shape[1:])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    twin.set_weights([w.astype(np.float64) for w in model.get_weights()])
+    exact = np.asarray(twin.predict(x.astype(np.float64), batch_size=2, verbose=0), np.float64)
+    del twin; gc.collect()
+    return exact
 
 
 def set_batchnorm_statistics(model, x):
