@@ -223,7 +223,7 @@ def _program_adcs(self:AnalogCore, run:int):
         if grid is not None: grid.program(rng, self._noise_rng)
 
 # %% ../nbs/06_core.ipynb #43883ec3
-_PROGRAM_BLOCK = 1 << 20    # target conductances per row block when programming draws nothing (float64: 8 MB)
+_PROGRAM_BLOCK = 1 << 16    # target conductances per row block when programming draws nothing (float64: 512 KB)
 
 @patch
 def program(self:AnalogCore,

@@ -495,8 +495,11 @@ def _foldable(bn:GraphNode, producer:GraphNode, readers:dict, outputs:list, call
 
 def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
                    allow=None, # optional predicate on the analog node: fold only where it returns True
+                   release:bool=False, # the caller gives `graph` up: each unfolded weight array is dropped as soon as it is folded (memory)
                   ) -> ModelGraph:
-    "A copy of `graph` with every BatchNormalization that directly follows an analog layer folded into its weights."
+    """A copy of `graph` with every BatchNormalization that directly follows an analog layer folded into its weights.
+    With `release=True` the folded specs replace the unfolded ones in `graph`'s own nodes too, so the unfolded arrays are
+    freed while folding (never the model's weights twice over); `graph` must not be used afterwards."""
     readers, calls = graph.consumers(), {}
     for node in graph.nodes: calls[node.layer_name] = calls.get(node.layer_name, 0) + 1
     nodes = {n.name: dataclasses.replace(n) for n in graph.nodes}
@@ -513,7 +516,9 @@ def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
                    else dict(matrix=(last.matrix * scale[:, None]).astype(np.float32)))
         folded = dataclasses.replace(last, **weights, bias=((bias * scale) + shift).astype(np.float32),
                                      folded_batchnorm=last.folded_batchnorm + [bn.layer_name])
-        producer.analog = producer.analog[:-1] + [folded]
+        if release: producer.analog[-1] = folded      # the list is `graph`'s own: the unfolded spec goes now
+        else: producer.analog = producer.analog[:-1] + [folded]
+        del last, weights
         producer.output_shape = bn.output_shape
         renamed[bn.name] = producer.name
         del nodes[bn.name]
