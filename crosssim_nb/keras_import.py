@@ -233,11 +233,22 @@ class AnalogSpec:
 
 # %% ../nbs/10_keras_import.ipynb #9f3a8967
 def _numpy(variable, dtype=np.float32) -> np.ndarray:
+    """A variable's values as NumPy. With TensorFlow, and the variable already of `dtype`: a read-only view of the
+    variable's own buffer (no second copy of the model's weights; TensorFlow copies the buffer if the variable is assigned
+    later, so the view keeps the values it was read with). Otherwise a copy."""
+    value = getattr(variable, "value", None)
+    if keras.backend.backend() == "tensorflow" and hasattr(value, "read_value"):
+        try: array = value.read_value()._numpy()      # the tensor's own buffer (`.numpy()` would copy it)
+        except Exception: array = None                 # (a TensorFlow without the private accessor: copy below)
+        if isinstance(array, np.ndarray) and array.dtype == dtype:
+            view = array.view()
+            view.flags.writeable = False
+            return view
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=dtype)
 
 def _crossbar(kernel:np.ndarray) -> np.ndarray:
-    "A Dense or convolution kernel `(..., cin, cout)` as the crossbar matrix `(cout, taps·cin)`, rows in (kh, kw, cin) order."
-    return np.ascontiguousarray(kernel.reshape(-1, kernel.shape[-1]).T)
+    "A Dense or convolution kernel `(..., cin, cout)` as the crossbar matrix `(cout, taps·cin)`, rows in (kh, kw, cin) order (a transposed view: no copy)."
+    return kernel.reshape(-1, kernel.shape[-1]).T
 
 def _diagonal_index(channels:int, multiplier:int, taps:int):
     "Index pair selecting the block diagonal of a depthwise matrix as `(taps, C, m)`."
