@@ -382,6 +382,23 @@ class CoreEngine:
 # %% ../nbs/12_convolution.ipynb #dwc00002
 from .mapping import partition
 
+class _MaskedTile(dict):
+    """One dense row tile of a `DepthwiseCore`: its `matrix` and `spread` are the core's one compact `(taps (+ bias), columns)`
+    arrays masked to the devices in this tile's rows, made when read (a few taps × C·m values) — never stored per tile,
+    which would repeat the whole kernel once per row tile."""
+    def __init__(self, core, entries:dict):
+        super().__init__(entries)
+        import weakref
+        self._core = weakref.ref(core)
+    def __missing__(self, key):
+        if key not in ("matrix", "spread"): raise KeyError(key)
+        core = self._core()
+        whole = core._compact[key]
+        if whole is None: return None
+        mask = core._rows_in_tile(self["start"], self["stop"])
+        if mask.all(): return whole
+        return whole * np.tile(mask, (1, whole.shape[1] // core.n_out)).astype(np.float32)
+
 class DepthwiseCore(AnalogCore):
     "A depthwise layer's block-diagonal crossbar holding only its diagonal devices: `(taps (+ bias), C·m)` per row tile."
     def __init__(self, kernel:np.ndarray, # per-channel weights (taps, C, m)
@@ -424,12 +441,8 @@ class DepthwiseCore(AnalogCore):
         super().program(run)                       # one compact tile: errors, clipping, noise std of every stored device
         self._physical_ranges = dense_ranges
         whole = self._tiles[0]
-        tiles = []
-        for index, (start, stop) in enumerate(dense_ranges):
-            mask = np.tile(self._rows_in_tile(start, stop), (1, whole["matrix"].shape[1] // self.n_out)).astype(np.float32)
-            tile = dict(start=start, stop=stop, matrix=whole["matrix"] * mask,
-                        spread=None if whole["spread"] is None else whole["spread"] * mask)
-            tiles.append(tile)
+        self._compact = dict(matrix=whole["matrix"], spread=whole["spread"])     # stored once; each tile masks it when read
+        tiles = [_MaskedTile(self, dict(start=start, stop=stop, columns=whole["matrix"].shape[1])) for start, stop in dense_ranges]
         keys = np.random.SeedSequence([self.config.seed, int(run), zlib.crc32(self.name.encode())]).spawn(2)[1].spawn(len(tiles))
         for tile, key in zip(tiles, keys): tile["noise_key"] = key.generate_state(2, np.uint64)
         self._tiles = tiles

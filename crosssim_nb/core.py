@@ -29,7 +29,10 @@ def _check_matrix(matrix, name):
     if not np.issubdtype(array.dtype, np.number): raise TypeError(f"AnalogCore {name!r}: matrix must be numeric, got dtype {array.dtype}")
     _refuse_complex(array, f"AnalogCore {name!r}: matrix")
     if not np.all(np.isfinite(array)): raise ValueError(f"AnalogCore {name!r}: matrix contains NaN or inf")
-    return array.astype(np.float32 if array.dtype == np.float32 else np.float64)   # float32 weights stay float32 (memory)
+    shared = np.asarray(array, dtype=np.float32 if array.dtype == np.float32 else np.float64)   # float32 weights stay float32
+    shared = shared.view()                  # the caller's array itself, no copy (memory): read-only through this view,
+    shared.flags.writeable = False          # so the core never writes to it; the caller must not edit it afterwards
+    return shared
 
 def _parse_input_range(input_range, name):
     "`(x_max, signed)` from an input range `(lo, hi)`: `(-x, x)` signed or `(0, x)` unsigned."
@@ -68,10 +71,12 @@ class AnalogCore:
         if self.bias is not None and (self.bias.shape != (self.n_out,) or not np.all(np.isfinite(self.bias))):
             raise ValueError(f"AnalogCore {name!r}: bias must be finite with shape ({self.n_out},), got {np.shape(bias)}")
         self.analog_bias = self.bias is not None and not config.digital_bias
-        full = self._full_matrix()
-        self.rows = full.shape[1]
-        self.w_max = weight_scale(full, config.weight_percentile)
-        del full                                   # the targets are recomputed at each programming (not kept: memory)
+        self.rows = self.n_in + int(self.analog_bias)
+        if config.weight_percentile >= 100:       # max|W| straight from the stored matrix (no float64 copy of it)
+            peak = max(float(self.matrix.max()), -float(self.matrix.min()),
+                       float(np.abs(self.bias).max()) / self.x_max if self.analog_bias else 0.0)
+            self.w_max = peak if peak > 0 else 1.0
+        else: self.w_max = weight_scale(self._full_matrix(), config.weight_percentile)
         self.row_ranges = partition(self.rows, config.nrows_max)
         self.col_ranges = partition(self.n_out, config.ncols_max)
         self.n_weight_slices = config.nslices
@@ -218,67 +223,222 @@ def _program_adcs(self:AnalogCore, run:int):
         if grid is not None: grid.program(rng, self._noise_rng)
 
 # %% ../nbs/06_core.ipynb #43883ec3
+_PROGRAM_BLOCK = 1 << 16    # target conductances per row block when programming draws nothing (float64: 512 KB)
+
 @patch
 def program(self:AnalogCore,
             run:int=0, # Monte-Carlo run index: each run re-programs with its own seed
            ):
     "(Re-)program every device: programming error (or drift at t_drift > 0) and clipping, then the per-tile read matrices."
     c, xp = self.config, self.xp
-    sequence = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode())])
-    program_seed, noise_seed = sequence.spawn(2)
-    program_rng = np.random.default_rng(program_seed)
+    program_rng, noise_seed = self._program_streams(run)
     self.run = run
+    self._programmed_now = None
     state, reference_state = {}, {}                                                # conductances at t = 0, when drift needs them
-    self.programmed = program_conductances(self._target, c, program_rng, state)   # (slices, parts, rows, n_out)
-    self.reference = None
-    if self.mode == "offset" and not c.digital_offset:
-        ref_target = np.broadcast_to(offset_conductances(c)[:, None, None], (self.n_weight_slices, self.rows, len(self.col_ranges)))
-        self.reference = program_conductances(ref_target, c, program_rng, reference_state)   # one unit column per array (and slice)
-    sigma = read_noise_std(self.programmed, c, state.get("at_programming"))
+    try:
+        if self._programs_by_rows():          # nothing random: row blocks, and a linear core keeps only its folded map
+            self.reference = self._reference_targets()
+            self._tiles, self._linear = self._tiles_by_rows(fold=self._folds())
+        else:
+            programmed, self.reference = self._program_devices(program_rng, state, reference_state)   # (slices, parts, rows, n_out)
+            self._programmed_now = programmed        # what `programmed` returns while this programming runs (circuits, drift)
+            self._tiles = self._tile_matrices(programmed, self._noise_std(programmed, state, reference_state))
+            del programmed
+            self._linear = None
+        for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
+            tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
+            if tile.get("spread") is not None and c.read_noise_method != "exact" and "reader" not in tile:   # σ² the same in every column: a one-column product
+                tile["same_spread"] = bool(xp.all(tile["spread"] == tile["spread"][:, :1]))
+        if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
+            rounding = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0x5D])
+            for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
+                tile["rounding_keys"] = {sign: part.generate_state(2, np.uint64) for sign, part in zip((1, -1), key.spawn(2))}
+        self._reads = 0                                                # reads of a bare core so far (each gets fresh noise)
+        if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
+        else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
+        gains = drift_compensation_gains(self, state, program_rng, reference_state)   # digital gain per array (or column); None: off
+        self._drift_gain = None if gains is None else [xp.asarray(gain) for gain in gains]
+        if self.linear and self._linear is None: self._linear = self._linear_map()
+        self._check_programmed()                          # overflowing settings: a named error before any read
+    finally:
+        self._programmed_now = None
+    if self._folds(): self._fold_tiles()               # the folded map is all a linear core reads: drop the tile matrices
+    self._program_adcs(run)
+    return self
+
+@patch
+def _folds(self:AnalogCore) -> bool:
+    "Whether reads use only the folded linear map (a linear core; not a depthwise core, which reads its tiles per channel)."
+    return self.linear and not hasattr(self, "physical_in")
+
+@patch
+def _program_streams(self:AnalogCore, run:int):
+    "This run's programming generator and read-noise seed, from `(seed, run, name)`."
+    sequence = np.random.SeedSequence([self.config.seed, int(run), zlib.crc32(self.name.encode())])
+    program_seed, noise_seed = sequence.spawn(2)
+    return np.random.default_rng(program_seed), noise_seed
+
+@patch
+def _program_devices(self:AnalogCore, rng, state:dict, reference_state:dict):
+    "Draw this programming: the conductances `(slices, parts, rows, n_out)` (float64) and the unit columns (or None)."
+    c = self.config
+    programmed = program_conductances(self._target, c, rng, state)
+    if not (self.mode == "offset" and not c.digital_offset): return programmed, None
+    return programmed, program_conductances(self._reference_targets(), c, rng, reference_state)   # one unit column per array (and slice)
+
+@patch
+def _reference_targets(self:AnalogCore):
+    "OFFSET's unit columns `(slices, rows, column tiles)` when the offset is subtracted in analog, else None."
+    c = self.config
+    if not (self.mode == "offset" and not c.digital_offset): return None
+    return np.broadcast_to(offset_conductances(c)[:, None, None], (self.n_weight_slices, self.rows, len(self.col_ranges))).copy()
+
+@patch
+def _noise_std(self:AnalogCore, programmed, state:dict, reference_state:dict):
+    "Read-noise σ of the devices and of the unit columns (None, None without read noise)."
+    c = self.config
+    sigma = read_noise_std(programmed, c, state.get("at_programming"))
     ref_sigma = None if sigma is None or self.reference is None else read_noise_std(self.reference, c, reference_state.get("at_programming"))
-    exact = c.read_noise_method == "exact"
-    self._tiles = []
+    return sigma, ref_sigma
+
+@patch
+def _programs_by_rows(self:AnalogCore) -> bool:
+    "Whether programming draws nothing, so row blocks give the same conductances as the whole array at once."
+    c = self.config
+    no_error = c.error_model == "none" or (c.error_model == "generic" and c.alpha_error == 0)
+    return (no_error and c.t_drift == 0 and c.drift_compensation == "none" and self._circuit is None
+            and c.noise_model in ("none", "generic"))
+
+@patch
+def _tile_arrays(self:AnalogCore, block, sig, reference, ref_sigma, circuit=None):
+    "One row block's read matrix `(rows, columns)` and read-noise spread (or None), float64, in the mode's column layout."
+    c, exact = self.config, self.config.read_noise_method == "exact"
+    if self.mode == "difference":
+        matrix = _side_by_side(block[:, 0] - block[:, 1])
+        spread = None if sig is None else _side_by_side(sig[:, 0] ** 2 + sig[:, 1] ** 2)
+    elif self.mode == "pair":
+        matrix = np.concatenate([_side_by_side(block[:, 0]), _side_by_side(block[:, 1])], axis=1)
+        spread = None if sig is None else np.concatenate([_side_by_side(sig[:, 0]), _side_by_side(sig[:, 1])], axis=1) ** (1 if exact else 2)
+    else:   # stored relative to mid-range: keeps float32 precision when the large offset current cancels
+        zero = offset_conductances(c)[:, None, None]
+        parts = [_side_by_side(block[:, 0] - zero)] + ([_side_by_side(reference - zero)] if reference is not None else [])
+        matrix = np.concatenate(parts, axis=1)
+        if sig is not None:
+            spread = np.concatenate([_side_by_side(sig[:, 0])] + ([_side_by_side(ref_sigma)] if ref_sigma is not None else []), axis=1) ** (1 if exact else 2)
+        else: spread = None
+    if circuit is not None: matrix = circuit.matrix
+    return matrix, spread
+
+@patch
+def _tile_matrices(self:AnalogCore, programmed, sigmas):
+    "Every row tile's read matrices (float32, on the backend) from the programmed conductances."
+    xp, (sigma, ref_sigma) = self.xp, sigmas
+    tiles = []
     for start, stop in self.row_ranges:
-        block = self.programmed[:, :, start:stop]
+        block = programmed[:, :, start:stop]
         sig = None if sigma is None else sigma[:, :, start:stop]
+        reference = None if self.reference is None else self.reference[:, start:stop]
+        ref_sig = None if ref_sigma is None else ref_sigma[:, start:stop]
+        circuit = None
         if self._circuit is not None:     # this tile's arrays through their circuit: T (read noise weighted in place) or a solver
             sig = None if sig is None else sig.copy()
             circuit = tile_circuit(self, block, None if self.reference is None else self.reference[0, start:stop], sig,
                                    None if ref_sigma is None else ref_sigma[0, start:stop])
-        if self.mode == "difference":
-            matrix = _side_by_side(block[:, 0] - block[:, 1])
-            spread = None if sig is None else _side_by_side(sig[:, 0] ** 2 + sig[:, 1] ** 2)
-        elif self.mode == "pair":
-            matrix = np.concatenate([_side_by_side(block[:, 0]), _side_by_side(block[:, 1])], axis=1)
-            spread = None if sig is None else np.concatenate([_side_by_side(sig[:, 0]), _side_by_side(sig[:, 1])], axis=1) ** (1 if exact else 2)
-        else:   # stored relative to mid-range: keeps float32 precision when the large offset current cancels
-            zero = offset_conductances(c)[:, None, None]
-            parts = [_side_by_side(block[:, 0] - zero)] + ([_side_by_side(self.reference[:, start:stop] - zero)] if self.reference is not None else [])
-            matrix = np.concatenate(parts, axis=1)
-            if sig is not None:
-                spread = np.concatenate([_side_by_side(sig[:, 0])] + ([_side_by_side(ref_sigma[:, start:stop])] if ref_sigma is not None else []), axis=1) ** (1 if exact else 2)
-            else: spread = None
-        if self._circuit is not None: matrix = circuit.matrix
-        self._tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
-                                spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
-        if self._circuit is not None and circuit.reader is not None: self._tiles[-1]["reader"] = circuit.reader
-    for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
-        tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
-        if tile["spread"] is not None and not exact and "reader" not in tile:   # σ² the same in every column: a one-column product
-            tile["same_spread"] = bool(xp.all(tile["spread"] == tile["spread"][:, :1]))
-    if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
-        rounding = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0x5D])
-        for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
-            tile["rounding_keys"] = {sign: part.generate_state(2, np.uint64) for sign, part in zip((1, -1), key.spawn(2))}
-    self._reads = 0                                                # reads of a bare core so far (each gets fresh noise)
-    if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
-    else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
-    gains = drift_compensation_gains(self, state, program_rng, reference_state)   # digital gain per array (or column); None: off
-    self._drift_gain = None if gains is None else [xp.asarray(gain) for gain in gains]
-    self._linear = self._linear_map() if self.linear else None
-    self._check_programmed()                          # overflowing settings: a named error before any read
-    self._program_adcs(run)
-    return self
+        matrix, spread = self._tile_arrays(block, sig, reference, ref_sig, circuit)
+        tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
+                          spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
+        if circuit is not None and circuit.reader is not None: tiles[-1]["reader"] = circuit.reader
+    return tiles
+
+@patch
+def _tiles_by_rows(self:AnalogCore, fold:bool):
+    """Row tiles programmed a block of rows at a time (nothing random: each device is its own target): the float64
+    targets of one block at a time, never of the whole array. With `fold`, each block goes straight into the linear map
+    `(n_in, n_out)` (as `_linear_map` folds the whole tiles) and the tiles keep no matrix: `(tiles, linear or None)`."""
+    c, xp = self.config, self.xp
+    per_block = max(1, _PROGRAM_BLOCK // max(1, 2 * self.n_weight_slices * self.n_out))
+    tiles, linear, bias_row = [], None, None
+    if fold: linear = np.empty((self.n_in, self.n_out), dtype=np.float32)
+    for start, stop in self.row_ranges:
+        matrix = spread = None
+        for r0 in range(start, stop, per_block):
+            r1 = min(stop, r0 + per_block)
+            block = program_conductances(self._target_rows(r0, r1), c, np.random.default_rng(0))   # draws nothing (or zeros): (slices, parts, r1 - r0, n_out)
+            sig = read_noise_std(block, c)
+            ref = None if self.reference is None else self.reference[:, r0:r1]
+            ref_sig = None if sig is None or ref is None else read_noise_std(ref, c)
+            part, part_spread = self._tile_arrays(block, sig, ref, ref_sig)
+            del block, sig
+            part = part.astype(np.float32)
+            if fold:        # rows r0..r1 of the linear map: the same arithmetic as `_linear_map`, row by row
+                folded = self._fold_rows(part)
+                if r0 <= self.n_in < r1: bias_row = folded[self.n_in - r0].copy()
+                if self.config.dac_bits == 0: folded = folded / self.x_max
+                stop_in = min(r1, self.n_in)
+                if stop_in > r0: linear[r0:stop_in] = folded[:stop_in - r0]
+                continue
+            if matrix is None:
+                matrix = np.empty((stop - start, part.shape[1]), dtype=np.float32)
+                spread = None if part_spread is None else np.empty((stop - start, part_spread.shape[1]), dtype=np.float32)
+            matrix[r0 - start:r1 - start] = part
+            if spread is not None: spread[r0 - start:r1 - start] = part_spread
+        if fold: tiles.append(_FoldedTile(self, dict(start=start, stop=stop, columns=self._tile_columns(), spread=None)))
+        else: tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix), spread=None if spread is None else xp.asarray(spread)))
+    if not fold: return tiles, None
+    bias = None if self._digital_bias is None else self._digital_bias.astype(np.float64)
+    if self.analog_bias: bias = bias_row * self._bias_drive
+    return tiles, (xp.asarray(linear), None if bias is None else xp.asarray(bias, dtype=np.float32))
+
+@patch
+def _fold_rows(self:AnalogCore, matrix):
+    "Rows of a tile's read matrix (float32) folded over parts and slices and scaled to algorithm units per unit drive (float64)."
+    parts, _ = self._tile_parts(matrix[None].astype(np.float64), None, physical=False)
+    combined = sum(sign * current for sign, current in parts)[0]                  # (rows, slices, n_out)
+    return np.tensordot(combined, np.asarray(self._slice_weights), axes=([1], [0])) * self._scale
+
+@patch
+def _tile_columns(self:AnalogCore) -> int:
+    "Columns of one row tile's read matrix (all weight slices and parts side by side, unit columns included)."
+    per_part = self.n_weight_slices * self.n_out
+    if self.mode == "pair": return 2 * per_part
+    if self.mode == "offset" and self.reference is not None: return per_part + self.n_weight_slices * len(self.col_ranges)
+    return per_part
+
+class _FoldedTile(dict):
+    "A linear core's row tile: its matrix lives folded in the core's one linear map, and is rebuilt only when a read asks for it (ADC-input profiling)."
+    def __init__(self, core, entries:dict):
+        super().__init__(entries)
+        import weakref
+        self._core = weakref.ref(core)
+    def __missing__(self, key):
+        if key != "matrix": raise KeyError(key)
+        self._core()._unfold_tiles()
+        return dict.__getitem__(self, "matrix")
+
+@patch
+def _fold_tiles(self:AnalogCore):
+    "Drop a linear core's tile matrices (the folded map `_linear` holds what reads need); `_unfold_tiles` rebuilds them."
+    self._tiles = [tile if isinstance(tile, _FoldedTile) else
+                   _FoldedTile(self, {k: v for k, v in tile.items() if k != "matrix"} | dict(columns=tile["matrix"].shape[1]))
+                   for tile in self._tiles]
+
+@patch
+def _unfold_tiles(self:AnalogCore):
+    "Rebuild the tile matrices of this run (the same conductances: the programming is recomputed from its seed)."
+    if self._programs_by_rows(): tiles, _ = self._tiles_by_rows(fold=False)
+    else:
+        state, reference_state = {}, {}
+        programmed, _ = self._program_devices(self._program_streams(self.run)[0], state, reference_state)
+        tiles = self._tile_matrices(programmed, self._noise_std(programmed, state, reference_state))
+    for tile, rebuilt in zip(self._tiles, tiles): dict.__setitem__(tile, "matrix", rebuilt["matrix"])
+
+@patch(as_prop=True)
+def programmed(self:AnalogCore):
+    """The programmed conductances `(slices, parts, rows, n_out)` (float64) of this run. Not stored (they are 8 bytes
+    per device): recomputed from the run's seed when asked for, so the same run gives the same array every time."""
+    if self._programmed_now is not None: return self._programmed_now
+    if self._programs_by_rows(): return program_conductances(self._target, self.config, np.random.default_rng(0))
+    return self._program_devices(self._program_streams(self.run)[0], {}, {})[0]
 
 @patch(as_prop=True)
 def _target(self:AnalogCore):
@@ -286,10 +446,17 @@ def _target(self:AnalogCore):
     return target_conductances(normalize_weights(self._full_matrix(), self.w_max), self.config)
 
 @patch
-def _full_matrix(self:AnalogCore) -> np.ndarray:
-    "The stored matrix in float64, with the analog bias row's column when there is one (built when needed)."
-    matrix = self.matrix.astype(np.float64)
-    return np.hstack([matrix, self.bias[:, None] / self.x_max]) if self.analog_bias else matrix
+def _target_rows(self:AnalogCore, start:int, stop:int):
+    "Target conductances of crossbar rows `start:stop` only, `(slices, parts, stop - start, n_out)` (float64)."
+    return target_conductances(normalize_weights(self._full_matrix(start, stop), self.w_max), self.config)
+
+@patch
+def _full_matrix(self:AnalogCore, start:int=0, stop:int|None=None) -> np.ndarray:
+    "The stored matrix in float64 (crossbar rows `start:stop`), with the analog bias row's column when there is one (built when needed)."
+    stop = self.rows if stop is None else stop
+    matrix = self.matrix[:, start:min(stop, self.n_in)].astype(np.float64)
+    if not self.analog_bias or stop <= self.n_in: return matrix
+    return np.hstack([matrix, self.bias[:, None] / self.x_max])
 
 def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
     "(slices, rows, n_out) -> (rows, slices·n_out): every slice's columns next to each other."
@@ -300,11 +467,11 @@ def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
 @patch
 def programmed_weights(self:AnalogCore) -> np.ndarray:
     "The weight matrix `(n_out, n_in)` the devices hold this run, in algorithm units."
-    c = self.config
+    c, programmed = self.config, self.programmed          # (recomputed from the run's seed: read it once)
     if self.mode == "offset":
-        relative = self.programmed[:, 0] - offset_conductances(c)[:, None, None]
+        relative = programmed[:, 0] - offset_conductances(c)[:, None, None]
         stored = np.tensordot(self._slice_weights, relative, axes=1) / c.grange * (2 if c.nslices == 1 else 1)
-    else: stored = np.tensordot(self._slice_weights, self.programmed[:, 0] - self.programmed[:, 1], axes=1) / c.grange
+    else: stored = np.tensordot(self._slice_weights, programmed[:, 0] - programmed[:, 1], axes=1) / c.grange
     return (stored.T * self.w_max)[:, :self.n_in]
 
 # %% ../nbs/06_core.ipynb #k3yd0002
@@ -599,7 +766,7 @@ def _rounding_draws(self:AnalogCore, index:int, sign:int, shape:tuple, first_row
 @patch
 def _chunks(self:AnalogCore, x_rows):
     "Split a batch so that the per-chunk working arrays stay bounded."
-    width = max(self.rows, max(t["matrix"].shape[1] for t in self._tiles)) * self.n_input_slices
+    width = max(self.rows, max(t["columns"] if "columns" in t else t["matrix"].shape[1] for t in self._tiles)) * self.n_input_slices
     per_chunk = max(1, _CHUNK_ELEMENTS // width)
     for start in range(0, x_rows.shape[0], per_chunk): yield start, x_rows[start:start + per_chunk]
 
@@ -682,7 +849,7 @@ def _refuse_complex(value, what:str):
 def _overflow_causes(self:AnalogCore) -> list:
     "Settings of this core that overflow float32 arithmetic."
     c, causes = self.config, []
-    if not all(np.isfinite(to_numpy(t["matrix"])).all() for t in self._tiles):
+    if not all(np.isfinite(to_numpy(t["matrix"])).all() for t in self._tiles if "matrix" in t):   # (a folded tile's is in _linear)
         causes.append(f"programmed conductances overflow float32 (error_model={c.error_model.value!r}, alpha_error={c.alpha_error:g})")
     if any(t["spread"] is not None and not np.isfinite(to_numpy(t["spread"])).all() for t in self._tiles):
         causes.append(f"read noise overflows float32 (noise_model={c.noise_model.value!r}, alpha_noise={c.alpha_noise:g})")

@@ -233,11 +233,22 @@ class AnalogSpec:
 
 # %% ../nbs/10_keras_import.ipynb #9f3a8967
 def _numpy(variable, dtype=np.float32) -> np.ndarray:
+    """A variable's values as NumPy. With TensorFlow, and the variable already of `dtype`: a read-only view of the
+    variable's own buffer (no second copy of the model's weights; TensorFlow copies the buffer if the variable is assigned
+    later, so the view keeps the values it was read with). Otherwise a copy."""
+    value = getattr(variable, "value", None)
+    if keras.backend.backend() == "tensorflow" and hasattr(value, "read_value"):
+        try: array = value.read_value()._numpy()      # the tensor's own buffer (`.numpy()` would copy it)
+        except Exception: array = None                 # (a TensorFlow without the private accessor: copy below)
+        if isinstance(array, np.ndarray) and array.dtype == dtype:
+            view = array.view()
+            view.flags.writeable = False
+            return view
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=dtype)
 
 def _crossbar(kernel:np.ndarray) -> np.ndarray:
-    "A Dense or convolution kernel `(..., cin, cout)` as the crossbar matrix `(cout, taps·cin)`, rows in (kh, kw, cin) order."
-    return np.ascontiguousarray(kernel.reshape(-1, kernel.shape[-1]).T)
+    "A Dense or convolution kernel `(..., cin, cout)` as the crossbar matrix `(cout, taps·cin)`, rows in (kh, kw, cin) order (a transposed view: no copy)."
+    return kernel.reshape(-1, kernel.shape[-1]).T
 
 def _diagonal_index(channels:int, multiplier:int, taps:int):
     "Index pair selecting the block diagonal of a depthwise matrix as `(taps, C, m)`."
@@ -495,8 +506,11 @@ def _foldable(bn:GraphNode, producer:GraphNode, readers:dict, outputs:list, call
 
 def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
                    allow=None, # optional predicate on the analog node: fold only where it returns True
+                   release:bool=False, # the caller gives `graph` up: each unfolded weight array is dropped as soon as it is folded (memory)
                   ) -> ModelGraph:
-    "A copy of `graph` with every BatchNormalization that directly follows an analog layer folded into its weights."
+    """A copy of `graph` with every BatchNormalization that directly follows an analog layer folded into its weights.
+    With `release=True` the folded specs replace the unfolded ones in `graph`'s own nodes too, so the unfolded arrays are
+    freed while folding (never the model's weights twice over); `graph` must not be used afterwards."""
     readers, calls = graph.consumers(), {}
     for node in graph.nodes: calls[node.layer_name] = calls.get(node.layer_name, 0) + 1
     nodes = {n.name: dataclasses.replace(n) for n in graph.nodes}
@@ -513,7 +527,9 @@ def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
                    else dict(matrix=(last.matrix * scale[:, None]).astype(np.float32)))
         folded = dataclasses.replace(last, **weights, bias=((bias * scale) + shift).astype(np.float32),
                                      folded_batchnorm=last.folded_batchnorm + [bn.layer_name])
-        producer.analog = producer.analog[:-1] + [folded]
+        if release: producer.analog[-1] = folded      # the list is `graph`'s own: the unfolded spec goes now
+        else: producer.analog = producer.analog[:-1] + [folded]
+        del last, weights
         producer.output_shape = bn.output_shape
         renamed[bn.name] = producer.name
         del nodes[bn.name]

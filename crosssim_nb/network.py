@@ -174,12 +174,13 @@ def _as_list(x) -> list:
 
 # %% ../nbs/11_network.ipynb #53fb61b0
 class _FloatEngines(dict):
-    "Exact float engines by core name, built when first asked for."
-    def __init__(self, specs:dict, make, built:dict):
-        super().__init__(built)
-        self._specs, self._make = specs, make
+    "Exact float engines by core name, built when first asked for; kept (`keep`), or built for each call and dropped after it (profiling: never all layers' weight copies at once)."
+    def __init__(self, specs:dict, make, built:dict|None=None, keep:bool=True):
+        super().__init__(built or {})
+        self._specs, self._make, self._keep = specs, make, keep
     def __missing__(self, name):
-        engine = self[name] = self._make(self._specs[name])
+        engine = self._make(self._specs[name])
+        if self._keep: self[name] = engine
         return engine
 
 _HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bits", "dac_bits", "adc_bits", "row_tiles",
@@ -193,8 +194,10 @@ class AnalogNetwork:
         self.model_name = model_name or graph.name
         self.specs = {s.name: s for s in graph.analog_specs}
         self.cores, self.input_ranges, self.run_index = {}, {}, 0
-        self._float_engines = {name: self._float_engine(spec) for name, spec in self.specs.items()}
-        self.engines = dict(self._float_engines)
+        # exact float engines (the profiling passes, layers kept digital): each one's weight copy exists only while in use
+        self._float_engines = _FloatEngines(self.specs, self._float_engine, keep=False)
+        self.engines = _FloatEngines(self.specs, self._float_engine, {name: self._float_engine(spec) for name, spec in self.specs.items()
+                                                                      if name in layer_configs and layer_configs[name] is None})
         self._readers = {t: len(r) for t, r in graph.consumers().items()}
         self._calls = Counter(spec.name for node in graph.analog_nodes for spec in node.analog)   # calls per core and pass
         self._post = {n.name: self._activation(n) for n in graph.analog_nodes}
@@ -258,7 +261,9 @@ class AnalogNetwork:
         overrides = _per_core(dict(layer_overrides or {}), specs, "layer_overrides")
         layer_configs = {s.name: _layer_config(config, overrides.get(s.name), s.name) for s in specs}
         def fold(node): return all((layer_configs[s.name] or config).fold_batchnorm for s in node.analog)
-        graph = fold_batchnorm(raw, allow=fold)
+        graph = fold_batchnorm(raw, allow=fold, release=True)   # raw's unfolded weight copies are freed as they fold
+        del raw
+        specs = graph.analog_specs                          # (the same names and layers)
         nonnegative = nonnegative_tensors(graph, input_nonnegative)
         signed = {}
         for node in graph.analog_nodes:
@@ -307,9 +312,6 @@ class AnalogNetwork:
             self.cores[name] = AnalogCore(spec.dense_matrix(), cfg, adc_limits=limits.get(name), input_range=ranges[name],
                                           bias=spec.bias, name=name)
         self._refresh_engines()
-        # the float engines of analog layers were for profiling: free their weight copies (rebuilt if ever needed again)
-        self._float_engines = _FloatEngines(self.specs, self._float_engine,
-                                            {n: e for n, e in self._float_engines.items() if n not in self.cores})
 
     def _refresh_engines(self):
         "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
@@ -413,7 +415,7 @@ class AnalogNetwork:
         feeds, count = self._prepare(x)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: a positive integer")
-        engines = engines or self.engines
+        engines = self.engines if engines is None else engines
         results = None
         for start in range(0, count, batch_size):
             outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer, first_image=start)

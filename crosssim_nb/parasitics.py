@@ -7,19 +7,25 @@ from __future__ import annotations
 import math, os
 from dataclasses import dataclass
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
-from scipy.sparse.csgraph import connected_components
-from scipy.linalg import solveh_banded, lapack
+import importlib
+
+class _LazyModule:
+    "A module imported on first use: SciPy costs ~12 MB of every process, and only arrays with circuits need it."
+    def __init__(self, name:str): self._name = name
+    def __getattr__(self, attr): return getattr(importlib.import_module(self._name), attr)
+
+sp, spla, lapack = _LazyModule("scipy.sparse"), _LazyModule("scipy.sparse.linalg"), _LazyModule("scipy.linalg.lapack")
+def connected_components(*args, **kwargs): return importlib.import_module("scipy.sparse.csgraph").connected_components(*args, **kwargs)
+def solveh_banded(*args, **kwargs): return importlib.import_module("scipy.linalg").solveh_banded(*args, **kwargs)
 from .backend import to_numpy, openblas_thread_controls
 from .device import standard_draws
 
 # %% auto #0
-__all__ = ['Circuit', 'row_segments', 'column_segments', 'supply_segments', 'drop_matrix', 'dense_solve', 'row_line_response',
-           'transfer_matrices', 'Network', 'build_network', 'transfer_matrix_sparse', 'ladder_solve', 'CubicLaw',
-           'RRAMMiloLaw', 'law_of', 'InputSourceSolver', 'noisy_read_exact', 'noise_std_first_order', 'ArrayCircuit',
-           'array_circuit', 'tile_arrays', 'TileCircuit', 'tile_circuit', 'array_solution', 'ir_drop', 'plot_ir_drop',
-           'ir_drop_viewer']
+__all__ = ['sp', 'spla', 'lapack', 'connected_components', 'solveh_banded', 'Circuit', 'row_segments', 'column_segments',
+           'supply_segments', 'drop_matrix', 'dense_solve', 'row_line_response', 'transfer_matrices', 'Network',
+           'build_network', 'transfer_matrix_sparse', 'ladder_solve', 'CubicLaw', 'RRAMMiloLaw', 'law_of',
+           'InputSourceSolver', 'noisy_read_exact', 'noise_std_first_order', 'ArrayCircuit', 'array_circuit',
+           'tile_arrays', 'TileCircuit', 'tile_circuit', 'array_solution', 'ir_drop', 'plot_ir_drop', 'ir_drop_viewer']
 
 # %% ../nbs/08_parasitics.ipynb #9ad94539
 _TOPOLOGIES = {(False, True): "A", (True, True): "B", (False, False): "C", (True, False): "D"}
@@ -172,6 +178,7 @@ class _OneBlasThread:
     @classmethod
     def _controls(cls):
         "[(get, set)] thread controls of the OpenBLAS libraries bundled with numpy and scipy (those found)."
+        importlib.import_module("scipy.linalg")          # (imported on first use: load it, so its OpenBLAS is found)
         return openblas_thread_controls(("numpy", "scipy"))
     def __enter__(self):
         self.previous = [(set_, int(get())) for get, set_ in self._controls()]
