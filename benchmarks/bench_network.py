@@ -20,6 +20,7 @@ Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--rep
 import argparse, json, os, platform, resource, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
+import crosssim_nb                 # first: it keeps TensorFlow's start-up lines off the terminal
 import keras
 
 from crosssim_nb.config import InferenceConfig
