@@ -77,7 +77,7 @@ def main():
     names = sorted(names, key=counts.get)
     if args.smallest: names = names[:args.smallest]
     rows = []
-    print(f"{'model':18s} {'weights':>11s} {'keras GB':>9s} {'ideal GB':>9s} {'8-bit GB':>9s}  ratio ideal/8-bit  bytes/weight over Keras  target")
+    print(f"{'model':18s} {'weights':>11s} {'keras GiB':>9s} {'ideal GiB':>9s} {'8-bit GiB':>9s}  ratio ideal/8-bit  bytes/weight over Keras  target")
     for name in names:
         results = {mode: run_child(name, mode, args.timeout) for mode in ("keras", "ideal", "8bit")}
         keras_gb = results["keras"].get("peak_rss_gb")
