@@ -10,7 +10,6 @@ from numpy.lib.stride_tricks import as_strided
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
-import zlib
 from .core import AnalogCore
 from .config import InferenceConfig
 from .backend import to_numpy, available_cpus, openblas_thread_controls
@@ -382,14 +381,12 @@ class CoreEngine:
 # %% ../nbs/12_convolution.ipynb #dwc00002
 from .mapping import partition
 
-class _MaskedTile(dict):
+from .core import _CoreTile
+
+class _MaskedTile(_CoreTile):
     """One dense row tile of a `DepthwiseCore`: its `matrix` and `spread` are the core's one compact `(taps (+ bias), columns)`
     arrays masked to the devices in this tile's rows, made when read (a few taps × C·m values) — never stored per tile,
     which would repeat the whole kernel once per row tile."""
-    def __init__(self, core, entries:dict):
-        super().__init__(entries)
-        import weakref
-        self._core = weakref.ref(core)
     def __missing__(self, key):
         if key not in ("matrix", "spread"): raise KeyError(key)
         core = self._core()
@@ -443,7 +440,7 @@ class DepthwiseCore(AnalogCore):
         whole = self._tiles[0]
         self._compact = dict(matrix=whole["matrix"], spread=whole["spread"])     # stored once; each tile masks it when read
         tiles = [_MaskedTile(self, dict(start=start, stop=stop, columns=whole["matrix"].shape[1])) for start, stop in dense_ranges]
-        keys = np.random.SeedSequence([self.config.seed, int(run), zlib.crc32(self.name.encode())]).spawn(2)[1].spawn(len(tiles))
+        keys = self._program_streams(run)[1].spawn(len(tiles))   # the read-noise keys AnalogCore.program gives its tiles
         for tile, key in zip(tiles, keys): tile["noise_key"] = key.generate_state(2, np.uint64)
         self._tiles = tiles
         self._linear = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, zlib
 import numpy as np
 from .config import InferenceConfig
-from .backend import get_array_module, to_numpy
+from .backend import array_module_of, get_array_module, to_numpy
 from .mapping import (weight_scale, normalize_weights, weight_levels, target_conductances, slice_bits,
                                  slice_weights, output_scale, partition)
 from .dac import dac_levels, quantize_inputs, input_slice_count, input_slice_weights, slice_inputs
@@ -392,9 +392,10 @@ def _tiles_by_rows(self:AnalogCore, fold:bool):
 @patch
 def _fold_rows(self:AnalogCore, matrix):
     "Rows of a tile's read matrix (float32) folded over parts and slices and scaled to algorithm units per unit drive (float64)."
-    parts, _ = self._tile_parts(matrix[None].astype(np.float64), None, physical=False)
+    xp = array_module_of(matrix)     # a tile's matrix lives on the backend; a row block being programmed is NumPy
+    parts, _ = self._tile_parts(matrix[None].astype(np.float64), None, physical=False)   # the currents of a unit drive on each row
     combined = sum(sign * current for sign, current in parts)[0]                  # (rows, slices, n_out)
-    return np.tensordot(combined, np.asarray(self._slice_weights), axes=([1], [0])) * self._scale
+    return xp.tensordot(combined, xp.asarray(self._slice_weights), axes=([1], [0])) * self._scale
 
 @patch
 def _tile_columns(self:AnalogCore) -> int:
@@ -404,12 +405,15 @@ def _tile_columns(self:AnalogCore) -> int:
     if self.mode == "offset" and self.reference is not None: return per_part + self.n_weight_slices * len(self.col_ranges)
     return per_part
 
-class _FoldedTile(dict):
-    "A linear core's row tile: its matrix lives folded in the core's one linear map, and is rebuilt only when a read asks for it (ADC-input profiling)."
+class _CoreTile(dict):
+    "A row tile that does not store its big arrays: `__missing__` makes them from its core when read (held weakly: no cycle)."
     def __init__(self, core, entries:dict):
         super().__init__(entries)
         import weakref
         self._core = weakref.ref(core)
+
+class _FoldedTile(_CoreTile):
+    "A linear core's row tile: its matrix lives folded in the core's one linear map, and is rebuilt only when a read asks for it (ADC-input profiling)."
     def __missing__(self, key):
         if key != "matrix": raise KeyError(key)
         self._core()._unfold_tiles()
@@ -612,12 +616,7 @@ _PART_NAMES = {("difference", 1): "difference", ("pair", 1): "positive", ("pair"
 def _linear_map(self:AnalogCore):
     "A linear core's `(matrix (n_in, n_out), bias (n_out,) or None)`: every tile, slice, part and the output scale folded in."
     xp = self.xp
-    blocks = []
-    for tile in self._tiles:   # a tile's currents for a unit drive on each of its rows are its matrix: combine them as any currents
-        parts, _ = self._tile_parts(tile["matrix"][None].astype(np.float64), None, physical=False)
-        combined = sum(sign * current for sign, current in parts)[0]                  # (tile rows, slices, n_out)
-        blocks.append(xp.tensordot(combined, xp.asarray(self._slice_weights), axes=([1], [0])))
-    matrix = xp.concatenate(blocks) * self._scale                                      # output per unit of normalised drive
+    matrix = xp.concatenate([self._fold_rows(tile["matrix"]) for tile in self._tiles])   # output per unit of normalised drive
     bias = None if self._digital_bias is None else xp.asarray(self._digital_bias, dtype=np.float64)
     if self.analog_bias: bias = matrix[self.n_in] * self._bias_drive
     if self.config.dac_bits == 0: matrix = matrix / self.x_max    # an ideal DAC only scales: fold it in, the drives are the inputs

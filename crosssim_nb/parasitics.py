@@ -9,23 +9,24 @@ from dataclasses import dataclass
 import numpy as np
 import importlib
 
+from .backend import to_numpy, openblas_thread_controls
+from .device import standard_draws
+
+# %% auto #0
+__all__ = ['Circuit', 'row_segments', 'column_segments', 'supply_segments', 'drop_matrix', 'dense_solve', 'row_line_response',
+           'transfer_matrices', 'Network', 'build_network', 'transfer_matrix_sparse', 'ladder_solve', 'CubicLaw',
+           'RRAMMiloLaw', 'law_of', 'InputSourceSolver', 'noisy_read_exact', 'noise_std_first_order', 'ArrayCircuit',
+           'array_circuit', 'tile_arrays', 'TileCircuit', 'tile_circuit', 'array_solution', 'ir_drop', 'plot_ir_drop',
+           'ir_drop_viewer']
+
+# %% ../nbs/08_parasitics.ipynb #lazyscipy1
 class _LazyModule:
     "A module imported on first use: SciPy costs ~12 MB of every process, and only arrays with circuits need it."
     def __init__(self, name:str): self._name = name
     def __getattr__(self, attr): return getattr(importlib.import_module(self._name), attr)
 
-sp, spla, lapack = _LazyModule("scipy.sparse"), _LazyModule("scipy.sparse.linalg"), _LazyModule("scipy.linalg.lapack")
-def connected_components(*args, **kwargs): return importlib.import_module("scipy.sparse.csgraph").connected_components(*args, **kwargs)
-def solveh_banded(*args, **kwargs): return importlib.import_module("scipy.linalg").solveh_banded(*args, **kwargs)
-from .backend import to_numpy, openblas_thread_controls
-from .device import standard_draws
-
-# %% auto #0
-__all__ = ['sp', 'spla', 'lapack', 'connected_components', 'solveh_banded', 'Circuit', 'row_segments', 'column_segments',
-           'supply_segments', 'drop_matrix', 'dense_solve', 'row_line_response', 'transfer_matrices', 'Network',
-           'build_network', 'transfer_matrix_sparse', 'ladder_solve', 'CubicLaw', 'RRAMMiloLaw', 'law_of',
-           'InputSourceSolver', 'noisy_read_exact', 'noise_std_first_order', 'ArrayCircuit', 'array_circuit',
-           'tile_arrays', 'TileCircuit', 'tile_circuit', 'array_solution', 'ir_drop', 'plot_ir_drop', 'ir_drop_viewer']
+sp, spla, csgraph = _LazyModule("scipy.sparse"), _LazyModule("scipy.sparse.linalg"), _LazyModule("scipy.sparse.csgraph")
+linalg, lapack = _LazyModule("scipy.linalg"), _LazyModule("scipy.linalg.lapack")
 
 # %% ../nbs/08_parasitics.ipynb #9ad94539
 _TOPOLOGIES = {(False, True): "A", (True, True): "B", (False, False): "C", (True, False): "D"}
@@ -157,7 +158,7 @@ def row_line_response(circuit:Circuit, conductance_row:np.ndarray, segments:np.n
     g_seg = 1.0 / segments
     diag = G.copy(); diag += g_seg; diag[:-1] += g_seg[1:]           # node j: segment j (towards the driver) and j+1
     banded = np.zeros((2, m)); banded[0, 1:] = -g_seg[1:]; banded[1] = diag
-    inverse = solveh_banded(banded, np.eye(m))
+    inverse = linalg.solveh_banded(banded, np.eye(m))
     A = np.diag(G) - G[:, None] * inverse * G[None, :]
     beta = G * inverse[:, 0] * g_seg[0]
     return A, beta
@@ -273,7 +274,7 @@ def build_network(circuit:Circuit, positive, negative=None) -> Network:
     resist = np.concatenate([np.ravel(r) for r in resist])
     short = resist == 0
     merged = sp.coo_matrix((np.ones(short.sum()), (ends_a[short], ends_b[short])), shape=(total, total))
-    _, label = connected_components(merged, directed=False)
+    _, label = csgraph.connected_components(merged, directed=False)
     # conductances between labels: wires with R > 0, and the cells
     wire_a, wire_b, wire_g = label[ends_a[~short]], label[ends_b[~short]], 1.0 / resist[~short]
     cell_a = np.concatenate([label[row_node[l]].ravel() for l in range(lines)])
