@@ -13,12 +13,13 @@ import keras
 from .core import AnalogCore
 from .config import InferenceConfig
 from .backend import to_numpy, available_cpus, openblas_thread_controls
+from .keyed_noise import sums_of_squares
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
-           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
-           'DepthwiseCore', 'DepthwiseEngine']
+           'window_sums', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise',
+           'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -67,6 +68,17 @@ def im2col(x:np.ndarray, # channels-last input (B, H, W, C)
     "The im2col matrix `(B·Ho·Wo, kh·kw·C)`, rows in (b, i, j) order, columns in (kh, kw, cin) order (a copy)."
     view = patch_view(x, kernel_size, strides, dilation, padding)
     return view.reshape(-1, int(np.prod(view.shape[3:])))
+
+# %% ../nbs/12_convolution.ipynb #ws000002
+def window_sums(x:np.ndarray, # channels-last map (B, H, W, 1)
+                spec, # the convolution (kernel_size, strides, dilation, padding)
+               ) -> np.ndarray:
+    "Each output pixel's window sum of the one-channel map `x`, `(B, Ho, Wo, 1)` float32: the convolution with a kernel of ones."
+    view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)    # (B, Ho, Wo, kh, kw, 1)
+    out = np.array(view[:, :, :, 0, 0], dtype=np.float32)
+    for tap in range(1, spec.kernel_size[0] * spec.kernel_size[1]):
+        out += view[:, :, :, tap // spec.kernel_size[1], tap % spec.kernel_size[1]]
+    return out
 
 # %% ../nbs/12_convolution.ipynb #3ed18ede
 class _BlasThreads:
@@ -251,8 +263,10 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         currents = _library_convolution(x, *kernel, spec)
         if currents is None or noise_kernel is None: variance = None
         else:
-            squares = np.einsum("bhwc,bhwc->bhw", x, x)[..., None] if engine.noise_channel_sum else x * x
-            variance = _library_convolution(squares, *noise_kernel, spec, writable=False)   # read, never written
+            if engine.noise_channel_sum:    # one σ² everywhere: σ² × the window sum of Σ_c x² (one channel, no convolution)
+                variance = window_sums(sums_of_squares(x)[..., None], spec)
+                variance *= engine.noise_variance
+            else: variance = _library_convolution(x * x, *noise_kernel, spec, writable=False)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
             out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
@@ -370,7 +384,7 @@ class CoreEngine:
         spread = core.conv_spread() if self.library_kernel is not None else None
         # σ² the same on every device (independent noise): the variance map is σ² × the window sum of Σ_c x², one channel
         self.noise_channel_sum = spread is not None and spec.is_conv and bool(np.all(spread == spread[0, 0]))
-        if self.noise_channel_sum: spread = np.full((spec.kernel_size[0] * spec.kernel_size[1], 1), spread[0, 0], dtype=np.float32)
+        self.noise_variance = np.float32(spread[0, 0]) if self.noise_channel_sum else None   # that one σ²
         self.noise_kernel = None if spread is None else library_kernel(spread, spec)   # σ² kernel: the noise variance map
     def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
     def apply(self, rows, out=None, first_row:int=0, read:int=0):

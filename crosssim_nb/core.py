@@ -17,7 +17,7 @@ from .device_models import drift_compensation_gains
 from .parasitics import array_circuit, tile_circuit
 
 # %% auto #0
-__all__ = ['AnalogCore', 'KeyedStream', 'keyed_draws', 'NonFiniteResultError']
+__all__ = ['AnalogCore', 'NonFiniteResultError']
 
 # %% ../nbs/06_core.ipynb #ac672ae0
 def _check_matrix(matrix, name):
@@ -249,6 +249,8 @@ def program(self:AnalogCore,
             tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
             if tile.get("spread") is not None and c.read_noise_method != "exact" and "reader" not in tile:   # σ² the same in every column: a one-column product
                 tile["same_spread"] = bool(xp.all(tile["spread"] == tile["spread"][:, :1]))
+                # one σ² on every device: the variance is σ² · Σ x², no product with σ² at all
+                tile["single_spread"] = float(tile["spread"][0, 0]) if bool(xp.all(tile["spread"] == tile["spread"][0, 0])) else None
         if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
             rounding = np.random.SeedSequence([c.seed, int(run), zlib.crc32(self.name.encode()), 0x5D])
             for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
@@ -479,60 +481,10 @@ def programmed_weights(self:AnalogCore) -> np.ndarray:
     return (stored.T * self.w_max)[:, :self.n_in]
 
 # %% ../nbs/06_core.ipynb #k3yd0002
-class KeyedStream:
-    "The keyed draws of consecutive rows `first_row, first_row + 1, ...` of one stream, `per_row` draws each, block by block."
-    def __init__(self, key:np.ndarray, # the stream's key, two uint64 (fixed by seed, run, layer and tile)
-                 read:int, # read number: a separate stretch of the stream (2⁶⁴ raws apart)
-                 first_row:int, # global index of the first row
-                 per_row:int, # draws per row
-                ):
-        self.per_row, self.raws = per_row, -(-per_row // 2)           # 64-bit raws per row: two draws each
-        self.generator = np.random.PCG64DXSM(np.random.SeedSequence([int(key[0]), int(key[1])]))
-        self.generator.advance((int(read) << 64) + int(first_row) * self.raws)
-        self._scratch = np.empty(0, dtype=np.float32)
-
-    def next(self, rows:int, # rows to draw (the next ones in the stream)
-             distribution:str="normal", # 'normal' or 'uniform' (zero mean, unit variance)
-             out:np.ndarray|None=None, # optional float32 buffer of at least rows·2·ceil(per_row / 2) values to write into
-            ) -> np.ndarray:
-        "Zero-mean, unit-variance float32 draws `(rows, per_row)` of the next `rows` rows."
-        n = rows * self.raws
-        bits = self.generator.random_raw(n).view(np.uint32)              # (2n,): each raw's low and high halves in turn
-        out = np.empty(2 * n, dtype=np.float32) if out is None else out.reshape(-1)[:2 * n]
-        if distribution == "uniform":                  # 24-bit uniforms, exact in float32, strictly inside (-√3, √3)
-            np.right_shift(bits, 8, out=bits)
-            out[...] = bits
-            out += np.float32(0.5 - 2 ** 23)
-            out *= np.float32(math.sqrt(12.0) * 2 ** -24)
-        else:                                          # Box-Muller: draws 2j, 2j + 1 of a row are r·cos θ, r·sin θ of its raw j
-            if self._scratch.size < 2 * n: self._scratch = np.empty(2 * n, dtype=np.float32)
-            radius, angle = self._scratch[:n], self._scratch[n:2 * n]
-            radius[...] = bits[0::2]                   # radius from the low half: u in (0, 1], |draw| <= sqrt(-2 ln 2^-33) = 6.76
-            radius *= np.float32(2 ** -32); radius += np.float32(2 ** -33)
-            np.log(radius, out=radius); radius *= np.float32(-2.0); np.sqrt(radius, out=radius)
-            angle[...] = bits[1::2]                    # angle from the high half
-            angle *= np.float32(2 * math.pi * 2 ** -32)
-            pairs = out.reshape(n, 2)
-            np.cos(angle, out=pairs[:, 0])
-            pairs[:, 0] *= radius
-            np.sin(angle, out=angle)
-            np.multiply(angle, radius, out=pairs[:, 1])
-        out = out.reshape(rows, 2 * self.raws)
-        return out if 2 * self.raws == self.per_row else out[:, :self.per_row]
-
-def keyed_draws(key:np.ndarray, # the stream's key, two uint64
-                read:int, # read number: its own stretch of the stream
-                first_row:int, # global index of the first row
-                rows:int, # number of rows
-                per_row:int, # draws per row
-                distribution:str="normal", # 'normal' or 'uniform' (zero mean, unit variance)
-               ) -> np.ndarray:
-    "Zero-mean, unit-variance float32 draws `(rows, per_row)`; row `g` gets the same numbers however the rows are split."
-    return KeyedStream(key, read, first_row, per_row).next(rows, distribution)
+from .keyed_noise import keyed_draws, add_keyed_noise, sums_of_squares
 
 # %% ../nbs/06_core.ipynb #ee5f0cb1
 _CHUNK_ELEMENTS = 1 << 23   # bound on the per-chunk working arrays (elements), ~32 MB in float32
-_NOISE_BLOCK = 1 << 15      # read-noise draws per block (128 KB of float32: drawn, scaled and added while in cache)
 
 @patch
 def _read(self:AnalogCore, drives, tile,
@@ -558,27 +510,20 @@ def _read(self:AnalogCore, drives, tile,
             noise *= spread
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
-    if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column (independent noise): one column
-    squares = rows * rows                               # contiguous (k, b, rows): one 2-D GEMM, as for the currents
-    std = xp.matmul(squares.reshape(-1, squares.shape[2]), spread).reshape(squares.shape[0], squares.shape[1], -1)
-    self._add_noise(currents, std, tile, first_row, read)
+    if tile.get("single_spread") is not None:           # one σ² on every device: σ² · Σ x², one pass over the drives
+        variance = sums_of_squares(rows)[..., None]
+        variance *= np.float32(tile["single_spread"])
+    else:
+        if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column: a one-column product
+        squares = rows * rows                           # contiguous (k, b, rows): one 2-D GEMM, as for the currents
+        variance = xp.matmul(squares.reshape(-1, squares.shape[2]), spread).reshape(squares.shape[0], squares.shape[1], -1)
+    self._add_noise(currents, variance, tile, first_row, read)
     return currents
 
 @patch
 def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
     "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
-    xp = self.xp
-    k, b, columns = currents.shape                    # (variance may have one column: the same for every column)
-    distribution = self.config.noise_distribution.value
-    stream = KeyedStream(tile["noise_key"], read, first_row, k * columns)
-    per_block = max(1, _NOISE_BLOCK // (k * columns))   # rows per block: draw, scale and add while they are in cache
-    buffer = np.empty(min(b, per_block) * 2 * stream.raws, dtype=np.float32)
-    for start in range(0, b, per_block):
-        stop = min(b, start + per_block)
-        draws = stream.next(stop - start, distribution, out=buffer).reshape(stop - start, k, columns).swapaxes(0, 1)
-        if xp is not np: draws = xp.asarray(draws)
-        draws *= xp.sqrt(variance[:, start:stop])     # (the variance is only read: it may be a library convolution's read-only buffer)
-        currents[:, start:stop] += draws
+    add_keyed_noise(currents, variance, tile["noise_key"], read, first_row, self.config.noise_distribution.value)
 
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):

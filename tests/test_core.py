@@ -399,14 +399,14 @@ def test_read_noise_does_not_depend_on_how_rows_are_split(method):
 
 def test_keyed_draws_are_standard_normal():
     "2^20 keyed draws (fixed key): mean 0, variance 1, no skew or excess kurtosis, and a Kolmogorov-Smirnov test against N(0, 1)."
-    from crosssim_nb.core import keyed_draws
+    from crosssim_nb.keyed_noise import keyed_draws
     key = np.random.SeedSequence(2024).generate_state(2, np.uint64)
     z = keyed_draws(key, 0, 0, 1 << 14, 64).astype(np.float64).ravel()
     assert z.size == 1 << 20
     assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5e-3
     assert abs(stats.skew(z)) < 0.01 and abs(stats.kurtosis(z)) < 0.02
     assert stats.kstest(z, "norm").pvalue > 1e-3
-    assert np.abs(z).max() < 6.8                                         # Box-Muller on 32-bit uniforms: bounded at 6.76 σ
+    assert np.abs(z).max() < 6.67                                        # Box-Muller on 32-bit uniforms: bounded at 6.66 σ
     odd = keyed_draws(key, 3, 0, 1 << 12, 33).ravel()                     # an odd count per row, another read
     assert stats.kstest(odd, "norm").pvalue > 1e-3
     u = keyed_draws(key, 0, 0, 1 << 12, 64, "uniform").astype(np.float64).ravel()
@@ -415,13 +415,11 @@ def test_keyed_draws_are_standard_normal():
 
 def test_keyed_draws_and_noise_do_not_depend_on_the_split():
     "5000 rows at once equal pieces of 999 rows, for the draws themselves and for a noisy read (blocks inside _add_noise)."
-    from crosssim_nb.core import keyed_draws, KeyedStream
+    from crosssim_nb.keyed_noise import keyed_draws
     key = np.random.SeedSequence(7).generate_state(2, np.uint64)
     whole = keyed_draws(key, 2, 11, 5000, 40)
     pieces = np.concatenate([keyed_draws(key, 2, 11 + s, min(999, 5000 - s), 40) for s in range(0, 5000, 999)])
     np.testing.assert_array_equal(pieces, whole)
-    stream = KeyedStream(key, 2, 11, 40)
-    np.testing.assert_array_equal(np.concatenate([stream.next(min(999, 5000 - s)) for s in range(0, 5000, 999)]), whole)
     rng = np.random.default_rng(3)
     W, x = rng.normal(size=(1200, 64)), rng.uniform(-1, 1, size=(5000, 64)).astype(np.float32)
     core = AnalogCore(W, InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, noise_model="generic", alpha_noise=0.05))
