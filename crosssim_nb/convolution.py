@@ -194,6 +194,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
                          depthwise:bool, # per-channel kernel whose outputs are channel-major
                          spec:AnalogSpec, # the convolution's geometry
                          writable:bool=True, # the result is modified in place (else TensorFlow's own buffer may be returned read-only)
+                         squared:bool=False, # convolve x² (squared by TensorFlow, on its threads) instead of x
                         ):
     "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, Ho, Wo, columns)`; None where TensorFlow cannot stand in."
     if not LIBRARY_CONVOLUTION or keras.backend.backend() != "tensorflow": return None
@@ -202,6 +203,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
     import tensorflow as tf
     pads = [[0, 0]] + [list(conv_geometry(size, k, s, d, spec.padding)[1:]) for size, k, s, d in
                        zip(x.shape[1:3], spec.kernel_size, spec.strides, spec.dilation)] + [[0, 0]]
+    if squared: x = tf.square(x)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
     else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
     currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
@@ -266,7 +268,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
             if engine.noise_channel_sum:    # one σ² everywhere: σ² × the window sum of Σ_c x² (one channel, no convolution)
                 variance = window_sums(sums_of_squares(x)[..., None], spec)
                 variance *= engine.noise_variance
-            else: variance = _library_convolution(x * x, *noise_kernel, spec, writable=False)   # read, never written
+            else: variance = _library_convolution(x, *noise_kernel, spec, writable=False, squared=True)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
             out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
@@ -517,7 +519,7 @@ class DepthwiseEngine(CoreEngine):
                  spec:AnalogSpec, first_image:int=0, read:int=0):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
         core, (kh, kw) = self.core, spec.kernel_size
-        bias_drive, squares, out = np.float32(core._bias_drive), None, None
+        bias_drive, out = np.float32(core._bias_drive), None
         last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):
             kernel, spread = core.channel_kernels(index)
@@ -528,8 +530,7 @@ class DepthwiseEngine(CoreEngine):
             if core.rows > core.taps: currents += tile["matrix"][core.taps] * bias_drive          # the analog bias row
             variance = None
             if spread is not None:
-                if squares is None: squares = np.square(x)
-                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec,
+                variance = _library_convolution(x, spread.reshape(kh, kw, core.channels, -1), True, spec, squared=True,
                                                 writable=False).reshape(1, -1, columns)
                 if core.rows > core.taps: variance = variance + tile["spread"][core.taps] * bias_drive ** 2
             n, first_row = currents.shape[1], first_image * out_h * out_w

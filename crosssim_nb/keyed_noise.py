@@ -100,6 +100,27 @@ def _transform_words(words, normal):
             for w in range(4): out[w, i] = _uniform(words[w, i])
     return out
 
+# %% ../nbs/05b_keyed_noise.ipynb #kn000041
+import threading
+import numba
+import llvmlite.binding as llvm
+
+_COMPILE_LOCK = threading.Lock()
+_WIDE = bool(llvm.get_host_cpu_features().get("avx512f", False))    # 16 float32 lanes in one register
+
+def _run_wide(kernel, # a numba dispatcher
+              *args):
+    "`kernel(*args)`, compiled for these argument types with 16-lane vectors on AVX-512 CPUs (see above)."
+    if _WIDE:
+        types = tuple(numba.typeof(arg) for arg in args)
+        if types not in kernel.overloads:
+            with _COMPILE_LOCK:
+                if types not in kernel.overloads:
+                    llvm.set_option("", "-force-vector-width=16")
+                    try: kernel.compile(types)
+                    finally: llvm.set_option("", "-force-vector-width=0")
+    return kernel(*args)
+
 # %% ../nbs/05b_keyed_noise.ipynb #kn000015
 _NORMAL, _UNIFORM = "normal", "uniform"
 
@@ -118,35 +139,39 @@ def _check_distribution(distribution:str) -> bool:
         raise ValueError(f"distribution={distribution!r} is not allowed; allowed: 'normal', 'uniform'")
     return distribution == _NORMAL
 
+_CHUNK_DRAWS = 4096     # draws per chunk of rows: drawn into a buffer that stays in the cache, then used
+
 @njit(inline="always", fastmath=_FAST, cache=True)
-def _fill_row(scratch, blocks, first_block, c2, c3, k0, k1, normal):
-    "Draws of one row into `scratch` (4·blocks float32): word w of block i is draw w·blocks + i."
+def _fill_blocks(scratch, first_block, count, c2, c3, k0, k1, normal):
+    "The draws of `count` consecutive blocks from `first_block` into `scratch[:4·count]`, word w of block m at 4m + w."
     if normal:
-        for i in range(blocks):
-            counter = first_block + np.uint64(i)
+        for m in range(count):
+            counter = first_block + np.uint64(m)
             a, b, c, d = philox4x32(np.uint32(counter & np.uint64(0xFFFFFFFF)), np.uint32(counter >> np.uint64(32)), c2, c3, k0, k1)
             radius_a, radius_c = _radius(a), _radius(c)
             cos_b, sin_b = _unit_circle(b)
             cos_d, sin_d = _unit_circle(d)
-            scratch[i] = radius_a * cos_b
-            scratch[blocks + i] = radius_a * sin_b
-            scratch[2 * blocks + i] = radius_c * cos_d
-            scratch[3 * blocks + i] = radius_c * sin_d
+            scratch[4 * m] = radius_a * cos_b
+            scratch[4 * m + 1] = radius_a * sin_b
+            scratch[4 * m + 2] = radius_c * cos_d
+            scratch[4 * m + 3] = radius_c * sin_d
     else:
-        for i in range(blocks):
-            counter = first_block + np.uint64(i)
+        for m in range(count):
+            counter = first_block + np.uint64(m)
             a, b, c, d = philox4x32(np.uint32(counter & np.uint64(0xFFFFFFFF)), np.uint32(counter >> np.uint64(32)), c2, c3, k0, k1)
-            scratch[i], scratch[blocks + i] = _uniform(a), _uniform(b)
-            scratch[2 * blocks + i], scratch[3 * blocks + i] = _uniform(c), _uniform(d)
+            scratch[4 * m], scratch[4 * m + 1] = _uniform(a), _uniform(b)
+            scratch[4 * m + 2], scratch[4 * m + 3] = _uniform(c), _uniform(d)
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
 def _draw_rows(out, first_row, c2, c3, k0, k1, normal):
     rows, per_row = out.shape
     blocks = (per_row + 3) // 4
-    scratch = np.empty(4 * blocks, dtype=np.float32)
-    for r in range(rows):
-        _fill_row(scratch, blocks, np.uint64(first_row + r) * np.uint64(blocks), c2, c3, k0, k1, normal)
-        out[r, :] = scratch[:per_row]
+    chunk = max(1, _CHUNK_DRAWS // (4 * blocks))          # rows per chunk
+    scratch = np.empty(4 * blocks * chunk, dtype=np.float32)
+    for r0 in range(0, rows, chunk):
+        r1 = min(rows, r0 + chunk)
+        _fill_blocks(scratch, np.uint64(first_row + r0) * np.uint64(blocks), (r1 - r0) * blocks, c2, c3, k0, k1, normal)
+        for r in range(r0, r1): out[r, :] = scratch[(r - r0) * 4 * blocks:(r - r0) * 4 * blocks + per_row]
 
 def keyed_draws(key:np.ndarray, # the stream's key, two uint64 (fixed by seed, run, layer and tile)
                 read:int, # read number: its own stream for the same rows
@@ -159,7 +184,7 @@ def keyed_draws(key:np.ndarray, # the stream's key, two uint64 (fixed by seed, r
     normal = _check_distribution(distribution)
     k0, k1, c2, c3 = _stream_words(key, read)
     out = np.empty((rows, per_row), dtype=np.float32)
-    if rows and per_row: _draw_rows(out, np.uint64(first_row), c2, c3, k0, k1, normal)
+    if rows and per_row: _run_wide(_draw_rows, out, np.uint64(first_row), c2, c3, k0, k1, normal)
     return out
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000018
@@ -180,7 +205,7 @@ def keyed_draws_array(xp, # array module to draw with (numpy or cupy)
                                                           - np.float32(0.5))) * np.float32(math.pi / 2)
         draws = xp.stack([radius[0] * xp.cos(angle[0]), radius[0] * xp.sin(angle[0]), radius[1] * xp.cos(angle[1]), radius[1] * xp.sin(angle[1])])
     else: draws = ((words >> 8).astype(np.float32) + np.float32(0.5 - 2 ** 23)) * np.float32(math.sqrt(12.0) * 2 ** -24)
-    draws = draws.astype(np.float32).reshape(4, rows, blocks).transpose(1, 0, 2).reshape(rows, 4 * blocks)
+    draws = draws.astype(np.float32).T.reshape(rows, 4 * blocks)            # word w of block m: draw 4m + w
     return draws[:, :per_row]
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000021
@@ -188,17 +213,20 @@ def keyed_draws_array(xp, # array module to draw with (numpy or cupy)
 def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal):
     slices, rows, columns = currents.shape
     blocks = (slices * columns + 3) // 4
-    scratch = np.empty(4 * blocks, dtype=np.float32)
+    chunk = max(1, _CHUNK_DRAWS // (4 * blocks))          # rows per chunk
+    scratch = np.empty(4 * blocks * chunk, dtype=np.float32)
     shared = variance.shape[2] == 1
-    for r in range(rows):
-        _fill_row(scratch, blocks, np.uint64(first_row + r) * np.uint64(blocks), c2, c3, k0, k1, normal)
-        for s in range(slices):
-            base = s * columns
-            if shared:
-                std = np.sqrt(np.float32(variance[s, r, 0]))
-                for c in range(columns): currents[s, r, c] += std * scratch[base + c]
-            else:
-                for c in range(columns): currents[s, r, c] += np.sqrt(np.float32(variance[s, r, c])) * scratch[base + c]
+    for r0 in range(0, rows, chunk):
+        r1 = min(rows, r0 + chunk)
+        _fill_blocks(scratch, np.uint64(first_row + r0) * np.uint64(blocks), (r1 - r0) * blocks, c2, c3, k0, k1, normal)
+        for r in range(r0, r1):
+            for s in range(slices):
+                base = (r - r0) * 4 * blocks + s * columns       # draws of row r, slice s
+                if shared:
+                    std = np.sqrt(np.float32(variance[s, r, 0]))
+                    for c in range(columns): currents[s, r, c] += std * scratch[base + c]
+                else:
+                    for c in range(columns): currents[s, r, c] += np.sqrt(np.float32(variance[s, r, c])) * scratch[base + c]
 
 def add_keyed_noise(currents, # column currents (k, b, columns), float32, changed in place (NumPy or CuPy)
                     variance, # their noise variance, (k, b, columns) or (k, b, 1); only read
@@ -219,7 +247,7 @@ def add_keyed_noise(currents, # column currents (k, b, columns), float32, change
         return currents
     if currents.dtype != np.float32: raise TypeError(f"currents must be float32, got {currents.dtype}")
     k0, k1, c2, c3 = _stream_words(key, read)
-    _add_noise_rows(currents, variance, np.uint64(first_row), c2, c3, k0, k1, normal)
+    _run_wide(_add_noise_rows, currents, variance, np.uint64(first_row), c2, c3, k0, k1, normal)
     return currents
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000031
