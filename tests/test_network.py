@@ -613,3 +613,29 @@ def test_two_convolution_noise_has_the_analytic_std(monkeypatch, proportional):
         ratio = std / analytic
         assert abs(ratio.mean() - 1) < 0.02 and np.quantile(np.abs(ratio - 1), 0.99) < 0.2
         assert np.all(np.abs(mean - expected) < 5 * analytic / np.sqrt(300) + 1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dependence", ["proportional", "independent"])
+def test_library_and_im2col_noise_are_the_same_draws(monkeypatch, dependence):
+    "Keyed per output pixel, the noise of the library-convolution path (variance by a second convolution, or by window sums of"
+    " Σ x² for one σ everywhere) equals the im2col path's draw for draw: the two outputs agree to float32 rounding."
+    from crosssim_nb.convolution import apply_conv
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((11, 10, 5))
+    model = keras.Model(inp, keras.layers.Conv2D(7, 3, strides=2, padding="same", name="conv")(inp))
+    x = np.random.default_rng(9).uniform(-1, 1, (3, 11, 10, 5)).astype(np.float32)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0, noise_model="generic", alpha_noise=0.05,
+                             noise_dependence=dependence)
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+    engine, spec = net.engines["conv"], net.specs["conv"]
+    assert engine.noise_kernel is not None and engine.noise_channel_sum == (dependence == "independent")
+    outputs = {}
+    for library in (True, False):
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", library)
+        outputs[library] = apply_conv(x, spec, engine, first_image=4, read=2)
+    clean = AnalogNetwork.from_keras(model, config.replace(noise_model="none", alpha_noise=0.0), calibration_data=x)
+    noise = outputs[True] - apply_conv(x, spec, clean.engines["conv"])
+    assert noise.std() > 1e-3 * np.abs(outputs[True]).max()                   # the noise is there
+    assert np.abs(outputs[True] - outputs[False]).max() < 1e-3 * noise.std()    # and it is the same draws on both paths
+    other = apply_conv(x, spec, engine, first_image=5, read=2)                   # other pixel keys: other draws
+    assert np.abs(other - outputs[True]).max() > noise.std()
