@@ -1,7 +1,8 @@
 """Benchmark: AnalogCore on a 1152x256 matrix times 1024 vectors, as a ratio to plain NumPy matmul in the same run.
 
 Cases (issue 2): (a) ideal; (b) 8-bit DAC + 8-bit CALIBRATED ADC (limits = 99.99th percentile of a profile made here);
-(c) (b) + 1 % read noise; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit;
+(c) (b) + 1 % read noise (proportional), and (issue 15) with independent noise, on 4 row tiles, with 4 weight slices,
+with input bit slicing; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit slicing with an ADC per input bit;
 (f) (b) + a measured device's read noise (SONOS, issue 10), whose ratio to (c) is printed: a named model's σ(G) is
 computed once at programming, so its reads cost what generic read noise costs; (g) (b) with SONOS devices 1 day after
 programming and (h) (g) with global drift compensation, whose ratios to (b) show what drift costs at inference.
@@ -46,6 +47,10 @@ def main(repeats=5):
         "(a) ideal": InferenceConfig.ideal(),
         "(b) 8-bit DAC + 8-bit calibrated ADC": base,
         "(c) (b) + 1% read noise": base.replace(noise_model="generic", alpha_noise=0.01),
+        "(c-independent) (c), one sigma on every device": base.replace(noise_model="generic", alpha_noise=0.01, noise_dependence="independent"),
+        "(c-tiles) (c) on 4 row tiles of 288 rows": base.replace(noise_model="generic", alpha_noise=0.01, nrows_max=288),
+        "(c-slices) (c) + 4 weight slices": base.replace(noise_model="generic", alpha_noise=0.01, nslices=4),
+        "(c-bits) (c) + input bit slicing, ADC per bit": base.replace(noise_model="generic", alpha_noise=0.01, input_bitslicing=True, adc_per_ibit=True),
         "(d) (b) + 4 weight slices": base.replace(nslices=4),
         "(e) (b) + 8-bit input bit slicing, ADC per bit": base.replace(input_bitslicing=True, adc_per_ibit=True),
         "(f) (b) + SONOS read noise": base.replace(rmin=35e3, vread=0.06, noise_model="SONOS"),
@@ -68,9 +73,9 @@ def main(repeats=5):
         times[label] = best_time(lambda: core.apply(x_rows), repeats)
         rows.append((label, program_time))
     print(f"AnalogCore benchmark: 1152x256 matrix x 1024 vectors, float32; NumPy matmul {numpy_time * 1e3:.2f} ms (best of {repeats})")
-    print(f"{'case':50s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s}")
+    print(f"{'case':56s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s}")
     for label, program_time in rows:
-        print(f"{label:50s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} {program_time:10.3f}")
+        print(f"{label:56s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} {program_time:10.3f}")
     # the device-library ratios, timed alternately (each pair back to back) so that load changes on a shared machine cancel
     for label, numerator, denominator in (("named-model (SONOS) read noise / generic read noise", "(f) (b) + SONOS read noise", "(c) (b) + 1% read noise"),
                                           ("SONOS drift 1 day / undrifted (b)", "(g) (b) + SONOS drift, 1 day", "(b) 8-bit DAC + 8-bit calibrated ADC"),
