@@ -912,6 +912,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'crosssim_nb.keyed_noise._uniform': ('keyed_noise.html#_uniform', 'crosssim_nb/keyed_noise.py'),
                                          'crosssim_nb.keyed_noise._unit_circle': ( 'keyed_noise.html#_unit_circle',
                                                                                    'crosssim_nb/keyed_noise.py'),
+                                         'crosssim_nb.keyed_noise._without_llvm_remarks': ( 'keyed_noise.html#_without_llvm_remarks',
+                                                                                            'crosssim_nb/keyed_noise.py'),
                                          'crosssim_nb.keyed_noise.add_keyed_noise': ( 'keyed_noise.html#add_keyed_noise',
                                                                                       'crosssim_nb/keyed_noise.py'),
                                          'crosssim_nb.keyed_noise.keyed_draws': ( 'keyed_noise.html#keyed_draws',

@@ -101,7 +101,7 @@ def _transform_words(words, normal):
     return out
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000041
-import threading
+import contextlib, os, sys, tempfile, threading
 import numba
 import llvmlite.binding as llvm
 
@@ -117,9 +117,24 @@ def _run_wide(kernel, # a numba dispatcher
             with _COMPILE_LOCK:
                 if types not in kernel.overloads:
                     llvm.set_option("", "-force-vector-width=16")
-                    try: kernel.compile(types)
+                    try:
+                        with _without_llvm_remarks(): kernel.compile(types)
                     finally: llvm.set_option("", "-force-vector-width=0")
     return kernel(*args)
+
+@contextlib.contextmanager
+def _without_llvm_remarks():
+    "While LLVM compiles, its stderr (file descriptor 2) goes to a temporary file; what it wrote comes back without LLVM's 'remark:' lines (a forced width it cannot apply to some loop is a remark, not an error)."
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try: yield
+        finally:
+            os.dup2(saved, 2); os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True) if not line.startswith("remark:")]
+            if kept: sys.stderr.write("".join(kept))
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000015
 _NORMAL, _UNIFORM = "normal", "uniform"
