@@ -4,9 +4,11 @@
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000004
 from __future__ import annotations
-import math
+import contextlib, math, os, sys, tempfile, threading
 import numpy as np
+import numba
 from numba import njit
+import llvmlite.binding as llvm
 from .backend import array_module_of
 
 # %% auto #0
@@ -44,7 +46,7 @@ def philox4x32_array(counter, # (4, n) uint32 counters (NumPy or CuPy)
     low = np.uint64(0xFFFFFFFF)
     c0, c1, c2, c3 = (xp.asarray(word, dtype=np.uint64) for word in counter)
     k0, k1 = np.uint64(key[0]), np.uint64(key[1])
-    for round_ in range(10):
+    for _ in range(10):
         p0, p1 = c0 * np.uint64(_M0), c2 * np.uint64(_M1)
         c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & low, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & low
         k0, k1 = (k0 + np.uint64(_W0)) & low, (k1 + np.uint64(_W1)) & low
@@ -101,10 +103,6 @@ def _transform_words(words, normal):
     return out
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000041
-import contextlib, os, sys, tempfile, threading
-import numba
-import llvmlite.binding as llvm
-
 _COMPILE_LOCK = threading.Lock()
 _WIDE = bool(llvm.get_host_cpu_features().get("avx512f", False))    # 16 float32 lanes in one register
 
@@ -159,6 +157,7 @@ _CHUNK_DRAWS = 4096     # draws per chunk of rows: drawn into a buffer that stay
 @njit(inline="always", fastmath=_FAST, cache=True)
 def _fill_blocks(scratch, first_block, count, c2, c3, k0, k1, normal):
     "The draws of `count` consecutive blocks from `first_block` into `scratch[:4·count]`, word w of block m at 4m + w."
+    # two loops, not one with the branch inside: LLVM does not vectorise the merged loop (9 ns instead of 3 ns a draw)
     if normal:
         for m in range(count):
             counter = first_block + np.uint64(m)
