@@ -8,7 +8,7 @@ import functools, os
 import numpy as np
 
 # %% auto #0
-__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus',
+__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus', 'thread_pool',
            'openblas_thread_controls']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
@@ -59,6 +59,16 @@ def available_cpus() -> int:
     "CPUs this process may run on (its affinity where the OS tells it, else the machine's count)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
+
+_THREAD_POOLS = {}
+
+def thread_pool(workers:int, # threads in the pool
+               ):
+    "A persistent pool of `workers` threads, shared by the modules that split array work over threads (NumPy, BLAS and the compiled kernels release the GIL)."
+    if workers not in _THREAD_POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+        _THREAD_POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="crosssim-worker")
+    return _THREAD_POOLS[workers]
 
 # %% ../nbs/00_backend.ipynb #bl4sc001
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .core import AnalogCore
 from .config import InferenceConfig
-from .backend import to_numpy, available_cpus, openblas_thread_controls
+from .backend import to_numpy, available_cpus, openblas_thread_controls, thread_pool
 from .keyed_noise import sums_of_squares
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
@@ -123,14 +123,7 @@ class _BlasThreads:
         if self._setter is not None and self.previous is not None and self.previous != self.threads: self._setter(self.previous)
 
 _blas_threads = _BlasThreads
-_EXECUTORS = {}
 
-def _executor(workers:int):
-    "A persistent thread pool with `workers` threads."
-    if workers not in _EXECUTORS:
-        from concurrent.futures import ThreadPoolExecutor
-        _EXECUTORS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="crosssim-chunk")
-    return _EXECUTORS[workers]
 
 # %% ../nbs/12_convolution.ipynb #a989fa2c
 CHUNK_ELEMENTS = 1 << 20   # input values per chunk handed to a core (4 MB of float32 rows: cache-sized)
@@ -154,7 +147,7 @@ def _run_chunks(tasks:list, work, engine):
         for task in tasks: work(task)
         return
     with _blas_threads(1):
-        list(_executor(workers).map(work, tasks))
+        list(thread_pool(workers).map(work, tasks))
 
 def _drives(engine, x):
     "The engine's row drives for layer input `x`: its DAC run once on the whole tensor (engines without one take `x`)."

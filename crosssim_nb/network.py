@@ -67,6 +67,11 @@ def _fast_digital(node:GraphNode, inputs:list, reusable:list):
     if kind == "Flatten" and getattr(layer, "data_format", "channels_last") == "channels_last":
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if kind == "Reshape": return inputs[0].reshape((inputs[0].shape[0],) + tuple(layer.target_shape))
+    if kind in ("MaxPooling2D", "AveragePooling2D") and layer.data_format == "channels_last" and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf          # the TensorFlow kernel Keras' layer calls, without the layer's call machinery
+        pool = tf.nn.max_pool2d if kind == "MaxPooling2D" else tf.nn.avg_pool2d
+        y = pool(inputs[0], layer.pool_size, layer.strides, layer.padding.upper())
+        return y._numpy() if hasattr(y, "_numpy") else y.numpy()
     if kind == "ZeroPadding2D":
         return _pad_spatial(inputs[0], [tuple(p) for p in layer.padding])
     if kind == "ZeroPadding1D":
