@@ -639,3 +639,21 @@ def test_library_and_im2col_noise_are_the_same_draws(monkeypatch, dependence):
     assert np.abs(outputs[True] - outputs[False]).max() < 1e-3 * noise.std()    # and it is the same draws on both paths
     other = apply_conv(x, spec, engine, first_image=5, read=2)                   # other pixel keys: other draws
     assert np.abs(other - outputs[True]).max() > noise.std()
+
+
+@pytest.mark.parametrize("kind", ["MaxPooling2D", "AveragePooling2D"])
+@pytest.mark.parametrize("padding,strides", [("valid", (2, 2)), ("same", (2, 2)), ("same", (1, 1)), ("valid", (3, 2))])
+def test_pooling_fast_path_is_the_keras_layer(kind, padding, strides):
+    "The pooling fast path (TensorFlow's kernel called directly) gives the Keras layer's result bit for bit."
+    from crosssim_nb.network import _fast_digital
+    inp = keras.Input((9, 8, 3))
+    layer = getattr(keras.layers, kind)((3, 2), strides=strides, padding=padding, name="pool")
+    model = keras.Model(inp, layer(inp))
+    net = AnalogNetwork.from_keras(model, InferenceConfig.ideal())
+    node = [n for n in net.graph.nodes if n.name == "pool"][0]
+    x = images(2, 9, channels=3, seed=4)[:, :, :8]
+    x = np.ascontiguousarray(x)
+    got = _fast_digital(node, [x], [False])
+    assert got is not None
+    np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(layer(x)))
+    np.testing.assert_array_equal(net.predict(x), model.predict(x, verbose=0))
