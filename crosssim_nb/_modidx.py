@@ -516,7 +516,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                              'crosssim_nb/crosssim_compat.py'),
                                              'crosssim_nb.crosssim_compat.translate_crosssim': ( 'crosssim_compat.html#translate_crosssim',
                                                                                                  'crosssim_nb/crosssim_compat.py')},
-            'crosssim_nb.dac': { 'crosssim_nb.dac._quantize_kernel': ('dac.html#_quantize_kernel', 'crosssim_nb/dac.py'),
+            'crosssim_nb.dac': { 'crosssim_nb.dac._quantize_blocks': ('dac.html#_quantize_blocks', 'crosssim_nb/dac.py'),
                                  'crosssim_nb.dac.dac_levels': ('dac.html#dac_levels', 'crosssim_nb/dac.py'),
                                  'crosssim_nb.dac.input_slice_count': ('dac.html#input_slice_count', 'crosssim_nb/dac.py'),
                                  'crosssim_nb.dac.input_slice_weights': ('dac.html#input_slice_weights', 'crosssim_nb/dac.py'),

@@ -13,7 +13,6 @@ import keras
 from .core import AnalogCore
 from .config import InferenceConfig
 from .backend import to_numpy, available_cpus, openblas_thread_controls, thread_pool
-from .keyed_noise import sums_of_squares
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
 # %% auto #0
@@ -259,6 +258,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         if currents is None or noise_kernel is None: variance = None
         else:
             if engine.noise_channel_sum:    # one σ² everywhere: σ² × the window sum of Σ_c x² (one channel, no convolution)
+                from crosssim_nb.keyed_noise import sums_of_squares   # (numba: loaded only with read noise)
                 variance = window_sums(sums_of_squares(x)[..., None], spec)
                 variance *= engine.noise_variance
             else: variance = _library_convolution(x, *noise_kernel, spec, writable=False, squared=True)   # read, never written

@@ -480,9 +480,6 @@ def programmed_weights(self:AnalogCore) -> np.ndarray:
     else: stored = np.tensordot(self._slice_weights, programmed[:, 0] - programmed[:, 1], axes=1) / c.grange
     return (stored.T * self.w_max)[:, :self.n_in]
 
-# %% ../nbs/06_core.ipynb #k3yd0002
-from .keyed_noise import keyed_draws, add_keyed_noise, sums_of_squares
-
 # %% ../nbs/06_core.ipynb #ee5f0cb1
 _CHUNK_ELEMENTS = 1 << 23   # bound on the per-chunk working arrays (elements), ~32 MB in float32
 
@@ -500,18 +497,19 @@ def _read(self:AnalogCore, drives, tile,
     else: currents = xp.matmul(rows, tile["matrix"])
     spread = tile["spread"]
     if spread is None: return currents
+    from crosssim_nb import keyed_noise                   # (numba: loaded only when noise is drawn)
     distribution, (k, b) = self.config.noise_distribution.value, rows.shape[:2]
     if self.config.read_noise_method == "exact":
         per_vector = max(1, _CHUNK_ELEMENTS // max(1, spread.size * k))
         for start in range(0, b, per_vector):
             block = rows[:, start:start + per_vector]
-            noise = keyed_draws(tile["noise_key"], read, first_row + start, block.shape[1], k * spread.size, distribution)
+            noise = keyed_noise.keyed_draws(tile["noise_key"], read, first_row + start, block.shape[1], k * spread.size, distribution)
             noise = xp.asarray(noise.reshape((block.shape[1], k) + spread.shape).transpose(1, 0, 2, 3))
             noise *= spread
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
     if tile.get("single_spread") is not None:           # one σ² on every device: σ² · Σ x², one pass over the drives
-        variance = sums_of_squares(rows)[..., None]
+        variance = keyed_noise.sums_of_squares(rows)[..., None]
         variance *= np.float32(tile["single_spread"])
     else:
         if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column: a one-column product
@@ -523,7 +521,8 @@ def _read(self:AnalogCore, drives, tile,
 @patch
 def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
     "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
-    add_keyed_noise(currents, variance, tile["noise_key"], read, first_row, self.config.noise_distribution.value)
+    from crosssim_nb import keyed_noise               # (numba: loaded only when noise is drawn)
+    keyed_noise.add_keyed_noise(currents, variance, tile["noise_key"], read, first_row, self.config.noise_distribution.value)
 
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
@@ -700,6 +699,7 @@ def _rounding_draws(self:AnalogCore, index:int, sign:int, shape:tuple, first_row
     "Stochastic rounding's U[0, 1) draws for one part of row tile `index`, shape `(k, b, slices, n_out)`, keyed like the read noise: by run, layer, tile, part and each row's global index, so they do not depend on how a batch is split."
     k, b = shape[:2]
     per_row = int(np.prod(shape)) // (k * b) * k
+    from crosssim_nb.keyed_noise import keyed_draws   # (numba: loaded only when draws are made)
     z = keyed_draws(self._tiles[index]["rounding_keys"][sign], read, first_row, b, per_row, "uniform")   # zero mean, unit variance
     z *= np.float32(1 / math.sqrt(12.0)); z += np.float32(0.5)
     z = z.reshape((b, k) + tuple(shape[2:])).swapaxes(0, 1)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import math
 import numpy as np
-from numba import njit
 from .backend import available_cpus, thread_pool
 
 # %% auto #0
@@ -22,12 +21,16 @@ def dac_levels(dac_bits:int, # DAC bits (sign included when signed)
     return 2 ** (dac_bits - 1) - 1 if signed else 2 ** dac_bits - 1
 
 _PARALLEL_ABOVE = 1 << 18   # inputs with more values than this are quantised in pieces, one per CPU
+_BLOCK = 1 << 15            # values per block: the four passes run on a block while it is in the cache
 
-@njit(nogil=True, cache=True)
-def _quantize_kernel(x, out, scale, low, high, inverse):
-    "out = clip(rint(x·scale), low, high)·inverse, float32, one pass (the same float32 operations as the NumPy passes)."
-    for i in range(x.size):
-        out[i] = np.minimum(np.maximum(np.rint(x[i] * scale), low), high) * inverse
+def _quantize_blocks(x, out, scale, low, high, inverse):
+    "out = clip(rint(x·scale), low, high)·inverse on flat float32 arrays, block by block (four in-cache passes per block)."
+    for start in range(0, x.size, _BLOCK):
+        block = out[start:start + _BLOCK]
+        np.multiply(x[start:start + _BLOCK], scale, out=block)
+        np.rint(block, out=block)
+        np.clip(block, low, high, out=block)            # integer codes: clipping after rounding is the same
+        np.multiply(block, inverse, out=block)
 
 def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy array)
                     x_max:float, # full-scale input
@@ -40,14 +43,14 @@ def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy arr
     if levels == 0 and x_max == 1 and x.dtype == np.float32: return x    # ideal DAC at unit range: no copy on the hot path
     if levels == 0: return xp.multiply(x, np.float32(1.0 / x_max), dtype=np.float32)
     scale, low, high, inverse = np.float32(levels / x_max), np.float32(-levels if signed else 0), np.float32(levels), np.float32(1.0 / levels)
-    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.size:   # compiled: one pass, on every CPU
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.size:   # in cache-sized blocks, on every CPU
         out = np.empty_like(x)
         flat, target = x.reshape(-1), out.reshape(-1)
         pieces = min(available_cpus(), -(-x.size // _PARALLEL_ABOVE))
-        if pieces < 2: _quantize_kernel(flat, target, scale, low, high, inverse)
+        if pieces < 2: _quantize_blocks(flat, target, scale, low, high, inverse)
         else:
             bounds = np.linspace(0, x.size, pieces + 1).astype(int)
-            list(thread_pool(pieces).map(lambda i: _quantize_kernel(flat[bounds[i]:bounds[i + 1]], target[bounds[i]:bounds[i + 1]],
+            list(thread_pool(pieces).map(lambda i: _quantize_blocks(flat[bounds[i]:bounds[i + 1]], target[bounds[i]:bounds[i + 1]],
                                                                     scale, low, high, inverse), range(pieces)))
         return out
     code = xp.multiply(x, scale, dtype=np.float32)     # four passes: scale, round, clip, rescale

@@ -88,3 +88,20 @@ def test_row_blocks_equal_whole_array(settings, monkeypatch):
     folded_whole = blocked._linear_map()                  # the whole-tile fold of the rebuilt tiles: the same map and bias
     np.testing.assert_array_equal(folded_whole[0], blocked._linear[0])
     if blocked._linear[1] is not None: np.testing.assert_array_equal(folded_whole[1], blocked._linear[1])
+
+
+def test_numba_is_loaded_only_with_draws():
+    "numba (the keyed-noise kernels' compiler) costs ~100 MB of resident memory once loaded: an ideal or 8-bit run without read"
+    " noise or stochastic rounding never imports it (the memory targets of small models depend on it); a noisy read does."
+    import subprocess, sys
+    script = ("import sys, numpy as np\n"
+              "from crosssim_nb import InferenceConfig, AnalogCore\n"
+              "x = np.random.default_rng(0).uniform(-1, 1, (300, 40)).astype(np.float32)\n"
+              "for config in (InferenceConfig.ideal(), InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option='MAX')):\n"
+              "    AnalogCore(np.ones((20, 40)), config).apply(x)\n"
+              "print('quiet', 'numba' in sys.modules)\n"
+              "AnalogCore(np.ones((20, 40)), InferenceConfig(noise_model='generic', alpha_noise=0.01, adc_bits=0)).apply(x)\n"
+              "print('noisy', 'numba' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "quiet False" in done.stdout and "noisy True" in done.stdout, done.stdout
