@@ -123,7 +123,6 @@ class _BlasThreads:
 
 _blas_threads = _BlasThreads
 
-
 # %% ../nbs/12_convolution.ipynb #a989fa2c
 CHUNK_ELEMENTS = 1 << 20   # input values per chunk handed to a core (4 MB of float32 rows: cache-sized)
 MIN_CHUNK_ROWS = 1024      # ... but at least this many rows, so each matrix product stays efficient
@@ -512,7 +511,7 @@ class DepthwiseEngine(CoreEngine):
                  spec:AnalogSpec, first_image:int=0, read:int=0):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
         core, (kh, kw) = self.core, spec.kernel_size
-        bias_drive, out = np.float32(core._bias_drive), None
+        bias_drive, squares, out = np.float32(core._bias_drive), None, None
         last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):
             kernel, spread = core.channel_kernels(index)
@@ -523,7 +522,8 @@ class DepthwiseEngine(CoreEngine):
             if core.rows > core.taps: currents += tile["matrix"][core.taps] * bias_drive          # the analog bias row
             variance = None
             if spread is not None:
-                variance = _library_convolution(x, spread.reshape(kh, kw, core.channels, -1), True, spec, squared=True,
+                if squares is None: squares = np.square(x)     # once per layer, whatever the number of row tiles
+                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec,
                                                 writable=False).reshape(1, -1, columns)
                 if core.rows > core.taps: variance = variance + tile["spread"][core.taps] * bias_drive ** 2
             n, first_row = currents.shape[1], first_image * out_h * out_w

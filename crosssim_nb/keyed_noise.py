@@ -256,8 +256,9 @@ def add_keyed_noise(currents, # column currents (k, b, columns), float32, change
         raise ValueError(f"variance must have shape {(k, b, columns)} or {(k, b, 1)}, got {tuple(variance.shape)}")
     if currents.size == 0: return currents
     if not isinstance(currents, np.ndarray):                     # on a GPU: the array implementation, on the device
-        draws = keyed_draws_array(array_module_of(currents), key, read, first_row, b, k * columns, distribution)
-        currents += array_module_of(currents).sqrt(variance) * draws.reshape(b, k, columns).swapaxes(0, 1)
+        xp = array_module_of(currents)
+        draws = keyed_draws_array(xp, key, read, first_row, b, k * columns, distribution)
+        currents += xp.sqrt(variance) * draws.reshape(b, k, columns).swapaxes(0, 1)
         return currents
     if currents.dtype != np.float32: raise TypeError(f"currents must be float32, got {currents.dtype}")
     k0, k1, c2, c3 = _stream_words(key, read)
