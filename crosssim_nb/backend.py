@@ -8,8 +8,8 @@ import functools, os
 import numpy as np
 
 # %% auto #0
-__all__ = ['gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus', 'thread_pool',
-           'openblas_thread_controls']
+__all__ = ['ALIGNMENT', 'gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus',
+           'thread_pool', 'openblas_thread_controls', 'aligned_empty', 'native_bfloat16']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
 @functools.lru_cache(maxsize=1)
@@ -89,3 +89,27 @@ def openblas_thread_controls(packages:tuple=("numpy",), # packages whose bundled
                     set_.argtypes = [ctypes.c_int]; controls.append((get, set_)); break
     return tuple(controls)
 
+
+# %% ../nbs/00_backend.ipynb #676da739
+ALIGNMENT = 64     # bytes: the boundary TensorFlow (Eigen) needs to read a NumPy array in place
+
+def aligned_empty(shape, # array shape
+                  dtype=np.float32, # element type
+                 ) -> np.ndarray:
+    "An uninitialised C-contiguous NumPy array whose data starts on an `ALIGNMENT`-byte boundary."
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+# %% ../nbs/00_backend.ipynb #7a97f459
+@functools.lru_cache(maxsize=1)
+def native_bfloat16() -> bool:
+    "Whether this CPU multiplies bfloat16 matrices in hardware (Linux: the `amx_bf16` or `avx512_bf16` CPU flag)."
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"): return bool({"amx_bf16", "avx512_bf16"} & set(line.split()))
+    except OSError: pass
+    return False

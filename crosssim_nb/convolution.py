@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .core import AnalogCore
 from .config import InferenceConfig
-from .backend import to_numpy, available_cpus, openblas_thread_controls, thread_pool
+from .backend import to_numpy, aligned_empty, available_cpus, openblas_thread_controls, thread_pool
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
 # %% auto #0
@@ -168,11 +168,11 @@ def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
     workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
     if workers > 1 and n >= 2 * MIN_CHUNK_ROWS: per_chunk = min(per_chunk, -(-n // workers))
     if n <= per_chunk:
-        out = np.empty((n, engine.n_out), dtype=np.float32)
+        out = aligned_empty((n, engine.n_out))
         _apply_into(engine, rows, out, first_row, read)
         if post is not None: post(out)
         return out
-    out = np.empty((n, engine.n_out), dtype=np.float32)
+    out = aligned_empty((n, engine.n_out))
     def work(start):
         target = out[start:start + per_chunk]
         _apply_into(engine, rows[start:start + per_chunk], target, first_row + start, read)
@@ -180,7 +180,7 @@ def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
 
-def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
+def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) (or a bfloat16 tensor of them, with a bfloat16 kernel)
                          kernel:np.ndarray, # (kh, kw, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
                          depthwise:bool, # per-channel kernel whose outputs are channel-major
                          spec:AnalogSpec, # the convolution's geometry
@@ -197,6 +197,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C)
     if squared: x = tf.square(x)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
     else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
+    if y.dtype == tf.bfloat16: y = tf.bitcast(y, tf.uint16)           # NumPy has no bfloat16: its bit patterns
     currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
     if writable and not currents.flags.writeable: currents = currents.copy()
     groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
@@ -221,7 +222,7 @@ def _apply_currents_rows(currents:np.ndarray, engine, post,
         return out
     per_chunk = -(-n // workers)
     # one column per output: the periphery works in place, so the currents' own buffer holds the outputs
-    out = currents if currents.shape[1] == engine.n_out else np.empty((n, engine.n_out), dtype=np.float32)
+    out = currents if currents.shape[1] == engine.n_out else aligned_empty((n, engine.n_out))
     def work(start):
         y = periphery(start, start + per_chunk)
         if post is not None: post(y)
@@ -251,7 +252,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     one_by_one = spec.kernel_size == (1, 1) and spec.strides == (1, 1)
     grouped = hasattr(engine, "apply_patches")
     kernel = getattr(engine, "library_kernel", None)
-    if kernel is not None and not (one_by_one and not grouped):   # (a 1×1 convolution is already one matrix product)
+    if kernel is not None:         # (1×1 too: TensorFlow reads the aligned input in place, on every CPU — faster than NumPy chunks)
         noise_kernel = getattr(engine, "noise_kernel", None)      # read noise: its variance is a convolution of x²
         currents = _library_convolution(x, *kernel, spec)
         if currents is None or noise_kernel is None: variance = None
@@ -260,6 +261,10 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                 from crosssim_nb.keyed_noise import sums_of_squares   # (numba: loaded only with read noise)
                 variance = window_sums(sums_of_squares(x)[..., None], spec)
                 variance *= engine.noise_variance
+            elif engine.noise_kernel_bfloat16 is not None:     # x² ⊛ σ² on bfloat16 operands (keyed_noise: the error bound)
+                from crosssim_nb.keyed_noise import bfloat16_operand
+                squares = bfloat16_operand(x, square=True, threads=_worker_count(), native=not isinstance(engine.noise_kernel_bfloat16, np.ndarray))
+                variance = _library_convolution(squares, engine.noise_kernel_bfloat16, False, spec, writable=False)
             else: variance = _library_convolution(x, *noise_kernel, spec, writable=False, squared=True)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape
@@ -280,7 +285,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     if workers > 1 and total_rows >= 2 * MIN_CHUNK_ROWS: rows_per_chunk = min(rows_per_chunk, -(-total_rows // workers))
     images = max(1, rows_per_chunk // (out_h * out_w))
     lines = out_h if images > 1 or rows_per_chunk >= out_h * out_w else max(1, rows_per_chunk // out_w)
-    out = np.empty((B, out_h, out_w, engine.n_out), dtype=np.float32)
+    out = aligned_empty((B, out_h, out_w, engine.n_out))
     buffer_size = min(B, images) * min(out_h, lines) * out_w * width
     local = threading.local()
     def work(task):
@@ -380,6 +385,11 @@ class CoreEngine:
         self.noise_channel_sum = spread is not None and spec.is_conv and bool(np.all(spread == spread[0, 0]))
         self.noise_variance = np.float32(spread[0, 0]) if self.noise_channel_sum else None   # that one σ²
         self.noise_kernel = None if spread is None else library_kernel(spread, spec)   # σ² kernel: the noise variance map
+        self.noise_kernel_bfloat16 = None       # that kernel rounded to bfloat16 (dense kernels, noise_variance_precision="bfloat16")
+        if self.noise_kernel is not None and not self.noise_kernel[1] and not self.noise_channel_sum \
+                and core.config.noise_variance_precision == "bfloat16":
+            from crosssim_nb.keyed_noise import bfloat16_operand        # (numba: loaded only with read noise)
+            self.noise_kernel_bfloat16 = bfloat16_operand(self.noise_kernel[0])
     def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
     def apply(self, rows, out=None, first_row:int=0, read:int=0):
         return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, zlib
 import numpy as np
 from .config import InferenceConfig
-from .backend import array_module_of, get_array_module, to_numpy
+from .backend import aligned_empty, array_module_of, get_array_module, to_numpy
 from .mapping import (weight_scale, normalize_weights, weight_levels, target_conductances, slice_bits,
                                  slice_weights, output_scale, partition)
 from .dac import dac_levels, quantize_inputs, input_slice_count, input_slice_weights, slice_inputs
@@ -511,12 +511,25 @@ def _read(self:AnalogCore, drives, tile,
     if tile.get("single_spread") is not None:           # one σ² on every device: σ² · Σ x², one pass over the drives
         variance = keyed_noise.sums_of_squares(rows)[..., None]
         variance *= np.float32(tile["single_spread"])
-    else:
-        if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column: a one-column product
-        squares = rows * rows                           # contiguous (k, b, rows): one 2-D GEMM, as for the currents
-        variance = xp.matmul(squares.reshape(-1, squares.shape[2]), spread).reshape(squares.shape[0], squares.shape[1], -1)
+    else: variance = self._variance(rows, tile)
     self._add_noise(currents, variance, tile, first_row, read)
     return currents
+
+
+
+@patch
+def _variance(self:AnalogCore, rows, tile):
+    "Noise variance `rows² @ σ²` of one tile's column currents `(k, b, columns)` — one column when every column has the same σ² — in `noise_variance_precision`."
+    xp, spread = self.xp, tile["spread"]
+    if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column: a one-column product
+    k, b, n = rows.shape
+    if xp is not np or self.config.noise_variance_precision == "float32":   # (CuPy: float32 on the GPU)
+        squares = rows * rows                           # contiguous (k, b, rows): one 2-D GEMM, as for the currents
+        return xp.matmul(squares.reshape(-1, n), spread).reshape(k, b, -1)
+    from crosssim_nb import keyed_noise                   # (numba: loaded only when noise is drawn)
+    operand = tile.get("spread_bfloat16")              # σ² rounded once per programming (a tile is rebuilt by program)
+    if operand is None: operand = tile["spread_bfloat16"] = keyed_noise.bfloat16_operand(spread)
+    return keyed_noise.variance_matmul(rows.reshape(-1, n), operand).reshape(k, b, -1)
 
 @patch
 def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
@@ -672,7 +685,7 @@ def conv_spread(self:AnalogCore):
 def apply_currents(self:AnalogCore,
                    currents, # drives @ conv_matrix(), shape (batch, columns), float32 NumPy (consumed in place)
                    out=None, # optional float32 array (batch, n_out) for the outputs
-                   variance=None, # with read noise: drives² @ conv_spread(), same shape (only read)
+                   variance=None, # with read noise: drives² @ conv_spread(), same shape, float32 or bfloat16 bit patterns (only read)
                    first_row:int=0, # global index of the first row (image index × rows per image + row), keys the noise
                    read:int=0, # read number (a new noise stream for the same rows)
                   ):
@@ -685,7 +698,11 @@ def apply_currents(self:AnalogCore,
     if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
         currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
         if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
-        if variance is not None: variance = variance + self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
+        if variance is not None:
+            if variance.dtype == np.uint16:               # bfloat16 bit patterns (noise_variance_precision="bfloat16")
+                from crosssim_nb.keyed_noise import bfloat16_values
+                variance = bfloat16_values(variance)
+            variance = variance + self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
     if self.read_noise:
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")
@@ -738,7 +755,7 @@ def apply_drives(self:AnalogCore,
     if drive_rows.ndim != 2 or drive_rows.shape[1] != width:
         raise ValueError(f"AnalogCore {self.name!r}: drive_rows must have shape (batch, {width}) (one drive per array row), "
                          f"got {tuple(drive_rows.shape)}")
-    if out is None: out = np.empty((drive_rows.shape[0], self.n_out), dtype=np.float32)
+    if out is None: out = aligned_empty((drive_rows.shape[0], self.n_out))
     for start, chunk in self._chunks(drive_rows):
         target = out[start:start + chunk.shape[0]]
         if xp is np: self._forward_drives(chunk, out=target, first_row=first_row + start, read=read)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import numpy as np
-from .backend import available_cpus, thread_pool
+from .backend import aligned_empty, available_cpus, thread_pool
 
 # %% auto #0
 __all__ = ['dac_levels', 'quantize_inputs', 'input_slice_count', 'input_slice_weights', 'slice_inputs']
@@ -44,7 +44,7 @@ def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy arr
     if levels == 0: return xp.multiply(x, np.float32(1.0 / x_max), dtype=np.float32)
     scale, low, high, inverse = np.float32(levels / x_max), np.float32(-levels if signed else 0), np.float32(levels), np.float32(1.0 / levels)
     if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.size:   # in cache-sized blocks, on every CPU
-        out = np.empty_like(x)
+        out = aligned_empty(x.shape, np.float32)          # (TensorFlow reads an aligned array without copying it)
         flat, target = x.reshape(-1), out.reshape(-1)
         pieces = min(available_cpus(), -(-x.size // _PARALLEL_ABOVE))
         if pieces < 2: _quantize_blocks(flat, target, scale, low, high, inverse)

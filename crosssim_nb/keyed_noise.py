@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib, math, os, sys, tempfile, threading
 import numpy as np
 import numba
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 import llvmlite.binding as llvm
-from .backend import array_module_of
+from .backend import array_module_of, aligned_empty, native_bfloat16, thread_pool
 
 # %% auto #0
-__all__ = ['philox4x32', 'philox4x32_array', 'keyed_draws', 'keyed_draws_array', 'add_keyed_noise', 'sums_of_squares']
+__all__ = ['philox4x32', 'philox4x32_array', 'keyed_draws', 'keyed_draws_array', 'add_keyed_noise', 'sums_of_squares',
+           'bfloat16_bits', 'bfloat16_values', 'bfloat16_operand', 'variance_result', 'variance_matmul']
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000005
 # compiled float flags: contractions and fast reciprocals/approximate functions, but NaN and inf stay meaningful
@@ -223,6 +225,14 @@ def keyed_draws_array(xp, # array module to draw with (numpy or cupy)
     return draws[:, :per_row]
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000021
+def _as_float32(value):
+    "A variance value as float32: float32 as it is, a uint16 as the bfloat16 whose bit pattern it is (compiled use only)."
+
+@overload(_as_float32, inline="always")
+def _as_float32_typed(value):
+    if isinstance(value, types.Integer): return lambda value: np.uint32(np.uint32(value) << np.uint32(16)).view(np.float32)
+    return lambda value: np.float32(value)
+
 @njit(nogil=True, fastmath=_FAST, cache=True)
 def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal):
     slices, rows, columns = currents.shape
@@ -237,13 +247,13 @@ def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal):
             for s in range(slices):
                 base = (r - r0) * 4 * blocks + s * columns       # draws of row r, slice s
                 if shared:
-                    std = np.sqrt(np.float32(variance[s, r, 0]))
+                    std = np.sqrt(_as_float32(variance[s, r, 0]))
                     for c in range(columns): currents[s, r, c] += std * scratch[base + c]
                 else:
-                    for c in range(columns): currents[s, r, c] += np.sqrt(np.float32(variance[s, r, c])) * scratch[base + c]
+                    for c in range(columns): currents[s, r, c] += np.sqrt(_as_float32(variance[s, r, c])) * scratch[base + c]
 
 def add_keyed_noise(currents, # column currents (k, b, columns), float32, changed in place (NumPy or CuPy)
-                    variance, # their noise variance, (k, b, columns) or (k, b, 1); only read
+                    variance, # their noise variance, (k, b, columns) or (k, b, 1), float32 or bfloat16 bit patterns (uint16); only read
                     key:np.ndarray, # the stream's key, two uint64
                     read:int, # read number
                     first_row:int, # global index of the first of the b rows
@@ -284,3 +294,67 @@ def sums_of_squares(x, # float32 array, any shape (..., n); the last axis is sum
     out = np.empty(x3.shape[:2], dtype=np.float32)
     _sums_of_squares_3d(x3, out)
     return out.reshape(x.shape[:-1])
+
+# %% ../nbs/05b_keyed_noise.ipynb #0f76191a
+@njit(inline="always", cache=True)
+def _bfloat16_bits(value):
+    "The bit pattern (uint16) of the bfloat16 nearest to a finite float32, ties to even."
+    bits = np.float32(value).view(np.uint32)
+    return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+@njit(nogil=True, cache=True)
+def _round_to_bfloat16(x, bits, square):
+    for i in range(x.shape[0]):                 # rows of any strides (a row tile's slice of the drives needs no copy)
+        if square:                              # two inner loops, so that each one vectorises
+            for j in range(x.shape[1]): bits[i, j] = _bfloat16_bits(x[i, j] * x[i, j])
+        else:
+            for j in range(x.shape[1]): bits[i, j] = _bfloat16_bits(x[i, j])
+
+def bfloat16_bits(x, # float32 NumPy array, any shape (finite)
+                  square:bool=False, # round x² instead of x
+                  threads:int=1, # split the pass over this many threads (1 inside a worker thread)
+                 ) -> np.ndarray:
+    "Bit patterns (uint16, same shape, C-contiguous, 64-byte aligned) of `x` or `x²` rounded to bfloat16: nearest, ties to even."
+    x = np.asarray(x, dtype=np.float32)
+    out = aligned_empty(x.shape, np.uint16)
+    if x.size == 0: return out
+    rows, bits = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1), out.reshape(-1, x.shape[-1] if x.ndim else 1)
+    block = max(1, (1 << 16) // rows.shape[1], -(-rows.shape[0] // (4 * max(1, threads))))
+    if threads < 2 or rows.shape[0] <= block: _round_to_bfloat16(rows, bits, square)
+    else: list(thread_pool(threads).map(lambda start: _round_to_bfloat16(rows[start:start + block], bits[start:start + block], square),
+                                        range(0, rows.shape[0], block)))
+    return out
+
+def bfloat16_values(bits, # bfloat16 bit patterns (uint16 array)
+                   ) -> np.ndarray:
+    "The float32 values of bfloat16 bit patterns (exact: every bfloat16 is a float32)."
+    return (np.asarray(bits, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+
+# %% ../nbs/05b_keyed_noise.ipynb #b3dbfc18
+def bfloat16_operand(x, # float32 NumPy array (σ², or drives when square=True)
+                     square:bool=False, # the operand is x², rounded once (not x rounded, then squared)
+                     threads:int=1, # threads for the rounding pass
+                     native:bool|None=None, # a TensorFlow bfloat16 tensor (None: where `native_bfloat16()`), else float32 values
+                    ):
+    "`x` (or `x²`) rounded to bfloat16 as one operand of a variance product: TensorFlow reads it in place."
+    bits = bfloat16_bits(x, square, threads)
+    if not (native_bfloat16() if native is None else native): return bfloat16_values(bits)
+    import tensorflow as tf
+    return tf.bitcast(bits, tf.bfloat16)
+
+def variance_result(product, # what a product of two `bfloat16_operand`s gave: a TensorFlow tensor or a NumPy array
+                   ) -> np.ndarray:
+    "The variance as NumPy without a copy: bfloat16 bit patterns (uint16, what `add_keyed_noise` reads) or float32."
+    if isinstance(product, np.ndarray): return product
+    import tensorflow as tf
+    if product.dtype == tf.bfloat16: product = tf.bitcast(product, tf.uint16)
+    return product._numpy() if hasattr(product, "_numpy") else product.numpy()
+
+def variance_matmul(rows, # drives (n, r), float32 NumPy
+                    spread, # σ² as a `bfloat16_operand` (r, columns)
+                   ) -> np.ndarray:
+    "`rows² @ σ²` in bfloat16 (`(n, columns)`, as `variance_result` gives it): TensorFlow's bfloat16 product, or float32 on the rounded values."
+    squares = bfloat16_operand(rows, square=True, native=not isinstance(spread, np.ndarray))
+    if isinstance(squares, np.ndarray): return squares @ spread
+    import tensorflow as tf
+    return variance_result(tf.matmul(squares, spread))

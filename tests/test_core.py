@@ -365,12 +365,17 @@ def test_conv_matrix_none_when_one_product_is_not_enough():
 @pytest.mark.parametrize("settings", [dict(), dict(style="OFFSET"), dict(digital_bias=False), dict(subtract_current_in_xbar=False),
                                       dict(nslices=2), dict(proportional_noise=True)],
                          ids=["balanced", "offset", "analog-bias", "pair", "two-slices", "proportional"])
-def test_noisy_currents_from_conv_products_equal_apply_drives(settings):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_noisy_currents_from_conv_products_equal_apply_drives(settings, precision):
     "Read noise through two products (currents and variance, as two library convolutions) equals the core's own noisy read."
+    from crosssim_nb.keyed_noise import bfloat16_operand, variance_matmul
     core, x, _ = layer_core(3, (12, 50), 2.0, dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=0,
-                                                   noise_model="generic", alpha_noise=0.05), settings, "conv")
+                                                   noise_model="generic", alpha_noise=0.05, noise_variance_precision=precision),
+                            settings, "conv")
     drives = core.input_drives(x)
-    currents, variance = drives @ core.conv_matrix(), (drives * drives) @ core.conv_spread()
+    currents = drives @ core.conv_matrix()
+    if precision == "float32": variance = (drives * drives) @ core.conv_spread()
+    else: variance = variance_matmul(drives, bfloat16_operand(core.conv_spread()))     # the same rounded operands
     got = core.apply_currents(currents, variance=variance, first_row=7, read=3)
     expected = core.apply_drives(drives, first_row=7, read=3)
     close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
@@ -427,3 +432,25 @@ def test_keyed_draws_and_noise_do_not_depend_on_the_split():
     once = core.apply_drives(drives, first_row=0, read=1)
     pieces = np.concatenate([core.apply_drives(drives[s:s + 999], first_row=s, read=1) for s in range(0, 5000, 999)])
     np.testing.assert_array_equal(pieces, once)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["tensorflow-bfloat16", "float32-emulation"])
+def test_bfloat16_variance_scales_the_same_draws_within_its_bound(monkeypatch, native):
+    "noise_variance_precision='bfloat16' keeps every keyed draw and changes each σ by at most 3u/2 = 0.6 % (u = 2⁻⁸, bfloat16's"
+    " unit roundoff: x² and σ² rounded, and the product's result), on TensorFlow's bfloat16 product and on the float32 emulation."
+    from crosssim_nb import keyed_noise
+    monkeypatch.setattr(keyed_noise, "native_bfloat16", lambda: native)
+    rng = np.random.default_rng(21)
+    W = (rng.normal(size=(40, 300)) * 10.0 ** rng.uniform(-2, 0, (40, 300))).astype(np.float32)   # conductances over decades
+    x = (rng.uniform(0, 1, (200, 300)) * 10.0 ** rng.uniform(-2, 0, (200, 1))).astype(np.float32)
+    base = dict(weight_bits=0, dac_bits=0, adc_bits=0, nrows_max=0, noise_model="generic", alpha_noise=0.05, noise_dependence="proportional")
+    def outputs(**settings):
+        core = AnalogCore(W, InferenceConfig(**{**base, **settings}), input_range=(0, 1))
+        assert core.mode == "difference" and len(core.row_ranges) == 1     # one current per output: noise = scale · σ · z
+        return core.apply(x)
+    clean = outputs(noise_model="none", alpha_noise=0.0)
+    noise = {precision: outputs(noise_variance_precision=precision) - clean for precision in ("float32", "bfloat16")}
+    assert noise["float32"].std() > 1e-3 * np.abs(clean).max()                         # the noise is there
+    change = np.abs(noise["bfloat16"] - noise["float32"])
+    assert np.all(change <= 1.5 * 2.0 ** -8 * np.abs(noise["float32"]) + 1e-6 * np.abs(clean).max())   # the same draws, σ within 0.6 %
+    assert change.max() > 0                                                             # (and bfloat16 really ran)

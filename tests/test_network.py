@@ -615,14 +615,15 @@ def test_two_convolution_noise_has_the_analytic_std(monkeypatch, proportional):
         assert np.all(np.abs(mean - expected) < 5 * analytic / np.sqrt(300) + 1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("kernel,strides", [(3, 2), (1, 1)], ids=["3x3-stride-2", "1x1"])
 @pytest.mark.parametrize("dependence", ["proportional", "independent"])
-def test_library_and_im2col_noise_are_the_same_draws(monkeypatch, dependence):
+def test_library_and_im2col_noise_are_the_same_draws(monkeypatch, dependence, kernel, strides):
     "Keyed per output pixel, the noise of the library-convolution path (variance by a second convolution, or by window sums of"
     " Σ x² for one σ everywhere) equals the im2col path's draw for draw: the two outputs agree to float32 rounding."
     from crosssim_nb.convolution import apply_conv
     keras.utils.set_random_seed(6)
     inp = keras.Input((11, 10, 5))
-    model = keras.Model(inp, keras.layers.Conv2D(7, 3, strides=2, padding="same", name="conv")(inp))
+    model = keras.Model(inp, keras.layers.Conv2D(7, kernel, strides=strides, padding="same", name="conv")(inp))
     x = np.random.default_rng(9).uniform(-1, 1, (3, 11, 10, 5)).astype(np.float32)
     config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0, noise_model="generic", alpha_noise=0.05,
                              noise_dependence=dependence)
@@ -639,6 +640,31 @@ def test_library_and_im2col_noise_are_the_same_draws(monkeypatch, dependence):
     assert np.abs(outputs[True] - outputs[False]).max() < 1e-3 * noise.std()    # and it is the same draws on both paths
     other = apply_conv(x, spec, engine, first_image=5, read=2)                   # other pixel keys: other draws
     assert np.abs(other - outputs[True]).max() > noise.std()
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_bfloat16_convolution_noise_is_the_float32_noise_within_its_bound(kernel):
+    "The library path's variance convolution on bfloat16 operands keeps every draw of the float32 one and each σ within"
+    " 0.6 % (1.5 × bfloat16's unit roundoff 2⁻⁸; the bound is derived in the keyed_noise notebook)."
+    from crosssim_nb.convolution import apply_conv
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((12, 11, 24))
+    model = keras.Model(inp, keras.layers.Conv2D(20, kernel, padding="same", name="conv")(inp))
+    x = np.random.default_rng(10).uniform(-1, 1, (3, 12, 11, 24)).astype(np.float32)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=0, nrows_max=0, noise_model="generic", alpha_noise=0.05)
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        net = AnalogNetwork.from_keras(model, config.replace(noise_variance_precision=precision), calibration_data=x)
+        engine = net.engines["conv"]
+        assert (engine.noise_kernel_bfloat16 is not None) == (precision == "bfloat16")
+        outputs[precision] = apply_conv(x, net.specs["conv"], engine, first_image=2, read=1)
+    clean_net = AnalogNetwork.from_keras(model, config.replace(noise_model="none", alpha_noise=0.0), calibration_data=x)
+    clean = apply_conv(x, clean_net.specs["conv"], clean_net.engines["conv"])
+    noise = outputs["float32"] - clean
+    assert noise.std() > 1e-3 * np.abs(clean).max()
+    change = np.abs(outputs["bfloat16"] - outputs["float32"])
+    assert np.all(change <= 1.5 * 2.0 ** -8 * np.abs(noise) + 2e-6 * np.abs(clean).max())
+    assert change.max() > 0
 
 
 @pytest.mark.parametrize("kind", ["MaxPooling2D", "AveragePooling2D"])
