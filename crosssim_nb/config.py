@@ -45,7 +45,7 @@ class Distribution(_Option):
 
 class ReadNoiseMethod(_Option):
     "How per-read noise is simulated."
-    output_domain = "output_domain" # exact-in-distribution noise on column currents: one extra matmul (fast)
+    output_domain = "output_domain" # exact-in-distribution noise on column currents (σ to noise_variance_precision): one extra matmul (fast)
     exact = "exact"         # a fresh noise matrix per input vector (slow; for validation)
 
 class VariancePrecision(_Option):
