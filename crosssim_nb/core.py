@@ -582,7 +582,7 @@ def _linear_map(self:AnalogCore):
 @patch
 def _dac(self:AnalogCore, x):
     "Normalised, DAC-quantised row drives of inputs `x` (algorithm units)."
-    return quantize_inputs(x, self.x_max, self.config.dac_bits, self.signed, self.xp)
+    return quantize_inputs(x, self.x_max, self.config.dac_bits, self.signed, self.xp, compiled=self.read_noise)   # (numba: loaded for the draws anyway)
 
 @patch
 def input_drives(self:AnalogCore,
