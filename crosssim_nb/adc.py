@@ -73,6 +73,17 @@ class ADCGrid:
         if self.offset is not None: out += self.offset
         return out
 
+    def fused_levels(self):
+        "`(1/step, code_min, code_max, step)` (float32) when a compiled pass may digitise as `digitize` does — one scalar grid, no offset, rounding to nearest — else None."
+        if self.offset is not None or self.stochastic_rounding or self.xp is not np or self.adc_bits > 20: return None   # (codes stay exact in float32)
+        values = (self.inverse_step, self.code_min, self.code_max, self.step)
+        return None if any(np.ndim(value) for value in values) else np.array(values, dtype=np.float32)
+
+    def count_levels(self, levels, # currents already digitised to levels (code·step) by a compiled pass
+                    ):
+        "Tell `counts` about a batch that `fused_levels` digitised elsewhere."
+        if self.counts is not None: self.counts.add(levels, self, levels=True)
+
 def digitize(current, # column currents (numpy or cupy), modified in place when float32
              limits, # (I_min, I_max), or an array of them broadcastable against `current` once the last axis is dropped
              adc_bits:int, # ADC bits (0 = identity)

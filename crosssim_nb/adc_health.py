@@ -34,6 +34,7 @@ class ADCCounts:
 
     def add(self, codes, # ADC codes after rounding and clipping (backend float32, any shape)
             grid, # the `ADCGrid` that made them
+            levels:bool=False, # `codes` are the output levels code·step (digitised in a compiled pass): codes are recovered from the sample
            ):
         "Count conversions at the zero-current code and at either end code (an end code that is the zero code is not clipping)."
         xp = grid.xp
@@ -45,6 +46,7 @@ class ADCCounts:
         conversions = int(codes.size)
         if conversions > SAMPLE_ABOVE and codes.ndim > 1:    # (k, batch, ...) from a core: every SAMPLE_STRIDE-th vector
             codes = codes[:, ::SAMPLE_STRIDE] if codes.ndim == 4 else codes[::SAMPLE_STRIDE]
+        if levels: codes = xp.rint(codes * grid.inverse_step)    # (code·step·(1/step) is within an ulp of the code)
         at_zero = int(xp.count_nonzero(codes == zero))
         low = int(xp.count_nonzero(codes == grid.code_min)) if low_clips else 0
         high = int(xp.count_nonzero(codes == grid.code_max)) if high_clips else 0

@@ -532,10 +532,12 @@ def _variance(self:AnalogCore, rows, tile):
     return keyed_noise.variance_matmul(rows.reshape(-1, n), operand).reshape(k, b, -1)
 
 @patch
-def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int):
+def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int,
+               levels=None, # an ADC's `fused_levels()`: digitise in the same pass
+              ):
     "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
     from crosssim_nb import keyed_noise               # (numba: loaded only when noise is drawn)
-    keyed_noise.add_keyed_noise(currents, variance, tile["noise_key"], read, first_row, self.config.noise_distribution.value)
+    keyed_noise.add_keyed_noise(currents, variance, tile["noise_key"], read, first_row, self.config.noise_distribution.value, levels)
 
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
@@ -600,6 +602,7 @@ def _needs_drive_sums(self:AnalogCore, physical:bool) -> bool:
 @patch
 def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=True, collect=None,
                  first_row:int=0, read:int=0, # keys of stochastic rounding's draws (as of the read noise)
+                 digitized:bool=False, # the currents are already the ADC's levels (`_fused_levels`: digitised with the noise)
                 ):
     "Row tile `index`'s contribution `(batch, n_out)` to the outputs, from its column currents `(k, batch, columns)`."
     c, xp = self.config, self.xp
@@ -611,7 +614,8 @@ def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=T
     for sign, current in parts:
         if not per_ibit and current.shape[0] > 1: current = (current * input_weights).sum(axis=0, keepdims=True)
         if collect is not None: collect(index, _PART_NAMES[(self.mode, sign)], current)
-        if grid is not None:
+        if grid is not None and digitized: grid.count_levels(current)
+        elif grid is not None:
             uniforms = self._rounding_draws(index, sign, current.shape, first_row, read) if getattr(grid, "stochastic_rounding", False) else None
             current = grid.digitize(current, _PART_NAMES[(self.mode, sign)], **({} if uniforms is None else dict(uniforms=uniforms)))
         combined = current if combined is None else combined - current
@@ -703,14 +707,24 @@ def apply_currents(self:AnalogCore,
                 from crosssim_nb.keyed_noise import bfloat16_values
                 variance = bfloat16_values(variance)
             variance = variance + self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
+    levels = None
     if self.read_noise:
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")
-        self._add_noise(currents[None], variance[None], self._tiles[0], first_row, read)
-    total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None], first_row=first_row, read=read)
+        levels = self._fused_levels()
+        self._add_noise(currents[None], variance[None], self._tiles[0], first_row, read, levels)
+    total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None], first_row=first_row, read=read,
+                              digitized=levels is not None)
     return self._finish(total, out, self._digital_bias_xp)
 
 # %% ../nbs/06_core.ipynb #k3yd0sr1
+@patch
+def _fused_levels(self:AnalogCore):
+    "The one-tile ADC's `fused_levels()` when the noisy currents are exactly what it digitises (one part per column, no current limit), else None."
+    grid = self._tile_grids[0] if len(self._tiles) == 1 else None
+    if grid is None or self.mode != "difference" or self.config.icol_max > 0 or not hasattr(grid, "fused_levels"): return None
+    return grid.fused_levels()
+
 @patch
 def _rounding_draws(self:AnalogCore, index:int, sign:int, shape:tuple, first_row:int, read:int):
     "Stochastic rounding's U[0, 1) draws for one part of row tile `index`, shape `(k, b, slices, n_out)`, keyed like the read noise: by run, layer, tile, part and each row's global index, so they do not depend on how a batch is split."

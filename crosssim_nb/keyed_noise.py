@@ -234,7 +234,7 @@ def _as_float32_typed(value):
     return lambda value: np.float32(value)
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
-def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal):
+def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal, levels):
     slices, rows, columns = currents.shape
     blocks = (slices * columns + 3) // 4
     chunk = max(1, _CHUNK_DRAWS // (4 * blocks))          # rows per chunk
@@ -251,6 +251,9 @@ def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal):
                     for c in range(columns): currents[s, r, c] += std * scratch[base + c]
                 else:
                     for c in range(columns): currents[s, r, c] += np.sqrt(_as_float32(variance[s, r, c])) * scratch[base + c]
+                if levels.size:                   # the ADC, while the row is in the cache: clip(rint(I / step)) · step
+                    for c in range(columns):
+                        currents[s, r, c] = min(max(np.rint(currents[s, r, c] * levels[0]), levels[1]), levels[2]) * levels[3]
 
 def add_keyed_noise(currents, # column currents (k, b, columns), float32, changed in place (NumPy or CuPy)
                     variance, # their noise variance, (k, b, columns) or (k, b, 1), float32 or bfloat16 bit patterns (uint16); only read
@@ -258,6 +261,7 @@ def add_keyed_noise(currents, # column currents (k, b, columns), float32, change
                     read:int, # read number
                     first_row:int, # global index of the first of the b rows
                     distribution:str="normal", # 'normal' or 'uniform'
+                    levels=None, # an ADC to digitise the noisy currents with in the same pass: (1/step, code_min, code_max, step)
                    ):
     "`currents += √variance · z` in place, `z` the keyed draws of rows `first_row …` (one pass; row `g`'s noise does not depend on the split)."
     normal = _check_distribution(distribution)
@@ -269,10 +273,14 @@ def add_keyed_noise(currents, # column currents (k, b, columns), float32, change
         xp = array_module_of(currents)
         draws = keyed_draws_array(xp, key, read, first_row, b, k * columns, distribution)
         currents += xp.sqrt(variance) * draws.reshape(b, k, columns).swapaxes(0, 1)
+        if levels is not None:
+            xp.multiply(currents, levels[0], out=currents); xp.rint(currents, out=currents)
+            xp.clip(currents, levels[1], levels[2], out=currents); xp.multiply(currents, levels[3], out=currents)
         return currents
     if currents.dtype != np.float32: raise TypeError(f"currents must be float32, got {currents.dtype}")
     k0, k1, c2, c3 = _stream_words(key, read)
-    _run_wide(_add_noise_rows, currents, variance, np.uint64(first_row), c2, c3, k0, k1, normal)
+    levels = np.empty(0, dtype=np.float32) if levels is None else np.asarray(levels, dtype=np.float32)
+    _run_wide(_add_noise_rows, currents, variance, np.uint64(first_row), c2, c3, k0, k1, normal, levels)
     return currents
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000031

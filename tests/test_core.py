@@ -454,3 +454,24 @@ def test_bfloat16_variance_scales_the_same_draws_within_its_bound(monkeypatch, n
     change = np.abs(noise["bfloat16"] - noise["float32"])
     assert np.all(change <= 1.5 * 2.0 ** -8 * np.abs(noise["float32"]) + 1e-6 * np.abs(clean).max())   # the same draws, σ within 0.6 %
     assert change.max() > 0                                                             # (and bfloat16 really ran)
+
+
+@pytest.mark.parametrize("adc_bits", [4, 8])
+def test_noise_and_adc_in_one_pass_equal_two_passes(monkeypatch, adc_bits):
+    "The compiled pass that adds the read noise and digitises (one-tile cores, `_fused_levels`) gives the outputs and the ADC"
+    " health counts of adding the noise and then running `ADCGrid.digitize`, bit for bit."
+    from crosssim_nb.adc_health import core_counts
+    core, x, _ = layer_core(5, (30, 60), 2.0, dict(weight_bits=8, dac_bits=8, adc_bits=adc_bits, adc_range_option="MAX", nrows_max=0,
+                                                   noise_model="generic", alpha_noise=0.05), {}, "fused")
+    x = np.concatenate([x] * 40)                                       # 1920 rows: the health counts sample every 8th
+    drives = core.input_drives(x)
+    currents, variance = drives @ core.conv_matrix(), (drives * drives) @ core.conv_spread()
+    counts = core_counts(core)
+    assert core._fused_levels() is not None and counts is not None
+    outputs = {}
+    for fused in (True, False):
+        if not fused: monkeypatch.setattr(AnalogCore, "_fused_levels", lambda self: None)
+        counts.reset()
+        outputs[fused] = (core.apply_currents(currents.copy(), variance=variance, first_row=3, read=1), counts.as_dict())
+    np.testing.assert_array_equal(outputs[True][0], outputs[False][0])
+    assert outputs[True][1] == outputs[False][1] and outputs[True][1]["zero"] > 0
