@@ -197,7 +197,9 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) (or a 
     if squared: x = tf.square(x)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
     else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
-    if y.dtype == tf.bfloat16: y = tf.bitcast(y, tf.uint16)           # NumPy has no bfloat16: its bit patterns
+    if y.dtype == tf.bfloat16:                  # a variance on bfloat16 operands: NumPy has no bfloat16, so its bit patterns
+        from crosssim_nb.keyed_noise import variance_result
+        return variance_result(y)
     currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
     if writable and not currents.flags.writeable: currents = currents.copy()
     groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1

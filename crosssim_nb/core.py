@@ -515,8 +515,6 @@ def _read(self:AnalogCore, drives, tile,
     self._add_noise(currents, variance, tile, first_row, read)
     return currents
 
-
-
 @patch
 def _variance(self:AnalogCore, rows, tile):
     "Noise variance `rows² @ σ²` of one tile's column currents `(k, b, columns)` — one column when every column has the same σ² — in `noise_variance_precision`."
