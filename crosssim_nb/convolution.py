@@ -264,9 +264,9 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                 variance = window_sums(sums_of_squares(x)[..., None], spec)
                 variance *= engine.noise_variance
             elif engine.noise_kernel_bfloat16 is not None:     # x² ⊛ σ² on bfloat16 operands (keyed_noise: the error bound)
-                from crosssim_nb.keyed_noise import bfloat16_operand
+                from crosssim_nb.keyed_noise import bfloat16_operand, variance_result
                 squares = bfloat16_operand(x, square=True, threads=_worker_count(), native=not isinstance(engine.noise_kernel_bfloat16, np.ndarray))
-                variance = _library_convolution(squares, engine.noise_kernel_bfloat16, False, spec, writable=False)
+                variance = variance_result(_library_convolution(squares, engine.noise_kernel_bfloat16, False, spec, writable=False))
             else: variance = _library_convolution(x, *noise_kernel, spec, writable=False, squared=True)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             B, out_h, out_w, columns = currents.shape

@@ -352,8 +352,8 @@ def bfloat16_operand(x, # float32 NumPy array (σ², or drives when square=True)
 
 def variance_result(product, # what a product of two `bfloat16_operand`s gave: a TensorFlow tensor or a NumPy array
                    ) -> np.ndarray:
-    "The variance as NumPy without a copy: bfloat16 bit patterns (uint16, what `add_keyed_noise` reads) or float32."
-    if isinstance(product, np.ndarray): return product
+    "The variance as bfloat16 bit patterns (uint16, what `add_keyed_noise` reads): TensorFlow's own buffer, or a float32 result rounded."
+    if isinstance(product, np.ndarray): return product if product.dtype == np.uint16 else bfloat16_bits(product)
     import tensorflow as tf
     if product.dtype == tf.bfloat16: product = tf.bitcast(product, tf.uint16)
     return product._numpy() if hasattr(product, "_numpy") else product.numpy()
@@ -363,6 +363,6 @@ def variance_matmul(rows, # drives (n, r), float32 NumPy
                    ) -> np.ndarray:
     "`rows² @ σ²` in bfloat16 (`(n, columns)`, as `variance_result` gives it): TensorFlow's bfloat16 product, or float32 on the rounded values."
     squares = bfloat16_operand(rows, square=True, native=not isinstance(spread, np.ndarray))
-    if isinstance(squares, np.ndarray): return squares @ spread
+    if isinstance(squares, np.ndarray): return variance_result(squares @ spread)
     import tensorflow as tf
     return variance_result(tf.matmul(squares, spread))
