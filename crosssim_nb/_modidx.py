@@ -122,6 +122,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'crosssim_nb.backend.native_bfloat16': ('backend.html#native_bfloat16', 'crosssim_nb/backend.py'),
                                      'crosssim_nb.backend.openblas_thread_controls': ( 'backend.html#openblas_thread_controls',
                                                                                        'crosssim_nb/backend.py'),
+                                     'crosssim_nb.backend.tensor_buffer': ('backend.html#tensor_buffer', 'crosssim_nb/backend.py'),
                                      'crosssim_nb.backend.thread_pool': ('backend.html#thread_pool', 'crosssim_nb/backend.py'),
                                      'crosssim_nb.backend.to_numpy': ('backend.html#to_numpy', 'crosssim_nb/backend.py')},
             'crosssim_nb.calibration': { 'crosssim_nb.calibration.ADCProfile': ( 'calibration.html#adcprofile',

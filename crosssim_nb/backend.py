@@ -9,7 +9,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['ALIGNMENT', 'gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus',
-           'thread_pool', 'openblas_thread_controls', 'aligned_empty', 'native_bfloat16']
+           'thread_pool', 'openblas_thread_controls', 'aligned_empty', 'tensor_buffer', 'native_bfloat16']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
 @functools.lru_cache(maxsize=1)
@@ -102,6 +102,11 @@ def aligned_empty(shape, # array shape
     raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + size].view(dtype).reshape(shape)
+
+def tensor_buffer(tensor, # an eager TensorFlow tensor
+                 ) -> np.ndarray:
+    "The tensor's own buffer as a NumPy array, without the copy `.numpy()` makes."
+    return tensor._numpy() if hasattr(tensor, "_numpy") else tensor.numpy()
 
 # %% ../nbs/00_backend.ipynb #7a97f459
 @functools.lru_cache(maxsize=1)

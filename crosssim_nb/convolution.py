@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .core import AnalogCore
 from .config import InferenceConfig
-from .backend import to_numpy, aligned_empty, available_cpus, openblas_thread_controls, thread_pool
+from .backend import to_numpy, aligned_empty, available_cpus, openblas_thread_controls, tensor_buffer, thread_pool
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 
 # %% auto #0
@@ -200,7 +200,7 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) (or a 
     if y.dtype == tf.bfloat16:                  # a variance on bfloat16 operands: NumPy has no bfloat16, so its bit patterns
         from crosssim_nb.keyed_noise import variance_result
         return variance_result(y)
-    currents = y._numpy() if hasattr(y, "_numpy") else y.numpy()    # _numpy: the tensor's own buffer (.numpy() copies it)
+    currents = tensor_buffer(y)
     if writable and not currents.flags.writeable: currents = currents.copy()
     groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
     if groups > 1:             # (channel, group, j) -> (group, channel, j): the core's column order

@@ -10,7 +10,7 @@ import numba
 from numba import njit, types
 from numba.extending import overload
 import llvmlite.binding as llvm
-from .backend import array_module_of, aligned_empty, native_bfloat16, thread_pool
+from .backend import array_module_of, aligned_empty, native_bfloat16, tensor_buffer, thread_pool
 
 # %% auto #0
 __all__ = ['philox4x32', 'philox4x32_array', 'keyed_draws', 'keyed_draws_array', 'add_keyed_noise', 'sums_of_squares',
@@ -356,7 +356,7 @@ def variance_result(product, # what a product of two `bfloat16_operand`s gave: a
     if isinstance(product, np.ndarray): return product if product.dtype == np.uint16 else bfloat16_bits(product)
     import tensorflow as tf
     if product.dtype == tf.bfloat16: product = tf.bitcast(product, tf.uint16)
-    return product._numpy() if hasattr(product, "_numpy") else product.numpy()
+    return tensor_buffer(product)
 
 def variance_matmul(rows, # drives (n, r), float32 NumPy
                     spread, # σ² as a `bfloat16_operand` (r, columns)

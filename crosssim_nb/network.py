@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .config import InferenceConfig
 from .core import AnalogCore
-from .backend import to_numpy, available_cpus
+from .backend import to_numpy, available_cpus, tensor_buffer
 from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
                                       nonnegative_tensors, depthwise_kernel, depthwise_matrix, activation_name)
 import crosssim_nb.convolution as convolution
@@ -71,7 +71,7 @@ def _fast_digital(node:GraphNode, inputs:list, reusable:list):
         import tensorflow as tf          # the TensorFlow kernel Keras' layer calls, without the layer's call machinery
         pool = tf.nn.max_pool2d if kind == "MaxPooling2D" else tf.nn.avg_pool2d
         y = pool(inputs[0], layer.pool_size, layer.strides, layer.padding.upper())
-        return y._numpy() if hasattr(y, "_numpy") else y.numpy()
+        return tensor_buffer(y)
     if kind == "ZeroPadding2D":
         return _pad_spatial(inputs[0], [tuple(p) for p in layer.padding])
     if kind == "ZeroPadding1D":
