@@ -17,7 +17,11 @@ noise vs Keras (target <= 2.5x), proportional (the default: sigma = 1 % of each 
 variance is a second product as large as the layer's own) and independent (one sigma on every device: the variance is
 a window sum of the squared inputs, and the cost is the draws).
 
-Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 5] [--noise-only | --zoo-only] [--noise-images 1000] [--out benchmarks/results/network.json]
+GPU (issue 15 section 4, `--gpu`): ResNet50 224 px and ResNet-20 with `use_gpu=True` (CuPy), ideal / 8-bit / 8-bit + 1 %
+read noise, batch `--gpu-batch`; Keras predicts on its own backend's device (on a machine without TensorFlow, run with
+KERAS_BACKEND=jax). The project's goal is <= 2 ms/image for ResNet50 on an H200 (CrossSim reports 23 ms/image on an A100).
+
+Usage:  nice -n 10 .venv/bin/python benchmarks/bench_network.py [--quick] [--repeats 5] [--noise-only | --zoo-only | --gpu] [--noise-images 1000] [--out benchmarks/results/network.json]
 """
 import argparse, json, os, platform, resource, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -82,12 +86,13 @@ def interleaved_times(functions, repeats):
     return times
 
 
-def bench_case(name, model, x, calibration, batch_size, repeats, noise_only=False):
+def bench_case(name, model, x, calibration, batch_size, repeats, noise_only=False, use_gpu=False):
     eight_bit = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=1152)
     configs = {"ideal": InferenceConfig.ideal(), "8bit": eight_bit,
                "8bit+noise": eight_bit.replace(noise_model="generic", alpha_noise=0.01),       # proportional: σ = 1 % of G
                "8bit+noise-independent": eight_bit.replace(noise_model="generic", alpha_noise=0.01, noise_dependence="independent")}
     if noise_only: configs = {label: configs[label] for label in ("8bit+noise", "8bit+noise-independent")}
+    if use_gpu: configs = {f"{label}-gpu": config.replace(use_gpu=True) for label, config in configs.items() if label != "8bit+noise-independent"}
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)          # trace / warm up
     results = []
     for label, config in configs.items():
@@ -105,7 +110,7 @@ def bench_case(name, model, x, calibration, batch_size, repeats, noise_only=Fals
         reference = model.predict(x, batch_size=batch_size, verbose=0)
         output = net.predict(x, batch_size=batch_size)
         error = float(np.abs(output - reference).max() / np.abs(reference).max())
-        row = dict(case=name, config=label, images=len(x), batch_size=batch_size,
+        row = dict(case=name, config=label, use_gpu=config.use_gpu, images=len(x), batch_size=batch_size,
                    keras_s_per_image=keras_time / len(x), sim_s_per_image=sim_time / len(x), ratio=median_ratio,
                    ratio_of_best_times=sim_time / keras_time,
                    build_s=build, program_s=program, max_relative_error=error)
@@ -146,6 +151,27 @@ def bench_noise_zoo(name, repeats, images=1000, batch_size=256):
     return [row]
 
 
+def resnet50_case(images, quick, rng):
+    "keras.applications ResNet50 (random weights, 224 px or 112 px with `quick`), `images` inputs and 32 calibration images."
+    size = 112 if quick else 224
+    model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)))
+    return model, rng.normal(size=(images, size, size, 3)).astype(np.float32), rng.normal(size=(32, size, size, 3)).astype(np.float32)
+
+
+def resnet20_case(images, rng):
+    "The CIFAR ResNet-20, `images` inputs and 256 calibration images."
+    return randomize_batchnorm(resnet20()), rng.normal(size=(images, 32, 32, 3)).astype(np.float32), rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
+
+
+def bench_gpu(batch_size, repeats, quick, rng):
+    "ResNet50 (`batch_size` images) and ResNet-20 (8× as many) with `use_gpu=True`: ideal, 8-bit, 8-bit + 1 % read noise."
+    from crosssim_nb.backend import gpu_status
+    usable, reason = gpu_status()
+    if not usable: raise SystemExit(f"--gpu: no usable CUDA GPU ({reason})")
+    results = bench_case("ResNet50", *resnet50_case(batch_size, quick, rng), batch_size=batch_size, repeats=repeats, use_gpu=True)
+    return results + bench_case("ResNet20", *resnet20_case(8 * batch_size, rng), batch_size=8 * batch_size, repeats=repeats, use_gpu=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (ResNet50 at 112 px, fewer CIFAR images)")
@@ -154,30 +180,24 @@ def main():
     parser.add_argument("--noise-only", action="store_true", help="only the read-noise cases")
     parser.add_argument("--zoo-only", action="store_true", help="only the zoo read-noise cases (fashion_resnet, fashion_mobilenet)")
     parser.add_argument("--noise-images", type=int, default=1000, help="images per timed run of the zoo read-noise cases")
+    parser.add_argument("--gpu", action="store_true", help="only the GPU cases (use_gpu=True; needs CuPy and a CUDA GPU)")
+    parser.add_argument("--gpu-batch", type=int, default=128, help="batch size of the GPU cases (ResNet50: that many images per run)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     results = []
-    for name in ("fashion_resnet", "fashion_mobilenet"): results += bench_noise_zoo(name, args.repeats, images=args.noise_images)
-
-    if not args.zoo_only:
-        size = 112 if args.quick else 224
-        model = randomize_batchnorm(keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)))
-        x = rng.normal(size=(32, size, size, 3)).astype(np.float32)
-        calibration = rng.normal(size=(32, size, size, 3)).astype(np.float32)
-        results += bench_case("ResNet50", model, x, calibration, batch_size=32, repeats=args.repeats, noise_only=args.noise_only)
-
-    if not (args.noise_only or args.zoo_only):
-        model = randomize_batchnorm(resnet20())
-        n = 256 if args.quick else 1024
-        x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
-        calibration = rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
-        results += bench_case("ResNet20", model, x, calibration, batch_size=128, repeats=args.repeats)
+    if args.gpu: results += bench_gpu(args.gpu_batch, args.repeats, args.quick, rng)
+    else:
+        for name in ("fashion_resnet", "fashion_mobilenet"): results += bench_noise_zoo(name, args.repeats, images=args.noise_images)
+    if not (args.gpu or args.zoo_only):
+        results += bench_case("ResNet50", *resnet50_case(32, args.quick, rng), batch_size=32, repeats=args.repeats, noise_only=args.noise_only)
+    if not (args.gpu or args.noise_only or args.zoo_only):
+        results += bench_case("ResNet20", *resnet20_case(256 if args.quick else 1024, rng), batch_size=128, repeats=args.repeats)
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak resident memory of the whole process (Keras models included): {peak:.2f} GB")
     meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), numpy=np.__version__,
-                keras=keras.__version__, quick=args.quick, repeats=args.repeats, peak_rss_gb=peak,
+                keras=keras.__version__, keras_backend=keras.backend.backend(), gpu=args.gpu, quick=args.quick, repeats=args.repeats, peak_rss_gb=peak,
                 load_average=os.getloadavg())
     with open(args.out, "w") as f: json.dump(dict(meta=meta, results=results), f, indent=2)
     print(f"results written to {args.out}")

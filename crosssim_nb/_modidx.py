@@ -951,6 +951,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'crosssim_nb/keyed_noise.py'),
                                          'crosssim_nb.keyed_noise.sums_of_squares': ( 'keyed_noise.html#sums_of_squares',
                                                                                       'crosssim_nb/keyed_noise.py'),
+                                         'crosssim_nb.keyed_noise.tensorflow_bfloat16': ( 'keyed_noise.html#tensorflow_bfloat16',
+                                                                                          'crosssim_nb/keyed_noise.py'),
                                          'crosssim_nb.keyed_noise.variance_matmul': ( 'keyed_noise.html#variance_matmul',
                                                                                       'crosssim_nb/keyed_noise.py'),
                                          'crosssim_nb.keyed_noise.variance_result': ( 'keyed_noise.html#variance_result',

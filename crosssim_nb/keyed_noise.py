@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000004
 from __future__ import annotations
-import contextlib, math, os, sys, tempfile, threading
+import contextlib, functools, importlib.util, math, os, sys, tempfile, threading
 import numpy as np
 import numba
 from numba import njit, types
@@ -14,7 +14,8 @@ from .backend import array_module_of, aligned_empty, native_bfloat16, tensor_buf
 
 # %% auto #0
 __all__ = ['philox4x32', 'philox4x32_array', 'keyed_draws', 'keyed_draws_array', 'add_keyed_noise', 'sums_of_squares',
-           'bfloat16_bits', 'bfloat16_values', 'bfloat16_operand', 'variance_result', 'variance_matmul']
+           'bfloat16_bits', 'bfloat16_values', 'tensorflow_bfloat16', 'bfloat16_operand', 'variance_result',
+           'variance_matmul']
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000005
 # compiled float flags: contractions and fast reciprocals/approximate functions, but NaN and inf stay meaningful
@@ -339,14 +340,19 @@ def bfloat16_values(bits, # bfloat16 bit patterns (uint16 array)
     return (np.asarray(bits, dtype=np.uint32) << np.uint32(16)).view(np.float32)
 
 # %% ../nbs/05b_keyed_noise.ipynb #b3dbfc18
+@functools.cache
+def tensorflow_bfloat16() -> bool:
+    "Whether variance products go to TensorFlow's bfloat16 kernels: the CPU has bfloat16 units and TensorFlow is installed."
+    return native_bfloat16() and importlib.util.find_spec("tensorflow") is not None   # (Keras on JAX or PyTorch runs without it)
+
 def bfloat16_operand(x, # float32 NumPy array (σ², or drives when square=True)
                      square:bool=False, # the operand is x², rounded once (not x rounded, then squared)
                      threads:int=1, # threads for the rounding pass
-                     native:bool|None=None, # a TensorFlow bfloat16 tensor (None: where `native_bfloat16()`), else float32 values
+                     native:bool|None=None, # a TensorFlow bfloat16 tensor (None: where `tensorflow_bfloat16()`), else float32 values
                     ):
     "`x` (or `x²`) rounded to bfloat16 as one operand of a variance product: TensorFlow reads it in place."
     bits = bfloat16_bits(x, square, threads)
-    if not (native_bfloat16() if native is None else native): return bfloat16_values(bits)
+    if not (tensorflow_bfloat16() if native is None else native): return bfloat16_values(bits)
     import tensorflow as tf
     return tf.bitcast(bits, tf.bfloat16)
 

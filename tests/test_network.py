@@ -21,6 +21,8 @@ from crosssim_nb.keras_import import depthwise_matrix
 from crosssim_nb.convolution import im2col
 
 IDEAL = InferenceConfig.ideal()
+# the library fast paths (TensorFlow's convolution and pooling kernels) stand in only on Keras' TensorFlow backend
+TENSORFLOW_BACKEND = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Keras runs on another backend")
 
 
 def relative_error(got, expected):
@@ -452,6 +454,7 @@ def geometry_zoo_model():
 @pytest.mark.parametrize("settings", [dict(), dict(subtract_current_in_xbar=False), dict(style="OFFSET"),
                                       dict(digital_bias=False), dict(nslices=2), dict(adc_bits=0)],
                          ids=["balanced", "pair", "offset", "analog-bias", "two-slices", "dac-only"])
+@TENSORFLOW_BACKEND
 def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
     "The library convolution is only a faster product: with DAC, ADC and programming errors the outputs match im2col."
     model = geometry_zoo_model()
@@ -667,6 +670,7 @@ def test_bfloat16_convolution_noise_is_the_float32_noise_within_its_bound(kernel
     assert change.max() > 0
 
 
+@TENSORFLOW_BACKEND
 @pytest.mark.parametrize("kind", ["MaxPooling2D", "AveragePooling2D"])
 @pytest.mark.parametrize("padding,strides", [("valid", (2, 2)), ("same", (2, 2)), ("same", (1, 1)), ("valid", (3, 2))])
 def test_pooling_fast_path_is_the_keras_layer(kind, padding, strides):

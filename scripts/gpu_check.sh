@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, on a machine with a CUDA GPU and CuPy: the GPU tests (tests/test_gpu.py: every read path,
+# keyed noise, wire resistance and zoo networks against the CPU and Keras) and the GPU benchmark
+# (benchmarks/bench_network.py --gpu: ResNet50 and ResNet-20 ms/image, ideal / 8-bit / 8-bit + read noise).
+# It installs nothing: crosssim_nb must import (`pip install -e ".[gpu]"`, or the repository on PYTHONPATH with Keras,
+# fastcore and the packages of pyproject.toml). Without TensorFlow, run Keras on JAX: KERAS_BACKEND=jax bash scripts/gpu_check.sh
+# Usage: bash scripts/gpu_check.sh [OUTPUT_FOLDER]   (default benchmarks/results; logs and the benchmark's JSON go there)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+out=${1:-benchmarks/results}
+mkdir -p "$out"
+export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
+"$PY" -c "
+from crosssim_nb.backend import gpu_status
+usable, reason = gpu_status()
+print('[gpu_check]', reason)
+raise SystemExit(0 if usable else 1)" || { echo "[gpu_check] no usable CUDA GPU: nothing to check" >&2; exit 1; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "[gpu_check] tests (Keras backend: ${KERAS_BACKEND:-tensorflow})"
+"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_core.py::test_gpu_matches_cpu 2>&1 | tee "$out/gpu_tests.log"
+tests=${PIPESTATUS[0]}
+echo "[gpu_check] benchmark"
+"$PY" benchmarks/bench_network.py --gpu --repeats "${REPEATS:-3}" --out "$out/network_gpu.json" 2>&1 | tee "$out/gpu_bench.log"
+bench=${PIPESTATUS[0]}
+echo "[gpu_check] tests exit $tests, benchmark exit $bench"
+exit $(( tests || bench ))

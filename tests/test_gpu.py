@@ -1,0 +1,150 @@
+"""The GPU (CuPy, `use_gpu=True`) against independent references and against the CPU: every read path of the core,
+the keyed read noise, the ADC circuits, wire resistance and whole networks against Keras.
+
+Skipped where no CUDA GPU is usable. On a GPU machine: `pytest -q tests/test_gpu.py` (Keras on JAX works where
+TensorFlow is not installed: `KERAS_BACKEND=jax`); `bash scripts/gpu_check.sh` runs it with the GPU benchmark.
+"""
+import json
+from pathlib import Path
+import numpy as np
+import pytest
+import keras
+from crosssim_nb import AnalogCore, InferenceConfig
+from crosssim_nb.backend import gpu_available
+
+pytestmark = pytest.mark.skipif(not gpu_available(), reason="no usable CUDA GPU")
+DATA = Path(__file__).parent / "data" / "analogcore"
+EIGHT_BIT = dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX")
+
+
+def relative_error(got, want): return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+def assert_same_outputs(gpu, cpu, step=None):
+    "GPU and CPU outputs: equal but where the order of float32 sums moved a value (by one ADC step where `step` is given)."
+    gpu, cpu = np.asarray(gpu, np.float64), np.asarray(cpu, np.float64)
+    assert gpu.shape == cpu.shape and np.isfinite(gpu).all()
+    scale = np.abs(cpu).max()
+    if step is None:
+        assert relative_error(gpu, cpu) < 1e-5
+        return
+    apart = np.abs(gpu - cpu) > 1e-5 * scale
+    assert apart.mean() < 2e-3, f"{apart.mean():.2%} of the outputs differ"
+    assert np.abs(gpu - cpu).max() <= 1.01 * step * scale + 1e-6 * scale
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in DATA.glob("*.npz")))
+def test_worked_examples_on_the_gpu(case):
+    "The worked examples (tests/data/analogcore, the same as test_core's) read on the GPU."
+    z = np.load(DATA / case, allow_pickle=False)
+    settings = json.loads(str(z["our_config"]))
+    input_range = settings.pop("input_range")
+    core = AnalogCore(z["W"], InferenceConfig(**settings, use_gpu=True), input_range=input_range)
+    assert core.xp.__name__ == "cupy"
+    assert relative_error(core @ z["X"], z["Y_design"]) <= 1e-5
+
+
+READ_PATHS = {   # settings over EIGHT_BIT; each reads a different way through the core
+    "ideal": dict(weight_bits=0, dac_bits=0, adc_bits=0),
+    "8-bit": dict(),
+    "row-and-column-tiles": dict(nrows_max=64, ncols_max=16),
+    "weight-slices": dict(nslices=2, weight_bits=8),
+    "input-bit-slicing": dict(input_bitslicing=True, nrows_max=64),
+    "input-bit-slicing-adc-per-bit": dict(input_bitslicing=True, adc_per_ibit=True, nrows_max=64),
+    "offset": dict(style="OFFSET"),
+    "offset-unit-column": dict(style="OFFSET", digital_offset=False),
+    "pair": dict(subtract_current_in_xbar=False),
+    "two-sided": dict(balanced_style="TWO_SIDED"),
+    "current-limit": dict(icol_max=0.5),
+    "analog-bias": dict(digital_bias=False),
+    "programming-error": dict(error_model="generic", alpha_error=0.05),
+    "sonos": dict(error_model="SONOS", noise_model="SONOS", rmin=35e3, vread=0.06, noise_variance_precision="float32"),
+    "drift": dict(error_model="PCMLike", drift_model="PCMLike", t_drift=30.0, drift_compensation="global"),
+    "sar-adc": dict(adc_type="sar", sigma_capacitor=0.02, sigma_comparator=0.001),
+}
+
+
+@pytest.mark.parametrize("settings", READ_PATHS.values(), ids=READ_PATHS.keys())
+def test_core_read_paths_match_the_cpu(settings):
+    "Programming is drawn on the CPU in both runs, so the GPU reads the same devices: the outputs match the CPU's."
+    rng = np.random.default_rng(18)
+    W = rng.normal(size=(48, 300)).astype(np.float32)
+    b = rng.normal(size=48).astype(np.float32)
+    x = rng.uniform(-1, 1, size=(300, 40)).astype(np.float32)
+    config = InferenceConfig(**{**EIGHT_BIT, "nrows_max": 128, **settings})
+    cpu = AnalogCore(W, config, bias=b) @ x
+    gpu = AnalogCore(W, config.replace(use_gpu=True), bias=b) @ x
+    assert_same_outputs(gpu, cpu, None if config.adc_bits == 0 else 2.0 ** -(config.adc_bits - 2))
+    if config.adc_bits == 0 and config.error_model == "none": assert relative_error(gpu, W @ x + b[:, None]) < 1e-3
+
+
+@pytest.mark.parametrize("method", ["output_domain", "exact"])
+@pytest.mark.parametrize("dependence", ["proportional", "independent"])
+def test_read_noise_is_the_cpu_noise(method, dependence):
+    "Keyed draws: the GPU adds the CPU's noise to float32 rounding (the CPU's variance in float32, as the GPU's)."
+    rng = np.random.default_rng(3)
+    W, x = rng.normal(size=(40, 500)).astype(np.float32), rng.uniform(-1, 1, size=(500, 64)).astype(np.float32)
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_bits": 0}, nrows_max=256, noise_model="generic", alpha_noise=0.05,
+                             noise_dependence=dependence, read_noise_method=method, noise_variance_precision="float32")
+    cpu_core, gpu_core = AnalogCore(W, config), AnalogCore(W, config.replace(use_gpu=True))
+    clean = AnalogCore(W, config.replace(noise_model="none", alpha_noise=0.0)) @ x
+    cpu, gpu = cpu_core @ x, gpu_core @ x
+    assert relative_error(cpu - clean, gpu - clean) < 1e-3           # the same noise, not merely the same size
+    assert relative_error(gpu_core @ x - clean, gpu - clean) > 0.1    # a second read draws fresh noise
+
+
+def test_keyed_draws_on_the_gpu_are_the_cpu_draws():
+    import cupy
+    from crosssim_nb.keyed_noise import keyed_draws, keyed_draws_array, add_keyed_noise
+    key = np.array([7, 11], dtype=np.uint64)
+    for distribution in ("normal", "uniform"):
+        cpu = keyed_draws(key, 2, 1000, 300, 37, distribution)
+        gpu = keyed_draws_array(cupy, key, 2, 1000, 300, 37, distribution).get()
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(0)
+    currents, variance = rng.normal(size=(2, 300, 37)).astype(np.float32), rng.uniform(0, 0.1, (2, 300, 37)).astype(np.float32)
+    levels = np.array([16.0, -127, 127, 1 / 16.0], dtype=np.float32)
+    cpu = add_keyed_noise(currents.copy(), variance, key, 2, 1000, "normal", levels)
+    gpu = add_keyed_noise(cupy.asarray(currents), cupy.asarray(variance), key, 2, 1000, "normal", levels).get()
+    assert np.mean(gpu != cpu) < 1e-3 and np.abs(gpu - cpu).max() <= 1 / 16.0 + 1e-6
+
+
+def test_wire_resistance_on_the_gpu_is_the_cpu_solve():
+    rng = np.random.default_rng(5)
+    W, x = rng.normal(size=(32, 96)).astype(np.float32), rng.uniform(-1, 1, size=(96, 16)).astype(np.float32)
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_bits": 0, "nrows_max": 64, "rp_row": 1.0, "rp_col": 1.0})
+    cpu = AnalogCore(W, config) @ x
+    gpu = AnalogCore(W, config.replace(use_gpu=True)) @ x
+    assert relative_error(gpu, cpu) < 1e-4
+    assert relative_error(cpu, AnalogCore(W, config.replace(rp_row=0.0, rp_col=0.0)) @ x) > 1e-3   # the wires matter here
+
+
+def zoo_case(name, images):
+    "A zoo model and random images through its preprocessing (no dataset needed on the GPU machine)."
+    from crosssim_nb import zoo
+    model, preprocess = zoo.load(name)
+    pixels = np.random.default_rng(9).integers(0, 256, size=(images,) + tuple(model.input_shape[1:-1]), dtype=np.uint8)
+    return model, preprocess(pixels)
+
+
+def test_ideal_network_on_the_gpu_equals_keras():
+    from crosssim_nb.network import AnalogNetwork
+    model, x = zoo_case("fashion_mobilenet", 64)
+    net = AnalogNetwork.from_keras(model, InferenceConfig.ideal(use_gpu=True))
+    got, want = net.predict(x), model.predict(x, verbose=0)
+    assert relative_error(got, want) < 1e-4 and (got.argmax(1) == want.argmax(1)).all()
+
+
+@pytest.mark.parametrize("noise", [False, True], ids=["8-bit", "8-bit+read-noise"])
+def test_network_on_the_gpu_matches_the_cpu(noise):
+    from crosssim_nb.network import AnalogNetwork
+    model, x = zoo_case("fashion_resnet", 300)
+    config = InferenceConfig(**EIGHT_BIT, noise_variance_precision="float32",
+                             **(dict(noise_model="generic", alpha_noise=0.02) if noise else {}))
+    cpu_net = AnalogNetwork.from_keras(model, config, calibration_data=x[:100])
+    gpu_net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x[:100])
+    cpu, gpu = cpu_net.predict(x), gpu_net.predict(x)
+    assert (cpu.argmax(1) == gpu.argmax(1)).mean() >= 0.98       # (an ADC level moved by a float32 sum's order changes little)
+    assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max()
+    health = gpu_net.adc_health()
+    assert len(health) and health["layer"].tolist() == cpu_net.adc_health()["layer"].tolist()
