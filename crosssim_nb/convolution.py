@@ -414,7 +414,7 @@ class _MaskedTile(_CoreTile):
         if whole is None: return None
         mask = core._rows_in_tile(self["start"], self["stop"])
         if mask.all(): return whole
-        return whole * np.tile(mask, (1, whole.shape[1] // core.n_out)).astype(np.float32)
+        return whole * core.xp.asarray(np.tile(mask, (1, whole.shape[1] // core.n_out)), dtype=np.float32)
 
 class DepthwiseCore(AnalogCore):
     "A depthwise layer's block-diagonal crossbar holding only its diagonal devices: `(taps (+ bias), C·m)` per row tile."
@@ -471,7 +471,7 @@ class DepthwiseCore(AnalogCore):
         k, b = drives.shape[:2]
         x = drives[:, :, :self.physical_in].reshape(k, b, self.taps, self.channels)
         def product(values, matrix):
-            out = np.zeros((k, b, matrix.shape[1]), dtype=np.float32)
+            out = self.xp.zeros((k, b, matrix.shape[1]), dtype=np.float32)
             for start in range(0, matrix.shape[1], self.n_out):          # each weight slice / differential part
                 block = matrix[:, start:start + self.n_out].reshape(-1, self.channels, self.multiplier)
                 target = out[:, :, start:start + self.n_out].reshape(k, b, self.channels, self.multiplier)
@@ -523,6 +523,7 @@ class DepthwiseEngine(CoreEngine):
                  spec:AnalogSpec, first_image:int=0, read:int=0):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
         core, (kh, kw) = self.core, spec.kernel_size
+        if core.xp is not np or core.config.input_bitslicing: return None   # tiles on a GPU, or one read per input bit: the patches path
         bias_drive, squares, out = np.float32(core._bias_drive), None, None
         last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):

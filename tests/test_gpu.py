@@ -1,19 +1,36 @@
 """The GPU (CuPy, `use_gpu=True`) against independent references and against the CPU: every read path of the core,
 the keyed read noise, the ADC circuits, wire resistance and whole networks against Keras.
 
-Skipped where no CUDA GPU is usable. On a GPU machine: `pytest -q tests/test_gpu.py` (Keras on JAX works where
-TensorFlow is not installed: `KERAS_BACKEND=jax`); `bash scripts/gpu_check.sh` runs it with the GPU benchmark.
+Each test runs twice: on CuPy where a CUDA GPU is usable (else skipped), and on `fake_cupy`, a CPU stand-in that keeps
+CuPy's host/device rules (no implicit conversions either way, no NumPy-only kernels on device arrays), so that the GPU
+code paths are exercised on every machine. Only the CuPy run says anything about a GPU. On a GPU machine:
+`bash scripts/gpu_check.sh` (Keras on JAX works where TensorFlow is not installed: `KERAS_BACKEND=jax`).
 """
-import json
+import json, sys
 from pathlib import Path
 import numpy as np
 import pytest
 import keras
 from crosssim_nb import AnalogCore, InferenceConfig
-from crosssim_nb.backend import gpu_available
+from crosssim_nb.backend import gpu_available, gpu_status
+import fake_cupy
 
-pytestmark = pytest.mark.skipif(not gpu_available(), reason="no usable CUDA GPU")
+REAL_GPU = gpu_available()
 DATA = Path(__file__).parent / "data" / "analogcore"
+
+
+@pytest.fixture(autouse=True, params=["cupy", "fake-cupy"])
+def cupy_module(request, monkeypatch):
+    "The array module `use_gpu=True` gets: CuPy on a usable GPU, or the CPU stand-in."
+    if request.param == "cupy":
+        if not REAL_GPU: pytest.skip("no usable CUDA GPU")
+        import cupy
+        yield cupy
+        return
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    gpu_status.cache_clear()
+    yield fake_cupy
+    gpu_status.cache_clear()
 EIGHT_BIT = dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX")
 
 
@@ -34,13 +51,13 @@ def assert_same_outputs(gpu, cpu, step=None):
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in DATA.glob("*.npz")))
-def test_worked_examples_on_the_gpu(case):
+def test_worked_examples_on_the_gpu(case, cupy_module):
     "The worked examples (tests/data/analogcore, the same as test_core's) read on the GPU."
     z = np.load(DATA / case, allow_pickle=False)
     settings = json.loads(str(z["our_config"]))
     input_range = settings.pop("input_range")
     core = AnalogCore(z["W"], InferenceConfig(**settings, use_gpu=True), input_range=input_range)
-    assert core.xp.__name__ == "cupy"
+    assert core.xp is cupy_module
     assert relative_error(core @ z["X"], z["Y_design"]) <= 1e-5
 
 
@@ -61,6 +78,9 @@ READ_PATHS = {   # settings over EIGHT_BIT; each reads a different way through t
     "sonos": dict(error_model="SONOS", noise_model="SONOS", rmin=35e3, vread=0.06, noise_variance_precision="float32"),
     "drift": dict(error_model="PCMLike", drift_model="PCMLike", t_drift=30.0, drift_compensation="global"),
     "sar-adc": dict(adc_type="sar", sigma_capacitor=0.02, sigma_comparator=0.001),
+    "ramp-adc": dict(adc_type="ramp", sigma_capacitor=0.02),
+    "pipeline-adc": dict(adc_type="pipeline", sigma_cpar=0.01, sigma_comparator=0.001),
+    "stochastic-rounding": dict(stochastic_rounding=True),
 }
 
 
@@ -93,8 +113,8 @@ def test_read_noise_is_the_cpu_noise(method, dependence):
     assert relative_error(gpu_core @ x - clean, gpu - clean) > 0.1    # a second read draws fresh noise
 
 
-def test_keyed_draws_on_the_gpu_are_the_cpu_draws():
-    import cupy
+def test_keyed_draws_on_the_gpu_are_the_cpu_draws(cupy_module):
+    cupy = cupy_module
     from crosssim_nb.keyed_noise import keyed_draws, keyed_draws_array, add_keyed_noise
     key = np.array([7, 11], dtype=np.uint64)
     for distribution in ("normal", "uniform"):
@@ -136,9 +156,10 @@ def test_ideal_network_on_the_gpu_equals_keras():
 
 
 @pytest.mark.parametrize("noise", [False, True], ids=["8-bit", "8-bit+read-noise"])
-def test_network_on_the_gpu_matches_the_cpu(noise):
+@pytest.mark.parametrize("name", ["fashion_resnet", "fashion_mobilenet"])
+def test_network_on_the_gpu_matches_the_cpu(name, noise):
     from crosssim_nb.network import AnalogNetwork
-    model, x = zoo_case("fashion_resnet", 300)
+    model, x = zoo_case(name, 300)
     config = InferenceConfig(**EIGHT_BIT, noise_variance_precision="float32",
                              **(dict(noise_model="generic", alpha_noise=0.02) if noise else {}))
     cpu_net = AnalogNetwork.from_keras(model, config, calibration_data=x[:100])
@@ -148,3 +169,45 @@ def test_network_on_the_gpu_matches_the_cpu(noise):
     assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max()
     health = gpu_net.adc_health()
     assert len(health) and health["layer"].tolist() == cpu_net.adc_health()["layer"].tolist()
+
+
+def test_calibrated_adc_on_the_gpu_is_the_cpu_calibration():
+    "Profiling the ADC inputs (`adc_inputs`) and calibrating on the GPU: the CPU's limits, and the same outputs."
+    from crosssim_nb.calibration import calibrate_adc
+    from crosssim_nb.network import AnalogNetwork
+    model, x = zoo_case("fashion_resnet", 160)
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_range_option": "CALIBRATED"})
+    limits = {}
+    for use_gpu in (False, True):
+        profiled = AnalogNetwork.from_keras(model, config.replace(adc_range_option="MAX", use_gpu=use_gpu), calibration_data=x[:96])
+        limits[use_gpu] = calibrate_adc(profiled, x[:96], method="percentile").adc_limits
+    assert limits[True].keys() == limits[False].keys()
+    for layer in limits[False]: np.testing.assert_allclose(np.asarray(limits[True][layer]), np.asarray(limits[False][layer]), rtol=1e-4, atol=1e-7)
+
+
+def conv1d_model():
+    "Causal, dilated and strided 1-D convolutions (the 2-D engines on a height-1 image)."
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((40, 3))
+    x = keras.layers.Conv1D(6, 5, padding="causal", dilation_rate=2, activation="relu")(inp)
+    x = keras.layers.Conv1D(8, 3, strides=2, padding="same")(x)
+    return keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(noise_model="generic", alpha_noise=0.02), dict(nrows_max=40, nslices=2),
+                                      dict(input_bitslicing=True, nrows_max=40, noise_model="generic", alpha_noise=0.02)],
+                         ids=["8-bit", "read-noise", "row-tiles-and-slices", "bit-slicing+noise"])
+@pytest.mark.parametrize("build", ["geometry_zoo_model", "grouped_model", "conv1d_model"])
+def test_every_convolution_geometry_on_the_gpu_matches_the_cpu(build, settings):
+    "Same/valid, strides, dilation, depthwise, separable, grouped, ConvNeXt layers and 1-D convolutions, read on the GPU."
+    import test_network
+    from crosssim_nb.network import AnalogNetwork
+    model = getattr(test_network, build)() if build != "conv1d_model" else conv1d_model()
+    shape = tuple(model.input_shape[1:])
+    x = np.random.default_rng(2).normal(size=(24,) + shape).astype(np.float32)
+    ideal = AnalogNetwork.from_keras(model, InferenceConfig.ideal(use_gpu=True))
+    assert relative_error(ideal.predict(x), model.predict(x, verbose=0)) < 1e-4
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_bits": 12, "noise_variance_precision": "float32", **settings})   # (fine ADC steps: a level moved by a float32 sum is small)
+    cpu = AnalogNetwork.from_keras(model, config, calibration_data=x).predict(x)
+    gpu = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x).predict(x)
+    assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max() and relative_error(gpu, cpu) < 0.02

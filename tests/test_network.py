@@ -481,6 +481,24 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
     assert relative_error(library, reference) < 1e-4
 
 
+@pytest.mark.parametrize("settings", [dict(adc_per_ibit=True), dict(noise_model="generic", alpha_noise=0.02)],
+                         ids=["adc-per-input-bit", "read-noise"])
+def test_input_bit_slicing_reads_every_slice_on_every_path(monkeypatch, settings):
+    "Bit-serial inputs are one read (and one ADC conversion, one noise draw) per input slice, also where a layer could be one library convolution."
+    model = geometry_zoo_model()
+    x = images(12, 13)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=0,
+                             input_bitslicing=True, noise_variance_precision="float32", **settings)
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+    outputs = {}
+    for library in (True, False):
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", library)
+        outputs[library] = net.predict(x)
+    assert relative_error(outputs[True], outputs[False]) < 1e-4
+    whole = AnalogNetwork.from_keras(model, config.replace(input_bitslicing=False, adc_per_ibit=False), calibration_data=x).predict(x)
+    assert relative_error(outputs[True], whole) > 1e-2          # slicing changes what the hardware outputs here
+
+
 def noise_model_small():
     "Conv (27 rows), depthwise, 1×1 conv and Dense on a Dense-on-sequence: every way a core is read."
     keras.utils.set_random_seed(21)
