@@ -11,6 +11,8 @@ PY=${PYTHON:-python3}
 out=${1:-benchmarks/results}
 mkdir -p "$out"
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
+# Keras' own backend shares the GPU with CuPy: JAX and TensorFlow must not take all of its memory up front
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false} TF_FORCE_GPU_ALLOW_GROWTH=${TF_FORCE_GPU_ALLOW_GROWTH:-true}
 "$PY" -c "
 from crosssim_nb.backend import gpu_status
 usable, reason = gpu_status()

@@ -129,14 +129,19 @@ def test_keyed_draws_on_the_gpu_are_the_cpu_draws(cupy_module):
     assert np.mean(gpu != cpu) < 1e-3 and np.abs(gpu - cpu).max() <= 1 / 16.0 + 1e-6
 
 
-def test_wire_resistance_on_the_gpu_is_the_cpu_solve():
+@pytest.mark.parametrize("settings", [dict(), dict(nonlinear_iv="RRAMMilo", rmin=5e3, rmax=2e4, infinite_on_off_ratio=False), dict(interleaved_posneg=True),
+                                      dict(current_from_input=False, input_bitslicing=True),
+                                      dict(rp_row_terminal=50.0, rp_col_terminal=50.0, noise_model="generic", alpha_noise=0.02)],
+                         ids=["resistor", "nonlinear-iv", "interleaved", "separate-source", "terminals+noise"])
+def test_wire_resistance_on_the_gpu_is_the_cpu_solve(settings):
     rng = np.random.default_rng(5)
     W, x = rng.normal(size=(32, 96)).astype(np.float32), rng.uniform(-1, 1, size=(96, 16)).astype(np.float32)
-    config = InferenceConfig(**{**EIGHT_BIT, "adc_bits": 0, "nrows_max": 64, "rp_row": 1.0, "rp_col": 1.0})
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_bits": 0, "nrows_max": 64, "rp_row": 1.0, "rp_col": 1.0,
+                                "noise_variance_precision": "float32", **settings})
     cpu = AnalogCore(W, config) @ x
     gpu = AnalogCore(W, config.replace(use_gpu=True)) @ x
     assert relative_error(gpu, cpu) < 1e-4
-    assert relative_error(cpu, AnalogCore(W, config.replace(rp_row=0.0, rp_col=0.0)) @ x) > 1e-3   # the wires matter here
+    assert relative_error(cpu, AnalogCore(W, config.replace(rp_row=0.0, rp_col=0.0, rp_row_terminal=0.0, rp_col_terminal=0.0)) @ x) > 1e-3   # the wires matter
 
 
 def zoo_case(name, images):
@@ -211,3 +216,20 @@ def test_every_convolution_geometry_on_the_gpu_matches_the_cpu(build, settings):
     cpu = AnalogNetwork.from_keras(model, config, calibration_data=x).predict(x)
     gpu = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x).predict(x)
     assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max() and relative_error(gpu, cpu) < 0.02
+
+
+def test_monte_carlo_inference_on_the_gpu_is_the_cpu_run():
+    "`run_inference` end to end (DAC profiling, ADC calibration, two programmed runs with errors and noise) on the GPU."
+    from crosssim_nb.inference import run_inference
+    model, x = zoo_case("mnist_cnn", 200)
+    y = np.random.default_rng(4).integers(0, 10, len(x))
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_range_option": "CALIBRATED"}, error_model="generic", alpha_error=0.02,
+                             noise_model="generic", alpha_noise=0.02, noise_variance_precision="float32")
+    runs = {use_gpu: run_inference("mnist_cnn", (x, y), config.replace(use_gpu=use_gpu), ntest=200, nruns=2, progress=False,
+                                   return_outputs=True, calibration_data=x[:100], adc_calibration="optimal")
+            for use_gpu in (False, True)}
+    cpu, gpu = runs[False], runs[True]
+    assert gpu.outputs.shape == cpu.outputs.shape == (2, 200, 10) and not gpu.identical_runs
+    assert (gpu.outputs.argmax(-1) == cpu.outputs.argmax(-1)).mean() >= 0.98
+    assert np.abs(gpu.accuracies - cpu.accuracies).max() <= 0.02
+    assert gpu.hw_config.equals(cpu.hw_config)
