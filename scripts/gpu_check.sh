@@ -5,6 +5,7 @@
 # It installs nothing: crosssim_nb must import (`pip install -e ".[gpu]"`, or the repository on PYTHONPATH with Keras,
 # fastcore and the packages of pyproject.toml). Without TensorFlow, run Keras on JAX: KERAS_BACKEND=jax bash scripts/gpu_check.sh
 # Usage: bash scripts/gpu_check.sh [OUTPUT_FOLDER]   (default benchmarks/results; logs and the benchmark's JSON go there)
+#        REPEATS=3 (timed repeats) and BENCH_ARGS (more bench_network.py options, e.g. "--gpu-batch 64 --quick") tune the benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,7 +24,7 @@ echo "[gpu_check] tests (Keras backend: ${KERAS_BACKEND:-tensorflow})"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_core.py::test_gpu_matches_cpu 2>&1 | tee "$out/gpu_tests.log"
 tests=${PIPESTATUS[0]}
 echo "[gpu_check] benchmark"
-"$PY" benchmarks/bench_network.py --gpu --repeats "${REPEATS:-3}" --out "$out/network_gpu.json" 2>&1 | tee "$out/gpu_bench.log"
+"$PY" benchmarks/bench_network.py --gpu --repeats "${REPEATS:-3}" ${BENCH_ARGS:-} --out "$out/network_gpu.json" 2>&1 | tee "$out/gpu_bench.log"
 bench=${PIPESTATUS[0]}
 echo "[gpu_check] tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))
