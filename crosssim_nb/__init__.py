@@ -32,19 +32,22 @@ def _quiet_tensorflow_import():
                 if kept: _sys.stderr.write("".join(kept)); _sys.stderr.flush()
 
     class QuietLoader:
-        def __init__(self, loader): self.loader = loader
+        def __init__(self, loader, finder): self.loader, self.finder = loader, finder
         def create_module(self, spec): return self.loader.create_module(spec)
         def exec_module(self, module):
+            if self.finder in _sys.meta_path: _sys.meta_path.remove(self.finder)   # one shot: TensorFlow loads once
             module.__spec__.loader = module.__loader__ = self.loader      # TensorFlow sees its own loader
             with filtered_stderr(): self.loader.exec_module(module)
 
     class QuietFinder(importlib.abc.MetaPathFinder):
+        searching = False                 # (its own find_spec call below must not come back here)
         def find_spec(self, name, path=None, target=None):
-            if name != "tensorflow": return None
-            if self in _sys.meta_path: _sys.meta_path.remove(self)           # one shot
-            spec = importlib.util.find_spec(name)
+            if name != "tensorflow" or self.searching: return None
+            self.searching = True         # a mere find_spec (is TensorFlow installed?) leaves the hook in place
+            try: spec = importlib.util.find_spec(name)
+            finally: self.searching = False
             if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"): return spec
-            spec.loader = QuietLoader(spec.loader)
+            spec.loader = QuietLoader(spec.loader, self)
             return spec
 
     _sys.meta_path.insert(0, QuietFinder())

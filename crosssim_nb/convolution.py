@@ -9,11 +9,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras
-from .core import AnalogCore
+from .core import AnalogCore          # (the package first: it keeps TensorFlow's start-up lines off stderr)
 from .config import InferenceConfig
 from .backend import to_numpy, aligned_empty, available_cpus, openblas_thread_controls, tensor_buffer, thread_pool
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
+import keras
 
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',

@@ -58,3 +58,21 @@ def test_wide_compiles_print_no_llvm_remarks(capfd):
     finally: llvm.set_option("", "-force-vector-width=0")
     assert stops_early(x) == pytest.approx(x[x > 0.5].sum()) and _run_wide(stops_early, x) == pytest.approx(x[x > 0.5].sum())
     assert "remark" not in capfd.readouterr().err
+
+
+SEARCH_FIRST = '''
+import numpy as np, importlib.util
+from crosssim_nb import AnalogCore, InferenceConfig
+assert importlib.util.find_spec("tensorflow") is not None        # asking whether TensorFlow is there is not importing it
+core = AnalogCore(np.ones((4, 8)), InferenceConfig(noise_model="generic", alpha_noise=0.01))   # (asks that too)
+core @ np.ones(8)
+import tensorflow as tf
+print("done", float(tf.reduce_sum(tf.ones(3))))
+'''
+
+def test_tensorflow_stays_quiet_after_a_lookup(tmp_path):
+    "The filter stays in place until TensorFlow actually loads, whatever looked it up before."
+    done = _run([sys.executable, "-c", SEARCH_FIRST], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "done 3.0"
+    assert not NOISE.search(done.stderr), done.stderr[-4000:]
