@@ -553,6 +553,27 @@ def test_noisy_library_convolution_equals_noisy_im2col(monkeypatch):
         assert relative_error(library, noiseless.predict(x)) > 1e-3                  # the noise is really there
 
 
+@pytest.mark.parametrize("settings", [dict(style="OFFSET"), dict(subtract_current_in_xbar=False), dict(nslices=2),
+                                      dict(digital_bias=False), dict(icol_max=1.5), dict(nrows_max=20),
+                                      dict(stochastic_rounding=True), dict(balanced_style="TWO_SIDED"), dict(adc_bits=0)],
+                         ids=["offset", "pair", "two-slices", "analog-bias", "current-limit", "row-tiles",
+                              "stochastic-rounding", "two-sided", "no-adc"])
+def test_noisy_library_convolution_equals_noisy_im2col_in_every_mode(monkeypatch, settings):
+    "Every periphery the fast paths serve (per-channel depthwise, library convolution, fused noise + ADC) draws and digitises"
+    " as the im2col read does."
+    model = noise_model_small()
+    x = images(40, 8, seed=6)
+    config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=10, adc_range_option="MAX", nrows_max=0,
+                                       noise_model="generic", alpha_noise=0.05, noise_variance_precision="float32"), **settings})
+    net = AnalogNetwork.from_keras(model, config, calibration_data=x)
+    outputs = {}
+    for library in (True, False):
+        monkeypatch.setattr(convolution_module, "LIBRARY_CONVOLUTION", library)
+        outputs[library] = net.predict(x)
+    assert np.abs(outputs[True]).max() > 0
+    assert relative_error(outputs[True], outputs[False]) < 1e-3
+
+
 def grouped_model():
     "ConvNeXt-style block (Conv2D groups=C, LayerNormalization, gelu MLP, LayerScale, StochasticDepth), a grouped Conv2D,"
     " a depthwise Conv2D(groups=C) with multiplier 2 and InceptionResNetV2's scale layer."
