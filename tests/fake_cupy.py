@@ -3,14 +3,14 @@
 Its arrays hold a NumPy array inside a wrapper that keeps CuPy's rules at the host/device boundary, which is where
 array code written for NumPy breaks on a GPU:
 - NumPy refuses them implicitly: `np.asarray(device_array)`, `host[...] = device_array` and a NumPy ufunc or function
-  mixing them with host arrays raise TypeError, as CuPy does; `.get()` (or `asnumpy`) copies to the host.
+  mixing them with host arrays raise TypeError, as CuPy does; `.get()` copies to the host.
 - `device[...] = host_array` and a device ufunc with a host array argument raise TypeError too (CuPy refuses the latter).
 - Compiled (numba) kernels and TensorFlow refuse them: they are not NumPy arrays, nor do they convert to one.
 - Reductions return 0-d device arrays, not Python numbers (`bool()`/`float()` on them are explicit, and allowed).
 Module functions are NumPy's, run on the unwrapped arrays and wrapped back; `random.default_rng` wraps NumPy's generator.
 It emulates semantics, not speed, and cannot show what a real GPU does with memory, streams or float rounding.
 """
-import sys, types
+import types
 import numpy as np
 
 __version__ = "0.0-fake"
@@ -137,16 +137,6 @@ def asarray(a, dtype=None, order=None):
     if isinstance(a, ndarray): return a if dtype is None or np.dtype(dtype) == a.dtype else ndarray(a._a.astype(dtype))
     return ndarray(np.array(a, dtype=dtype, order=order or "K", copy=True))
 
-def array(a, dtype=None, copy=True, order="K"):
-    if isinstance(a, ndarray): return ndarray(np.array(a._a, dtype=dtype, copy=True, order=order))
-    return ndarray(np.array(a, dtype=dtype, copy=True, order=order))
-
-def asnumpy(a, stream=None, order="C", out=None):
-    return a.get(order=order, out=out) if isinstance(a, ndarray) else np.asarray(a, order=order)
-
-def get_array_module(*arrays):
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in arrays) else np
-
 def _function(name):
     function = getattr(np, name)
     def call(*args, **kwargs):
@@ -177,12 +167,3 @@ class _Generator:
 
 random = types.SimpleNamespace(default_rng=_Generator)
 
-
-class _Device:
-    def __init__(self, index=0): self.id = index
-    def synchronize(self): pass
-    def __enter__(self): return self
-    def __exit__(self, *exc): return False
-
-cuda = types.SimpleNamespace(Device=_Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-                             Stream=types.SimpleNamespace(null=None))

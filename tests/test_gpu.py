@@ -14,6 +14,7 @@ import keras
 from crosssim_nb import AnalogCore, InferenceConfig
 from crosssim_nb.backend import gpu_available, gpu_status
 import fake_cupy
+from test_network import relative_error, geometry_zoo_model, grouped_model
 
 REAL_GPU = gpu_available()
 DATA = Path(__file__).parent / "data" / "analogcore"
@@ -32,9 +33,6 @@ def cupy_module(request, monkeypatch):
     yield fake_cupy
     gpu_status.cache_clear()
 EIGHT_BIT = dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX")
-
-
-def relative_error(got, want): return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 def assert_same_outputs(gpu, cpu, step=None):
@@ -65,7 +63,7 @@ READ_PATHS = {   # settings over EIGHT_BIT; each reads a different way through t
     "ideal": dict(weight_bits=0, dac_bits=0, adc_bits=0),
     "8-bit": dict(),
     "row-and-column-tiles": dict(nrows_max=64, ncols_max=16),
-    "weight-slices": dict(nslices=2, weight_bits=8),
+    "weight-slices": dict(nslices=2),
     "input-bit-slicing": dict(input_bitslicing=True, nrows_max=64),
     "input-bit-slicing-adc-per-bit": dict(input_bitslicing=True, adc_per_ibit=True, nrows_max=64),
     "offset": dict(style="OFFSET"),
@@ -177,14 +175,13 @@ def test_network_on_the_gpu_matches_the_cpu(name, noise):
 
 
 def test_calibrated_adc_on_the_gpu_is_the_cpu_calibration():
-    "Profiling the ADC inputs (`adc_inputs`) and calibrating on the GPU: the CPU's limits, and the same outputs."
+    "Profiling the ADC inputs (`adc_inputs`) and calibrating on the GPU: the CPU's limits."
     from crosssim_nb.calibration import calibrate_adc
     from crosssim_nb.network import AnalogNetwork
     model, x = zoo_case("fashion_resnet", 160)
-    config = InferenceConfig(**{**EIGHT_BIT, "adc_range_option": "CALIBRATED"})
     limits = {}
     for use_gpu in (False, True):
-        profiled = AnalogNetwork.from_keras(model, config.replace(adc_range_option="MAX", use_gpu=use_gpu), calibration_data=x[:96])
+        profiled = AnalogNetwork.from_keras(model, InferenceConfig(**EIGHT_BIT, use_gpu=use_gpu), calibration_data=x[:96])
         limits[use_gpu] = calibrate_adc(profiled, x[:96], method="percentile").adc_limits
     assert limits[True].keys() == limits[False].keys()
     for layer in limits[False]: np.testing.assert_allclose(np.asarray(limits[True][layer]), np.asarray(limits[False][layer]), rtol=1e-4, atol=1e-7)
@@ -202,12 +199,11 @@ def conv1d_model():
 @pytest.mark.parametrize("settings", [dict(), dict(noise_model="generic", alpha_noise=0.02), dict(nrows_max=40, nslices=2),
                                       dict(input_bitslicing=True, nrows_max=40, noise_model="generic", alpha_noise=0.02)],
                          ids=["8-bit", "read-noise", "row-tiles-and-slices", "bit-slicing+noise"])
-@pytest.mark.parametrize("build", ["geometry_zoo_model", "grouped_model", "conv1d_model"])
+@pytest.mark.parametrize("build", [geometry_zoo_model, grouped_model, conv1d_model], ids=lambda build: build.__name__)
 def test_every_convolution_geometry_on_the_gpu_matches_the_cpu(build, settings):
     "Same/valid, strides, dilation, depthwise, separable, grouped, ConvNeXt layers and 1-D convolutions, read on the GPU."
-    import test_network
     from crosssim_nb.network import AnalogNetwork
-    model = getattr(test_network, build)() if build != "conv1d_model" else conv1d_model()
+    model = build()
     shape = tuple(model.input_shape[1:])
     x = np.random.default_rng(2).normal(size=(24,) + shape).astype(np.float32)
     ideal = AnalogNetwork.from_keras(model, InferenceConfig.ideal(use_gpu=True))
