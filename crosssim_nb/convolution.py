@@ -6,19 +6,18 @@
 from __future__ import annotations
 import os, threading
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from .core import AnalogCore          # (the package first: it keeps TensorFlow's start-up lines off stderr)
 from .config import InferenceConfig
-from .backend import to_numpy, aligned_empty, available_cpus, openblas_thread_controls, tensor_buffer, thread_pool
+from .backend import array_module_of, aligned_empty, available_cpus, openblas_thread_controls, tensor_buffer, thread_pool
 from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
 import keras
 
 # %% auto #0
-__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry', 'patch_view', 'im2col',
-           'window_sums', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise',
-           'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine']
+__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry',
+           'patch_view', 'im2col', 'window_sums', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix',
+           'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -39,27 +38,29 @@ def conv_geometry(size:int, # input size along one spatial axis
     return out, before, 0
 
 def _pad_spatial(x, pads):
-    "Zero-pad axes 1 and 2 of a 4-D array by `pads = ((top, bottom), (left, right))`; only the border is zero-filled."
+    "Zero-pad axes 1 and 2 of a 4-D array (NumPy or CuPy) by `pads = ((top, bottom), (left, right))`; only the border is zero-filled."
     (top, bottom), (left, right) = pads
     if not (top or bottom or left or right): return x
     B, H, W, C = x.shape
-    padded = np.empty((B, H + top + bottom, W + left + right, C), dtype=x.dtype)
+    padded = array_module_of(x).empty((B, H + top + bottom, W + left + right, C), dtype=x.dtype)
     padded[:, :top] = 0; padded[:, top + H:] = 0
     padded[:, top:top + H, :left] = 0; padded[:, top:top + H, left + W:] = 0
     padded[:, top:top + H, left:left + W] = x
     return padded
 
-def patch_view(x:np.ndarray, # channels-last input (B, H, W, C)
+def patch_view(x:np.ndarray, # channels-last input (B, H, W, C), on the host (NumPy) or the GPU (CuPy)
                kernel_size:tuple, strides:tuple=(1, 1), dilation:tuple=(1, 1), padding:str="valid",
               ) -> np.ndarray:
-    "Read-only strided view `(B, Ho, Wo, kh, kw, C)`: every output pixel's receptive field."
+    "Strided view `(B, Ho, Wo, kh, kw, C)`, not to be written: every output pixel's receptive field, on `x`'s device."
     geometry = [conv_geometry(size, k, s, d, padding) for size, k, s, d in zip(x.shape[1:3], kernel_size, strides, dilation)]
     x = _pad_spatial(x, [(before, after) for _, before, after in geometry])
     (out_h, _, _), (out_w, _, _) = geometry
     sb, sh, sw, sc = x.strides
     shape = (x.shape[0], out_h, out_w, kernel_size[0], kernel_size[1], x.shape[3])
     strides_ = (sb, sh * strides[0], sw * strides[1], sh * dilation[0], sw * dilation[1], sc)
-    return as_strided(x, shape, strides_, writeable=False)
+    xp = array_module_of(x)
+    if xp is not np: return xp.lib.stride_tricks.as_strided(x, shape, strides_)      # (CuPy's views have no read-only flag)
+    return np.lib.stride_tricks.as_strided(x, shape, strides_, writeable=False)
 
 def im2col(x:np.ndarray, # channels-last input (B, H, W, C)
            kernel_size:tuple, strides:tuple=(1, 1), dilation:tuple=(1, 1), padding:str="valid",
@@ -126,6 +127,7 @@ _blas_threads = _BlasThreads
 # %% ../nbs/12_convolution.ipynb #a989fa2c
 CHUNK_ELEMENTS = 1 << 20   # input values per chunk handed to a core (4 MB of float32 rows: cache-sized)
 MIN_CHUNK_ROWS = 1024      # ... but at least this many rows, so each matrix product stays efficient
+DEVICE_CHUNK_ELEMENTS = 1 << 23   # on a GPU: input values per chunk (32 MB of float32 rows built on the device; fewer, larger kernels)
 THREADS = None             # worker threads for the chunks of a layer (None: the CPUs this process may use; 1: serial)
 LIBRARY_CONVOLUTION = True # convolve one-product cores with TensorFlow's convolution instead of im2col (False: always im2col)
 
@@ -244,6 +246,8 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
+    xp = array_module_of(x)                                     # CuPy when the engine's core is on a GPU: patches built there
+    if xp is not np: chunk_elements = max(chunk_elements, DEVICE_CHUNK_ELEMENTS)
     if spec.spatial_rank == 1: x = x[:, None]
     convolve = getattr(engine, "convolve", None)                # an engine that convolves per row tile itself
     if convolve is not None and LIBRARY_CONVOLUTION and keras.backend.backend() == "tensorflow":
@@ -296,9 +300,9 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         target = out[b0:b0 + images, h0:h0 + lines]            # whole images or lines of one image: contiguous
         if grouped: y = engine.apply_patches(block)
         else:
-            if getattr(local, "buffer", None) is None: local.buffer = np.empty(buffer_size, dtype=np.float32)
+            if getattr(local, "buffer", None) is None: local.buffer = xp.empty(buffer_size, dtype=np.float32)
             rows = local.buffer[:block.size].reshape(block.shape)
-            np.copyto(rows, block)                              # the im2col copy of this chunk
+            xp.copyto(rows, block)                              # the im2col copy of this chunk (on the GPU: device to device)
             first_row = ((first_image + b0) * out_h + h0) * out_w  # global index of the chunk's first output pixel
             if target.flags.c_contiguous:                       # the engine writes straight into the layer output
                 y = target.reshape(-1, engine.n_out)
@@ -392,7 +396,7 @@ class CoreEngine:
                 and core.config.noise_variance_precision == "bfloat16":
             from crosssim_nb.keyed_noise import bfloat16_operand        # (numba: loaded only with read noise)
             self.noise_kernel_bfloat16 = bfloat16_operand(self.noise_kernel[0])
-    def prepare(self, x): return to_numpy(self.core.input_drives(self.core.xp.asarray(x)))   # im2col runs on the host
+    def prepare(self, x): return self.core.input_drives(self.core.xp.asarray(x))   # on a GPU the drives stay there: im2col runs on the device
     def apply(self, rows, out=None, first_row:int=0, read:int=0):
         return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)
     def apply_currents(self, currents, variance=None, first_row:int=0, read:int=0):

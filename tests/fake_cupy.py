@@ -167,3 +167,11 @@ class _Generator:
 
 random = types.SimpleNamespace(default_rng=_Generator)
 
+
+def _as_strided(x, shape=None, strides=None):
+    "`cupy.lib.stride_tricks.as_strided`: a view of a device array (CuPy's signature: no `writeable`, no `subok`)."
+    if not isinstance(x, ndarray): raise TypeError("fake cupy: as_strided needs a device array")
+    return ndarray(np.lib.stride_tricks.as_strided(x._a, shape, strides))
+
+lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=_as_strided))
+

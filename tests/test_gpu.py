@@ -161,17 +161,22 @@ def test_ideal_network_on_the_gpu_equals_keras():
 @pytest.mark.parametrize("noise", [False, True], ids=["8-bit", "8-bit+read-noise"])
 @pytest.mark.parametrize("name", ["fashion_resnet", "fashion_mobilenet"])
 def test_network_on_the_gpu_matches_the_cpu(name, noise):
+    "8-bit ADCs calibrated on the CPU (so every layer, depthwise ones too, converts real signals), read on both."
+    from crosssim_nb.calibration import calibrate_adc
     from crosssim_nb.network import AnalogNetwork
     model, x = zoo_case(name, 300)
     config = InferenceConfig(**EIGHT_BIT, noise_variance_precision="float32",
                              **(dict(noise_model="generic", alpha_noise=0.02) if noise else {}))
-    cpu_net = AnalogNetwork.from_keras(model, config, calibration_data=x[:100])
-    gpu_net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x[:100])
+    limits = calibrate_adc(AnalogNetwork.from_keras(model, config, calibration_data=x[:100]), x[:100], method="percentile").adc_limits
+    config = config.replace(adc_range_option="CALIBRATED")
+    cpu_net = AnalogNetwork.from_keras(model, config, calibration_data=x[:100], adc_limits=limits)
+    gpu_net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x[:100], adc_limits=limits)
     cpu, gpu = cpu_net.predict(x), gpu_net.predict(x)
     assert (cpu.argmax(1) == gpu.argmax(1)).mean() >= 0.98       # (an ADC level moved by a float32 sum's order changes little)
     assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max()
     health = gpu_net.adc_health()
     assert len(health) and health["layer"].tolist() == cpu_net.adc_health()["layer"].tolist()
+    assert (health["status"] != "mostly zero").all(), health       # the ADCs read signals, not a column of zeros
 
 
 def test_calibrated_adc_on_the_gpu_is_the_cpu_calibration():
@@ -212,6 +217,26 @@ def test_every_convolution_geometry_on_the_gpu_matches_the_cpu(build, settings):
     cpu = AnalogNetwork.from_keras(model, config, calibration_data=x).predict(x)
     gpu = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x).predict(x)
     assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max() and relative_error(gpu, cpu) < 0.02
+
+
+def test_a_convolution_moves_its_input_to_the_gpu_once_not_its_patches(cupy_module, monkeypatch):
+    "A 3×3 convolution copies its input to the GPU once and builds the im2col rows there (9× the bytes if built on the host)."
+    if cupy_module is not fake_cupy: pytest.skip("counts the stand-in's host-to-device copies")
+    from crosssim_nb.network import AnalogNetwork
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((24, 24, 8))
+    model = keras.Model(inputs, keras.layers.Conv2D(16, 3, padding="same")(inputs))
+    x = np.random.default_rng(5).normal(size=(16, 24, 24, 8)).astype(np.float32)
+    net = AnalogNetwork.from_keras(model, InferenceConfig(**EIGHT_BIT, use_gpu=True), calibration_data=x)
+    copied = []
+    host_to_device = fake_cupy.asarray
+    def counted(a, *args, **kwargs):
+        if not isinstance(a, fake_cupy.ndarray): copied.append(np.asarray(a).nbytes)
+        return host_to_device(a, *args, **kwargs)
+    monkeypatch.setattr(fake_cupy, "asarray", counted)
+    got = net.predict(x)
+    assert x.nbytes <= sum(copied) <= x.nbytes + 4096, f"{sum(copied)} bytes copied to the device for a {x.nbytes}-byte input"
+    assert relative_error(got, AnalogNetwork.from_keras(model, InferenceConfig(**EIGHT_BIT), calibration_data=x).predict(x)) < 1e-5
 
 
 def test_monte_carlo_inference_on_the_gpu_is_the_cpu_run():
