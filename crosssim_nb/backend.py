@@ -8,8 +8,9 @@ import functools, os
 import numpy as np
 
 # %% auto #0
-__all__ = ['ALIGNMENT', 'gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'available_cpus',
-           'thread_pool', 'openblas_thread_controls', 'aligned_empty', 'tensor_buffer', 'native_bfloat16']
+__all__ = ['ALIGNMENT', 'gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'to_module',
+           'available_cpus', 'thread_pool', 'openblas_thread_controls', 'aligned_empty', 'tensor_buffer',
+           'native_bfloat16']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
 @functools.lru_cache(maxsize=1)
@@ -55,6 +56,12 @@ def array_module_of(array):
     "The array module (`numpy` or `cupy`) that owns `array`."
     return np if isinstance(array, np.ndarray) or not hasattr(array, "get") else __import__("cupy")
 
+def to_module(array, # a NumPy or CuPy array
+              xp, # the module it is needed in: numpy (host) or cupy (GPU)
+             ):
+    "`array` where `xp` computes: itself when it is there already, else a copy across (host to device or back)."
+    return to_numpy(array) if xp is np else xp.asarray(array)
+
 def available_cpus() -> int:
     "CPUs this process may run on (its affinity where the OS tells it, else the machine's count)."
     try: return len(os.sched_getaffinity(0))
@@ -95,8 +102,10 @@ ALIGNMENT = 64     # bytes: the boundary TensorFlow (Eigen) needs to read a NumP
 
 def aligned_empty(shape, # array shape
                   dtype=np.float32, # element type
+                  xp=np, # numpy, or cupy for an array on the GPU (the device's own allocation, already aligned)
                  ) -> np.ndarray:
     "An uninitialised C-contiguous NumPy array whose data starts on an `ALIGNMENT`-byte boundary."
+    if xp is not np: return xp.empty(shape, dtype=dtype)
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(size + ALIGNMENT, dtype=np.uint8)

@@ -164,17 +164,17 @@ def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
                 first_row:int=0, # global index of rows[0] (image index × rows per image): keys the read noise
                 read:int=0, # read number of this layer call (a layer called twice per image reads twice)
                ) -> np.ndarray:
-    "engine.apply on rows (N, n_in) of drives in chunks, with the in-place post-op on each chunk."
-    n = rows.shape[0]
+    "engine.apply on rows (N, n_in) of drives in chunks, with the in-place post-op on each chunk; outputs where the engine computes."
+    n, xp = rows.shape[0], getattr(engine, "xp", np)
     per_chunk = _chunk_rows(max(rows.shape[1], engine.n_out), chunk_elements)
     workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
     if workers > 1 and n >= 2 * MIN_CHUNK_ROWS: per_chunk = min(per_chunk, -(-n // workers))
     if n <= per_chunk:
-        out = aligned_empty((n, engine.n_out))
+        out = aligned_empty((n, engine.n_out), xp=xp)
         _apply_into(engine, rows, out, first_row, read)
         if post is not None: post(out)
         return out
-    out = aligned_empty((n, engine.n_out))
+    out = aligned_empty((n, engine.n_out), xp=xp)
     def work(start):
         target = out[start:start + per_chunk]
         _apply_into(engine, rows[start:start + per_chunk], target, first_row + start, read)
@@ -246,7 +246,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
-    xp = array_module_of(x)                                     # CuPy when the engine's core is on a GPU: patches built there
+    xp = getattr(engine, "xp", np)                              # CuPy when the engine's core is on a GPU: patches and outputs there
     if xp is not np: chunk_elements = max(chunk_elements, DEVICE_CHUNK_ELEMENTS)
     if spec.spatial_rank == 1: x = x[:, None]
     convolve = getattr(engine, "convolve", None)                # an engine that convolves per row tile itself
@@ -291,7 +291,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     if workers > 1 and total_rows >= 2 * MIN_CHUNK_ROWS: rows_per_chunk = min(rows_per_chunk, -(-total_rows // workers))
     images = max(1, rows_per_chunk // (out_h * out_w))
     lines = out_h if images > 1 or rows_per_chunk >= out_h * out_w else max(1, rows_per_chunk // out_w)
-    out = aligned_empty((B, out_h, out_w, engine.n_out))
+    out = aligned_empty((B, out_h, out_w, engine.n_out), xp=xp)
     buffer_size = min(B, images) * min(out_h, lines) * out_w * width
     local = threading.local()
     def work(task):
@@ -308,10 +308,10 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                 y = target.reshape(-1, engine.n_out)
                 _apply_into(engine, rows.reshape(-1, width), y, first_row, read)
             else:
-                y = np.empty((block.shape[0] * block.shape[1] * out_w, engine.n_out), dtype=np.float32)
+                y = xp.empty((block.shape[0] * block.shape[1] * out_w, engine.n_out), dtype=np.float32)
                 _apply_into(engine, rows.reshape(-1, width), y, first_row, read)
         if post is not None: post(y)
-        if not np.may_share_memory(y, target): target[...] = y.reshape(target.shape)
+        if not xp.may_share_memory(y, target): target[...] = y.reshape(target.shape)
     _run_chunks([(b0, h0) for b0 in range(0, B, images) for h0 in range(0, out_h, lines)], work, engine)
     return out[:, 0] if spec.spatial_rank == 1 else out
 
@@ -396,6 +396,8 @@ class CoreEngine:
                 and core.config.noise_variance_precision == "bfloat16":
             from crosssim_nb.keyed_noise import bfloat16_operand        # (numba: loaded only with read noise)
             self.noise_kernel_bfloat16 = bfloat16_operand(self.noise_kernel[0])
+    @property
+    def xp(self): return self.core.xp          # where its inputs and outputs live: numpy, or cupy (the GPU)
     def prepare(self, x): return self.core.input_drives(self.core.xp.asarray(x))   # on a GPU the drives stay there: im2col runs on the device
     def apply(self, rows, out=None, first_row:int=0, read:int=0):
         return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)

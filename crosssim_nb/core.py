@@ -753,11 +753,11 @@ def _check_rows(self:AnalogCore, x_rows, check_finite:bool):
 @patch
 def apply_drives(self:AnalogCore,
                  drive_rows, # row drives from `input_drives`, shape (batch, n_in)
-                 out=None, # optional float32 NumPy array (batch, n_out) to write the outputs into
+                 out=None, # optional float32 array (batch, n_out) to write the outputs into: NumPy, or on a GPU core a CuPy array
                  first_row:int|None=None, # global index of the first row: keys its read noise (None: a fresh read of rows 0...)
                  read:int|None=None, # read number (default: the next one when first_row is None, else 0)
                 ) -> np.ndarray:
-    "What the hardware outputs for rows of drives: `(batch, n_out)` float32 NumPy array (the DAC has already run)."
+    "What the hardware outputs for rows of drives: `(batch, n_out)` float32, in `out` or a new NumPy array (the DAC has already run)."
     xp = self.xp
     _refuse_complex(drive_rows, f"AnalogCore {self.name!r}: drive_rows")
     if first_row is None: first_row, read = 0, (self._next_read() if read is None else read)
@@ -770,8 +770,8 @@ def apply_drives(self:AnalogCore,
     if out is None: out = aligned_empty((drive_rows.shape[0], self.n_out))
     for start, chunk in self._chunks(drive_rows):
         target = out[start:start + chunk.shape[0]]
-        if xp is np: self._forward_drives(chunk, out=target, first_row=first_row + start, read=read)
-        else: target[...] = to_numpy(self._forward_drives(chunk, first_row=first_row + start, read=read))
+        if array_module_of(out) is xp: self._forward_drives(chunk, out=target, first_row=first_row + start, read=read)
+        else: target[...] = to_numpy(self._forward_drives(chunk, first_row=first_row + start, read=read))   # GPU to host
     return out
 
 @patch

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .config import InferenceConfig
 from .core import AnalogCore
-from .backend import to_numpy, available_cpus, tensor_buffer
+from .backend import to_numpy, to_module, array_module_of, available_cpus, tensor_buffer
 from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
                                       nonnegative_tensors, depthwise_kernel, depthwise_matrix, activation_name)
 import crosssim_nb.convolution as convolution
@@ -27,9 +27,9 @@ __all__ = ['TopValues', 'AnalogNetwork', 'zoo_input_nonnegative']
 
 # %% ../nbs/11_network.ipynb #c9c37d04
 def _clamp(bound):
-    "In-place ReLU (`bound` None) or ReLU clipped at `bound`, for float32 outputs."
-    if bound is None: return lambda y: np.maximum(y, 0, out=y)
-    return lambda y, top=np.float32(bound): np.clip(y, 0, top, out=y)
+    "In-place ReLU (`bound` None) or ReLU clipped at `bound`, for float32 outputs (NumPy, or CuPy on a GPU)."
+    if bound is None: return lambda y: array_module_of(y).maximum(y, 0, out=y)
+    return lambda y, top=np.float32(bound): array_module_of(y).clip(y, 0, top, out=y)
 
 def _relu_bounds(node:GraphNode):
     "`(max_value or None)` when the node is a plain relu/relu6 (no slope, no threshold), else False."
@@ -47,27 +47,46 @@ def _call_keras(node:GraphNode, inputs:list) -> np.ndarray:
     args, kwargs = node.arguments.fill_in({id(kt): value for kt, value in zip(node.arguments.keras_tensors, inputs)})
     return np.asarray(keras.ops.convert_to_numpy(node.layer(*args, **kwargs)), dtype=np.float32)
 
-def _fast_digital(node:GraphNode, inputs:list, reusable:list):
-    "Bit-exact NumPy result of simple digital layers, or None. `reusable[i]`: input i may be overwritten."
+_GLOBAL_POOLS = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+
+def _device_pooling(node:GraphNode, x):
+    "Pooling of a channels-last array where it lives (the GPU): global pools, and 2-D max / average pools with valid padding; else None."
     kind, layer = node.layer_type, node.layer
+    if getattr(layer, "data_format", "channels_last") != "channels_last": return None
+    if kind in _GLOBAL_POOLS:
+        pooled = (x.mean if "Average" in kind else x.max)(axis=tuple(range(1, x.ndim - 1)), keepdims=bool(layer.keepdims))
+        return pooled.astype(np.float32, copy=False)
+    if kind in ("MaxPooling2D", "AveragePooling2D") and layer.padding == "valid":
+        windows = patch_view(x, tuple(layer.pool_size), tuple(layer.strides))      # (B, Ho, Wo, ph, pw, C)
+        return windows.max(axis=(3, 4)) if kind == "MaxPooling2D" else windows.mean(axis=(3, 4), dtype=np.float32)
+    return None
+
+def _fast_digital(node:GraphNode, inputs:list, reusable:list):
+    """Bit-exact result of simple digital layers, or None. `reusable[i]`: input i may be overwritten.
+    Inputs all on the host (NumPy) or all on the GPU (CuPy): the result is where they are."""
+    kind, layer = node.layer_type, node.layer
+    xp = array_module_of(inputs[0])
     if kind in ("Activation", "ReLU"):
         bound = _relu_bounds(node)
         if bound is False: return None
         out = inputs[0] if reusable[0] else None
-        out = np.maximum(inputs[0], 0, out=out)
-        if bound is not None: np.minimum(out, np.float32(bound), out=out)
+        out = xp.maximum(inputs[0], 0, out=out)
+        if bound is not None: xp.minimum(out, np.float32(bound), out=out)
         return out
     if kind in ("Add", "Subtract", "Multiply") and node.list_input and len(inputs) >= 2:
         if any(a.shape != inputs[0].shape for a in inputs): return None
-        op = {"Add": np.add, "Subtract": np.subtract, "Multiply": np.multiply}[kind]
+        op = {"Add": xp.add, "Subtract": xp.subtract, "Multiply": xp.multiply}[kind]
         out = op(inputs[0], inputs[1], out=inputs[0] if reusable[0] else None)
         for more in inputs[2:]: op(out, more, out=out)
         return out
-    if kind == "Concatenate" and node.list_input: return np.concatenate(inputs, axis=layer.axis)
+    if kind == "Concatenate" and node.list_input: return xp.concatenate(inputs, axis=layer.axis)
     if kind == "Flatten" and getattr(layer, "data_format", "channels_last") == "channels_last":
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if kind == "Reshape": return inputs[0].reshape((inputs[0].shape[0],) + tuple(layer.target_shape))
-    if kind in ("MaxPooling2D", "AveragePooling2D") and layer.data_format == "channels_last" and keras.backend.backend() == "tensorflow":
+    if xp is not np:                     # on the GPU: pooling there (TensorFlow's kernels below read host arrays)
+        pooled = _device_pooling(node, inputs[0])
+        if pooled is not None: return pooled
+    elif kind in ("MaxPooling2D", "AveragePooling2D") and layer.data_format == "channels_last" and keras.backend.backend() == "tensorflow":
         import tensorflow as tf          # the TensorFlow kernel Keras' layer calls, without the layer's call machinery
         pool = tf.nn.max_pool2d if kind == "MaxPooling2D" else tf.nn.avg_pool2d
         y = pool(inputs[0], layer.pool_size, layer.strides, layer.padding.upper())
@@ -221,7 +240,7 @@ class AnalogNetwork:
         if name == "linear": return None
         if name in ("relu", "relu6"): return _clamp(None if name == "relu" else 6.0)
         function = keras.activations.get(name)
-        def apply(y): y[...] = keras.ops.convert_to_numpy(function(y))
+        def apply(y): y[...] = to_module(keras.ops.convert_to_numpy(function(to_numpy(y))), array_module_of(y))   # (Keras: on the host)
         return apply
 
     def _fuse_relus(self) -> set:
@@ -372,7 +391,8 @@ class AnalogNetwork:
         "The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass."
         for i, spec in enumerate(node.analog):
             engine = engines[spec.name]
-            if observer is not None: observer(spec.name, x)
+            x = to_module(x, getattr(engine, "xp", np))       # a GPU core's input goes to the GPU, and its output stays there
+            if observer is not None: observer(spec.name, to_numpy(x))
             post = self._post[node.name] if i == len(node.analog) - 1 else None
             read = 0
             if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
@@ -401,9 +421,13 @@ class AnalogNetwork:
                 y, fresh = inputs[0], source in owned and source not in outputs and remaining[source] == 1
             else:
                 reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
+                xp = next((array_module_of(a) for a in inputs if array_module_of(a) is not np), np)   # the GPU if any input is there
+                if xp is not np:           # the host inputs join the GPU ones (copies, so no longer the same arrays as the tensors)
+                    reusable = [r and array_module_of(a) is xp for a, r in zip(inputs, reusable)]
+                    inputs = [to_module(a, xp) for a in inputs]
                 y = _fast_digital(node, inputs, reusable)
-                if y is None: y, fresh = _call_keras(node, inputs), True
-                else: fresh = not any(np.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
+                if y is None: y, fresh = _call_keras(node, [to_numpy(a) for a in inputs]), True    # Keras layers run on the host
+                else: fresh = not any(xp.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
             values[node.name] = y
             if fresh: owned.add(node.name)
             for t in node.inputs:
@@ -425,7 +449,7 @@ class AnalogNetwork:
         for start in range(0, count, batch_size):
             outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer, first_image=start)
             if results is None: results = [np.empty((count,) + o.shape[1:], dtype=np.float32) for o in outs]
-            for result, o in zip(results, outs): result[start:start + len(o)] = o
+            for result, o in zip(results, outs): result[start:start + len(o)] = to_numpy(o)     # (from the GPU, where the network ran there)
         return results
 
     def predict(self, x, # model input(s): an array, a list of arrays, or a dict by input name

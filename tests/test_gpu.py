@@ -219,24 +219,68 @@ def test_every_convolution_geometry_on_the_gpu_matches_the_cpu(build, settings):
     assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max() and relative_error(gpu, cpu) < 0.02
 
 
-def test_a_convolution_moves_its_input_to_the_gpu_once_not_its_patches(cupy_module, monkeypatch):
-    "A 3×3 convolution copies its input to the GPU once and builds the im2col rows there (9× the bytes if built on the host)."
-    if cupy_module is not fake_cupy: pytest.skip("counts the stand-in's host-to-device copies")
-    from crosssim_nb.network import AnalogNetwork
+def one_convolution_case():
+    "One 3×3 convolution: its im2col rows hold 9× the bytes of its input."
     keras.utils.set_random_seed(5)
     inputs = keras.Input((24, 24, 8))
     model = keras.Model(inputs, keras.layers.Conv2D(16, 3, padding="same")(inputs))
-    x = np.random.default_rng(5).normal(size=(16, 24, 24, 8)).astype(np.float32)
-    net = AnalogNetwork.from_keras(model, InferenceConfig(**EIGHT_BIT, use_gpu=True), calibration_data=x)
-    copied = []
-    host_to_device = fake_cupy.asarray
-    def counted(a, *args, **kwargs):
-        if not isinstance(a, fake_cupy.ndarray): copied.append(np.asarray(a).nbytes)
+    return model, np.random.default_rng(5).normal(size=(16, 24, 24, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", ["one-convolution", "fashion_resnet", "fashion_mobilenet"])
+def test_a_network_copies_its_input_to_the_gpu_once_and_its_output_back_once(case, cupy_module, monkeypatch):
+    """Im2col rows are built on the GPU, and every layer between the input and the output runs there (convolutions,
+    depthwise, ReLU, Add, padding, pooling): the host-device traffic of a batch is its input and its output, once each."""
+    if cupy_module is not fake_cupy: pytest.skip("counts the stand-in's copies between host and device")
+    from crosssim_nb.network import AnalogNetwork
+    model, x = one_convolution_case() if case == "one-convolution" else zoo_case(case, 32)
+    config = InferenceConfig(**EIGHT_BIT)
+    net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x)
+    to_device, to_host = [], []
+    host_to_device, device_to_host = fake_cupy.asarray, fake_cupy.ndarray.get
+    def counted_to_device(a, *args, **kwargs):
+        if not isinstance(a, fake_cupy.ndarray): to_device.append(np.asarray(a).nbytes)
         return host_to_device(a, *args, **kwargs)
-    monkeypatch.setattr(fake_cupy, "asarray", counted)
-    got = net.predict(x)
-    assert x.nbytes <= sum(copied) <= x.nbytes + 4096, f"{sum(copied)} bytes copied to the device for a {x.nbytes}-byte input"
-    assert relative_error(got, AnalogNetwork.from_keras(model, InferenceConfig(**EIGHT_BIT), calibration_data=x).predict(x)) < 1e-5
+    def counted_to_host(self, *args, **kwargs):
+        to_host.append(self.nbytes)
+        return device_to_host(self, *args, **kwargs)
+    monkeypatch.setattr(fake_cupy, "asarray", counted_to_device)
+    monkeypatch.setattr(fake_cupy.ndarray, "get", counted_to_host)
+    got = net.predict(x, batch_size=len(x))
+    monkeypatch.undo()
+    small = 64 * 1024                # (per-call constants: keys, ADC-health counters)
+    assert x.nbytes <= sum(to_device) <= x.nbytes + small, f"{sum(to_device)} bytes to the device for a {x.nbytes}-byte input"
+    assert got.nbytes <= sum(to_host) <= got.nbytes + small, f"{sum(to_host)} bytes to the host for a {got.nbytes}-byte output"
+    cpu = AnalogNetwork.from_keras(model, config, calibration_data=x).predict(x, batch_size=len(x))
+    assert relative_error(got, cpu) < 1e-4
+
+
+def host_and_device_model():
+    "Layers that run on the host in a GPU network (a swish activation, 'same' max pooling, an unfolded normalisation) between GPU ones."
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="first")(inputs)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="swish", name="swish")(x)
+    y = keras.layers.MaxPooling2D(3, strides=2, padding="same")(y)
+    y = keras.layers.LayerNormalization()(y)
+    x = keras.layers.Add()([keras.layers.Conv2D(8, 1, strides=2, name="skip")(x), y])
+    x = keras.layers.AveragePooling2D(2)(keras.layers.ReLU()(x))
+    x = keras.layers.GlobalMaxPooling2D()(keras.layers.Conv2D(6, 3, padding="same", name="digital")(x))
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+
+
+def test_layers_on_the_host_and_on_the_gpu_mix():
+    "Activations move to the host for the Keras layers and the layers kept digital, and back to the GPU after them."
+    from crosssim_nb.network import AnalogNetwork
+    model = host_and_device_model()
+    x = np.random.default_rng(6).normal(size=(20, 12, 12, 3)).astype(np.float32)
+    ideal = AnalogNetwork.from_keras(model, InferenceConfig.ideal(use_gpu=True), layer_overrides={"digital": "digital"})
+    assert relative_error(ideal.predict(x), model.predict(x, verbose=0)) < 1e-4
+    config = InferenceConfig(**{**EIGHT_BIT, "adc_bits": 12})
+    cpu, gpu = (AnalogNetwork.from_keras(model, config.replace(use_gpu=use_gpu), calibration_data=x, layer_overrides={"digital": "digital"})
+                for use_gpu in (False, True))
+    gpu, cpu = gpu.predict(x), cpu.predict(x)
+    assert np.median(np.abs(gpu - cpu)) <= 1e-3 * np.abs(cpu).max() and relative_error(gpu, cpu) < 0.02   # (as the geometries')
 
 
 def test_monte_carlo_inference_on_the_gpu_is_the_cpu_run():
