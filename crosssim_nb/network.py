@@ -63,7 +63,8 @@ def _device_pooling(node:GraphNode, x):
 
 def _fast_digital(node:GraphNode, inputs:list, reusable:list):
     """Bit-exact result of simple digital layers, or None. `reusable[i]`: input i may be overwritten.
-    Inputs all on the host (NumPy) or all on the GPU (CuPy): the result is where they are."""
+    Inputs all on the host (NumPy) or all on the GPU (CuPy): the result is where they are (on the GPU, an average
+    pool's sums may round in another order than Keras')."""
     kind, layer = node.layer_type, node.layer
     xp = array_module_of(inputs[0])
     if kind in ("Activation", "ReLU"):

@@ -729,3 +729,22 @@ def test_pooling_fast_path_is_the_keras_layer(kind, padding, strides):
     assert got is not None
     np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(layer(x)))
     np.testing.assert_array_equal(net.predict(x), model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("make", [lambda: keras.layers.MaxPooling2D((3, 2), strides=(2, 1)), lambda: keras.layers.AveragePooling2D((3, 2), strides=(3, 2)),
+                                  lambda: keras.layers.GlobalAveragePooling2D(), lambda: keras.layers.GlobalMaxPooling2D(keepdims=True),
+                                  lambda: keras.layers.MaxPooling2D(2, padding="same")],
+                         ids=["max-valid", "average-valid", "global-average", "global-max-keepdims", "max-same-refused"])
+def test_gpu_pooling_is_the_keras_layer(make):
+    "The pooling a GPU network runs where its activations are (`_device_pooling`, array-module agnostic: checked here on NumPy) = Keras."
+    from crosssim_nb.network import _device_pooling
+    inp = keras.Input((9, 8, 3))
+    layer = make()
+    net = AnalogNetwork.from_keras(keras.Model(inp, layer(inp)), InferenceConfig.ideal())
+    node = [n for n in net.graph.nodes if n.layer is layer][0]
+    x = np.ascontiguousarray(images(2, 9, channels=3, seed=4)[:, :, :8])
+    got = _device_pooling(node, x)
+    if getattr(layer, "padding", None) == "same": assert got is None; return    # (the host's kernel does 'same' pooling)
+    want = keras.ops.convert_to_numpy(layer(x))
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
