@@ -158,17 +158,22 @@ def test_ideal_network_on_the_gpu_equals_keras():
     assert relative_error(got, want) < 1e-4 and (got.argmax(1) == want.argmax(1)).all()
 
 
+def calibrated_on_the_cpu(model, x, config):
+    "`config` with CALIBRATED ADC ranges and the limits a CPU percentile calibration on `x` gives: shared by a CPU and a GPU network, every ADC converts signals."
+    from crosssim_nb.calibration import calibrate_adc
+    from crosssim_nb.network import AnalogNetwork
+    limits = calibrate_adc(AnalogNetwork.from_keras(model, config, calibration_data=x), x, method="percentile").adc_limits
+    return config.replace(adc_range_option="CALIBRATED"), limits
+
+
 @pytest.mark.parametrize("noise", [False, True], ids=["8-bit", "8-bit+read-noise"])
 @pytest.mark.parametrize("name", ["fashion_resnet", "fashion_mobilenet"])
 def test_network_on_the_gpu_matches_the_cpu(name, noise):
     "8-bit ADCs calibrated on the CPU (so every layer, depthwise ones too, converts real signals), read on both."
-    from crosssim_nb.calibration import calibrate_adc
     from crosssim_nb.network import AnalogNetwork
     model, x = zoo_case(name, 300)
-    config = InferenceConfig(**EIGHT_BIT, noise_variance_precision="float32",
-                             **(dict(noise_model="generic", alpha_noise=0.02) if noise else {}))
-    limits = calibrate_adc(AnalogNetwork.from_keras(model, config, calibration_data=x[:100]), x[:100], method="percentile").adc_limits
-    config = config.replace(adc_range_option="CALIBRATED")
+    config, limits = calibrated_on_the_cpu(model, x[:100], InferenceConfig(**EIGHT_BIT, noise_variance_precision="float32",
+                                           **(dict(noise_model="generic", alpha_noise=0.02) if noise else {})))
     cpu_net = AnalogNetwork.from_keras(model, config, calibration_data=x[:100], adc_limits=limits)
     gpu_net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x[:100], adc_limits=limits)
     cpu, gpu = cpu_net.predict(x), gpu_net.predict(x)
@@ -234,8 +239,8 @@ def test_a_network_copies_its_input_to_the_gpu_once_and_its_output_back_once(cas
     if cupy_module is not fake_cupy: pytest.skip("counts the stand-in's copies between host and device")
     from crosssim_nb.network import AnalogNetwork
     model, x = one_convolution_case() if case == "one-convolution" else zoo_case(case, 32)
-    config = InferenceConfig(**EIGHT_BIT)
-    net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x)
+    config, limits = calibrated_on_the_cpu(model, x, InferenceConfig(**EIGHT_BIT))
+    net = AnalogNetwork.from_keras(model, config.replace(use_gpu=True), calibration_data=x, adc_limits=limits)
     to_device, to_host = [], []
     host_to_device, device_to_host = fake_cupy.asarray, fake_cupy.ndarray.get
     def counted_to_device(a, *args, **kwargs):
@@ -251,8 +256,10 @@ def test_a_network_copies_its_input_to_the_gpu_once_and_its_output_back_once(cas
     small = 64 * 1024                # (per-call constants: keys, ADC-health counters)
     assert x.nbytes <= sum(to_device) <= x.nbytes + small, f"{sum(to_device)} bytes to the device for a {x.nbytes}-byte input"
     assert got.nbytes <= sum(to_host) <= got.nbytes + small, f"{sum(to_host)} bytes to the host for a {got.nbytes}-byte output"
-    cpu = AnalogNetwork.from_keras(model, config, calibration_data=x).predict(x, batch_size=len(x))
+    cpu_net = AnalogNetwork.from_keras(model, config, calibration_data=x, adc_limits=limits)
+    cpu = cpu_net.predict(x, batch_size=len(x))
     assert relative_error(got, cpu) < 1e-4
+    assert (net.adc_health()["status"] != "mostly zero").all()     # (every layer converts signals, so the comparison means something)
 
 
 def host_and_device_model():

@@ -452,7 +452,7 @@ def geometry_zoo_model():
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(subtract_current_in_xbar=False), dict(style="OFFSET"),
-                                      dict(digital_bias=False), dict(nslices=2), dict(adc_bits=0), dict(icol_max=1.5),
+                                      dict(digital_bias=False), dict(nslices=2), dict(adc_bits=0), dict(icol_max=1.5, adc_bits=12),
                                       dict(stochastic_rounding=True), dict(bias_bits=6), dict(balanced_style="TWO_SIDED")],
                          ids=["balanced", "pair", "offset", "analog-bias", "two-slices", "dac-only", "current-limit",
                               "stochastic-rounding", "bias-bits", "two-sided"])
