@@ -12,7 +12,9 @@ stamp=.venv/.crosssim_nb_installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing crosssim_nb[dev] into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # (PYTHONWARNINGS: setuptools' build backend warns, at length, that an editable install of a flat layout puts the
+  #  repository on the path; that is what we want, and errors still show)
+  PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
 bash scripts/get_data.sh
