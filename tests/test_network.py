@@ -712,19 +712,23 @@ def test_bfloat16_convolution_noise_is_the_float32_noise_within_its_bound(kernel
     assert change.max() > 0
 
 
+def pooling_case(layer):
+    "A model of the one pooling `layer` on (9, 8, 3) inputs: (model, its ideal AnalogNetwork, the layer's graph node, 2 images)."
+    inp = keras.Input((9, 8, 3))
+    model = keras.Model(inp, layer(inp))
+    net = AnalogNetwork.from_keras(model, InferenceConfig.ideal())
+    node = [n for n in net.graph.nodes if n.layer is layer][0]
+    return model, net, node, np.ascontiguousarray(images(2, 9, channels=3, seed=4)[:, :, :8])
+
+
 @TENSORFLOW_BACKEND
 @pytest.mark.parametrize("kind", ["MaxPooling2D", "AveragePooling2D"])
 @pytest.mark.parametrize("padding,strides", [("valid", (2, 2)), ("same", (2, 2)), ("same", (1, 1)), ("valid", (3, 2))])
 def test_pooling_fast_path_is_the_keras_layer(kind, padding, strides):
     "The pooling fast path (TensorFlow's kernel called directly) gives the Keras layer's result bit for bit."
     from crosssim_nb.network import _fast_digital
-    inp = keras.Input((9, 8, 3))
     layer = getattr(keras.layers, kind)((3, 2), strides=strides, padding=padding, name="pool")
-    model = keras.Model(inp, layer(inp))
-    net = AnalogNetwork.from_keras(model, InferenceConfig.ideal())
-    node = [n for n in net.graph.nodes if n.name == "pool"][0]
-    x = images(2, 9, channels=3, seed=4)[:, :, :8]
-    x = np.ascontiguousarray(x)
+    model, net, node, x = pooling_case(layer)
     got = _fast_digital(node, [x], [False])
     assert got is not None
     np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(layer(x)))
@@ -738,11 +742,8 @@ def test_pooling_fast_path_is_the_keras_layer(kind, padding, strides):
 def test_gpu_pooling_is_the_keras_layer(make):
     "The pooling a GPU network runs where its activations are (`_device_pooling`, array-module agnostic: checked here on NumPy) = Keras."
     from crosssim_nb.network import _device_pooling
-    inp = keras.Input((9, 8, 3))
     layer = make()
-    net = AnalogNetwork.from_keras(keras.Model(inp, layer(inp)), InferenceConfig.ideal())
-    node = [n for n in net.graph.nodes if n.layer is layer][0]
-    x = np.ascontiguousarray(images(2, 9, channels=3, seed=4)[:, :, :8])
+    _, _, node, x = pooling_case(layer)
     got = _device_pooling(node, x)
     if getattr(layer, "padding", None) == "same": assert got is None; return    # (the host's kernel does 'same' pooling)
     want = keras.ops.convert_to_numpy(layer(x))
