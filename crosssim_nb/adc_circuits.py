@@ -4,14 +4,16 @@
 
 # %% ../nbs/09_adc_circuits.ipynb #761663c7
 from __future__ import annotations
-import math
+import functools, hashlib, math, os
 import numpy as np
+from .backend import available_memory
 
 # %% auto #0
-__all__ = ['ADC_TYPES', 'circuit_levels', 'ideal_circuit_codes', 'Transfer', 'ramp_levels', 'ramp_transfers', 'ramp_convert',
-           'sar_thresholds', 'sar_convert', 'sar_transfer', 'pipeline_transfer', 'pipeline_convert', 'adc_count',
-           'column_adcs', 'draw_transfers', 'TransferTable', 'CircuitADCGrid', 'adc_characteristics', 'plot_transfers',
-           'core_transfers', 'circuit_adc_viewer']
+__all__ = ['ADC_TYPES', 'CIRCUIT_ADC_BUDGET_BYTES', 'circuit_levels', 'ideal_circuit_codes', 'Transfer', 'ramp_levels',
+           'ramp_transfers', 'ramp_convert', 'sar_thresholds', 'sar_convert', 'sar_transfer', 'pipeline_transfer',
+           'pipeline_convert', 'adc_count', 'column_adcs', 'has_component_errors', 'draw_transfers', 'TransferTable',
+           'distinct_adcs', 'circuit_adc_bytes', 'check_circuit_adc_budget', 'CircuitADCGrid', 'adc_characteristics',
+           'plot_transfers', 'core_transfers', 'distinct_adc_columns', 'circuit_adc_viewer']
 
 # %% ../nbs/09_adc_circuits.ipynb #ea3b30f8
 def circuit_levels(adc_bits:int, # N
@@ -89,7 +91,10 @@ def ramp_transfers(levels, # ramp levels of the array's CDAC (units of Vref)
     order = np.argsort(levels, kind="stable")
     sorted_levels = np.asarray(levels)[order]
     middles = (sorted_levels[1:] + sorted_levels[:-1]) / 2
-    return [Transfer(middles - o, order) for o in np.atleast_1d(offsets)]
+    made = {}                                  # columns with the same offset share one Transfer (one table row)
+    for o in np.atleast_1d(offsets):
+        if float(o) not in made: made[float(o)] = Transfer(middles - o, order)
+    return [made[float(o)] for o in np.atleast_1d(offsets)]
 
 def ramp_convert(x, levels, offset=0.0):
     "Direct per-conversion reference: `argmin_c |L_c − (x + offset)|`, lowest c on ties."
@@ -199,6 +204,18 @@ def column_adcs(adc_type:str, columns:int, group_size:int) -> np.ndarray:
     "Which of the array's ADCs digitises each column: column j → j (ramp) or j // group_size."
     return np.arange(columns) if adc_type == "ramp" else np.arange(columns) // group_size
 
+def has_component_errors(config) -> bool:
+    "Whether the circuit ADCs of `config` draw any component error (else every ADC is the same error-free circuit)."
+    if str(config.adc_type) in ("ramp", "sar"): return config.sigma_capacitor > 0 or config.sigma_comparator > 0
+    return any(getattr(config, name) > 0 for name in ("sigma_comparator", "sigma_c1", "sigma_c2", "sigma_cpar"))
+
+@functools.lru_cache(maxsize=16)
+def _error_free_transfer(kind:str, n:int, gain_db:float, symmetric_cdac:bool, split_cdac:bool) -> Transfer:
+    "The one transfer every error-free ADC of a kind shares (built once per process)."
+    if kind == "ramp": return ramp_transfers(ramp_levels(n, np.zeros(n + 1), gain_db, symmetric_cdac), [0.0])[0]
+    if kind == "sar": return sar_transfer(sar_thresholds(n, np.zeros(n + 1), gain_db, split_cdac), 0.0)
+    return pipeline_transfer(n, np.zeros(2 * n - 1), np.ones(n - 1), np.ones(n - 1), np.zeros(n - 1), gain_db)
+
 def draw_transfers(config, # InferenceConfig: adc_type, adc_bits and the circuit parameters
                    columns:int, # columns of one array that are digitised
                    rng:np.random.Generator, # draws of this array in this Monte-Carlo run
@@ -206,6 +223,8 @@ def draw_transfers(config, # InferenceConfig: adc_type, adc_bits and the circuit
     "The transfer curve of every ADC of one array (units of Vref), component errors drawn once."
     kind, n, c = str(config.adc_type), config.adc_bits, config
     count = adc_count(kind, columns, c.group_size)
+    if kind in ADC_TYPES and not has_component_errors(c):          # every ADC is the same ideal circuit: one shared Transfer
+        return [_error_free_transfer(kind, n, c.gain_db, c.symmetric_cdac, c.split_cdac)] * count
     if kind == "ramp":      # one CDAC for the array, a comparator per column
         levels = ramp_levels(n, rng.normal(0, 1, n + 1) * c.sigma_capacitor, c.gain_db, c.symmetric_cdac)
         return ramp_transfers(levels, rng.normal(0, 1, count) * c.sigma_comparator)
@@ -229,6 +248,9 @@ def draw_transfers(config, # InferenceConfig: adc_type, adc_bits and the circuit
     raise ValueError(f"adc_type={kind!r} is not a circuit ADC; allowed: {', '.join(map(repr, ADC_TYPES))}")
 
 # %% ../nbs/09_adc_circuits.ipynb #badfb56b
+_BUCKET_CHUNK = 1 << 21     # bucket edges searched per pass while a table is built (float64 temporaries: ~50 MB)
+_BUCKET_ENTRIES = 1 << 22   # finer bucket grids are tried only while the table stays this small (int32: 16 MB)
+
 class TransferTable:
     "Many ADCs' transfer curves packed for vectorised lookup: a coarse uniform bucket index into each ADC's breakpoints, then a few compare-and-step passes (no per-conversion loop, no per-ADC loop)."
     def __init__(self,
@@ -241,34 +263,42 @@ class TransferTable:
         width = max(len(t.codes) for t in transfers)           # intervals of the widest ADC (+1 for the padding)
         self.stride = width + 1
         breakpoints = np.full((self.n_adcs, self.stride), np.inf)
-        levels = np.zeros((self.n_adcs, self.stride))
+        levels = np.zeros((self.n_adcs, self.stride), dtype=np.float32)
         output = circuit_levels(adc_bits)
         for a, t in enumerate(transfers):
             breakpoints[a, :len(t.breakpoints)] = np.clip(t.breakpoints, -1.25, 1.25)   # beyond ±1: always or never below x
             levels[a, :len(t.codes)] = output[t.codes]
         margin = 1e-6                                           # float32 bucket arithmetic can land one edge off
-        flat = np.where(np.isfinite(breakpoints), breakpoints + 4.0 * np.arange(self.n_adcs)[:, None], np.inf).ravel()
-        flat_sorted = np.sort(flat)
         def bucket_table(buckets):
+            """Each bucket's first interval (int32, as an index into the flat table) and the most breakpoints one bucket holds.
+            A few ADCs at a time: their rows, shifted apart by 4 (breakpoints lie in ±1.25, padding at 1.5), are one sorted
+            array small enough for the cache, searched for all their bucket edges at once."""
+            base, passes = np.empty((self.n_adcs, buckets), dtype=np.int32), 0
             edges = -1 + 2 * np.arange(buckets + 1) / buckets
-            shifted = edges[None, :] + 4.0 * np.arange(self.n_adcs)[:, None]
-            first = np.searchsorted(flat_sorted, shifted[:, :-1] - margin, side="left")   # breakpoints below each bucket
-            last = np.searchsorted(flat_sorted, shifted[:, 1:] + margin, side="left")
-            return first, int((last - first).max())
-        # the finest grid is tried only while it removes passes: near-coincident breakpoints (a pipeline's tiny
-        # intervals) need several passes at any resolution, and a larger table costs cache misses instead
+            step = max(1, min(_BUCKET_CHUNK // (buckets + 1), (1 << 16) // self.stride))
+            for a0 in range(0, self.n_adcs, step):
+                block = breakpoints[a0:a0 + step]
+                local = 4.0 * np.arange(len(block))[:, None]
+                flat = (np.where(np.isfinite(block), block, 1.5) + local).ravel()                # sorted
+                shifted = edges[None, :] + local
+                first = np.searchsorted(flat, shifted[:, :-1] - margin, side="left")   # breakpoints below each bucket
+                last = np.searchsorted(flat, shifted[:, 1:] + margin, side="left")
+                passes = max(passes, int((last - first).max()))
+                base[a0:a0 + step] = first + a0 * self.stride   # (row r of the block starts at r·stride in both tables)
+            return base, passes
+        # the finest grid is tried only while it removes passes and the table stays small: near-coincident breakpoints
+        # (a pipeline's tiny intervals) need several passes at any resolution, and a larger table costs cache misses
         buckets = 2 ** (adc_bits + 1)
-        first, passes = bucket_table(buckets)
-        while passes > max_passes and buckets < 2 ** (adc_bits + 4):
+        base, passes = bucket_table(buckets)
+        while passes > max_passes and buckets < 2 ** (adc_bits + 4) and 2 * buckets * self.n_adcs <= _BUCKET_ENTRIES:
             finer, finer_passes = bucket_table(buckets * 2)
             if finer_passes >= passes: break
-            buckets, first, passes = buckets * 2, finer, finer_passes
-        row_start = np.searchsorted(flat_sorted, 4.0 * np.arange(self.n_adcs) - 2.0)  # first breakpoint of each ADC
-        base = first - row_start[:, None] + (self.stride * np.arange(self.n_adcs))[:, None]
+            buckets, base, passes = buckets * 2, finer, finer_passes
         self.buckets, self.passes = buckets, passes
-        self.base = xp.asarray(base.ravel(), dtype=np.int32)
+        self.base = xp.asarray(base.ravel())
+        del base
         self.breakpoints = xp.asarray(breakpoints.ravel(), dtype=np.float32)
-        self.levels = xp.asarray(levels.ravel(), dtype=np.float32)
+        self.levels = xp.asarray(levels.ravel())
 
     def lookup(self, x, # inputs in units of Vref, within [-1, 1], float32
                adc_rows, # bucket-table row offset of each input's ADC (`adc_index·buckets`), int32, broadcastable to x
@@ -286,6 +316,52 @@ class TransferTable:
         return self.levels[interval]
 
 # %% ../nbs/09_adc_circuits.ipynb #4e0044be
+def _distinct(transfers:list) -> tuple:
+    "`(unique transfers, row of each transfer among them)`: equal curves (same breakpoints and codes) counted once."
+    rows, by_content, by_object, unique = np.empty(len(transfers), dtype=np.int64), {}, {}, []
+    for a, t in enumerate(transfers):
+        if id(t) not in by_object:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(np.ascontiguousarray(t.breakpoints)); digest.update(np.ascontiguousarray(t.codes))
+            key = digest.digest()
+            if key not in by_content: by_content[key] = len(unique); unique.append(t)
+            by_object[id(t)] = by_content[key]
+        rows[a] = by_object[id(t)]
+    return unique, rows
+
+CIRCUIT_ADC_BUDGET_BYTES = 1 << 30   # the most memory the circuit ADCs' lookup tables of one layer may take (bytes); raise it for more
+_BYTES_PER_CODE = 96                 # peak bytes per code while the tables are built (transfers, float64 padding, tables)
+_FIXED_BYTES = 32 << 20              # and what building them needs whatever their size (bucket search chunks, small arrays)
+
+def distinct_adcs(config, # InferenceConfig with a circuit adc_type
+                  array_columns:list, # digitised columns of every array of one row tile
+                 ) -> int:
+    "How many different transfer curves the ADCs of one row tile can have: 1 without component errors, one per array for a ramp with only capacitor errors, else one per ADC."
+    kind = str(config.adc_type)
+    if not has_component_errors(config): return 1
+    if kind == "ramp" and config.sigma_comparator == 0: return len(array_columns)
+    return sum(adc_count(kind, columns, config.group_size) for columns in array_columns)
+
+def circuit_adc_bytes(config, array_columns:list, tiles:int=1) -> int:
+    "Estimated peak bytes of the lookup tables of `tiles` row tiles with these arrays: (distinct ADCs + 4 for the one being drawn) × 2^N codes × `_BYTES_PER_CODE`, + `_FIXED_BYTES`."
+    return (tiles * distinct_adcs(config, array_columns) + 4) * 2 ** config.adc_bits * _BYTES_PER_CODE + _FIXED_BYTES   # (+4: one ADC being drawn)
+
+def check_circuit_adc_budget(config, array_columns:list, tiles:int=1, name:str="") -> int:
+    "The estimated bytes of a layer's circuit-ADC tables; a ValueError naming them and the settings when they exceed the budget."
+    need = circuit_adc_bytes(config, array_columns, tiles)
+    available = available_memory() // 2
+    allowed = min(CIRCUIT_ADC_BUDGET_BYTES, available)
+    if need > allowed:
+        kind, adcs = str(config.adc_type), distinct_adcs(config, array_columns) * tiles
+        where = ("half the available memory" if available < CIRCUIT_ADC_BUDGET_BYTES else
+                 "crosssim_nb.adc_circuits.CIRCUIT_ADC_BUDGET_BYTES")
+        settings = f"adc_bits={config.adc_bits}" + ("" if kind == "ramp" else f", group_size={config.group_size}")
+        raise ValueError(f"AnalogCore {name!r}: the {kind} ADCs of this layer need about {need / 1e9:.3g} GB of lookup tables "
+                         f"({adcs} ADCs with their own transfer x 2^{config.adc_bits} codes; adc_type={kind!r}, {settings}, "
+                         f"{tiles} row tiles), more than the {allowed / 1e9:.3g} GB allowed ({where}); use fewer adc_bits"
+                         + ("" if kind == "ramp" else ", a larger group_size") + " or fewer row tiles (a larger nrows_max)")
+    return need
+
 class CircuitADCGrid:
     "The circuit ADCs of one row tile: which ADC digitises which column, each ADC's transfer drawn per programming, and the lookup."
     def __init__(self,
@@ -312,11 +388,13 @@ class CircuitADCGrid:
         for columns in self.array_columns:
             first.append(len(transfers))
             transfers += draw_transfers(c, columns, rng)
-        self.transfers, self.table = transfers, TransferTable(transfers, self.adc_bits, self.xp)
+        unique, table_row = _distinct(transfers)                      # identical ADCs share one row of the table
+        self.transfers = [unique[row] for row in table_row]
+        self.table = TransferTable(unique, self.adc_bits, self.xp)
         first = np.array(first)
         self.adc_index = {part: first[array] + column_adcs(kind, int(column.max()) + 1, c.group_size)[column]
                           for part, (array, column) in self.part_columns.items()}
-        self._rows = {part: self.xp.asarray(index * self.table.buckets, dtype=np.int32) for part, index in self.adc_index.items()}
+        self._rows = {part: self.xp.asarray(table_row[index] * self.table.buckets, dtype=np.int32) for part, index in self.adc_index.items()}
 
     def digitize(self, current, # column currents (k, batch, slices, n_out), modified in place when float32
                  part:str, # which columns these are ('difference', 'positive', 'negative', 'column' or 'reference')
@@ -391,23 +469,61 @@ def core_transfers(core, # an AnalogCore with a circuit ADC
     vref = float(np.asarray(grid.vref).reshape(-1)[0]) if np.size(grid.vref) == 1 else float(np.asarray(grid.vref)[0, 0, weight_slice, 0])
     return [grid.transfers[int(index[c])] for c in columns], vref
 
+def distinct_adc_columns(core, # an AnalogCore with a circuit ADC
+                         count:int=3, # how many ADCs
+                         row_tile:int=0, # row tile whose ADCs to take
+                         part:str|None=None, # as in `core_transfers`
+                         weight_slice:int=0, # weight slice
+                        ) -> list[int]:
+    "The first output column of each of the first `count` physical ADCs of a core (SAR, pipeline and cyclic ADCs serve `group_size` columns each)."
+    grid = core._tile_grids[row_tile]
+    if grid is None or not hasattr(grid, "adc_index"):
+        raise ValueError(f"core {core.name!r} has no circuit ADC (adc_type={core.config.adc_type.value!r}, adc_bits={core.config.adc_bits})")
+    index = np.asarray(grid.adc_index[part or next(iter(grid.adc_index))][weight_slice]).reshape(-1)
+    firsts = {}
+    for column, adc in enumerate(index.tolist()): firsts.setdefault(adc, column)
+    return sorted(firsts.values())[:count]
+
+def _column_spans(core, columns, row_tile=0, weight_slice=0) -> list[str]:
+    "For each chosen column, the columns its ADC serves, as 'a–b' (or 'a')."
+    grid = core._tile_grids[row_tile]
+    index = np.asarray(grid.adc_index[next(iter(grid.adc_index))][weight_slice]).reshape(-1)
+    spans = []
+    for column in columns:
+        served = np.flatnonzero(index == index[column])
+        spans.append(f"{served[0]}–{served[-1]}" if len(served) > 1 and served[-1] - served[0] + 1 == len(served) else
+                     ", ".join(map(str, served)))
+    return spans
+
 def circuit_adc_viewer(net, # an AnalogNetwork (or a dict of name -> AnalogCore) with circuit ADCs
-                       columns=(0, 1, 2), # output columns whose ADCs are drawn
+                       adcs:int=3, # how many of the layer's physical ADCs to draw (each drawn once, from the first column it serves)
                       ):
-    "Pick a layer: its ADCs' transfer curve, DNL and INL beside the ideal circuit ADC and the generic quantiser."
+    """Pick a layer: transfer curve, DNL and INL of its first `adcs` distinct ADCs beside the ideal circuit ADC and the
+    generic quantiser. Columns that share one SAR/pipeline/cyclic ADC are one curve; without component errors every ADC
+    is the same circuit, and one curve is drawn (the title says so). Returns the widget; its `figure` is the figure shown."""
     import ipywidgets as widgets, matplotlib.pyplot as plt
     cores = net.cores if hasattr(net, "cores") else dict(net)
     names = [name for name, core in cores.items() if hasattr(core._tile_grids[0], "adc_index")]
     if not names: raise ValueError("no layer has a circuit ADC; set adc_type to 'ramp', 'sar', 'pipeline' or 'cyclic' with adc_bits > 0")
     layer = widgets.Dropdown(options=names, description="layer")
     output = widgets.Output()
+    box = widgets.VBox([layer, output])
+    box.figure = None
     def show(_=None):
         core = cores[layer.value]
-        transfers, vref = core_transfers(core, columns=[c for c in columns if c < core.n_out])
-        with output:
-            output.clear_output(wait=True)
-            plot_transfers(transfers, core.config.adc_bits, vref, title=f"{layer.value}: {core.config.adc_type.value} ADC, columns {list(columns)}")
-            plt.show()
+        kind = core.config.adc_type.value
+        same = not has_component_errors(core.config)
+        columns = distinct_adc_columns(core, 1 if same else adcs)
+        transfers, vref = core_transfers(core, columns=columns)
+        spans = _column_spans(core, columns)
+        title = (f"{layer.value}: {kind} ADC — no component errors, every ADC is the same circuit" if same else
+                 f"{layer.value}: {kind} ADCs of columns {', '.join(spans)}")
+        if box.figure is not None: plt.close(box.figure)
+        box.figure = plot_transfers(transfers, core.config.adc_bits, vref, title=title)
+        plt.close(box.figure)     # drawn once, in the widget: an open pyplot figure would be drawn again below the cell
+        output.outputs = ()                                    # (no display(): a script would print the Figure repr)
+        output.append_display_data(box.figure)
     layer.observe(show, names="value")
     show()
-    return widgets.VBox([layer, output])
+    return box
+

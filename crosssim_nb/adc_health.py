@@ -8,9 +8,9 @@ import threading
 import numpy as np
 
 # %% auto #0
-__all__ = ['ZERO_LIMIT', 'CLIP_LIMIT', 'SAMPLE_ABOVE', 'SAMPLE_STRIDE', 'HEALTH_COLUMNS', 'REMEDY', 'ADCCounts', 'core_counts',
-           'start_counting', 'snapshot', 'add_snapshots', 'health_table', 'health_message', 'chance_message',
-           'ADCHealthWarning', 'warn_degenerate']
+__all__ = ['ZERO_LIMIT', 'CLIP_LIMIT', 'SAMPLE_ABOVE', 'SAMPLE_STRIDE', 'HEALTH_COLUMNS', 'REMEDY', 'SIGMA_FIELDS', 'WIRE_FIELDS',
+           'ADCCounts', 'core_counts', 'start_counting', 'snapshot', 'add_snapshots', 'health_table', 'health_message',
+           'chance_message', 'likely_causes', 'remedy_for', 'ADCHealthWarning', 'warn_degenerate']
 
 # %% ../nbs/12_adc_health.ipynb #32a68304
 ZERO_LIMIT = 0.9    # a layer with more than this share of conversions at the zero-current code is degenerate
@@ -125,6 +125,7 @@ def _layer_figures(row) -> str:
 def health_message(table, # a `health_table`
                    model_name:str="", # named in the message
                    max_layers:int=6, # name at most this many layers
+                   remedy:str|None=None, # what to do (default REMEDY; `remedy_for` names the likely cause)
                   ) -> str|None:
     "The warning text for the degenerate layers of `table` (None when every layer is ok)."
     bad = table[table.status != "ok"] if len(table) else table
@@ -133,7 +134,7 @@ def health_message(table, # a `health_table`
     more = f"; and {len(bad) - max_layers} more" if len(bad) > max_layers else ""
     settings = ", ".join(sorted({f"{row.adc_bits}-bit ADC, adc_range_option={row.adc_range_option!r}" for row in bad.itertuples()}))
     return (f"{model_name + ': ' if model_name else ''}{len(bad)} of {len(table)} analog layers have degenerate ADCs "
-            f"({settings}): {shown}{more}. {REMEDY}")
+            f"({settings}): {shown}{more}. {REMEDY if remedy is None else remedy}")
 
 def chance_message(accuracy:float, # analog top-1 accuracy (0..1)
                    float_accuracy:float, # float top-1 accuracy (0..1)
@@ -148,6 +149,50 @@ def chance_message(accuracy:float, # analog top-1 accuracy (0..1)
     return (f"analog top-1 accuracy {100 * accuracy:.1f} % is close to chance "
             f"({100 * chance:.1f} % for {n_classes} classes; float {100 * float_accuracy:.1f} %)")
 
+# %% ../nbs/12_adc_health.ipynb #732cf814
+SIGMA_FIELDS = ("sigma_capacitor", "sigma_comparator", "sigma_c1", "sigma_c2", "sigma_cpar")   # circuit-ADC mismatch settings
+WIRE_FIELDS = ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal")                          # parasitic resistances (ohm)
+
+def _degenerate(table) -> bool: return table is not None and len(table) and bool((table.status != "ok").any())
+
+def likely_causes(config, # the hardware (an InferenceConfig)
+                  table=None, # its `health_table`, or None when not measured
+                  adc_calibrated:bool|None=None, # the ADC ranges were calibrated (None: CALIBRATED ranges mean they were)
+                 ) -> list:
+    "The likely causes of an accuracy collapse, read from the configuration and the ADC health: one text per cause, each naming the settings, their values and the remedy."
+    causes = []
+    if adc_calibrated is None: adc_calibrated = config.adc_bits > 0 and str(getattr(config.adc_range_option, "value", config.adc_range_option)) == "CALIBRATED"
+    from crosssim_nb.device_models import drift_model_of
+    drifting = config.t_drift > 0 and drift_model_of(config) is not None      # a model that drifts (drift_model, or an error model's own drift)
+    compensation = str(getattr(config.drift_compensation, "value", config.drift_compensation))
+    if drifting and compensation == "none":
+        causes.append(f"uncompensated drift (t_drift={config.t_drift:g} days, drift_model={str(getattr(config.drift_model, 'value', config.drift_model))!r}, "
+                      "drift_compensation='none'): set drift_compensation='global' (or 'per_column')")
+    wires = {name: getattr(config, name) for name in WIRE_FIELDS if getattr(config, name) > 0}
+    if wires:
+        shown = ", ".join(f"{name}={value:g} Ω" for name, value in wires.items())
+        rows = f"nrows_max={config.nrows_max}" if config.nrows_max else "nrows_max=0 (one array per layer)"
+        causes.append(f"wire resistance ({shown} with rmin={config.rmin:g} Ω; {rows}): lower rp_*, use smaller arrays "
+                      "(nrows_max / ncols_max, e.g. 256), or a realistic rmin (published arrays: 10–100 kΩ; --device NAME sets one)")
+    sigmas = {name: getattr(config, name) for name in SIGMA_FIELDS if getattr(config, name) > 0}
+    if sigmas and config.adc_bits > 0 and str(getattr(config.adc_type, "value", config.adc_type)) != "generic":
+        shown = ", ".join(f"{name}={value:g}" for name, value in sigmas.items())
+        causes.append(f"ADC circuit mismatch ({shown}, {config.adc_bits}-bit {getattr(config.adc_type, 'value', config.adc_type)} ADC): "
+                      "lower the σ settings (e.g. 0.001–0.01)")
+    if _degenerate(table):
+        causes.append("degenerate ADC ranges on calibrated ADCs: use more ADC bits or adc_range_option='GRANULAR'" if adc_calibrated
+                      else "degenerate ADC ranges, not calibrated: " + REMEDY[len("remedy: "):])
+    return causes
+
+def remedy_for(config, table=None, adc_calibrated:bool|None=None,
+               fallback:str="check the programming error, read noise and weight bits", # said when no cause is found
+              ) -> str:
+    "One 'likely cause: ...' text from `likely_causes` (the fallback when there is none)."
+    causes = likely_causes(config, table, adc_calibrated)
+    if not causes: return f"remedy: {fallback}"
+    return ("likely cause: " if len(causes) == 1 else "likely causes: ") + "; ".join(causes)
+
+
 # %% ../nbs/12_adc_health.ipynb #eb927340
 class ADCHealthWarning(UserWarning):
     "A layer's ADC range looks degenerate (most conversions at code zero, or many clipped)."
@@ -157,6 +202,7 @@ def warn_degenerate(network, # an AnalogNetwork after predict
                    ):
     "Warn once, naming the degenerate layers of the network's last `predict` (nothing when all are ok)."
     import warnings
-    message = health_message(network.adc_health(), network.model_name)
+    table = network.adc_health()
+    message = health_message(table, network.model_name, remedy=remedy_for(network.config, table))
     if message: warnings.warn(message, ADCHealthWarning, stacklevel=stacklevel)
     return message

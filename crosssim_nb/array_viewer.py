@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['plot_array_budget', 'plot_layer_mapping', 'ArrayViewer']
+__all__ = ['plot_array_budget', 'plot_layer_mapping', 'totals_table', 'ArrayViewer']
 
 # %% ../nbs/51_array_viewer.ipynb #4c80fac2
 def plot_array_budget(net, # an AnalogNetwork
@@ -87,6 +87,12 @@ def plot_layer_mapping(net, # an AnalogNetwork
                  f"utilisation {100 * s['utilisation']:.1f} %" + ("" if to_scale else " (not to scale)"), fontsize=9)
     return fig
 
+def totals_table(table, # a hardware table (`net.hw_config()`): one row per analog layer and a last "total" row
+                ):
+    "The hardware table's total row as a one-row table of the columns that have a total (no per-layer-only NaN cells)."
+    total = table.tail(1)
+    return total.loc[:, total.notna().all()].reset_index(drop=True)
+
 class ArrayViewer:
     "The budget figure of every layer, the hardware totals, and a layer dropdown over `plot_layer_mapping`."
     def __init__(self, net):
@@ -102,8 +108,8 @@ class ArrayViewer:
         self.totals = widgets.HTML()
         self.layer.observe(self._changed, names="value")
         self.widget = widgets.VBox([self.totals, self.budget, self.layer, self.output])
-        table = net.hw_config()
-        self.totals.value = table.tail(1).to_html() if hasattr(table, "to_html") else ""
+        self.totals_table = totals_table(net.hw_config())
+        self.totals.value = self.totals_table.to_html(index=False)
         self._changed(None)
 
     def _changed(self, _):

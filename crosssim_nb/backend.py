@@ -9,8 +9,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['ALIGNMENT', 'gpu_status', 'gpu_available', 'get_array_module', 'to_numpy', 'array_module_of', 'to_module',
-           'available_cpus', 'thread_pool', 'openblas_thread_controls', 'aligned_empty', 'tensor_buffer',
-           'native_bfloat16']
+           'available_cpus', 'available_memory', 'thread_pool', 'openblas_thread_controls', 'aligned_empty',
+           'tensor_buffer', 'native_bfloat16']
 
 # %% ../nbs/00_backend.ipynb #37f1e457
 @functools.lru_cache(maxsize=1)
@@ -66,6 +66,16 @@ def available_cpus() -> int:
     "CPUs this process may run on (its affinity where the OS tells it, else the machine's count)."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
+
+def available_memory() -> int:
+    "Bytes of memory this process can still take now (Linux MemAvailable, else free physical pages; a large number where neither can be read)."
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    except OSError: pass
+    try: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError): return 1 << 62
 
 _THREAD_POOLS = {}
 

@@ -15,7 +15,8 @@ from .adc import adc_grid, digitize, granular_range
 __all__ = ['RANGE_SETTINGS', 'CALIBRATION_FORMAT', 'CALIBRATION_VERSIONS', 'Reservoir', 'ADCProfile', 'weights_hash',
            'relu_follows', 'profile_adc_inputs', 'range_error', 'optimal_range', 'percentile_range', 'max_range_of',
            'Calibration', 'calibrate_adc', 'CalibrationFileError', 'validate_calibration', 'plain_limits',
-           'calibration_of', 'adc_statistics', 'layer_limits', 'plot_adc_histogram', 'ADCViewer', 'adc_viewer']
+           'calibration_of', 'adc_statistics', 'layer_limits', 'plot_adc_histogram', 'ADCViewer', 'adc_viewer',
+           'crosssim_settings_of']
 
 # %% ../nbs/35_calibration.ipynb #e2fe1659
 class Reservoir:
@@ -77,7 +78,10 @@ class ADCProfile:
         for index, (core, reservoir) in enumerate(self.dac.items()):
             arrays[f"dac_{index}"] = reservoir.values
             meta["dac"][core] = dict(key=f"dac_{index}", count=reservoir.count, minimum=reservoir.minimum, maximum=reservoir.maximum)
-        np.savez_compressed(path, metadata=np.array(json.dumps(meta)), **arrays)
+        from crosssim_nb.config import write_atomic
+        def write(temporary):
+            with open(temporary, "wb") as handle: np.savez_compressed(handle, metadata=np.array(json.dumps(meta)), **arrays)
+        write_atomic(path, write)                        # a crash or a full disk leaves an existing profile whole
         return Path(path)
 
     @classmethod
@@ -121,9 +125,12 @@ def relu_follows(net, core:str) -> bool:
 
 class _ProfilingEngine:
     "Stands in for a core during profiling: ADCs off, ADC inputs sampled."
-    def __init__(self, core, groups:dict, relu_aware:bool, capacity:int, rng):
+    def __init__(self, core, groups:dict, relu_aware:bool, capacity:int, rng, spec=None):
         self.core, self.n_out, self.groups, self.relu_aware = core, core.n_out, groups, relu_aware
         self.capacity, self.rng = capacity, rng
+        from crosssim_nb.convolution import row_segments        # im2col rows in the core's row order (12_convolution)
+        self.row_segments = None if spec is None else row_segments(getattr(core, "row_order", None), spec.kernel_size,
+                                                                    spec.n_in // max(1, int(np.prod(spec.kernel_size or (1,)))))
     def apply(self, rows):
         records, outputs = self.core.adc_inputs(rows, return_outputs=True)
         keep = outputs > 0 if self.relu_aware else None
@@ -151,7 +158,7 @@ def profile_adc_inputs(net, # an AnalogNetwork
         eligible = relu_aware and relu_follows(net, name) and len(core.row_ranges) == 1
         if eligible: profile.relu_layers.append(name)
         profile.adc[name] = {}
-        engines[name] = _ProfilingEngine(core, profile.adc[name], eligible, capacity, rng)
+        engines[name] = _ProfilingEngine(core, profile.adc[name], eligible, capacity, rng, net.specs[name])
     def observe(name, tensor):
         if name not in net.cores: return
         if name not in profile.dac: profile.dac[name] = Reservoir(capacity, rng)
@@ -212,11 +219,19 @@ def max_range_of(values:np.ndarray, lower:float|None=None) -> tuple[float, float
     return _limits(lower, top if top > 0 else 1.0)
 
 # %% ../nbs/35_calibration.ipynb #96d9c716
-RANGE_SETTINGS = ("weight_bits", "weight_percentile", "nslices", "nrows_max", "ncols_max", "style", "balanced_style",
-                  "subtract_current_in_xbar", "digital_offset", "rmin", "rmax", "infinite_on_off_ratio", "digital_bias",
-                  "fold_batchnorm", "dac_bits", "input_bitslicing", "input_slice_size", "adc_per_ibit", "adc_bits")
+_RANGE_SETTINGS_V1 = ("weight_bits", "weight_percentile", "nslices", "nrows_max", "ncols_max", "style", "balanced_style",
+                      "subtract_current_in_xbar", "digital_offset", "rmin", "rmax", "infinite_on_off_ratio", "digital_bias",
+                      "fold_batchnorm", "dac_bits", "input_bitslicing", "input_slice_size", "adc_per_ibit", "adc_bits")
+RANGE_SETTINGS = _RANGE_SETTINGS_V1 + (
+    "conv_row_order",                                    # which inputs share an array when a convolution's rows are tiled
+    "interleaved_posneg", "rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal", "current_from_input", "selected_rows",
+    "nonlinear_iv", "vread", "icol_max", "icol_max_amps",  # array circuits: wires, cell I-V law, column current limit
+    "clip_conductance", "error_model", "alpha_error", "error_distribution", "error_dependence", "noise_model", "alpha_noise",
+    "noise_distribution", "noise_dependence", "drift_model", "t_drift", "device_table",
+    "adc_calibration_time")                              # profiled at t = 0 (deployment) or at t_drift (evaluation)   # devices: what is programmed and read
 
 def _settings(config:InferenceConfig, adc_bits:int) -> dict:
+    "The settings a calibration depends on, as plain values."
     values = config.to_dict()
     return {**{k: values[k] for k in RANGE_SETTINGS}, "adc_bits": int(adc_bits)}
 
@@ -250,19 +265,21 @@ class Calibration:
     clipped: dict = field(default_factory=dict)         # core -> fraction of profiled ADC inputs clipped
     percentile: float | None = None     # the percentile, for method 'percentile'
     source: str = ""                    # the file it was read from (for messages; not saved)
+    assumed: tuple = ()                 # settings an older file did not record, taken as their defaults (for messages; not saved)
 
     def to_dict(self) -> dict:
-        return dict(format="crosssim_nb calibration", version=1, model_name=self.model_name, weights_hash=self.weights_hash,
+        return dict(format="crosssim_nb calibration", version=CALIBRATION_VERSIONS[-1], model_name=self.model_name, weights_hash=self.weights_hash,
                     settings=self.settings, method=self.method, percentile=self.percentile, layer_overrides=self.layer_overrides,
                     input_ranges=self.input_ranges, adc_limits=self.adc_limits, errors=self.errors, clipped=self.clipped)
 
     def save(self, path):
-        "Write a human-readable JSON (.json) or YAML (.yaml/.yml) limits file."
+        "Write a human-readable JSON (.json) or YAML (.yaml/.yml) limits file (atomically: an existing file stays whole on a crash)."
+        from crosssim_nb.config import write_atomic
         path = Path(path)
-        if path.suffix.lower() == ".json": path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        if path.suffix.lower() == ".json": write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
         elif path.suffix.lower() in (".yaml", ".yml"):
             import yaml
-            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+            write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
         else: raise ValueError(f"limits file {str(path)!r}: suffix {path.suffix!r} not allowed; use .json, .yaml or .yml")
         return path
 
@@ -273,8 +290,11 @@ class Calibration:
         path = Path(path)
         data = validate_calibration(read_data_file(path, "limits file"), repr(str(path)))
         fields_ = {k: data.get(k) for k in ("model_name", "weights_hash", "settings", "method", "input_ranges", "adc_limits")}
+        defaults = {**_settings(InferenceConfig(), 8), "conv_row_order": "channel_last"}   # (version 1 tiled in the imported order)
+        assumed = tuple(k for k in RANGE_SETTINGS if k not in fields_["settings"])     # a version-1 file: circuits, devices, row order
+        fields_["settings"] = {**{k: defaults[k] for k in assumed}, **fields_["settings"]}
         return cls(**fields_, layer_overrides=data.get("layer_overrides") or {}, errors=data.get("errors") or {},
-                   clipped=data.get("clipped") or {}, percentile=data.get("percentile"), source=repr(str(path)))
+                   clipped=data.get("clipped") or {}, percentile=data.get("percentile"), source=repr(str(path)), assumed=assumed)
 
     def check(self, net=None, config:InferenceConfig|None=None, layer_overrides=None):
         "Raise `ValueError` naming every setting (and the model identity) that differs from what the limits were made for."
@@ -286,13 +306,28 @@ class Calibration:
             config = config or net.config
         if config is not None:
             now = _settings(config, config.adc_bits)
+            if net is not None and not _row_order_matters(net.specs.values(), net.layer_configs, config):
+                now["conv_row_order"] = self.settings.get("conv_row_order")     # no tiled convolution: the order changes nothing
             for key, value in self.settings.items():
-                if now.get(key) != value: problems.append(f"{key}: limits made for {value!r}, config has {now.get(key)!r}")
+                if now.get(key) != value:
+                    note = " (not recorded by this older file: its default assumed)" if key in self.assumed else ""
+                    problems.append(f"{key}: limits made for {value!r}{note}, config has {now.get(key)!r}")
         if layer_overrides is not None and _plain_overrides(layer_overrides) != self.layer_overrides:
             problems.append(f"layer_overrides: limits made for {self.layer_overrides!r}, given {_plain_overrides(layer_overrides)!r}")
         where = f"limits file {self.source} was made for other settings; it does" if self.source else "these ADC limits do"
         if problems: raise CalibrationFileError(f"{where} not fit this network/config:\n  " + "\n  ".join(problems))
         return self
+
+def _row_order_matters(specs, layer_configs:dict, config:InferenceConfig) -> bool:
+    "Whether `conv_row_order` changes any layer: a convolution with several taps and input channels whose rows are tiled."
+    from crosssim_nb.convolution import conv_row_permutation
+    for spec in specs:
+        layer_config = layer_configs.get(spec.name, config) if layer_configs else config
+        if layer_config is None or not spec.is_conv: continue
+        taps = int(np.prod(spec.kernel_size))
+        rows = spec.n_in + int(spec.bias is not None and not layer_config.digital_bias)
+        if conv_row_permutation(taps, spec.n_in // taps, rows, layer_config.replace(conv_row_order="channel_first")) is not None: return True
+    return False
 
 def _plain_overrides(overrides) -> dict:
     return {k: (v.to_dict() if isinstance(v, InferenceConfig) else v) for k, v in (overrides or {}).items()}
@@ -345,8 +380,8 @@ def calibrate_adc(net, # an AnalogNetwork (any adc_range_option; ADCs are off wh
                        percentile=percentile if method == "percentile" else None)
 
 # %% ../nbs/35_calibration.ipynb #9416beef
-CALIBRATION_FORMAT, CALIBRATION_VERSIONS = "crosssim_nb calibration", (1,)
-_METHODS = ("optimal", "percentile", "max", "granular")
+CALIBRATION_FORMAT, CALIBRATION_VERSIONS = "crosssim_nb calibration", (1, 2)   # 2: circuit, device and row-order settings recorded
+_METHODS = ("optimal", "percentile", "max", "granular", "crosssim")
 
 class CalibrationFileError(ValueError):
     "A limits file that is not a complete, consistent crosssim_nb calibration; the message names the file and the field."
@@ -383,12 +418,13 @@ def validate_calibration(data, # the parsed content of a limits file
     if "method" in data and data.get("method") not in _METHODS:
         problem(f"method={data.get('method')!r} is not allowed; allowed: {', '.join(map(repr, _METHODS))}")
     settings = data.get("settings")
+    recorded = _RANGE_SETTINGS_V1 if data.get("version") == 1 else RANGE_SETTINGS     # what a file of that version records
     if "settings" in data:
-        if not isinstance(settings, dict): problem(f"settings={settings!r} must be a mapping of the {len(RANGE_SETTINGS)} range settings")
+        if not isinstance(settings, dict): problem(f"settings={settings!r} must be a mapping of the {len(recorded)} range settings")
         else:
-            missing, extra = [k for k in RANGE_SETTINGS if k not in settings], [k for k in settings if k not in RANGE_SETTINGS]
+            missing, extra = [k for k in recorded if k not in settings], [k for k in settings if k not in recorded]
             if missing: problem(f"settings lacks {', '.join(missing)}")
-            if extra: problem(f"settings has unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(RANGE_SETTINGS)}")
+            if extra: problem(f"settings has unknown key(s) {', '.join(map(repr, extra))}; allowed: {', '.join(recorded)}")
             if not missing and not extra:
                 try: InferenceConfig(**settings)
                 except (TypeError, ValueError) as error: problem(f"settings: {error}")
@@ -526,6 +562,7 @@ class ADCViewer:
         if self.figure is not None: plt.close(self.figure)
         self.figure = plot_adc_histogram(self.profile, self.layer.value, self.calibration,
                                          min(self.weight_slice.value, slices - 1), min(self.input_slice.value, inputs - 1))
+        plt.close(self.figure)    # drawn once, in the widget: an open pyplot figure would be drawn again below the cell
         self.output.outputs = ()                                   # (no display(): a script would print the Figure repr)
         self.output.append_display_data(self.figure)
 
@@ -536,3 +573,122 @@ class ADCViewer:
 def adc_viewer(profile:ADCProfile, calibration:Calibration|None=None) -> ADCViewer:
     "An `ADCViewer` for a profile (and its calibration)."
     return ADCViewer(profile, calibration)
+
+# %% ../nbs/35_calibration.ipynb #cs000002
+def _crosssim_array(source, what:str, problem) -> np.ndarray | None:
+    "A CrossSim limits array from a `.npy` path or an array: numeric, finite, last axis (lo, hi) with lo < hi."
+    name = f"{what} {str(source)!r}" if isinstance(source, (str, os.PathLike)) else what
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix.lower() != ".npy": return problem(f"{name}: suffix {path.suffix!r} not allowed; CrossSim's limits are .npy files")
+        if not path.is_file(): raise FileNotFoundError(f"{name}: no such file")
+        try: array = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            return problem(f"{name} holds Python objects (pickle), which are never loaded; a limits file is a numeric array ({error})")
+        except OSError as error: return problem(f"{name} is not a NumPy .npy file: {error}")
+    else:
+        array = np.asarray(source)
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        return problem(f"{name} must hold numbers, got dtype {getattr(array, 'dtype', type(array).__name__)}")
+    array = array.astype(np.float64)
+    if array.ndim not in (2, 3) or array.shape[-1] != 2:
+        return problem(f"{name} has shape {array.shape}; allowed: (layers, 2) or (layers, slices, 2) — one (min, max) per layer")
+    if not np.isfinite(array).all(): return problem(f"{name} holds a non-finite number (first at {tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])})")
+    bad = np.argwhere(array[..., 0] >= array[..., 1])
+    if len(bad): return problem(f"{name} needs min < max in every pair; layer {int(bad[0][0])} has {array[tuple(bad[0])].tolist()}")
+    return array
+
+def crosssim_settings_of(path) -> dict:
+    "The settings a CrossSim limits file name states: `_144rows` → nrows_max, `balanced`/`offset` → style, `_4slices` → nslices, `ibits` → adc_per_ibit."
+    name, found = Path(str(path)).stem.lower(), {}
+    if (rows := re.search(r"_(\d+)rows", name)): found["nrows_max"] = int(rows.group(1))
+    if (slices := re.search(r"_(\d+)slices", name)): found["nslices"] = int(slices.group(1))
+    if "balanced" in name: found["style"] = "BALANCED"
+    elif "offset" in name: found["style"] = "OFFSET"
+    if "ibits" in name: found["adc_per_ibit"] = True
+    return found
+
+def _analog_layers(network, config:InferenceConfig|None):
+    "`(model name, analog specs in network order (CrossSim's MVM layers), config, per-core configs)` of a network or a Keras model."
+    if hasattr(network, "specs") and hasattr(network, "layer_configs"):
+        return network.model_name, list(network.specs.values()), config or network.config, network.layer_configs
+    if config is None: raise TypeError("from_crosssim: with a Keras model (not an AnalogNetwork) pass config=<the InferenceConfig the limits are for>")
+    from crosssim_nb.keras_import import load_keras_model, build_graph, fold_batchnorm
+    model = load_keras_model(network)
+    graph = fold_batchnorm(build_graph(model), allow=lambda node: config.fold_batchnorm)
+    return model.name, list(graph.analog_specs), config, {}
+
+
+# %% ../nbs/35_calibration.ipynb #cs000003
+@classmethod
+def _from_crosssim(cls, adc_limits, # CrossSim's ADC limits: a .npy path or an array (layers, 2) / (layers, slices, 2), normalised current
+                   dac_limits, # its DAC limits: a .npy path or an array (layers, 2), algorithm units; None: profile the input ranges
+                   network, # the AnalogNetwork, or the Keras model (object or file) the limits belong to
+                   config:InferenceConfig|None=None, # the hardware to run (default: the network's); needed with a Keras model
+                   made_for:dict|None=None, # settings the files were calibrated for (default: what the ADC file's name says)
+                  ) -> "Calibration":
+    "CrossSim's calibrated limits files as a `Calibration` for `network`, every shape and stated setting checked first."
+    problems = []
+    def problem(message): problems.append(message)
+    model_name, specs, config, layer_configs = _analog_layers(network, config)
+    if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+    if config.adc_bits == 0 or config.adc_range_option != "CALIBRATED":
+        problem(f"CrossSim's ADC limits are used with adc_range_option='CALIBRATED' and adc_bits > 0; the config has "
+                f"adc_range_option={str(config.adc_range_option)!r}, adc_bits={config.adc_bits}")
+    adc = _crosssim_array(adc_limits, "ADC limits", problem)
+    dac = None if dac_limits is None else _crosssim_array(dac_limits, "DAC limits", problem)
+    names, layers = [s.name for s in specs], len(specs)
+    shown = ", ".join(names[:6]) + (" ..." if layers > 6 else "")
+    if adc is not None:
+        if adc.shape[0] != layers:
+            problem(f"ADC limits have shape {adc.shape}: {adc.shape[0]} layer(s), but model {model_name!r} has {layers} analog layer(s) ({shown})")
+        if adc.ndim == 3 and not (adc.shape[1] == config.nslices > 1 or (config.adc_per_ibit and config.nslices == 1)):
+            problem(f"ADC limits have shape {adc.shape}: {adc.shape[1]} ranges per layer, but the config has nslices={config.nslices}"
+                    f"{' and adc_per_ibit' if config.adc_per_ibit else ''}; allowed: (layers, 2)"
+                    + (f" or (layers, {config.nslices}, 2)" if config.nslices > 1 else ""))
+    if dac is not None and (dac.ndim != 2 or dac.shape[0] != layers):
+        problem(f"DAC limits have shape {dac.shape}; model {model_name!r} needs ({layers}, 2), one input range per analog layer ({shown})")
+    stated = dict(made_for) if made_for is not None else (crosssim_settings_of(adc_limits) if isinstance(adc_limits, (str, os.PathLike)) else {})
+    have = config.to_dict()
+    for key, value in stated.items():
+        if key not in have: problem(f"made_for names {key!r}, which is not an InferenceConfig field"); continue
+        if have[key] != value: problem(f"the ADC limits were calibrated for {key}={value!r}; the config has {key}={have[key]!r}")
+    if problems: raise CalibrationFileError("CrossSim limits do not fit this network/config:\n  " + "\n  ".join(problems))
+    adc_by_core, ranges = {}, {}
+    for index, name in enumerate(names):
+        if layer_configs and layer_configs.get(name) is None: continue           # a layer kept digital: its row is skipped
+        limits = adc[index]
+        if adc.ndim == 3 and config.nslices == 1: limits = limits[None]           # (1, input bits, 2)
+        adc_by_core[name] = limits.tolist()
+        if dac is not None: ranges[name] = dac[index].tolist()
+    return cls(model_name=model_name, weights_hash=_specs_hash(specs), settings=_settings(config, config.adc_bits), method="crosssim",
+               input_ranges=ranges, adc_limits=adc_by_core, source=repr(str(adc_limits)) if isinstance(adc_limits, (str, os.PathLike)) else "")
+Calibration.from_crosssim = _from_crosssim
+
+def _to_crosssim(self:Calibration, adc_path, # where to write the ADC limits (.npy), CrossSim's layout
+                 dac_path, # where to write the DAC limits (.npy), or None
+                 network, # the AnalogNetwork (its analog layers in order are the rows)
+                ) -> tuple:
+    "Write this calibration in CrossSim's layout: `(layers, 2)` (or `(layers, slices, 2)`) per file, rows in network order."
+    from crosssim_nb.config import write_atomic
+    names = list(network.specs)
+    missing = [n for n in names if n not in self.adc_limits or (dac_path is not None and n not in self.input_ranges)]
+    if missing: raise ValueError(f"to_crosssim: CrossSim's layout needs a range for every analog layer; this calibration lacks {', '.join(missing[:6])}")
+    adc = [np.asarray(self.adc_limits[n], dtype=np.float64) for n in names]
+    if any(a.ndim == 3 and a.shape[1] > 1 for a in adc):
+        raise ValueError("to_crosssim: per-input-bit limits (adc_per_ibit) have no CrossSim layout here; write them as a crosssim_nb calibration")
+    adc = np.stack([a.reshape(-1, 2) if a.ndim > 1 else a[None] for a in adc])      # (layers, slices, 2)
+    if adc.shape[1] == 1: adc = adc[:, 0]                                            # (layers, 2): CrossSim's unsliced layout
+    def saver(array):
+        def write(temporary):
+            with open(temporary, "wb") as handle: np.save(handle, array, allow_pickle=False)
+        return write
+    written = []
+    for path, array in ((adc_path, adc), (dac_path, None if dac_path is None else
+                                           np.array([self.input_ranges[n] for n in names], dtype=np.float64))):
+        if path is None: continue
+        if Path(path).suffix.lower() != ".npy": raise ValueError(f"to_crosssim: {str(path)!r} must end in .npy (CrossSim's limits files)")
+        write_atomic(path, saver(array)); written.append(Path(path))
+    return tuple(written)
+Calibration.to_crosssim = _to_crosssim
+

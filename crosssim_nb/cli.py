@@ -16,7 +16,10 @@ __all__ = ['MAIN_JOB_CONFIG', 'add_config_arguments', 'config_from_arguments', '
 # %% ../nbs/40_cli.ipynb #f695a083
 import typing
 class _Parser(argparse.ArgumentParser):
-    "An ArgumentParser whose errors are one line: what is wrong and what is allowed (exit status 2, no usage block)."
+    "An ArgumentParser whose errors are one line: what is wrong and what is allowed (exit status 2, no usage block); no abbreviated flags."
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)     # `--adc-bit 8` is a mistake, not `--adc-bits 8`
+        super().__init__(*args, **kwargs)
     def error(self, message):
         message = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -73,22 +76,62 @@ def _file_keys(path) -> set:
     except Exception: return set()
     return set(values) if isinstance(values, dict) else set()
 
+def _crosssim_reader():
+    "`(is_crosssim_file, read_crosssim_run)` of crosssim_compat, or None where this version has no CrossSim file reader."
+    try: from crosssim_nb.crosssim_compat import is_crosssim_file, read_crosssim_run
+    except ImportError: return None
+    return is_crosssim_file, read_crosssim_run
+
+def _report_lines(report, notes=()) -> list:
+    "One line per setting of a CrossSim file's report (columns path, value, status mapped/ignored, detail): what was read as what, what was ignored and why."
+    if report is None or not len(report): return [f"  note: {note}" for note in notes]
+    lines = []
+    for status, label in (("mapped", "read:   "), ("ignored", "ignored:")):
+        for _, row in report[report["status"] == status].iterrows():
+            detail = f" -> {row['detail']}" if status == "mapped" else f" ({row['detail']})"
+            lines.append(f"  {label} {row['path']} = {row['value']}{detail if row['detail'] else ''}")
+    return lines + [f"  note: {note}" for note in notes]
+
+def _config_from_file(args, path) -> InferenceConfig:
+    "Our own YAML/JSON config, or a CrossSim JSON / inference_config.py (told apart by content; its run settings kept in `args`)."
+    reader = _crosssim_reader()
+    if reader is None or not reader[0](path): return InferenceConfig.from_file(path)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:          # e.g. the units of an older CrossSim file: one line each
+        warnings.simplefilter("always")
+        run = reader[1](path, rp_units=getattr(args, "rp_units", "ohm"))
+    args.crosssim_run = run
+    report = getattr(run, "report", None)
+    counts = "" if report is None else f" ({(report['status'] == 'mapped').sum()} settings read, {(report['status'] == 'ignored').sum()} ignored)"
+    listed = getattr(args, "crosssim_report", False)
+    print(f"--config {path}: a CrossSim file{counts}{'' if listed else '; --crosssim-report lists each'}:", file=sys.stderr)
+    default = InferenceConfig().to_dict()
+    changed = [f"{field}={value}" for field, value in run.config.to_dict().items() if value != default[field]]
+    print("  hardware: " + (", ".join(changed) or "InferenceConfig defaults"), file=sys.stderr)
+    for line in _report_lines(report if listed else None, getattr(run, "notes", ())): print(line, file=sys.stderr)
+    for warning in caught: print(f"--config {path}: warning: {' '.join(str(warning.message).split())}", file=sys.stderr)
+    return run.config
+
 def config_from_arguments(args, parser:argparse.ArgumentParser, base:InferenceConfig|None=None) -> InferenceConfig:
-    "The config from `--config FILE` (or `base`) with the flag overrides applied; bad values exit like argparse."
+    "The config from `--config FILE` (ours, or a CrossSim file) or `base`, with the flag overrides applied; bad values exit like argparse."
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
         if getattr(args, "preset", None) and getattr(args, "config", None): raise ValueError("--preset and --config both given; pass one")
         if getattr(args, "preset", None): base = InferenceConfig.preset(args.preset)     # a CrossSim accelerator preset
-        config = InferenceConfig.from_file(args.config) if getattr(args, "config", None) else (base or InferenceConfig())
+        config = _config_from_file(args, args.config) if getattr(args, "config", None) else (base or InferenceConfig())
         for alpha, model in (("alpha_error", "error_model"), ("alpha_noise", "noise_model")):   # `--alpha-error 0.02` alone: the generic model
             if (changes.get(alpha) or 0) > 0 and model not in changes and getattr(config, model) == "none": changes[model] = "generic"
+        if getattr(args, "device", None):                 # the device's measured range; flags given explicitly win
+            from crosssim_nb.device_models import DEVICE_PRESETS
+            changes = {**DEVICE_PRESETS[args.device], **changes}
         return config.replace(**changes)
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
 
 def _set_on_command_line(args) -> set:
-    "Config fields the user set: flags given, and the fields the --config file names."
+    "Config fields the user set: flags given, and the fields the --config file names (a CrossSim file: those it changes)."
     given = {k[4:] for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    if getattr(args, "crosssim_run", None) is not None: return given | set(args.crosssim_run.config.changed_fields())
     return given | (_file_keys(args.config) if getattr(args, "config", None) else set())
 
 
@@ -114,11 +157,23 @@ def _add_run_arguments(parser, evaluates:bool=True):
     "Model, data and calibration-sample options; `evaluates` adds the test-set options (not used by calibrate)."
     parser.add_argument("--model", default="mnist_cnn", metavar="NAME|FILE",
                         help="zoo model name (see `crosssim-nb zoo`) or a model file .keras/.h5 (default: mnist_cnn)")
-    parser.add_argument("--dataset", default=None, metavar="NAME", help="dataset name (default: the zoo model's own dataset)")
-    parser.add_argument("--config", metavar="FILE", help="hardware config file (.yaml/.yml/.json); the flags below override it "
-                        "(default: none, InferenceConfig defaults)")
-    parser.add_argument("--preset", choices=["ISAAC", "ISAAC-SarADC", "PRIME", "SONOS-TCAS"], metavar="NAME",
-                        help="a CrossSim accelerator preset (ISAAC, ISAAC-SarADC, PRIME, SONOS-TCAS); flags below override it (default: none)")
+    parser.add_argument("--dataset", default=None, metavar="NAME", help="dataset name, any case (default: the zoo model's own dataset)")
+    parser.add_argument("--config", metavar="FILE", help="hardware config file: ours (.yaml/.yml/.json), or CrossSim's parameter JSON or "
+                        "inference_config.py (told apart by content); the flags below override it (default: none, InferenceConfig defaults)")
+    parser.add_argument("--rp-units", choices=("ohm", "rmin"), default="ohm",
+                        help="with a CrossSim --config file: the unit of its Rp_* wire resistances, ohm (CrossSim >= 3.1) or "
+                             "rmin (CrossSim 3.0's units of Rmin) (default: ohm)")
+    parser.add_argument("--crosssim-report", action="store_true",
+                        help="with a CrossSim --config file: list every setting it holds, as what it was read or why it was ignored")
+    from crosssim_nb.crosssim_compat import PRESETS
+    presets = [name for name in PRESETS if name != "default"]
+    parser.add_argument("--preset", type=_choice(presets), metavar="NAME",
+                        help=f"a CrossSim accelerator preset ({', '.join(presets)}; any case); flags below override it (default: none)")
+    from crosssim_nb.device_models import DEVICE_PRESETS
+    parser.add_argument("--device", type=_choice(list(DEVICE_PRESETS)), metavar="NAME",
+                        help=f"a measured device in its published range ({', '.join(DEVICE_PRESETS)}; any case): its error/noise/drift "
+                             "models and rmin/rmax/vread, as device_config(NAME) gives them; applied on top of --preset/--config, "
+                             "and flags below override it (default: none)")
     if evaluates:
         parser.add_argument("--ntest", type=int, default=1000, metavar="N", help="test images to evaluate (count; default: 1000)")
         parser.add_argument("--nstart", type=int, default=0, metavar="INDEX", help="index of the first test image (default: 0)")
@@ -195,6 +250,11 @@ def _check_common(args, parser):
         parser.error(f"--topk {' '.join(map(str, args.topk))} is not allowed; allowed: positive integers, e.g. --topk 1 5")
     if getattr(args, "n_workers", None) is not None and args.n_workers < 0:
         parser.error(f"--n-workers={args.n_workers} is not allowed; allowed: 0 (serial) or more")
+    if isinstance(getattr(args, "scheduler", None), str) and args.scheduler.lower() == "serial":
+        args.scheduler = "serial"
+        if args.n_workers not in (None, 0):
+            parser.error(f"--n-workers {args.n_workers} has no effect with --scheduler serial (points run one at a time in this "
+                         "process); leave --n-workers out, or leave --scheduler out for a local cluster of that many workers")
     if getattr(args, "percentile", None) is not None and not 0 < args.percentile <= 100:
         parser.error(f"--percentile={args.percentile} is not allowed; allowed: 0 < P <= 100")
 
@@ -239,9 +299,11 @@ def _check_model_and_dataset(args, parser):
         elif not path.is_file():
             parser.error(f"--model: unknown model {args.model!r}; {hint(args.model, names)}zoo models: {', '.join(names)} "
                          "(or give a .keras/.h5 file)")
-    if args.dataset is not None and args.dataset not in DATASETS:
-        parser.error(f"--dataset: unknown dataset {args.dataset!r}; {hint(args.dataset, sorted(DATASETS))}"
-                     f"datasets: {', '.join(sorted(DATASETS))}")
+    if args.dataset is not None:
+        args.dataset = {name.lower(): name for name in DATASETS}.get(args.dataset.lower().replace("-", "_"), args.dataset)   # any case
+        if args.dataset not in DATASETS:
+            parser.error(f"--dataset: unknown dataset {args.dataset!r}; {hint(args.dataset.lower(), sorted(DATASETS))}"
+                         f"datasets: {', '.join(sorted(DATASETS))}")
 
 def _settings_from_limits(args, parser, config:InferenceConfig) -> InferenceConfig:
     "Take the hardware settings a limits file records where the command line sets none; say which were taken."
@@ -262,14 +324,65 @@ def _settings_from_limits(args, parser, config:InferenceConfig) -> InferenceConf
               "(the command line does not set them)", file=sys.stderr)
     return config
 
+# a CrossSim file's run settings (run_inference's arguments) and the flag (dest) that overrides each
+_RUN_FLAGS = {"model": "model", "dataset": "dataset", "ntest": "ntest", "nstart": "nstart", "batch_size": "batch_size",
+              "topk": "topk", "calibration_samples": "calibration_samples",
+              "adc_calibration": "calibrate_adc", "show_hw_config": "show_hw_config"}
+
+def _take_run_arguments(args, parser,
+                        evaluates:bool=True, # False (calibrate): run settings without a flag here are ignored
+                       ) -> dict:
+    "Apply a CrossSim file's run settings where the command line sets none, say which; return the ones with no flag (run_inference keywords)."
+    run = getattr(args, "crosssim_run", None)
+    if run is None: return {}
+    import inspect
+    from crosssim_nb.inference import run_inference
+    keywords = set(inspect.signature(run_inference).parameters)
+    taken, overridden, extra, ignored = [], [], {}, []
+    flags_only = {"return_outputs": "--save-outputs FILE", "progress": "--no-progress", "adc_limits": "--adc-limits FILE"}
+    for key, value in (getattr(run, "run_arguments", None) or {}).items():
+        dest = _RUN_FLAGS.get(key)
+        if key in flags_only: ignored.append(f"{key} (on the command line: {flags_only[key]})"); continue
+        if dest is not None and hasattr(args, dest):
+            if dest in args.given: overridden.append(key); continue
+            if key == "topk": value = [value] if isinstance(value, int) else list(value)
+            setattr(args, dest, value); taken.append(f"{key}={value}")
+        elif key == "nruns" and evaluates:                        # --nruns is a config field: the file's count goes to run_inference
+            if "cfg_nruns" in args.given: overridden.append(key)
+            else: extra[key] = value; taken.append(f"{key}={value}")
+        elif evaluates and key in keywords and key not in ("model", "dataset", "config"):
+            extra[key] = value; taken.append(f"{key}={value}")
+        else: ignored.append(key)
+    where = f"--config {args.config}"
+    if taken: print(f"{where}: run settings taken from it: {', '.join(taken)} (flags override them)", file=sys.stderr)
+    if overridden: print(f"{where}: run settings the command line overrides: {', '.join(overridden)}", file=sys.stderr)
+    if ignored: print(f"{where}: run settings ignored by `{parser.prog}`: {', '.join(ignored)}", file=sys.stderr)
+    report = getattr(run, "report", None)
+    if "model" not in args.given and "model" not in (getattr(run, "run_arguments", None) or {}) and report is not None \
+            and "model_name" in set(report["path"]):                  # CrossSim names a model that is not in the zoo
+        detail = report.loc[report["path"] == "model_name", "detail"].iloc[0]
+        parser.error(f"--model is needed: {where} names a model this run cannot take ({detail})")
+    return extra
+
+def _written(flag:str, path, error:OSError) -> str:
+    "One line for an output file that could not be written; a full disk says that the old file is intact (writes are atomic)."
+    import errno
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{flag}: could not write {path}: the disk is full ({error.strerror}); "
+                f"{'the existing file is intact' if Path(path).exists() else 'nothing was written'} (files are written to a "
+                "temporary name and renamed); free some space and run again")
+    return f"{flag}: could not write {path}: {error.strerror or error}"
+
 def _run(args, parser):
     from crosssim_nb.inference import run_inference
     _check_input_file("--config", args.config, parser)
     _check_input_file("--adc-limits", args.adc_limits, parser)
     _check_output_path("--json", args.json, parser)
     _check_output_path("--save-outputs", args.save_outputs, parser, suffixes=(".npy",))
-    _check_model_and_dataset(args, parser)
     config = config_from_arguments(args, parser)
+    extra = _take_run_arguments(args, parser)
+    _check_common(args, parser)
+    _check_model_and_dataset(args, parser)
     dataset = _dataset_of(args, parser)
     if args.adc_limits:
         if args.calibrate_adc: parser.error("give either --adc-limits FILE or --calibrate-adc METHOD, not both")
@@ -277,60 +390,153 @@ def _run(args, parser):
     result = run_inference(args.model, dataset, config, ntest=args.ntest, nstart=args.nstart,
                            batch_size=args.batch_size, topk=tuple(args.topk), progress=not args.no_progress,
                            return_outputs=bool(args.save_outputs), show_hw_config=args.show_hw_config,
-                           calibration_samples=args.calibration_samples, adc_limits=args.adc_limits, adc_calibration=args.calibrate_adc)
+                           calibration_samples=args.calibration_samples, adc_limits=args.adc_limits, adc_calibration=args.calibrate_adc,
+                           **extra)
     print(result)
-    try:
-        if args.save_outputs: result.save_outputs(args.save_outputs)
-        if args.json: result.to_json(args.json)
-    except OSError as error:                           # e.g. a disk that filled up during the run: the summary is not lost
-        import json
-        print(json.dumps(result.summary(), indent=2, allow_nan=True))
-        parser.error(f"could not write the results ({error}); the summary was printed above instead")
+    for flag, path, writer in (("--save-outputs", args.save_outputs, "save_outputs"), ("--json", args.json, "to_json")):
+        if not path: continue
+        try: getattr(result, writer)(path)
+        except OSError as error:                       # e.g. a disk that filled up during the run: the summary is not lost
+            import json
+            print(json.dumps(result.summary(), indent=2, allow_nan=True))
+            parser.error(_written(flag, path, error) + "; the summary was printed above instead")
 
 def _calibrate(args, parser):
-    from crosssim_nb.inference import resolve_model, _training_sample
+    from crosssim_nb.inference import resolve_model, _training_sample, calibration_config
     from crosssim_nb.network import AnalogNetwork
     from crosssim_nb.calibration import calibrate_adc
     _check_input_file("--config", args.config, parser)
     _check_output_path("--output", args.output, parser, suffixes=(".json", ".yaml", ".yml"))
-    _check_model_and_dataset(args, parser)
     config = config_from_arguments(args, parser)
+    _take_run_arguments(args, parser, evaluates=False)
+    _check_common(args, parser)
+    _check_model_and_dataset(args, parser)
     if config.adc_bits == 0: parser.error("calibrate needs --adc-bits 2..32 (the ADC to calibrate); got adc_bits=0")
     dataset = _dataset_of(args, parser)
     keras_model, preprocess, name = resolve_model(args.model)
     x_calib = _training_sample(dataset, preprocess, args.calibration_samples, config.seed)
-    net = AnalogNetwork.from_keras(keras_model, config.replace(adc_range_option="MAX"), calibration_data=x_calib,
-                                   input_nonnegative=preprocess is not None)
+    profiling, when = calibration_config(config)           # under drift: at t = 0 (deployment) or at t_drift (evaluation)
+    net = AnalogNetwork.from_keras(keras_model, profiling, calibration_data=x_calib, input_nonnegative=preprocess is not None)
     calibration = calibrate_adc(net, x_calib, method=args.method, percentile=args.percentile, relu_aware=args.relu_aware,
                                 batch_size=args.batch_size)
-    calibration.save(args.output)
+    evaluated = config.to_dict()                             # the file is for runs at this t_drift (adc_calibration_time says when it was made)
+    calibration.settings.update({key: evaluated[key] for key in ("t_drift", "error_model") if key in calibration.settings})
+    try: calibration.save(args.output)
+    except OSError as error: parser.error(_written("--output", args.output, error))
     print(f"wrote {args.output}: {args.method} ADC limits for {len(calibration.adc_limits)} layers of {name} "
-          f"({config.adc_bits}-bit ADC), profiled on {len(x_calib)} {dataset} training images")
+          f"({config.adc_bits}-bit ADC), profiled on {len(x_calib)} {dataset} training images{when}")
 
 def _sweep(args, parser):
     from crosssim_nb.sweep import main_sweep
     _check_input_file("sweep notebook", args.notebook, parser, suffixes=(".ipynb",))
     _check_input_file("grid file", args.grid, parser, suffixes=(".yaml", ".yml"))
     _check_output_path("--out", args.out, parser, folder=True)
-    main_sweep(args.notebook, args.grid, args.out, scheduler=args.scheduler, n_workers=args.n_workers)
+    import errno, warnings
+    from crosssim_nb.sweep import SweepWriteWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SweepWriteWarning)       # said below in one line
+        table = main_sweep(args.notebook, args.grid, args.out, scheduler=args.scheduler, n_workers=args.n_workers)
+    unwritten, not_saved = table.attrs.get("unwritten") or {}, table.attrs.get("table_not_saved")
+    if unwritten or not_saved:
+        problems = list(unwritten.values()) + ([not_saved] if not_saved else [])
+        full = any(problem["errno"] in (errno.ENOSPC, errno.EDQUOT) for problem in problems)
+        parts = ([f"{len(unwritten)} of {table['point_id'].nunique()} points could not be written ({problems[0]['message']})"]
+                 if unwritten else [])
+        if not_saved: parts.append(f"{Path(args.out) / 'results.csv'} could not be saved ({not_saved['message']}); the previous one is intact")
+        parser.error(("the disk is full: " if full else "") + "; ".join(parts) +
+                     "; finished points are kept: free some space and run the sweep again (it skips them)")
 
 def _print_zoo():
     from crosssim_nb import zoo
     print(zoo.list_models().to_string())
 
-_USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
+def _user_error_classes() -> tuple:
+    "Exceptions that mean a user mistake or a property of the inputs (bad values, files, wire solves that do not converge)."
+    classes = [UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError,
+               RecursionError, OverflowError]                 # nesting and sizes beyond what a config can mean
+    try:
+        from crosssim_nb import parasitics
+        classes += [value for value in vars(parasitics).values()        # e.g. ParasiticSolveError: a wire solve that does not converge
+                    if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == parasitics.__name__]
+    except ImportError: pass
+    return tuple(classes)
+
+def _flag_key(flag:str) -> str: return flag.lstrip("-").lower().replace("-", "").replace("_", "")
+
+def _did_you_mean(flag:str, known:list) -> str:
+    "'; did you mean --x?' for an unknown flag (CrossSim spellings, case and `_`, then typos); '' when nothing is close."
+    import difflib
+    from crosssim_nb import config as config_module
+    name, long_flags = flag.lstrip("-"), [k for k in known if k.startswith("--")]
+    def offered(field): return field and "--" + field.replace("_", "-") in long_flags
+    suggest = getattr(config_module, "suggest_field", None)    # CrossSim spellings (NrowsMax) and typos of field names
+    same = [k for k in long_flags if _flag_key(k) == _flag_key(flag)]            # --adc_range_option, --NSLICES
+    spelled = getattr(config_module, "CROSSSIM_SPELLINGS", {}).get(name)         # --NrowsMax, --Rp_row, --cell_bits
+    close = difflib.get_close_matches("--" + name.lower().replace("_", "-"), long_flags, n=1, cutoff=0.75)   # --adc-bit, --outptu
+    field = suggest(name) if suggest is not None else None
+    note = getattr(config_module, "_SPELLING_NOTES", {}).get(name) if spelled else None   # e.g. cell_bits: the sign bit
+    for candidate in ("--" + spelled.replace("_", "-") if offered(spelled) else None, same[0] if same else None,
+                      close[0] if close else None, "--" + field.replace("_", "-") if offered(field) else None):
+        if candidate: return f"; did you mean {candidate}?" + (f" ({note})" if note else "")
+    return ""
+
+def _looks_like_flag(token:str) -> bool: return token.startswith("--") and len(token) > 2 or (len(token) > 1 and token[0] == "-" and token[1].isalpha())
+
+def _check_flags(argv:list, parser) -> None:
+    "Refuse an unknown flag before anything else, with a suggestion (`--adc-bit` -> --adc-bits, `--NrowsMax` -> --nrows-max)."
+    commands = parser._subparsers._group_actions[0].choices
+    current = parser
+    for index, token in enumerate(argv):
+        if token == "--": break
+        if current is parser and token in commands: current = commands[token]; continue
+        if not _looks_like_flag(token): continue
+        flag = token.split("=", 1)[0]
+        if flag not in current._option_string_actions:
+            value = argv[index + 1:index + 2] if "=" not in token and argv[index + 1:index + 2] and not _looks_like_flag(argv[index + 1]) else []
+            current.error(f"unrecognized arguments: {' '.join([token, *value])}{_did_you_mean(flag, list(current._option_string_actions))}")
+
+def _given(argv:list, subparser) -> set:
+    "The dests of the flags given on the command line (to tell a flag from its default)."
+    actions = subparser._option_string_actions
+    return {actions[token.split("=", 1)[0]].dest for token in argv if token.split("=", 1)[0] in actions}
+
+def _memory_hint(args) -> str:
+    if args.command in ("run", "calibrate"):
+        return (f"out of memory; reduce --batch-size (now {args.batch_size})"
+                + (f" or --ntest (now {args.ntest})" if getattr(args, "ntest", None) else "")
+                + ", or the array size (--nrows-max/--ncols-max), weight slices (--nslices) or the model")
+    if args.command == "sweep": return "out of memory; run fewer points at once (--n-workers) or smaller points"
+    if args.command == "demo": return f"out of memory; reduce --ntest (now {args.ntest})"
+    return "out of memory; reduce the problem size"
+
+def _os_error_line(error:OSError) -> str:
+    "One line for a file-system error outside the output checks: which file, and for a full disk that the old file is intact."
+    import errno, re
+    name = error.filename
+    if name is not None:
+        match = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.tmp", Path(name).name)          # write_atomic's temporary: the real target
+        if match: name = str(Path(name).with_name(match.group(1)))
+    where = f" {name}" if name is not None else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full: could not write{where or ' a file'} ({error.strerror}); an existing file keeps its old "
+                "content (files are written to a temporary name and renamed); free some space and run again")
+    return f"could not read or write{where}: {error.strerror or error}"
 
 def main(argv=None):
     "Console entry point of `crosssim-nb`: a user mistake is one line on stderr and exit status 2 (`--debug`: the traceback)."
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = build_parser()
+    _check_flags(argv, parser)
     args = parser.parse_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
+    args.given = _given(argv, subparser)
     _check_common(args, subparser)
     import warnings
     from crosssim_nb.inference import InferenceWarning          # printed with the result (its `warning:` lines), not twice
     warnings.filterwarnings("ignore", category=InferenceWarning)
+    from crosssim_nb.device_models import PhysicalRangeWarning   # also among the result's `warning:` lines
+    warnings.filterwarnings("ignore", category=PhysicalRangeWarning)
     try:
         if args.command == "demo":
             print(main_job(ntest=args.ntest, nruns=args.nruns, progress=not args.no_progress))
@@ -339,13 +545,18 @@ def main(argv=None):
         elif args.command == "zoo": _print_zoo()
         elif args.command == "core-demo": _print_core_demo(core_demo())
         elif args.command == "sweep": _sweep(args, subparser)
-    except _USER_ERRORS as error:
-        if debug: raise
-        subparser.error(f"{error} (--debug shows the traceback)")
     except KeyboardInterrupt:
         if debug: raise
-        print(f"{subparser.prog}: interrupted", file=sys.stderr)
+        print(f"{subparser.prog}: interrupted (finished results that were written are kept)", file=sys.stderr)
         return 130
+    except MemoryError:
+        if debug: raise
+        subparser.error(f"{_memory_hint(args)} (--debug shows the traceback)")
+    except Exception as error:
+        if debug: raise
+        if isinstance(error, _user_error_classes()): subparser.error(f"{error} (--debug shows the traceback)")
+        if isinstance(error, OSError): subparser.error(f"{_os_error_line(error)} (--debug shows the traceback)")
+        raise
     return 0
 
 if __name__ == "__main__" and "get_ipython" not in globals(): sys.exit(main())   # `python -m crosssim_nb.cli`, not the notebook
@@ -372,6 +583,8 @@ def core_demo(seed:int=0, # random seed of the matrix, inputs and devices
 def _print_core_demo(result):
     print("crosssim_nb AnalogCore demo: 256x1152 matrix x 1024 vectors")
     print("hardware:", ", ".join(f"{k}={v}" for k, v in result["config"].changed_fields().items()))
-    print(f"relative error vs float: {result['relative_error']:.4f}")
+    print(f"relative error vs float: {result['relative_error']:.4f}  (‖analog − exact‖ / ‖exact‖ over all 256x1024 outputs of the "
+          "product; 0 = exact: 8-bit weights and inputs, 1 % programming error, and most of it from the 8-bit ADC's MAX range, "
+          "whose levels the outputs barely use)")
     print(f"time: {result['seconds_analog'] * 1e3:.1f} ms analog, {result['seconds_numpy'] * 1e3:.1f} ms numpy")
     print("arrays:", ", ".join(f"{k}={v}" for k, v in result["hw_summary"].items()))

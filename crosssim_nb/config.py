@@ -4,16 +4,18 @@
 
 # %% ../nbs/01_config.ipynb #caf46045
 from __future__ import annotations
-import dataclasses, difflib, json, math, re
+import dataclasses, difflib, functools, json, math, os, re, reprlib, uuid
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['WeightStyle', 'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'VariancePrecision', 'Dependence',
-           'DeviceModel', 'DriftModel', 'DriftCompensation', 'SelectedRows', 'IVModel', 'ADCType', 'InferenceConfig',
-           'FileFormatError', 'read_data_file', 'describe_config']
+__all__ = ['CROSSSIM_SPELLINGS', 'MAX_NESTING', 'CIRCUIT_ADC_FIELDS', 'WeightStyle', 'BalancedStyle', 'ADCRangeOption',
+           'Distribution', 'ReadNoiseMethod', 'VariancePrecision', 'Dependence', 'DeviceModel', 'DriftModel',
+           'DriftCompensation', 'CalibrationTime', 'SelectedRows', 'ConvRowOrder', 'IVModel', 'ADCType',
+           'InferenceConfig', 'UnknownFieldError', 'suggest_field', 'FileFormatError', 'read_data_file', 'write_atomic',
+           'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -94,11 +96,21 @@ class DriftCompensation(_Option):
     global_ideal = "global_ideal" # one gain per array against the ideal (unprogrammed) conductances
     per_column = "per_column" # one gain per array column
 
+class CalibrationTime(_Option):
+    "When the ADC ranges are calibrated on a drifting chip: at programming (t = 0) or at the evaluation time t_drift."
+    deployment = "deployment" # at t = 0, as a chip is calibrated once when it is deployed (what real hardware does)
+    evaluation = "evaluation" # at t_drift, on the drifted devices (an upper bound: re-calibrated just before use)
+
 # %% ../nbs/01_config.ipynb #153a1a47
 class SelectedRows(_Option):
     "Which rows of a partly filled separate-source array carry the tile (CrossSim selected_rows)."
     top = "top"             # rows next to the supply driver, far from the ADC; the unused rows sit between them and the ADC
     bottom = "bottom"       # rows next to the ADC; the unused rows sit between the supply driver and them
+
+class ConvRowOrder(_Option):
+    "Order of a convolution's matrix rows: which inputs share an array when a layer's rows are tiled over several arrays."
+    channel_first = "channel_first" # CrossSim's (input channel, kh, kw): its calibrated per-array limits and published settings carry over
+    channel_last = "channel_last"   # (kh, kw, input channel): the order of a Keras kernel and of an im2col patch
 
 class IVModel(_Option):
     "Current-voltage law of one cell (CrossSim nonlinear_IV)."
@@ -127,17 +139,18 @@ class InferenceConfig:
     weight_bits: int = 8                 # weight resolution in bits, sign included (0 = unquantised); sets the device levels
     weight_percentile: float = 100.0     # percentile of the signed weights mapped to Gmax (100 = max|W|); larger weights clip
     nslices: int = 1                     # weight bit slices, each on its own arrays with its own ADC (CrossSim Nslices)
-    nrows_max: int = 1152                # rows of one array (0 = unlimited); larger matrices are tiled (CrossSim NrowsMax)
-    ncols_max: int = 0                   # columns of one array (0 = unlimited) (CrossSim NcolsMax)
+    nrows_max: int = 1152                # rows of one array, 0 (unlimited) or 1..1048576; larger matrices are tiled (CrossSim NrowsMax)
+    conv_row_order: ConvRowOrder = ConvRowOrder.channel_first # convolution rows in CrossSim's (Cin, kh, kw) order, or (kh, kw, Cin); matters only when rows are tiled
+    ncols_max: int = 0                   # columns of one array, 0 (unlimited) or 1..1048576 (CrossSim NcolsMax)
     style: WeightStyle = WeightStyle.BALANCED            # BALANCED differential pairs or OFFSET single devices
     balanced_style: BalancedStyle = BalancedStyle.ONE_SIDED # ONE_SIDED or TWO_SIDED use of a BALANCED pair
     subtract_current_in_xbar: bool = True  # BALANCED: subtract I+ - I- in the array (one ADC) rather than digitally
     digital_offset: bool = True          # OFFSET: subtract the zero-weight current digitally (else a unit column does)
     interleaved_posneg: bool = False     # BALANCED: G+ and G- cells of a pair share one column line, driven by +v and -v
     # --- devices ---
-    rmin: float = 1e3                    # device on-resistance in ohm (sets Gmin = rmin/rmax)
-    rmax: float = 1e6                    # device off-resistance in ohm
-    vread: float = 0.1                   # read voltage in volts at a full-scale input (|v| = 1); physical cell current = vread·G
+    rmin: float = 1e3                    # device on-resistance in ohm, 1..1e12 (sets Gmin = rmin/rmax)
+    rmax: float = 1e6                    # device off-resistance in ohm, rmin < rmax <= 1e15
+    vread: float = 0.1                   # read voltage in volts at a full-scale input (|v| = 1), 1e-6..10 V; physical cell current = vread·G
     infinite_on_off_ratio: bool = True   # take Gmin = 0 regardless of rmin/rmax
     clip_conductance: bool = False       # clip programmed conductances to [Gmin, Gmax] (else only at 0)
     error_model: DeviceModel = DeviceModel.none # programming error model: 'none', 'generic' or a device-library name
@@ -153,17 +166,19 @@ class InferenceConfig:
     read_noise_method: ReadNoiseMethod = ReadNoiseMethod.output_domain # output_domain (fast, exact in distribution) or exact
     noise_variance_precision: VariancePrecision = VariancePrecision.bfloat16 # output_domain noise variance product: bfloat16 (σ within 0.6 %; fast on CPUs with AMX/AVX-512 BF16) or float32
     drift_model: DriftModel = DriftModel.none # conductance drift model, applied at t_drift > 0 (CrossSim's and aihwkit's names)
-    t_drift: float = 0.0                 # time since programming in days (CrossSim's unit, fractions allowed); 0 = just programmed
+    t_drift: float = 0.0                 # time since programming in days, 0..36525 (CrossSim's unit, fractions allowed; each drift model bounds it further); 0 = just programmed
     device_table: str = ""               # CSV of measured sigma(G) (and drift) for the 'table' model; see device_models.write_device_table
     drift_compensation: DriftCompensation = DriftCompensation.none # none, global (gain per array), global_ideal, per_column
-    icol_max: float = 0.0                # column current limit in normalised current (0 = off); clips I+ and I- separately
-    rp_row: float = 0.0                  # parasitic wire resistance per row (input or supply line) segment in ohm (CrossSim Rp_row)
-    rp_col: float = 0.0                  # parasitic wire resistance per column (summation line) segment in ohm (CrossSim Rp_col)
-    rp_row_terminal: float = 0.0         # series resistance at the driven end of each input (supply) line in ohm (drivers, muxes)
-    rp_col_terminal: float = 0.0         # series resistance at the ADC end of each column line in ohm
-    current_from_input: bool = True      # the input line sources the cell current (else a supply line per column; needs 1-bit input slices)
-    selected_rows: SelectedRows = SelectedRows.top # separate-source arrays: used rows of a partly filled array, 'top' (far from the ADC) or 'bottom'
+    adc_calibration_time: CalibrationTime = CalibrationTime.deployment # when run_inference / the CLI calibrate ADC ranges under drift: 'deployment' (t = 0, as a deployed chip) or 'evaluation' (at t_drift)
+    icol_max: float = 0.0                # column current limit in normalised current, 0 (off) or up to 1e12; clips I+ and I- separately
+    rp_row: float = 0.0                  # parasitic wire resistance per row (input or supply line) segment in ohm, 0..rmin (CrossSim Rp_row)
+    rp_col: float = 0.0                  # parasitic wire resistance per column (summation line) segment in ohm, 0..rmin (CrossSim Rp_col)
+    rp_row_terminal: float = 0.0         # series resistance at the driven end of each input (supply) line in ohm, 0..10·rmin (drivers, muxes)
+    rp_col_terminal: float = 0.0         # series resistance at the ADC end of each column line in ohm, 0..10·rmin
+    current_from_input: bool = True      # the input line sources the cell current (else a supply line per column; needs wires and 1-bit input slices)
+    selected_rows: SelectedRows = SelectedRows.top # separate-source arrays with wires: used rows of a partly filled array, 'top' (far from the ADC) or 'bottom'
     nonlinear_iv: IVModel = IVModel.none # cell I-V law: 'none' (resistor), 'RRAMMilo' or 'Cubic' (uses vread)
+    parasitic_solve_budget_gflop: float = 500.0 # largest estimated circuit-solve work per layer and programming (GFLOP, ~0.1 s each on one core); raise it for bigger arrays
     # --- network mapping ---
     fold_batchnorm: bool = True          # fold BatchNormalization into the preceding analog layer's weights and bias
     digital_bias: bool = True            # add biases digitally after the ADC (else an analog bias row at full-scale input)
@@ -177,20 +192,20 @@ class InferenceConfig:
     input_slice_size: int = 1            # bits per input slice
     adc_type: ADCType = ADCType.quantizer # 'quantizer' (ideal levels over the range), or a circuit ADC: 'ramp', 'sar', 'pipeline', 'cyclic'
     stochastic_rounding: bool = False    # quantizer ADC: round up with probability = the fraction above the lower level, per conversion
-    gain_db: float = 100.0               # circuit ADCs: open-loop amplifier gain in dB (0 = ideal, infinite gain)
-    sigma_capacitor: float = 0.0         # ramp/SAR: capacitor mismatch std, in units of a unit capacitor (grows with sqrt of the size)
-    sigma_comparator: float = 0.0        # circuit ADCs: comparator offset std as a fraction of Vref, drawn once per comparator per run
+    gain_db: float = 100.0               # circuit ADCs: open-loop amplifier gain in dB, 0 (ideal, infinite gain) or up to 1000 (A = 1e50)
+    sigma_capacitor: float = 0.0         # ramp/SAR: capacitor mismatch std, in units of a unit capacitor (grows with sqrt of the size), 0..0.25
+    sigma_comparator: float = 0.0        # circuit ADCs: comparator offset std as a fraction of Vref, 0..1, drawn once per comparator per run
     symmetric_cdac: bool = True          # ramp: symmetric (sign-magnitude) capacitive DAC rather than a plain binary one
-    split_cdac: bool = True              # SAR: split (bridge-capacitor) capacitive DAC; needs adc_bits >= 2
-    group_size: int = 8                  # SAR/pipeline/cyclic: consecutive columns of one array served by one ADC
-    sigma_c1: float = 0.0                # pipeline/cyclic: std of the sampling capacitor C1, as a fraction of nominal
-    sigma_c2: float = 0.0                # pipeline/cyclic: std of the feedback capacitor C2, as a fraction of nominal
-    sigma_cpar: float = 0.0              # pipeline/cyclic: parasitic capacitance std, as a fraction of nominal C1
-    icol_max_amps: float = 0.0           # column current limit in amperes (0 = off), = icol_max·vread/rmin; set this or icol_max
+    split_cdac: bool = True              # SAR: split (bridge-capacitor) capacitive DAC (needs adc_bits >= 2); False: a plain binary one
+    group_size: int = 8                  # SAR/pipeline/cyclic: consecutive columns of one array served by one ADC, 1..65536
+    sigma_c1: float = 0.0                # pipeline/cyclic: std of the sampling capacitor C1, as a fraction of nominal, 0..0.25
+    sigma_c2: float = 0.0                # pipeline/cyclic: std of the feedback capacitor C2, as a fraction of nominal, 0..0.25
+    sigma_cpar: float = 0.0              # pipeline/cyclic: parasitic capacitance std, as a fraction of nominal C1, 0..0.25
+    icol_max_amps: float = 0.0           # column current limit in amperes, 0 (off) or up to 1 A, = icol_max·vread/rmin; set this or icol_max
     # --- run control ---
     use_gpu: bool = False                # run array math on a CUDA GPU through CuPy (an error if none is usable)
-    seed: int = 0                        # random seed; each Monte-Carlo run derives its own from it
-    nruns: int = 1                       # Monte-Carlo runs, each re-programming the devices (CrossSim Nruns)
+    seed: int = 0                        # random seed, 0..2^63-1; each Monte-Carlo run derives its own from it
+    nruns: int = 1                       # Monte-Carlo runs, 1..1000000, each re-programming the devices (CrossSim Nruns)
 
     def __post_init__(self):
         for spec in fields(self): _check_type(self, spec)
@@ -222,11 +237,11 @@ class InferenceConfig:
         return cls(**values)
 
     def to_file(self, path):
-        "Save as YAML (.yaml/.yml) or JSON (.json), by suffix."
+        "Save as YAML (.yaml/.yml) or JSON (.json), by suffix; written to a temporary file and renamed, so a full disk keeps the old file."
         path = Path(path)
         kind = _file_kind(path)
         text = json.dumps(self.to_dict(), indent=2) + "\n" if kind == "json" else yaml.safe_dump(self.to_dict(), sort_keys=False)
-        path.write_text(text)
+        write_atomic(path, text)
         return path
 
     @classmethod
@@ -258,17 +273,64 @@ class InferenceConfig:
         "Normalised conductance range, Gmax - Gmin = 1 - Gmin."
         return 1.0 - self.gmin
 
+_dataclass_init = InferenceConfig.__init__
+
+@functools.wraps(_dataclass_init)
+def _init_with_names(self, *args, **kwargs):
+    _check_names(kwargs)       # an unknown keyword (a CrossSim spelling, a typo) says which field it means
+    _dataclass_init(self, *args, **kwargs)
+
+InferenceConfig.__init__ = _init_with_names
+
+
 # %% ../nbs/01_config.ipynb #e19fe72a
 def _plain(value):
     return value.value if isinstance(value, Enum) else value
+
+class UnknownFieldError(ValueError, TypeError):
+    "A keyword or key that is no InferenceConfig field: a TypeError for `InferenceConfig(...)`, a ValueError for files and dicts."
+
+CROSSSIM_SPELLINGS = {   # CrossSim's names (inference_config.py, parameter-file leaves) -> the InferenceConfig field
+    "NrowsMax": "nrows_max", "NcolsMax": "ncols_max", "rows_max": "nrows_max", "cols_max": "ncols_max", "Nslices": "nslices",
+    "num_slices": "nslices", "Nruns": "nruns", "cell_bits": "weight_bits", "ADC_per_ibit": "adc_per_ibit", "Rmin": "rmin",
+    "Rmax": "rmax", "Vread": "vread", "Rp_row": "rp_row", "Rp_col": "rp_col", "Rp_row_terminal": "rp_row_terminal",
+    "Rp_col_terminal": "rp_col_terminal", "Icol_max": "icol_max_amps", "useGPU": "use_gpu", "time": "t_drift",
+    "nonlinear_IV": "nonlinear_iv", "slice_size": "input_slice_size", "sigma_C1": "sigma_c1", "sigma_C2": "sigma_c2",
+    "sigma_Cpar": "sigma_cpar", "gate_input": "current_from_input", "random_seed": "seed"}
+_SPELLING_NOTES = {"cell_bits": "weight_bits counts the sign too: weight_bits = cell_bits + 1 for BALANCED pairs",
+                   "Icol_max": "CrossSim's Icol_max is in amperes: icol_max_amps (or icol_max in normalised current)",
+                   "gate_input": "CrossSim's gate_input=True is current_from_input=False"}
+
+def _fold(name:str) -> str: return re.sub(r"[-_\s]", "", name).lower()
+
+def suggest_field(name:str, # a field name as a user wrote it: a CrossSim spelling, a typo, a CLI flag ('--NrowsMax')
+                 ) -> str | None:
+    "The InferenceConfig field `name` most likely means (None when nothing is close): CrossSim spellings, case, dashes, typos."
+    names = [spec.name for spec in fields(InferenceConfig)]
+    text = str(name).strip().lstrip("-")
+    if text in names: return text
+    if text in CROSSSIM_SPELLINGS: return CROSSSIM_SPELLINGS[text]
+    folded = {**{_fold(k): v for k, v in CROSSSIM_SPELLINGS.items()}, **{_fold(n): n for n in names}}
+    if _fold(text) in folded: return folded[_fold(text)]
+    close = difflib.get_close_matches(text.lower().replace("-", "_"), names, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 def _check_names(values:dict):
     names = [spec.name for spec in fields(InferenceConfig)]
     for key in values:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f"; the fields are: {', '.join(names)}"
-            raise ValueError(f"unknown InferenceConfig field {key!r}{hint}")
+            guess = suggest_field(key) if isinstance(key, str) else None
+            note = _SPELLING_NOTES.get(key, "") if isinstance(key, str) else ""
+            hint = (f"; did you mean {guess!r}?" + (f" ({note})" if note else "")) if guess else f"; the fields are: {', '.join(names)}"
+            raise UnknownFieldError(f"unknown InferenceConfig field {_short(key)}{hint}")
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxdict, _REPR.maxlist = 2, 60, 60, 40, 4, 4
+
+def _short(value) -> str:
+    "A repr cut to one short line: deep, huge or long values from a file stay readable (and cheap) in messages."
+    try: return _REPR.repr(value)
+    except (ValueError, RecursionError): return f"<{type(value).__name__} too large to print>"
 
 def _file_kind(path:Path) -> str:
     suffix = path.suffix.lower()
@@ -289,31 +351,43 @@ def _check_type(cfg, spec):
                     "Distribution": Distribution, "ReadNoiseMethod": ReadNoiseMethod, "VariancePrecision": VariancePrecision,
                     "DeviceModel": DeviceModel,
                     "DriftModel": DriftModel, "Dependence": Dependence, "DriftCompensation": DriftCompensation,
-                    "SelectedRows": SelectedRows, "IVModel": IVModel}
+                    "CalibrationTime": CalibrationTime,
+                    "SelectedRows": SelectedRows, "IVModel": IVModel, "ConvRowOrder": ConvRowOrder}
     if anno in option_types:
         option = option_types[anno]
         text = value.value if isinstance(value, Enum) else value
         matches = [m for m in option if isinstance(text, str) and m.value.lower() == text.lower()]
         if not matches:
-            raise ValueError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(repr, option.allowed()))}")
+            raise ValueError(f"{name}={_short(value)} is not allowed; allowed: {', '.join(map(repr, option.allowed()))}")
         _set(cfg, name, matches[0])
     elif anno == "bool":
-        if not isinstance(value, bool): raise ValueError(f"{name}={value!r} must be True or False")
+        if not isinstance(value, bool): raise ValueError(f"{name}={_short(value)} must be True or False")
     elif anno == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer(): _set(cfg, name, int(value)); return
-            raise ValueError(f"{name}={value!r} must be an integer")
+            if not (isinstance(value, float) and value.is_integer()): raise ValueError(f"{name}={_short(value)} must be an integer")
+            value = int(value)
+            _set(cfg, name, value)
+        if abs(value) >= 2 ** 63: raise ValueError(f"{name}={_short(value)} is not allowed; allowed: an integer below 2^63")
     elif anno == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name}={value!r} must be a finite number")
+            raise ValueError(f"{name}={_short(value)} must be a finite number")
         _set(cfg, name, float(value))
+    elif anno == "str":
+        if not isinstance(value, str): raise ValueError(f"{name}={_short(value)} must be a string")
     elif name == "bias_bits":
         if isinstance(value, str) and value.lower() == "adc": _set(cfg, name, "adc")
         elif isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 2 <= value <= 32):
-            raise ValueError(f"bias_bits={value!r} is not allowed; allowed: 0 (full precision), 2..32, or 'adc'")
+            raise ValueError(f"bias_bits={_short(value)} is not allowed; allowed: 0 (full precision), 2..32, or 'adc'")
+
+_DEFAULTS = {spec.name: spec.default for spec in fields(InferenceConfig)}
 
 def _require(ok:bool, message:str):
     if not ok: raise ValueError(message)
+
+def _within(c, name:str, low, high, allowed:str):
+    "`low <= c.name <= high`, else a ValueError naming the field, its value and `allowed`."
+    value = getattr(c, name)
+    _require(low <= value <= high, f"{name}={value} is not allowed; allowed: {allowed}")
 
 def _resolve_dependence(c:InferenceConfig):
     "Fill in error/noise_dependence and their boolean aliases proportional_error/noise; a contradiction is an error."
@@ -345,9 +419,16 @@ def _check_values(c:InferenceConfig):
         value = getattr(c, name)
         _require(value == 0 or value >= 1, f"{name}={value} is not allowed; allowed: 0 (unlimited) or a positive number of {name[:4]}")
     _require(c.rmin > 0 and c.rmax > c.rmin, f"rmin={c.rmin}, rmax={c.rmax} are not allowed; need 0 < rmin < rmax (ohm)")
+    _within(c, "rmin", 1.0, 1e12, "1..1e12 ohm (a device's on-resistance)")
+    _within(c, "rmax", c.rmin, 1e15, "rmin < rmax <= 1e15 ohm (a device's off-resistance)")
     _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
+    _within(c, "vread", 1e-6, 10.0, "1e-6..10 V (a read voltage)")
     for name in ("alpha_error", "alpha_noise", "icol_max", "icol_max_amps"):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0")
+    _within(c, "icol_max", 0.0, 1e12, "0 (off) or up to 1e12 (normalised current: 1 = one device at Gmax at full-scale input)")
+    _within(c, "icol_max_amps", 0.0, 1.0, "0 (off) or up to 1 A")
+    for name in ("nrows_max", "ncols_max"): _within(c, name, 0, 2 ** 20, f"0 (unlimited) or 1..{2 ** 20} {name[1:5]}")
+    _within(c, "nruns", 1, 10 ** 6, "1..1000000 Monte-Carlo runs")
     for model, alpha in (("error_model", "alpha_error"), ("noise_model", "alpha_noise")):
         _require(not (getattr(c, model) == "none" and getattr(c, alpha) > 0),
                  f"{alpha}={getattr(c, alpha)} has no effect with {model}='none'; set {model}='generic' (or {alpha}=0)")
@@ -355,6 +436,7 @@ def _check_values(c:InferenceConfig):
     _require(c.nruns >= 1, f"nruns={c.nruns} is not allowed; allowed: an integer >= 1")
     # physics not built yet: reject instead of ignoring
     _require(c.t_drift >= 0, f"t_drift={c.t_drift} is not allowed; allowed: >= 0 (days since programming)")
+    _within(c, "t_drift", 0.0, 36525.0, "0..36525 days (100 years; each drift model bounds it further)")
     from crosssim_nb.device_models import check_device_config
     check_device_config(c)     # model roles, each model's valid physical range, the table file, t_drift semantics
     _check_circuit(c)
@@ -380,8 +462,21 @@ def _check_values(c:InferenceConfig):
 class FileFormatError(ValueError):
     "A YAML or JSON file that cannot be read: the message names the file, the line and the column."
 
+MAX_NESTING = 100   # the deepest nesting of lists and mappings a data file may have (the project's own files need fewer than 10)
+
 class _NumberLoader(yaml.SafeLoader):
-    "Safe YAML loader: exponent numbers without a dot (`1e-2`) are floats, as in JSON and Python; duplicate keys are an error."
+    "Safe YAML loader: exponent numbers without a dot (`1e-2`) are floats, as in JSON and Python; duplicate keys, aliases and deep nesting are errors."
+    _depth = 0
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        where = f"{self.name}: line {event.start_mark.line + 1}, column {event.start_mark.column + 1}"
+        if isinstance(event, yaml.AliasEvent):    # an alias bomb expands to billions of values: refuse every alias
+            raise FileFormatError(f"{where}: YAML aliases (*{event.anchor}) are not allowed; write the value out")
+        if not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)): return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING: raise FileFormatError(f"{where}: nested deeper than {MAX_NESTING} levels; allowed: {MAX_NESTING}")
+        self._depth += 1                           # lists and mappings count, as in JSON
+        try: return super().compose_node(parent, index)
+        finally: self._depth -= 1
 
 _NumberLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -437,9 +532,13 @@ def read_data_file(path, # a .yaml/.yml or .json file
         column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
         raise FileFormatError(f"{what} {str(path)!r}: line {line}, column {column}: not UTF-8 text ({error.reason})") from None
     if suffix == ".json":
-        try: return json.loads(text, object_pairs_hook=_json_pairs(f"{what} {str(path)!r}", text))
+        too_deep = f"{what} {str(path)!r}: nested deeper than {MAX_NESTING} levels; allowed: {MAX_NESTING}"
+        try: data = json.loads(text, object_pairs_hook=_json_pairs(f"{what} {str(path)!r}", text))
         except json.JSONDecodeError as error:
             raise FileFormatError(f"{what} {str(path)!r}: line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
+        except RecursionError: raise FileFormatError(too_deep) from None
+        if _nesting(data) > MAX_NESTING: raise FileFormatError(too_deep)
+        return data
     loader = _NumberLoader(text)
     loader.name = f"{what} {str(path)!r}"
     try: return loader.get_single_data()
@@ -450,6 +549,18 @@ def read_data_file(path, # a .yaml/.yml or .json file
     except yaml.YAMLError as error:
         raise FileFormatError(f"{what} {str(path)!r}: invalid YAML: {error}") from None
     finally: loader.dispose()
+
+def _nesting(value) -> int:
+    "How deeply lists and mappings nest in `value` (a scalar: 0), walked without recursion; stops counting past MAX_NESTING."
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None: continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING: break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 def _check_combinations(c):
     "Settings that contradict each other (a setting that would be silently ignored is refused)."
@@ -467,13 +578,31 @@ def _check_combinations(c):
                  f"{distribution}={getattr(c, distribution).value!r} has no effect with {model}='none'; "
                  f"set {model}='generic' (or leave {distribution}='normal')")
 
+def write_atomic(path, # the file to (re)write
+                 content, # text, or a callable that writes the file at the path it is given
+                ) -> None:
+    "Write to a temporary file next to `path`, then rename it over `path`: a crash or a full disk leaves the old file whole."
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if callable(content): content(temporary)
+        else: temporary.write_text(content, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists(): temporary.unlink()
+
 
 # %% ../nbs/01_config.ipynb #3b3f09f6
 def _check_circuit(c:InferenceConfig):
     "Parasitic-resistance and I-V-law settings: each supported combination passes, any other names itself."
     for name in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal"):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0 (ohm)")
+    for name in ("rp_row", "rp_col"):
+        _within(c, name, 0.0, c.rmin, f"0..rmin = {c.rmin:g} ohm (a wire segment as resistive as a device at Gmax is no crossbar wire)")
+    for name in ("rp_row_terminal", "rp_col_terminal"):
+        _within(c, name, 0.0, 10 * c.rmin, f"0..10·rmin = {10 * c.rmin:g} ohm (a driver or ADC input weaker than a tenth of one device)")
     _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
+    _require(math.isfinite(c.parasitic_solve_budget_gflop) and c.parasitic_solve_budget_gflop > 0, f"parasitic_solve_budget_gflop={c.parasitic_solve_budget_gflop} is not allowed; allowed: a finite number > 0 (GFLOP)")
     wired = any(getattr(c, n) > 0 for n in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal")) or c.nonlinear_iv != "none"
     _require(not (wired and c.style == "OFFSET" and c.nslices > 1),
              f"style='OFFSET' with nslices={c.nslices} and parasitic resistance or an I-V law is not built yet; allowed with array circuits: "
@@ -500,13 +629,37 @@ def _check_circuit(c:InferenceConfig):
         if c.rmax > 20004: problems.append(f"rmax={c.rmax} (needs <= 20004 ohm: Gmin >= 50 uS)")
         if c.infinite_on_off_ratio: problems.append("infinite_on_off_ratio=True (needs False: the fit spans 50-225 uS)")
         _require(not problems, "nonlinear_iv='RRAMMilo' is outside the model's valid range: " + "; ".join(problems))
+    wires = any(getattr(c, n) > 0 for n in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal"))
+    _require(wires or c.current_from_input,
+             "current_from_input=False has no effect without wire resistance (rp_row, rp_col and the terminal resistances are all 0): "
+             "a separate supply line differs from the input line only through its wires; set an rp_* > 0 or leave current_from_input=True")
+    _require(c.selected_rows == "top" or (wires and not c.current_from_input),
+             f"selected_rows={c.selected_rows.value!r} has no effect with current_from_input={c.current_from_input} and "
+             f"{'wire resistance' if wires else 'no wire resistance'}: it places the used rows of a separate-source array along its "
+             "wires; it needs current_from_input=False and an rp_* > 0 (or leave selected_rows='top')")
+
 
 # %% ../nbs/01_config.ipynb #2daad33b
+CIRCUIT_ADC_FIELDS = {   # circuit-ADC settings -> the adc_type values that use them (any other ADC ignores them: they keep their default)
+    "gain_db": ("ramp", "sar", "pipeline", "cyclic"), "sigma_comparator": ("ramp", "sar", "pipeline", "cyclic"),
+    "sigma_capacitor": ("ramp", "sar"), "symmetric_cdac": ("ramp",), "split_cdac": ("sar",), "group_size": ("sar", "pipeline", "cyclic"),
+    "sigma_c1": ("pipeline", "cyclic"), "sigma_c2": ("pipeline", "cyclic"), "sigma_cpar": ("pipeline", "cyclic")}
+
 def _check_converters(c:InferenceConfig):
     "Circuit-ADC parameters, stochastic rounding and the two spellings of the column current limit."
     for name in ("sigma_capacitor", "sigma_comparator", "sigma_c1", "sigma_c2", "sigma_cpar"):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0")
+    def percent(name):       # a σ written in percent (5 for 5 %) gets the remedy, as alpha_error does
+        value = getattr(c, name)
+        return f"; did you mean {name}={value / 100:g} ({value:g} %)?" if 1 <= value <= 100 else ""
+    for name in ("sigma_capacitor", "sigma_c1", "sigma_c2", "sigma_cpar"):
+        _within(c, name, 0.0, 0.25, "0..0.25, a fraction (0.01 = 1 %); a larger std draws negative capacitors (C2 < 0 at 4σ)" + percent(name))
+    _within(c, "sigma_comparator", 0.0, 1.0, "0..1, a fraction of Vref (0.01 = 1 %); an offset std of Vref leaves no code meaningful"
+            + (percent("sigma_comparator") if c.sigma_comparator > 1 else ""))
     _require(c.gain_db >= 0, f"gain_db={c.gain_db} is not allowed; allowed: > 0 (open-loop gain in dB) or 0 (ideal amplifier)")
+    _require(c.gain_db <= 1000, f"gain_db={c.gain_db} is not allowed; allowed: 0 (ideal amplifier) or up to 1000 dB (A = 1e50, already "
+                                "ideal in float64); for an ideal amplifier set gain_db=0")
+    _within(c, "group_size", 1, 65536, "1..65536 (columns per ADC)")
     _require(c.adc_type == "quantizer" or c.adc_bits <= 16,
              f"adc_bits={c.adc_bits} is not allowed with adc_type={c.adc_type.value!r}; allowed: 0..16 (each circuit ADC is a lookup table of 2^N levels)")
     _require(c.group_size >= 1, f"group_size={c.group_size} is not allowed; allowed: >= 1 (columns per ADC)")
@@ -519,6 +672,17 @@ def _check_converters(c:InferenceConfig):
     _require(not (c.icol_max > 0 and c.icol_max_amps > 0),
              f"icol_max={c.icol_max} and icol_max_amps={c.icol_max_amps} are both set; set one: icol_max in normalised current "
              f"(1 = one device at Gmax at full-scale input) or icol_max_amps in amperes (normalised by vread/rmin = {c.vread / c.rmin:g} A)")
+    if c.adc_bits == 0:      # no ADC: its type and rounding would be ignored
+        _require(c.adc_type == "quantizer", f"adc_type={c.adc_type.value!r} has no effect with adc_bits=0 (no ADC); set adc_bits "
+                                            "(1..16 for a circuit ADC) or leave adc_type='quantizer'")
+        _require(not c.stochastic_rounding, "stochastic_rounding=True has no effect with adc_bits=0 (no ADC); set adc_bits or leave "
+                                            "stochastic_rounding=False")
+    for name, types in CIRCUIT_ADC_FIELDS.items():
+        value, default = getattr(c, name), _DEFAULTS[name]
+        _require(value == default or c.adc_type in types,
+                 f"{name}={value} has no effect with adc_type={c.adc_type.value!r}: it applies to {', '.join(map(repr, types))} ADCs only; "
+                 f"leave {name}={default} (the default) or set adc_type to one of those")
+
 
 # %% ../nbs/01_config.ipynb #db2873e9
 def describe_config(config:InferenceConfig, # the configuration to describe

@@ -16,8 +16,9 @@ import keras
 
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry',
-           'patch_view', 'im2col', 'window_sums', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix',
-           'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine']
+           'patch_view', 'im2col', 'window_sums', 'crosssim_row_order', 'conv_row_permutation', 'row_segments',
+           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
+           'DepthwiseCore', 'DepthwiseEngine']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -79,6 +80,46 @@ def window_sums(x:np.ndarray, # channels-last map (B, H, W, 1)
     for tap in range(1, spec.kernel_size[0] * spec.kernel_size[1]):
         out += view[:, :, :, tap // spec.kernel_size[1], tap % spec.kernel_size[1]]
     return out
+
+# %% ../nbs/12_convolution.ipynb #ro000002
+def crosssim_row_order(taps:int, # kernel taps kh·kw
+                       channels:int, # input channels
+                       ranges:list, # the arrays' `(start, stop)` rows (`mapping.partition`), an analog bias row last
+                      ) -> np.ndarray:
+    """Index `p` into the imported `(kh, kw, cin)` rows: array by array, the rows CrossSim's `(cin, kh, kw)` order puts
+    on that array (row `c·taps + t` is channel c, tap t), listed tap by tap with consecutive channels."""
+    order = []
+    for start, stop in ranges:
+        for tap in range(taps):       # channel c of this tap sits on the array when start <= c·taps + tap < stop
+            low, high = max(0, -(-(start - tap) // taps)), min(channels, max(0, -(-(stop - tap) // taps)))
+            order.append(tap * channels + np.arange(low, high))
+    return np.concatenate(order)
+
+def conv_row_permutation(taps:int, # kernel taps kh·kw
+                         channels:int, # input channels
+                         rows:int, # rows of the layer's matrix, an analog bias row included
+                         config:InferenceConfig, # the layer's hardware (`conv_row_order`, `nrows_max`)
+                        ) -> np.ndarray | None:
+    "The core's row order (`crosssim_row_order`) when a convolution's tiled rows follow CrossSim, else None (the imported order)."
+    if str(config.conv_row_order) != "channel_first" or taps < 2 or channels < 2: return None
+    from crosssim_nb.mapping import partition
+    ranges = partition(rows, config.nrows_max)
+    return crosssim_row_order(taps, channels, ranges) if len(ranges) > 1 else None
+
+def row_segments(order:np.ndarray|None, # a core's row order (None: the imported one)
+                 kernel_size:tuple, # (kh, kw)
+                 channels:int, # input channels
+                ) -> list | None:
+    "The im2col copy in that order, as runs `(first row, kh, kw, c0, c1)` of consecutive channels of one tap."
+    if order is None: return None
+    segments, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or order[i] != order[i - 1] + 1 or order[i] // channels != order[start] // channels:
+            tap, first = divmod(int(order[start]), channels)
+            segments.append((start, tap // kernel_size[1], tap % kernel_size[1], first, first + i - start))
+            start = i
+    return segments
+
 
 # %% ../nbs/12_convolution.ipynb #3ed18ede
 class _BlasThreads:
@@ -294,6 +335,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
     out = aligned_empty((B, out_h, out_w, engine.n_out), xp=xp)
     buffer_size = min(B, images) * min(out_h, lines) * out_w * width
     local = threading.local()
+    segments = getattr(engine, "row_segments", None)            # tiled rows in CrossSim's order: copied run by run
     def work(task):
         b0, h0 = task
         block = view[b0:b0 + images, h0:h0 + lines]
@@ -301,8 +343,12 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         if grouped: y = engine.apply_patches(block)
         else:
             if getattr(local, "buffer", None) is None: local.buffer = xp.empty(buffer_size, dtype=np.float32)
-            rows = local.buffer[:block.size].reshape(block.shape)
-            xp.copyto(rows, block)                              # the im2col copy of this chunk (on the GPU: device to device)
+            if segments is None:
+                rows = local.buffer[:block.size].reshape(block.shape)
+                xp.copyto(rows, block)                          # the im2col copy of this chunk (on the GPU: device to device)
+            else:
+                rows = local.buffer[:block.size].reshape(block.shape[:3] + (width,))
+                for first, i, j, c0, c1 in segments: xp.copyto(rows[..., first:first + c1 - c0], block[:, :, :, i, j, c0:c1])
             first_row = ((first_image + b0) * out_h + h0) * out_w  # global index of the chunk's first output pixel
             if target.flags.c_contiguous:                       # the engine writes straight into the layer output
                 y = target.reshape(-1, engine.n_out)
@@ -385,8 +431,12 @@ class CoreEngine:
     def __init__(self, core:AnalogCore, spec:AnalogSpec):
         self.core, self.n_out = core, core.n_out
         self.parallel_safe = core.xp is np
-        self.library_kernel = library_kernel(core.conv_matrix(), spec) if core.xp is np else None   # one product: TensorFlow may do it
-        spread = core.conv_spread() if self.library_kernel is not None else None
+        order = getattr(core, "row_order", None)          # tiled rows in CrossSim's order (`conv_row_permutation`), else None
+        self.row_segments = row_segments(order, spec.kernel_size, spec.n_in // max(1, int(np.prod(spec.kernel_size or (1,)))))
+        back = None if order is None else np.argsort(order)
+        def imported(matrix): return matrix if matrix is None or back is None else matrix[back]    # rows back in (kh, kw, cin) order
+        self.library_kernel = library_kernel(imported(core.conv_matrix()), spec) if core.xp is np else None   # one product: TensorFlow may do it
+        spread = imported(core.conv_spread()) if self.library_kernel is not None else None
         # σ² the same on every device (independent noise): the variance map is σ² × the window sum of Σ_c x², one channel
         self.noise_channel_sum = spread is not None and spec.is_conv and bool(np.all(spread == spread[0, 0]))
         self.noise_variance = np.float32(spread[0, 0]) if self.noise_channel_sum else None   # that one σ²
@@ -431,6 +481,8 @@ class DepthwiseCore(AnalogCore):
         analog_bias = bias is not None and not config.digital_bias
         self.physical_in = taps * channels                                     # rows of the dense crossbar (bias row apart)
         self._physical_ranges = partition(self.physical_in + int(analog_bias), config.nrows_max)
+        self.row_order = conv_row_permutation(taps, channels, self.physical_in + int(analog_bias), config)   # tiled: CrossSim's rows per array
+        self._position = None if self.row_order is None else np.argsort(self.row_order)   # dense row of imported row (tap, channel)
         self._column_channel = np.repeat(np.arange(channels), multiplier)    # the input channel each output reads
         super().__init__(np.asarray(kernel, dtype=np.float64).reshape(taps, -1).T, config, adc_limits, input_range, bias, name)
         self._linear = None                       # never one dense matrix: reads go through the per-channel product
@@ -455,6 +507,7 @@ class DepthwiseCore(AnalogCore):
     def _rows_in_tile(self, start:int, stop:int) -> np.ndarray:
         "Mask `(taps (+ bias), C·m)`: which stored devices sit in dense rows [start, stop)."
         physical = np.arange(self.taps)[:, None] * self.channels + self._column_channel[None, :]
+        if self._position is not None: physical = self._position[physical]      # where CrossSim's row order put that device
         if self.rows > self.taps: physical = np.vstack([physical, np.full((1, physical.shape[1]), self.physical_in)])
         return (physical >= start) & (physical < stop)
 
@@ -475,7 +528,9 @@ class DepthwiseCore(AnalogCore):
     def _read(self, drives, tile, first_row:int=0, read:int=0):
         "Column currents of one row tile from dense-layout drive rows `(k, b, taps·C (+ 1))`, channel by channel."
         k, b = drives.shape[:2]
-        x = drives[:, :, :self.physical_in].reshape(k, b, self.taps, self.channels)
+        x = drives[:, :, :self.physical_in]
+        if self._position is not None: x = x[:, :, self.xp.asarray(self._position)]   # CrossSim's rows back to (tap, channel)
+        x = x.reshape(k, b, self.taps, self.channels)
         def product(values, matrix):
             out = self.xp.zeros((k, b, matrix.shape[1]), dtype=np.float32)
             for start in range(0, matrix.shape[1], self.n_out):          # each weight slice / differential part
@@ -523,6 +578,7 @@ class DepthwiseEngine(CoreEngine):
     def __init__(self, core:DepthwiseCore, spec:AnalogSpec):
         self.core, self.n_out, self.spec = core, core.n_out, spec
         self.parallel_safe = core.xp is np
+        self.row_segments = row_segments(core.row_order, spec.kernel_size, core.channels)
         self.library_kernel = self.noise_kernel = None
 
     def convolve(self, x:np.ndarray, # the layer's drives (B, H, W, C)

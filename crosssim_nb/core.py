@@ -14,7 +14,7 @@ from .dac import dac_levels, quantize_inputs, input_slice_count, input_slice_wei
 from .adc import adc_grid, ADCGrid, max_range, granular_range
 from .device import program_conductances, read_noise_std, standard_draws, has_read_noise
 from .device_models import drift_compensation_gains
-from .parasitics import array_circuit, tile_circuit
+from .parasitics import array_circuit, tile_circuit, check_solve_budget, circuit_solve_cost, solve_progress
 
 # %% auto #0
 __all__ = ['AnalogCore', 'NonFiniteResultError']
@@ -93,10 +93,12 @@ class AnalogCore:
         if config.interleaved_posneg and not (self.read_noise and config.read_noise_method == "exact"):
             self.mode = "difference"      # G+ and G- share one column line: it carries I+ - I- (and icol_max clips that)
         self._circuit = array_circuit(config)   # parasitic wires / non-linear cells (parasitics module); None: ideal arrays
+        if self._circuit is not None: check_solve_budget(self)   # circuit solves past parasitic_solve_budget_gflop: refused before any work
         # no ADC, no read noise, no current limit: the outputs are one linear map of the drives, read with one matmul
         self.linear = config.adc_bits == 0 and config.icol_max == 0 and not self.read_noise and config.drift_compensation == "none"
         self.linear = self.linear and not (self._circuit and self._circuit.per_read)
         self.adc_limits = self._check_limits(adc_limits)
+        self._check_memory()                    # the bytes of programming and holding it, refused up front when they cannot fit
         self._digital_bias = self._quantized_bias()
         self._prepare_periphery()
         self.program(0)
@@ -177,6 +179,8 @@ def _quantized_bias(self:AnalogCore):
 def _prepare_periphery(self:AnalogCore):
     "What the read path reuses on every chunk: each tile's ADC levels, the unit-column index, the bias row's drive, weights."
     c, xp = self.config, self.xp
+    if c.adc_bits and c.adc_type != "quantizer":       # circuit ADCs: their lookup tables' bytes, refused past the budget up front
+        check_circuit_adc_budget(c, self._adc_arrays()[0], len(self.row_ranges), self.name)
     self._tile_grids = [None if c.adc_bits == 0 else self._make_adc_grid(self.tile_limits(index).transpose(1, 0, 2)[:, None, :, None, :])
                         for index in range(len(self.row_ranges))]     # limits (slices, k, 2) against (k, batch, slices, n_out)
     column_tile = np.repeat(np.arange(len(self.col_ranges)), [stop - start for start, stop in self.col_ranges])
@@ -187,7 +191,7 @@ def _prepare_periphery(self:AnalogCore):
     self._digital_bias_xp = None if self._digital_bias is None else xp.asarray(self._digital_bias)
 
 # %% ../nbs/06_core.ipynb #719841a9
-from .adc_circuits import CircuitADCGrid
+from .adc_circuits import CircuitADCGrid, check_circuit_adc_budget
 
 @patch
 def _make_adc_grid(self:AnalogCore, limits):
@@ -239,6 +243,9 @@ def program(self:AnalogCore,
         if self._programs_by_rows():          # nothing random: row blocks, and a linear core keeps only its folded map
             self.reference = self._reference_targets()
             self._tiles, self._linear = self._tiles_by_rows(fold=self._folds())
+        elif self._programs_by_slices():      # several weight slices: one slice's float64 arrays at a time, the same draws
+            self._tiles, self.reference = self._tiles_by_slices(program_rng)
+            self._linear = None
         else:
             programmed, self.reference = self._program_devices(program_rng, state, reference_state)   # (slices, parts, rows, n_out)
             self._programmed_now = programmed        # what `programmed` returns while this programming runs (circuits, drift)
@@ -336,6 +343,16 @@ def _tile_matrices(self:AnalogCore, programmed, sigmas):
     "Every row tile's read matrices (float32, on the backend) from the programmed conductances."
     xp, (sigma, ref_sigma) = self.xp, sigmas
     tiles = []
+    bar, progress = solve_progress(self, circuit_solve_cost(self)) if self._circuit is not None else (None, None)
+    try: self._tile_matrices_into(tiles, programmed, sigma, ref_sigma, progress)
+    finally:
+        if bar is not None: bar.close()
+    return tiles
+
+@patch
+def _tile_matrices_into(self:AnalogCore, tiles:list, programmed, sigma, ref_sigma, progress=None):
+    "`_tile_matrices`' loop over the row tiles, appending to `tiles` (`progress`: the circuit solves' progress callback)."
+    xp = self.xp
     for start, stop in self.row_ranges:
         block = programmed[:, :, start:stop]
         sig = None if sigma is None else sigma[:, :, start:stop]
@@ -345,12 +362,11 @@ def _tile_matrices(self:AnalogCore, programmed, sigmas):
         if self._circuit is not None:     # this tile's arrays through their circuit: T (read noise weighted in place) or a solver
             sig = None if sig is None else sig.copy()
             circuit = tile_circuit(self, block, None if self.reference is None else self.reference[0, start:stop], sig,
-                                   None if ref_sigma is None else ref_sigma[0, start:stop])
+                                   None if ref_sigma is None else ref_sigma[0, start:stop], progress=progress)
         matrix, spread = self._tile_arrays(block, sig, reference, ref_sig, circuit)
         tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
                           spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
         if circuit is not None and circuit.reader is not None: tiles[-1]["reader"] = circuit.reader
-    return tiles
 
 @patch
 def _tiles_by_rows(self:AnalogCore, fold:bool):
@@ -432,6 +448,7 @@ def _fold_tiles(self:AnalogCore):
 def _unfold_tiles(self:AnalogCore):
     "Rebuild the tile matrices of this run (the same conductances: the programming is recomputed from its seed)."
     if self._programs_by_rows(): tiles, _ = self._tiles_by_rows(fold=False)
+    elif self._programs_by_slices(): tiles, _ = self._tiles_by_slices(self._program_streams(self.run)[0])
     else:
         state, reference_state = {}, {}
         programmed, _ = self._program_devices(self._program_streams(self.run)[0], state, reference_state)
@@ -469,6 +486,117 @@ def _side_by_side(per_slice:np.ndarray) -> np.ndarray:
     slices, rows, cols = per_slice.shape
     return per_slice.transpose(1, 0, 2).reshape(rows, slices * cols)
 
+# %% ../nbs/06_core.ipynb #mem10002
+from .mapping import weight_codes
+from .device_models import needs_baseline
+from .backend import available_memory
+
+@patch
+def _programs_by_slices(self:AnalogCore) -> bool:
+    """Whether programming goes one weight slice at a time with the draws of the whole array: several slices, and no
+    drift, drift compensation or array circuit (their models, gains and solves take every slice at once)."""
+    c = self.config
+    return (self.n_weight_slices > 1 and c.t_drift == 0 and c.drift_compensation == "none" and self._circuit is None
+            and not needs_baseline(c))
+
+@patch
+def _slice_target(self:AnalogCore, codes, s:int, part:int):
+    "Target conductances of part `part` (G+ 0, G- 1) of weight slice `s`, float64 in the shape of the integer weight codes `codes` `(rows, n_out)`: `mapping.target_conductances`' arithmetic for one slice and part."
+    c = self.config
+    if c.style == "OFFSET":
+        bits = slice_bits(c.weight_bits, c.nslices, offset=True)
+        digits = ((codes.astype(np.int64) + 2 ** (c.weight_bits - 1)) >> (bits * s)) & (2 ** bits - 1)
+        return c.gmin + c.grange * digits / (2 ** bits - 1)
+    bits = slice_bits(c.weight_bits, c.nslices)
+    codes = codes.astype(np.int64)
+    digits = np.sign(codes) * ((np.abs(codes) >> (bits * s)) & (2 ** bits - 1))
+    return c.gmin + c.grange * np.maximum(digits if part == 0 else -digits, 0) / (2 ** bits - 1)
+
+_SLICE_BLOCK = 1 << 18      # devices programmed at once on the slice-by-slice path (float64 temporaries: 2 MB each)
+
+@patch
+def _tiles_by_slices(self:AnalogCore, rng):
+    """Program one weight slice at a time — one part, a block of rows at a time — into every row tile's float32 read
+    matrix (and noise spread): `(tiles, reference)`. The generator runs through slices, parts and rows in the order of one
+    whole-array draw (C order), then the unit columns, so every device gets the same number to the last bit. Float64
+    arrays: one part of one slice (a difference needs G+ while G- is programmed) and one block's temporaries."""
+    c, n, slices, rows = self.config, self.n_out, self.n_weight_slices, self.rows
+    codes = weight_codes(normalize_weights(self._full_matrix(), self.w_max).T, c.weight_bits).astype(np.int32)   # (rows, n_out)
+    width = self._tile_columns() if self.mode != "offset" else slices * n + (slices * len(self.col_ranges) if not c.digital_offset else 0)
+    tiles = [dict(start=a, stop=b, matrix=np.empty((b - a, width), dtype=np.float32), spread=None) for a, b in self.row_ranges]
+    power = 1 if c.read_noise_method == "exact" else 2
+    def place(column, r0, values, spread):
+        "Rows r0.. of one part's columns into every tile they cross."
+        r1 = r0 + values.shape[0]
+        for tile in tiles:
+            a, b = max(tile["start"], r0), min(tile["stop"], r1)
+            if a >= b: continue
+            tile["matrix"][a - tile["start"]:b - tile["start"], column:column + values.shape[1]] = values[a - r0:b - r0]
+            if spread is None: continue
+            if tile["spread"] is None: tile["spread"] = np.empty((tile["stop"] - tile["start"], width), dtype=np.float32)
+            tile["spread"][a - tile["start"]:b - tile["start"], column:column + values.shape[1]] = spread[a - r0:b - r0]
+    per_block = max(1, _SLICE_BLOCK // n)
+    parts = 1 if self.mode == "offset" else 2
+    for s in range(slices):
+        positive = positive_sigma = None
+        for part in range(parts):
+            for r0 in range(0, rows, per_block):
+                state = {}
+                g = program_conductances(self._slice_target(codes[r0:r0 + per_block], s, part), c, rng, state)
+                sigma = read_noise_std(g, c, state.get("at_programming"))
+                if self.mode == "offset": place(s * n, r0, g - offset_conductances(c)[s], None if sigma is None else sigma ** power)
+                elif self.mode == "pair": place((s + part * slices) * n, r0, g, None if sigma is None else sigma ** power)
+                elif part == 0:                                    # difference: keep G+ until G- of these rows is programmed
+                    if positive is None:
+                        positive = np.empty((rows, n))
+                        positive_sigma = None if sigma is None else np.empty((rows, n))
+                    positive[r0:r0 + len(g)] = g
+                    if sigma is not None: positive_sigma[r0:r0 + len(g)] = sigma
+                else:
+                    place(s * n, r0, positive[r0:r0 + len(g)] - g,
+                          None if sigma is None else positive_sigma[r0:r0 + len(g)] ** 2 + sigma ** 2)
+                del g, sigma
+        del positive, positive_sigma
+    del codes
+    reference = None
+    if self.mode == "offset" and not c.digital_offset:       # the unit columns, drawn after every slice (as a whole programming does)
+        reference_state = {}
+        reference = program_conductances(self._reference_targets(), c, rng, reference_state)   # (slices, rows, column tiles)
+        sigma = read_noise_std(reference, c, reference_state.get("at_programming"))
+        for s in range(slices):
+            place(slices * n + s * len(self.col_ranges), 0, reference[s] - offset_conductances(c)[s], None if sigma is None else sigma[s] ** power)
+    for tile in tiles:
+        tile["matrix"] = self.xp.asarray(tile["matrix"])
+        if tile["spread"] is not None: tile["spread"] = self.xp.asarray(tile["spread"])
+    return tiles, reference
+
+@patch
+def memory_estimate(self:AnalogCore) -> int:
+    """Estimated peak bytes of programming and holding this core (the caller's matrix not counted): every row tile's
+    float32 read matrix (and noise spread), the float64 arrays of a programming — one slice part on the slice-by-slice
+    path, a row block when nothing is drawn, else about six copies of every device — and the read's chunk buffers."""
+    c, slices = self.config, self.n_weight_slices
+    devices = self.rows * self.n_out
+    width = slices * self.n_out * (2 if self.mode == "pair" else 1)
+    if self.mode == "offset" and not c.digital_offset: width += slices * len(self.col_ranges)
+    held = self.rows * width * 4 * (2 if self.read_noise else 1)
+    if self._programs_by_rows(): work = 8 * _PROGRAM_BLOCK * 8 * slices * 2
+    elif self._programs_by_slices(): work = devices * (2 * 8 + 4) + 8 * _SLICE_BLOCK * 8
+    else: work = 6 * 8 * devices * slices * (1 if self.mode == "offset" else 2)
+    return int(held + work + 4 * 4 * _CHUNK_ELEMENTS)
+
+@patch
+def _check_memory(self:AnalogCore):
+    "Refuse, before anything is programmed, a core whose `memory_estimate()` exceeds the memory available now (the number and what sets it)."
+    need, available = self.memory_estimate(), available_memory()
+    if need <= available: return
+    c = self.config
+    raise ValueError(f"AnalogCore {self.name!r}: programming and holding this {self.n_out}x{self.n_in} layer needs about {need / 1e9:.3g} GB "
+                     f"(nslices={c.nslices} weight slices" + (", read noise" if self.read_noise else "")
+                     + (", G+ and G- read separately" if self.mode == "pair" else "")
+                     + f"), more than the {available / 1e9:.3g} GB of memory available; use fewer weight slices (nslices)"
+                     + (", subtract_current_in_xbar=True" if self.mode == "pair" else "") + " or a smaller layer")
+
 # %% ../nbs/06_core.ipynb #78f193fb
 @patch
 def programmed_weights(self:AnalogCore) -> np.ndarray:
@@ -491,7 +619,7 @@ def _read(self:AnalogCore, drives, tile,
     "Column currents of one row tile for every input slice: `(n_input_slices, batch, tile columns)`."
     xp = self.xp
     rows = drives[:, :, tile["start"]:tile["stop"]]
-    if "reader" in tile: return tile["reader"](rows)     # a circuit solve on every read (parasitics module)
+    if "reader" in tile: return tile["reader"](rows, tile.get("noise_key"), first_row, read)   # a circuit solve on every read (parasitics module), its noise keyed like the rest
     if rows.flags.c_contiguous:   # one 2-D GEMM over all input slices
         currents = xp.matmul(rows.reshape(-1, rows.shape[2]), tile["matrix"]).reshape(rows.shape[0], rows.shape[1], -1)
     else: currents = xp.matmul(rows, tile["matrix"])
@@ -573,7 +701,9 @@ _PART_NAMES = {("difference", 1): "difference", ("pair", 1): "positive", ("pair"
 def _linear_map(self:AnalogCore):
     "A linear core's `(matrix (n_in, n_out), bias (n_out,) or None)`: every tile, slice, part and the output scale folded in."
     xp = self.xp
-    matrix = xp.concatenate([self._fold_rows(tile["matrix"]) for tile in self._tiles])   # output per unit of normalised drive
+    step = max(1, _PROGRAM_BLOCK // max(1, self._tiles[0]["matrix"].shape[1]))   # rows folded at once: float64 copies stay small
+    matrix = xp.concatenate([self._fold_rows(tile["matrix"][r:r + step]) for tile in self._tiles
+                             for r in range(0, tile["stop"] - tile["start"], step)])   # output per unit of normalised drive
     bias = None if self._digital_bias is None else xp.asarray(self._digital_bias, dtype=np.float64)
     if self.analog_bias: bias = matrix[self.n_in] * self._bias_drive
     if self.config.dac_bits == 0: matrix = matrix / self.x_max    # an ideal DAC only scales: fold it in, the drives are the inputs

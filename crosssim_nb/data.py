@@ -478,6 +478,7 @@ def load_dataset(name:str, # "mnist", "fashion_mnist", "cifar10", "cifar100" or 
                  image_size:int=224, # ImageNet only: side of the centre crop
                 ) -> Dataset:  # (x uint8 images, y int64 labels), with provenance attributes
     "Load a labelled image dataset split as numpy arrays `(x, y)`."
+    if isinstance(name, str): name = {key.lower(): key for key in DATASETS}.get(name.lower().replace("-", "_"), name)   # any case: "MNIST", "Fashion-MNIST"
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
     if split not in _SPLITS:

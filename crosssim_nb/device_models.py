@@ -7,18 +7,20 @@ from __future__ import annotations
 import math, re, warnings
 from pathlib import Path
 import numpy as np
-from .config import InferenceConfig
+from .config import InferenceConfig, write_atomic
 from .device import noise_std, standard_draws
 
 # %% auto #0
 __all__ = ['SECONDS_PER_DAY', 'SONOS_DAYS', 'SONOS_POLYNOMIALS', 'SONOS_A', 'SONOS_B', 'SONOS_READ', 'SONOS_MAX_CURRENT_NA',
-           'SONOS_MAX_DRIFT_CURRENT_NA', 'RRAM_MILO_IV', 'RERAM_WAN2022_TIMES_S', 'RERAM_WAN2022_COEFFICIENTS',
-           'MODELS', 'DEVICE_PRESETS', 'max_conductance_uS', 'min_conductance_uS', 'max_current_nA',
-           'DeviceLibraryModel', 'GenericDevice', 'sonos_coefficients', 'SONOS', 'ConductancePolynomial', 'PCMJoshi',
-           'RRAMMilo', 'RRAMWan', 'rram_milo_iv_coefficients', 'PCMStatistical', 'PCMLike', 'Hermes',
-           'HermesSingleDevice', 'ReRamWan2022', 'ReRamCMO', 'ReRamCMO2', 'TableDevice', 'write_device_table',
-           'get_model', 'models_for', 'check_device_config', 'drift_model_of', 'needs_baseline', 'device_config',
-           'program_devices', 'device_read_std', 'compensation_gains', 'drift_compensation_gains']
+           'SONOS_MAX_DRIFT_CURRENT_NA', 'SONOS_MAX_DAYS', 'RRAM_MILO_IV', 'RERAM_WAN2022_TIMES_S',
+           'RERAM_WAN2022_COEFFICIENTS', 'MODELS', 'DEVICE_PRESETS', 'REFERENCE_RANGE_FACTOR', 'WIRE_RATIO_TYPICAL',
+           'WIRE_RATIO_LIMIT', 'max_conductance_uS', 'min_conductance_uS', 'max_current_nA', 'DeviceLibraryModel',
+           'GenericDevice', 'sonos_coefficients', 'SONOS', 'ConductancePolynomial', 'PCMJoshi', 'RRAMMilo', 'RRAMWan',
+           'rram_milo_iv_coefficients', 'PCMStatistical', 'PCMLike', 'Hermes', 'HermesSingleDevice', 'ReRamWan2022',
+           'ReRamCMO', 'ReRamCMO2', 'TableDevice', 'write_device_table', 'get_model', 'models_for',
+           'check_device_config', 'drift_model_of', 'needs_baseline', 'device_config', 'program_devices',
+           'device_read_std', 'PhysicalRangeWarning', 'physical_range_notes', 'compensation_gains',
+           'drift_compensation_gains']
 
 # %% ../nbs/07_device_models.ipynb #48ca4753
 SECONDS_PER_DAY = 86400.0
@@ -71,7 +73,9 @@ class DeviceLibraryModel:
     def __repr__(self): return f"{type(self).__name__}({self.name!r}, roles={self.roles})"
 
 def _refuse(model:str, role:str, message:str):
-    raise ValueError(f"{model} ({role}_model): {message}")
+    preset = globals().get("DEVICE_PRESETS", {})          # (defined below) the device's measured range in one call
+    hint = f"; or use the device preset: device_config({model!r}) in Python, --device {model} on the command line" if model in preset else ""
+    raise ValueError(f"{model} ({role}_model): {message}{hint}")
 
 # %% ../nbs/07_device_models.ipynb #fb49719e
 class GenericDevice(DeviceLibraryModel):
@@ -102,6 +106,7 @@ SONOS_A = np.array([19.88665, 25.59102, 28.72753, 31.04318, 33.76214, 34.57909])
 SONOS_B = np.array([176.3115, 186.85544, 193.56834, 198.90332, 204.77023, 207.34309])  # nA
 SONOS_READ = (12.58037, 215.36557)                                                     # read noise A, B (nA)
 SONOS_MAX_CURRENT_NA, SONOS_MAX_DRIFT_CURRENT_NA = 3200.0, 1800.0
+SONOS_MAX_DAYS = 10.0   # drift measured on days 1-5; extrapolated (with a warning) to twice that span, refused beyond
 
 def sonos_coefficients(t_days:float, # time since programming in days (>= 0)
                       ) -> tuple:
@@ -126,23 +131,28 @@ class SONOS(DeviceLibraryModel):
         if role == "drift" and config.t_drift > 0 and current >= SONOS_MAX_DRIFT_CURRENT_NA:
             _refuse("SONOS", role, f"drift needs a max cell current vread/rmin below {SONOS_MAX_DRIFT_CURRENT_NA:.0f} nA, got "
                     f"{current:.1f} nA (vread={config.vread} V, rmin={config.rmin} ohm); e.g. vread=0.06 with rmin=35e3 gives 1714 nA")
+        if role == "drift" and config.t_drift > SONOS_MAX_DAYS:
+            _refuse("SONOS", role, f"t_drift={config.t_drift:g} days is beyond {SONOS_MAX_DAYS:g} days: the drift was measured on days 1-5 "
+                    f"and its linear extrapolation is refused past twice that span (at 100 days it moves the mean by 50 %); "
+                    f"allowed: 0 < t_drift <= {SONOS_MAX_DAYS:g}")
 
     def programming_std(self, target, config):
         current = max_current_nA(config)
-        return SONOS_A[0] * (1 - np.exp(-current * target / SONOS_B[0])) / current
+        return SONOS_A[0] * -np.expm1(-current * target / SONOS_B[0]) / current     # -expm1: exact at tiny currents, where 1 - exp cancels
 
     def read_std(self, conductance, config, t_days=0.0, at_programming=None):
         current = max_current_nA(config)
         amplitude, width = SONOS_READ
-        return np.maximum(amplitude * (1 - np.exp(-current * conductance / width)), 0) / current
+        return np.maximum(amplitude * -np.expm1(-current * conductance / width), 0) / current
 
     def drift(self, programmed, target, config, t_days, rng):
-        if t_days > 5: warnings.warn(f"SONOS drift was measured on days 1-5; t_drift={t_days} days is a linear extrapolation", stacklevel=3)
+        if t_days > 5: warnings.warn(f"SONOS drift was measured on days 1-5; t_drift={t_days} days is a linear extrapolation "
+                                   f"(allowed up to {SONOS_MAX_DAYS:g} days)", stacklevel=3)
         poly, amplitude, width = sonos_coefficients(t_days)
         scale = max_current_nA(config)
         current = scale * target
         current = current + np.polynomial.polynomial.polyval(current, poly)
-        spread = np.maximum(amplitude * (1 - np.exp(-current / width)), 0)
+        spread = np.maximum(amplitude * -np.expm1(-current / width), 0)
         return np.maximum((current + spread * rng.standard_normal(target.shape)) / scale, 0)
 
 # %% ../nbs/07_device_models.ipynb #9e3e47dd
@@ -323,6 +333,7 @@ class ReRamCMO(DeviceLibraryModel):
     program_fit = (0.00081107, 0.00106879)          # σ = c0 + c1·G, µS
     range_uS = (9.0, 88.199997)
     decay, relax, read = -0.08900206, (0.04201137, 0.41183342), 0.0277316483
+    reference_s = 1.0        # the drift fit's time origin: the mean shift is decay·ln(t / 1 s), zero at 1 s
 
     def check(self, config, role):
         low, high = self.range_uS
@@ -330,6 +341,11 @@ class ReRamCMO(DeviceLibraryModel):
             _refuse(self.name, role, f"the device was measured on {low}...{high} µS; got Gmin = "
                     f"{'0 (infinite_on_off_ratio=True)' if config.infinite_on_off_ratio else f'{min_conductance_uS(config):.4g} µS'}, "
                     f"Gmax = {max_conductance_uS(config):.4g} µS; set infinite_on_off_ratio=False, rmin >= {1e6 / high:.1f}, rmax <= {1e6 / low:.0f} ohm")
+        seconds = config.t_drift * SECONDS_PER_DAY
+        if role == "drift" and 0 < seconds < self.reference_s * (1 - 1e-9):
+            _refuse(self.name, role, f"t_drift={config.t_drift:g} days ({seconds:.3g} s) is before the model's reference time, "
+                    f"{self.reference_s:g} s ({self.reference_s / SECONDS_PER_DAY:.6g} days): its decay·ln(t / 1 s) would raise the "
+                    f"mean conductance; allowed: t_drift = 0 or >= {self.reference_s / SECONDS_PER_DAY:.6g} days")
 
     def programming_std(self, target, config):
         high = max_conductance_uS(config)
@@ -405,41 +421,72 @@ class TableDevice(DeviceLibraryModel):
         shift, sigma = shift0 + weight * (shift1 - shift0), sigma0 + weight * (sigma1 - sigma0)
         return target + shift + sigma * rng.standard_normal(target.shape)
 
+def _read_table_cells(path:Path, where:str) -> tuple:
+    "(column names, {name: float array}) of a CSV file; a repeated column, a short row or a cell that is no finite number names its line."
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error: raise ValueError(f"{where}: not a readable CSV ({error})") from None
+    if not rows: raise ValueError(f"{where}: empty; needs a header line and one line per conductance")
+    (_, header), body = rows[0], rows[1:]
+    names = [cell.strip() for cell in header]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ValueError(f"{where}: column {name!r} appears twice (columns {names.index(name) + 1} and {index + 1}); give each column once")
+    columns = {name: np.empty(len(body)) for name in names}
+    for row_index, (line, row) in enumerate(body):
+        if len(row) != len(names): raise ValueError(f"{where}: line {line} has {len(row)} cells, the header {len(names)}")
+        for name, text in zip(names, row):
+            try: number = float(text)
+            except ValueError: raise ValueError(f"{where}: line {line}, column {name!r}: {text.strip()!r} is not a number") from None
+            if not math.isfinite(number): raise ValueError(f"{where}: line {line}, column {name!r}: {text.strip()!r} is not a finite number")
+            columns[name][row_index] = number
+    return names, columns, [line for line, _ in body]
+
 def _parse_device_table(path:Path) -> dict:
-    import pandas as pd
-    try: frame = pd.read_csv(path)
-    except Exception as error: raise ValueError(f"device_table={str(path)!r}: not a readable CSV ({error})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    units = [c for c in ("conductance", "conductance_uS") if c in frame.columns]
+    where = f"device_table={str(path)!r}"
+    names, table, lines = _read_table_cells(path, where)
+    units = [c for c in ("conductance", "conductance_uS") if c in names]
     if len(units) != 1:
-        raise ValueError(f"device_table={str(path)!r}: needs exactly one of the columns 'conductance' (normalised) or "
-                         f"'conductance_uS'; has {list(frame.columns)}")
-    levels = frame[units[0]].to_numpy(dtype=np.float64)
-    if len(levels) < 1 or not np.all(np.isfinite(levels)) or np.any(np.diff(levels) <= 0):
-        raise ValueError(f"device_table={str(path)!r}: column {units[0]!r} must be finite and strictly ascending")
+        raise ValueError(f"{where}: needs exactly one of the columns 'conductance' (normalised) or 'conductance_uS'; has {names}")
+    levels = table[units[0]]
+    def refuse_row(name, bad, allowed):
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: line {lines[row]}, column {name!r}: {table[name][row]:g} is not allowed; allowed: {allowed}")
+    if len(levels) < 1: raise ValueError(f"{where}: has no rows; needs one line per conductance")
+    if np.any(np.diff(levels) <= 0): refuse_row(units[0], np.concatenate([[False], np.diff(levels) <= 0]), "strictly ascending values")
+    if units[0] == "conductance" and np.any((levels < 0) | (levels > 1)):
+        refuse_row(units[0], (levels < 0) | (levels > 1), "0..1 (normalised: Gmax = 1; use conductance_uS for µS)")
+    if units[0] == "conductance_uS" and np.any(levels < 0): refuse_row(units[0], levels < 0, ">= 0 µS")
     columns, times = {}, {}            # times: {days: {"shift": column key, "sigma": column key}}
-    for name in frame.columns:
+    for name in names:
         if name == units[0]: continue
         match = _DRIFT_COLUMN.match(name)
         if name not in ("programming_sigma", "read_sigma") and not match:
-            raise ValueError(f"device_table={str(path)!r}: unknown column {name!r}; allowed: programming_sigma, read_sigma, "
-                             "drift_shift_t<days>, drift_sigma_t<days>")
-        values = frame[name].to_numpy(dtype=np.float64)
+            raise ValueError(f"{where}: unknown column {name!r}; allowed: programming_sigma, read_sigma, drift_shift_t<days>, drift_sigma_t<days>")
+        values = table[name]
         signed = bool(match) and match.group(1) == "shift"
-        if not np.all(np.isfinite(values)) or (not signed and np.any(values < 0)):
-            raise ValueError(f"device_table={str(path)!r}: column {name!r} must be finite" + ("" if signed else " and >= 0"))
+        if not signed and np.any(values < 0): refuse_row(name, values < 0, ">= 0 (a standard deviation)")
         columns[name] = values
         if match:
-            days = float(match.group(2))
-            if days <= 0: raise ValueError(f"device_table={str(path)!r}: column {name!r}: drift times must be > 0 days")
-            times.setdefault(days, {})[match.group(1)] = match.group(2)
+            try: days = float(match.group(2))
+            except ValueError: raise ValueError(f"{where}: column {name!r}: {match.group(2)!r} is not a time in days") from None
+            if not (math.isfinite(days) and days > 0):
+                raise ValueError(f"{where}: column {name!r}: drift times must be finite and > 0 days, got {days:g}")
+            kind = match.group(1)
+            if kind in times.get(days, {}):
+                raise ValueError(f"{where}: columns 'drift_{kind}_t{times[days][kind]}' and {name!r} both give the time {days:g} days; "
+                                 "give each time once")
+            times.setdefault(days, {})[kind] = match.group(2)
     for days, kinds in times.items():
         if set(kinds) != {"shift", "sigma"}:
-            raise ValueError(f"device_table={str(path)!r}: time {days:g} days needs both drift_shift_t and drift_sigma_t columns")
+            raise ValueError(f"{where}: time {days:g} days needs both drift_shift_t and drift_sigma_t columns")
     ordered = sorted(times)
     keys = [times[days]["shift"] for days in ordered]
     if any(times[days]["sigma"] != times[days]["shift"] for days in ordered):
-        raise ValueError(f"device_table={str(path)!r}: write each time the same way in its shift and sigma column names")
+        raise ValueError(f"{where}: write each time the same way in its shift and sigma column names")
     return dict(unit="uS" if units[0] == "conductance_uS" else "normalised", conductance=levels, columns=columns,
                 times=ordered, time_keys=keys)
 
@@ -457,7 +504,8 @@ def write_device_table(path, # CSV file to write
     if read_sigma is not None: data["read_sigma"] = read_sigma
     for days, (shift, sigma) in (drift or {}).items():
         data[f"drift_shift_t{days:g}"], data[f"drift_sigma_t{days:g}"] = shift, sigma
-    pd.DataFrame(data).to_csv(path, index=False, float_format="%.10g")
+    frame = pd.DataFrame(data)
+    write_atomic(path, lambda temporary: frame.to_csv(temporary, index=False, float_format="%.10g"))   # a full disk keeps the old file
     return Path(path)
 
 # %% ../nbs/07_device_models.ipynb #e48aa834
@@ -494,11 +542,32 @@ def check_device_config(config:InferenceConfig):
         model.check(config, role)
     if config.device_table and "table" not in (config.error_model, config.noise_model, config.drift_model):
         raise ValueError(f"device_table={config.device_table!r} has no effect: no role uses the 'table' model")
-    if config.noise_model not in ("none", "generic") and config.noise_distribution != "normal":
-        raise ValueError(f"noise_distribution={config.noise_distribution.value!r} applies to the generic model only; "
-                         f"{config.noise_model.value}'s read noise is Gaussian")
+    for kind, effect in (("error", "programming error"), ("noise", "read noise")):      # what only the generic model reads
+        model = getattr(config, f"{kind}_model")
+        if model in ("none", "generic"): continue
+        distribution, dependence = getattr(config, f"{kind}_distribution"), getattr(config, f"{kind}_dependence")
+        if distribution != "normal":
+            raise ValueError(f"{kind}_distribution={distribution.value!r} applies to the generic model only; {model.value}'s {effect} "
+                             f"is Gaussian (leave {kind}_distribution='normal')")
+        if dependence != "proportional":
+            raise ValueError(f"{kind}_dependence={dependence.value!r} (proportional_{kind}=False) applies to the generic model only; "
+                             f"{model.value}'s {effect} has its measured σ(G): leave {kind}_dependence and proportional_{kind} unset")
     drift = drift_model_of(config)
     if drift is not None and drift.name != config.drift_model: drift.check(config, "drift")
+    if config.t_drift > 0 and drift is not None and not drift.drift_on_top:    # drift data measured after programming include it
+        if config.error_model not in ("none", drift.name):
+            raise ValueError(f"error_model={config.error_model.value!r} has no effect at t_drift={config.t_drift:g}: drift_model="
+                             f"{drift.name!r} replaces the programming error (its data, measured after programming, include it); "
+                             f"set error_model='none' (or {drift.name!r}), or t_drift=0")
+        if config.alpha_error > 0:
+            raise ValueError(f"alpha_error={config.alpha_error:g} has no effect at t_drift={config.t_drift:g}: {drift.name}'s drift "
+                             "replaces the programming error it scales (the drift data include it); set alpha_error=0, or t_drift=0")
+    if config.drift_compensation != "none":
+        error = get_model(config.error_model.value, config)
+        if config.drift_model == "none" and (error is None or "drift" not in error.roles):
+            raise ValueError(f"drift_compensation={config.drift_compensation.value!r} has no effect: nothing drifts (drift_model='none', "
+                             f"and error_model={config.error_model.value!r} has no drift); set drift_model (one of "
+                             f"{', '.join(map(repr, models_for('drift')))}) or leave drift_compensation='none'")
     if config.t_drift > 0 and drift is None:
         noise = get_model(config.noise_model.value, config)
         if noise is None or not noise.time_dependent_noise:
@@ -524,7 +593,7 @@ DEVICE_PRESETS = {   # each model in its measured range, in every role it has
     "PCMJoshi": dict(rmin=40e3, rmax=4e6, infinite_on_off_ratio=False, error_model="PCMJoshi"),
     "RRAMMilo": dict(rmin=4450, rmax=20000, infinite_on_off_ratio=False, error_model="RRAMMilo"),
     "RRAMWan": dict(rmin=25.5e3, error_model="RRAMWan"),
-    "PCMLike": dict(error_model="PCMLike", noise_model="PCMLike", drift_model="PCMLike"),
+    "PCMLike": dict(rmin=40e3, error_model="PCMLike", noise_model="PCMLike", drift_model="PCMLike"),   # aihwkit's Gmax = 25 µS
     "Hermes": dict(rmin=1e6 / 20.7, error_model="Hermes", noise_model="Hermes", drift_model="Hermes"),
     "HermesSingleDevice": dict(rmin=1e6 / 10.35, error_model="HermesSingleDevice", noise_model="HermesSingleDevice",
                                drift_model="HermesSingleDevice"),
@@ -575,6 +644,41 @@ def device_read_std(programmed:np.ndarray, # conductances being read
     t = config.t_drift if t_days is None else t_days
     sigma = model.read_std(programmed, config, t, at_programming)
     return sigma if config.noise_model == "generic" else _scale(config.alpha_noise) * sigma
+
+# %% ../nbs/07_device_models.ipynb #59929adf
+class PhysicalRangeWarning(UserWarning):
+    "A device model or a wire study runs far outside the published device ranges (the message says which setting to change)."
+
+# Published ranges the checks compare with (device data sheets of the models above, and published crossbar arrays):
+# PCMLike (aihwkit PCM) was fitted at Gmax = 25 µS; Hermes at 20.7 µS; SONOS cells carry 0-16 µS; RRAM 40-225 µS;
+# arrays pair wire segments of ~0.1-2.5 Ω per cell with Rmin of 10-100 kΩ: a wire/device ratio rp/rmin of ~1e-5.
+REFERENCE_RANGE_FACTOR = 4.0    # a fitted model is outside its data when Gmax is more than 4x above (or below) its fit conductance
+WIRE_RATIO_TYPICAL = 1e-5       # rp/rmin of published arrays (1 Ω segment per 100 kΩ device)
+WIRE_RATIO_LIMIT = 1e-4         # warn above this (10x the typical ratio)
+
+def physical_range_notes(config:InferenceConfig, # the hardware
+                        ) -> list:
+    "Texts for settings far outside published device ranges, each with the setting to change (empty when all is in range)."
+    notes, high = [], max_conductance_uS(config)
+    for role in ("error_model", "noise_model", "drift_model"):
+        name = getattr(config, role).value
+        model = get_model(name, config) if name not in ("none", "generic") else None
+        reference = getattr(model, "g_ref", None)
+        if reference is None or not (high > REFERENCE_RANGE_FACTOR * reference or high < reference / REFERENCE_RANGE_FACTOR): continue
+        suggestion = f"; set rmin={1e6 / reference:.0f} Ω" + (f" (device_config({name!r}), --device {name})" if name in DEVICE_PRESETS else "")
+        notes.append(f"{role}={name!r} was fitted at Gmax = {reference:g} µS; rmin={config.rmin:g} Ω gives Gmax = {high:.4g} µS "
+                     f"({high / reference:.3g}x its data){suggestion}")
+        break                                               # one note per model, not per role
+    wires = {name: getattr(config, name) for name in ("rp_row", "rp_col") if getattr(config, name) > 0}
+    if wires:
+        name, value = max(wires.items(), key=lambda item: item[1])
+        ratio = value / config.rmin
+        if ratio > WIRE_RATIO_LIMIT:
+            notes.append(f"rmin={config.rmin:g} Ω with {name}={value:g} Ω: wire/device ratio {ratio:.2g} is ~{ratio / WIRE_RATIO_TYPICAL:.0f}x "
+                         f"typical published arrays (rmin 10–100 kΩ, ~{WIRE_RATIO_TYPICAL:g}); set rmin={value / WIRE_RATIO_TYPICAL:.0f} Ω "
+                         "or use --device NAME (device_config(NAME) in Python) for a measured device's rmin")
+    return notes
+
 
 # %% ../nbs/07_device_models.ipynb #1b9fd096
 def _one_hot_readout(conductances, core, rng, reference=None, t_days=None, at_programming=None, reference_at_programming=None,

@@ -10,7 +10,7 @@ from .device_models import (DEVICE_PRESETS, device_config, program_devices, devi
                                        max_conductance_uS)
 
 # %% auto #0
-__all__ = ['device_sigmas', 'drift_statistics', 'plot_device', 'DeviceViewer']
+__all__ = ['NAMED_TIMES', 'device_sigmas', 'drift_statistics', 'plot_device', 'time_options', 'DeviceViewer']
 
 # %% ../nbs/65_device_viewer.ipynb #bb307a00
 def device_sigmas(config:InferenceConfig, # the device settings
@@ -89,18 +89,35 @@ def plot_device(config:InferenceConfig, # the device settings
     return fig
 
 # %% ../nbs/65_device_viewer.ipynb #6a21ff94
+NAMED_TIMES = {"1 s": 1 / 86400, "1 min": 1 / 1440, "1 h": 1 / 24, "1 d": 1.0, "2 d": 2.0, "10 d": 10.0, "30 d": 30.0,
+               "100 d": 100.0, "1 y": 365.0, "10 y": 3650.0}   # the slider's stops, in days
+
+def time_options(t_days:float|None=None, # a time (days) to offer too, when it is not one of the named ones
+                ) -> list:
+    "(label, days) pairs for the time slider: the named times, and `t_days` in its place when it is not one of them."
+    options = dict(NAMED_TIMES)
+    if t_days is not None and not any(np.isclose(t_days, v, rtol=1e-9, atol=0) for v in options.values()):
+        if not (isinstance(t_days, (int, float)) and np.isfinite(t_days) and t_days > 0):
+            raise ValueError(f"t_days={t_days!r} is not allowed: a time since programming in days, > 0")
+        options[f"{t_days:g} d"] = float(t_days)
+    return sorted(options.items(), key=lambda item: item[1])
+
 class DeviceViewer:
-    "A device dropdown, a time slider (days, log scale) and levels over `plot_device`."
+    "A device dropdown, a time slider (named times from 1 s to 10 y) and levels over `plot_device`."
     def __init__(self,
                  device:str="SONOS", # a DEVICE_PRESETS name
-                 t_days:float=1.0, # time since programming
+                 t_days:float=1.0, # time since programming, days (a named time, or any time > 0)
                  levels=(0.25, 0.5, 0.75, 1.0), # normalised levels
                  base:InferenceConfig|None=None, # the rest of the hardware
                 ):
         import ipywidgets as widgets
+        if device not in DEVICE_PRESETS:
+            raise ValueError(f"device={device!r} is not allowed; allowed: {', '.join(DEVICE_PRESETS)}")
         self.base = base or InferenceConfig()
         self.device = widgets.Dropdown(options=list(DEVICE_PRESETS), value=device, description="device")
-        self.time = widgets.FloatLogSlider(value=max(t_days, 1e-5), base=10, min=-5, max=np.log10(365), description="t (days)")
+        options = time_options(t_days)
+        self.time = widgets.SelectionSlider(options=options, value=next(v for _, v in options if np.isclose(v, t_days, rtol=1e-9, atol=0)),
+                                            description="t", continuous_update=False)
         self.levels = widgets.Text(value=", ".join(f"{v:g}" for v in levels), description="levels")
         self.message, self.output, self.figure = widgets.HTML(), widgets.Output(), None
         for control in (self.device, self.time, self.levels): control.observe(self._changed, names="value")
@@ -116,16 +133,17 @@ class DeviceViewer:
 
     def _changed(self, _):
         import matplotlib.pyplot as plt
-        from IPython.display import display
-        if self.figure is not None: plt.close(self.figure)
         try:
             levels = [float(v) for v in self.levels.value.replace(";", ",").split(",") if v.strip()]
-            self.figure, self.message.value = plot_device(self.config(), levels), ""
+            figure = plot_device(self.config(), levels)
         except ValueError as error:             # a time outside a model's data, or bad levels: say so, keep the last figure
-            self.figure, self.message.value = None, f"<b>{error}</b>"
+            self.message.value = f"<b>{error}</b>"
             return
-        self.output.clear_output(wait=True)
-        with self.output: display(self.figure)
+        plt.close(figure)        # drawn once, in the widget: an open pyplot figure would be drawn again below the cell
+        if self.figure is not None: plt.close(self.figure)
+        self.figure, self.message.value = figure, ""
+        self.output.outputs = ()                                   # (no display(): a script would print the Figure repr)
+        self.output.append_display_data(self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display

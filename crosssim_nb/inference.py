@@ -8,10 +8,11 @@ import contextlib, hashlib, json, math, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
-from .config import InferenceConfig
+from .config import InferenceConfig, write_atomic
 
 # %% auto #0
-__all__ = ['topk_accuracy', 'InferenceWarning', 'InferenceResult', 'resolve_model', 'resolve_data', 'run_inference']
+__all__ = ['FEW_RUNS', 'topk_accuracy', 'InferenceWarning', 'InferenceResult', 'resolve_model', 'resolve_data',
+           'needs_adc_calibration', 'calibration_config', 'run_inference']
 
 # %% ../nbs/30_inference.ipynb #c556d060
 def topk_accuracy(outputs:np.ndarray, # network outputs, (n, n_classes)
@@ -27,6 +28,8 @@ def topk_accuracy(outputs:np.ndarray, # network outputs, (n, n_classes)
 # %% ../nbs/30_inference.ipynb #12ee748d
 class InferenceWarning(UserWarning):
     "Something about the inputs or the outcome of an inference run deserves a look (the message says what and why)."
+
+FEW_RUNS = 5   # below this many runs a t-interval is too wide to mean much: the printed CI says so
 
 def _or_none(values) -> list:
     "A nested list with every NaN or inf replaced by None (valid JSON)."
@@ -55,6 +58,7 @@ class InferenceResult:
     random_effects: tuple = ()           # the random effects enabled ("programming error", "read noise"); () for none
     adc_health: object = None            # ADC use per analog layer over all runs (DataFrame, see adc_health.health_table)
     warnings: tuple = ()                 # the warnings this call issued, in order
+    adc_ranges: str = ""                 # where the ADC ranges came from ("" without ADCs or with MAX/GRANULAR ranges)
 
     @property
     def interrupted(self) -> bool: return len(self.accuracies) < self.nruns_requested
@@ -103,21 +107,26 @@ class InferenceResult:
                     float_accuracy=_or_none(self.float_accuracy.tolist()), accuracies=self.accuracies.tolist(),
                     mean=_or_none(self.mean.tolist()), std=_or_none(self.std.tolist()),
                     ci95=_or_none(self.ci95.tolist()) if self.nruns > 1 else None,
+                    ci95_note=f"from {self.nruns} runs: use >= {FEW_RUNS} runs for an interval" if 1 < self.nruns < FEW_RUNS else None,
                     identical_runs=self.identical_runs, random_effects=list(self.random_effects),
                     seconds_per_image=_or_none(self.seconds_per_image), float_seconds_per_image=_or_none(self.float_seconds_per_image),
-                    calibration=self.calibration, is_sample=self.is_sample, adc_health=health,
+                    calibration=self.calibration, adc_ranges=self.adc_ranges, is_sample=self.is_sample, adc_health=health,
                     warnings=list(self.warnings), config=self.config.to_dict())
 
     def to_json(self, path):
-        "Write `summary()` as JSON (strict: no NaN)."
-        Path(path).write_text(json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
+        "Write `summary()` as JSON (strict: no NaN), atomically: a full disk leaves an existing file whole."
+        write_atomic(path, json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
         return Path(path)
 
     def save_outputs(self, path):
-        "Save the analog outputs of every run, `(runs, ntest, n_out)`, as `.npy`."
+        "Save the analog outputs of every run, `(runs, ntest, n_out)`, as `.npy` (the suffix added when missing, as `np.save` does), atomically."
         if self.outputs is None: raise ValueError("no outputs kept: run with return_outputs=True")
-        np.save(path, self.outputs, allow_pickle=False)
-        return Path(path)
+        path = Path(path)
+        if path.suffix != ".npy": path = path.with_name(path.name + ".npy")
+        def write(temporary):
+            with open(temporary, "wb") as handle: np.save(handle, self.outputs, allow_pickle=False)   # a handle: no suffix appended
+        write_atomic(path, write)
+        return path
 
     def _accuracy_line(self, i:int, k:int) -> str:
         line = f"  top-{k}: float {100 * self.float_accuracy[i]:.2f} %   analog "
@@ -129,7 +138,8 @@ class InferenceResult:
         if self.nruns > 1 and self.std[i] == 0:
             return line + f" in each of the {self.nruns} runs (their outputs differ; this accuracy does not)"
         if self.nruns > 1:
-            line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %)"
+            few = f"; from {self.nruns} runs: use >= {FEW_RUNS} runs for an interval" if self.nruns < FEW_RUNS else ""
+            line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %{few})"
         return line
 
     def _health_lines(self) -> list:
@@ -155,6 +165,7 @@ class InferenceResult:
             lines.append(f"  speed: {1e3 * self.seconds_per_image:.3f} ms/image analog, {1e3 * self.float_seconds_per_image:.3f} ms/image "
                          f"Keras ({ratio:.1f}x)")
         if self.calibration: lines.append(f"  DAC ranges: {self.calibration}")
+        if self.adc_ranges: lines.append(f"  ADC ranges: {self.adc_ranges}")
         lines.append("  hardware: " + (", ".join(f"{k}={v}" for k, v in self.config.changed_fields().items()) or "defaults"))
         lines += self._health_lines()
         lines += [f"  warning: {text}" for text in self.warnings]
@@ -207,12 +218,13 @@ def resolve_data(dataset, # a dataset name or an (x, y) pair
         from crosssim_nb.data import load_dataset
         loaded = load_dataset(dataset, split=split, ntest=ntest, nstart=nstart)
         x = preprocess(loaded.x) if preprocess is not None else loaded.x.astype(np.float32)
-        return x, _labels(loaded.y), dataset, loaded.is_sample
+        return x, _labels(loaded.y), loaded.name, loaded.is_sample          # the canonical name ("MNIST" -> "mnist")
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
         x, y = np.asarray(dataset[0]), _labels(dataset[1])
         if len(x) != len(y): raise ValueError(f"dataset arrays disagree: {len(x)} inputs but {len(y)} labels")
         stop = len(x) if ntest is None else nstart + ntest
-        return x[nstart:stop], y[nstart:stop], "arrays", False
+        name = getattr(dataset, "name", None)         # a `load_dataset` result keeps its name: "my_cnn on mnist", not "on arrays"
+        return x[nstart:stop], y[nstart:stop], name if isinstance(name, str) and name else "arrays", bool(getattr(dataset, "is_sample", False))
     raise TypeError(f"dataset must be a dataset name or an (x, y) pair, got {type(dataset).__name__}")
 
 # %% ../nbs/30_inference.ipynb #59b31e0d
@@ -262,6 +274,28 @@ def _needs_ranges(config:InferenceConfig, layer_overrides) -> bool:
     if config.dac_bits > 0 or config.adc_bits > 0: return True
     return any(isinstance(v, dict) and (v.get("dac_bits", 0) or v.get("adc_bits", 0)) for v in (layer_overrides or {}).values())
 
+def needs_adc_calibration(config:InferenceConfig, # the hardware
+                          adc_limits=None, # ADC limits given (dict, file or Calibration), or None
+                          adc_calibration:str|None=None, # the calibration asked for, or None
+                         ) -> bool:
+    "Whether ADC ranges must be calibrated automatically: CALIBRATED ranges with an ADC, and neither limits nor a method given."
+    return (config.adc_bits > 0 and config.adc_range_option == "CALIBRATED" and adc_limits is None and adc_calibration is None)
+
+def calibration_config(config:InferenceConfig, # the hardware being evaluated
+                      ) -> tuple:
+    "`(config to profile ADC inputs with, description)`: ADCs off (MAX) and, under drift, the devices at `adc_calibration_time`."
+    profiling = config.replace(adc_range_option="MAX")
+    if config.t_drift <= 0: return profiling, ""
+    if config.adc_calibration_time == "evaluation":
+        return profiling, f"; calibrated at t_drift = {config.t_drift:g} days on the drifted devices (adc_calibration_time='evaluation')"
+    from crosssim_nb.device_models import get_model
+    changes = dict(t_drift=0.0)
+    drift = get_model(config.drift_model.value, config) if config.drift_model != "none" else None
+    if config.error_model == "none" and drift is not None and "error" in drift.roles:
+        changes["error_model"] = config.drift_model.value     # a drift model that replaces the programming error: its t = 0 error
+    return (profiling.replace(**changes), f"; calibrated at t = 0, as a chip calibrated when deployed, then evaluated at "
+            f"t_drift = {config.t_drift:g} days (adc_calibration_time='deployment'; 'evaluation' calibrates on the drifted devices)")
+
 def _progress(total, enabled, description):
     from tqdm.auto import tqdm
     return tqdm(total=total, disable=not enabled, desc=description, unit="batch", leave=False)
@@ -301,12 +335,16 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
         from crosssim_nb.network import zoo_input_nonnegative
         input_nonnegative = zoo_input_nonnegative(keras_model)
     x, y, dataset_name, is_sample = resolve_data(dataset, preprocess, ntest, nstart)
+    if isinstance(dataset, str): dataset = dataset_name                                # any case given: the canonical name from here on
     notes = _input_warnings(keras_model, dataset, x, config, layer_overrides)
     for text in notes: warnings.warn(text, InferenceWarning, stacklevel=2)     # before the long work
+    from crosssim_nb.device_models import physical_range_notes, PhysicalRangeWarning
+    physical = physical_range_notes(config)                                     # far outside published device ranges: once per run
+    for text in physical: warnings.warn(text, PhysicalRangeWarning, stacklevel=2)
     n_classes = int(np.prod(keras_model.output_shape[1:]))
     if max(topk) > n_classes: raise ValueError(f"topk={topk} asks for more classes than the model's {n_classes} outputs")
     _check_labels(y, n_classes, nstart, dataset_name, x)
-    calibration = ""
+    calibration, drawn = "", False                               # drawn: the calibration images are a training-split sample
     from crosssim_nb.network import AnalogNetwork, _calibration_of
     limits_file = _calibration_of(adc_limits)
     if limits_file is not None:
@@ -315,23 +353,37 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
             input_ranges, calibration = limits_file.input_ranges, f"from the limits file ({limits_file.method} ADC calibration)"
     if _needs_ranges(config, layer_overrides) and input_ranges is None:
         if calibration_data is None and isinstance(dataset, str):
-            calibration_data = _training_sample(dataset, preprocess, calibration_samples, config.seed)
+            calibration_data, drawn = _training_sample(dataset, preprocess, calibration_samples, config.seed), True
             calibration = f"profiled on {len(calibration_data)} images of the {dataset} training split (seed {config.seed})"
         elif calibration_data is not None:
             calibration = f"profiled on {len(calibration_data)} given calibration images"
     elif input_ranges is not None and not calibration: calibration = "given input_ranges"
     build = dict(calibration_data=calibration_data, input_ranges=input_ranges, layer_overrides=layer_overrides,
                  input_nonnegative=input_nonnegative, calibration_samples=calibration_samples)
+    adc_ranges, automatic = "", needs_adc_calibration(config, adc_limits, adc_calibration)
+    if automatic:
+        if calibration_data is None:
+            raise ValueError("adc_range_option='CALIBRATED' with adc_bits > 0 needs ADC ranges and none were given: pass "
+                             "adc_calibration='optimal' with calibration_data=<inputs> (or a named dataset), or adc_limits from "
+                             "calibrate_adc; or set adc_range_option='MAX' or 'GRANULAR'")
+        adc_calibration = "optimal"
     if adc_calibration is not None:
         if adc_limits is not None: raise ValueError("pass either adc_limits or adc_calibration, not both")
         if config.adc_bits == 0: raise ValueError("adc_calibration needs adc_bits > 0")
         if calibration_data is None: raise ValueError("adc_calibration needs calibration images: a named dataset or calibration_data")
         from crosssim_nb.calibration import calibrate_adc
-        profiling = AnalogNetwork.from_keras(keras_model, config.replace(adc_range_option="MAX"), **build)
+        profiling_config, when = calibration_config(config)
+        profiling = AnalogNetwork.from_keras(keras_model, profiling_config, **build)
         calibrated = calibrate_adc(profiling, calibration_data, method=adc_calibration, layer_overrides=layer_overrides)
         config, adc_limits = config.replace(adc_range_option="CALIBRATED"), calibrated.adc_limits
         build.update(input_ranges=calibrated.input_ranges, calibration_data=None)
-        calibration += f"; ADC limits: {adc_calibration} calibration on the same images"
+        images = f"{len(calibration_data)} {'training images' if drawn else 'given calibration images'}"
+        adc_ranges = (f"calibrated automatically ({adc_calibration}, {images}) because adc_range_option=CALIBRATED and no limits "
+                      "were given" if automatic else f"{adc_calibration} calibration on the same {images}") + when
+    elif adc_limits is not None and config.adc_bits > 0:
+        adc_ranges = "from the limits file" if limits_file is not None else "given adc_limits"
+        if limits_file is not None and config.t_drift > 0:
+            adc_ranges += f" (made with adc_calibration_time={limits_file.settings.get('adc_calibration_time', 'deployment')!r})"
     network = AnalogNetwork.from_keras(keras_model, config, adc_limits=adc_limits, **build)
     if show_hw_config: network.print_hw_config()
     start = time.perf_counter()
@@ -366,10 +418,10 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
                            float_outputs=float_outputs if return_outputs else None, hw_config=network.hw_config(),
                            identical_runs=len(digests) > 1 and len(set(digests)) == 1,
                            random_effects=_random_effects([network.config, *network.layer_configs.values()]),
-                           adc_health=health_table(counts, network.cores) if counts else None)
+                           adc_health=health_table(counts, network.cores) if counts else None, adc_ranges=adc_ranges)
     outcome = _outcome_warnings(result, n_classes)
     for text in outcome: warnings.warn(text, InferenceWarning, stacklevel=2)
-    result.warnings = tuple(notes + outcome)
+    result.warnings = tuple(notes + physical + outcome)
     return result
 
 def _predict_batch(network, x_batch, bar):
@@ -426,14 +478,14 @@ def _input_warnings(keras_model, dataset, x, config:InferenceConfig, layer_overr
 
 def _outcome_warnings(result:InferenceResult, n_classes:int) -> list:
     "One text when the analog accuracy is near chance and / or layers have degenerate ADCs (empty when neither)."
-    from crosssim_nb.adc_health import health_message, chance_message, REMEDY
+    from crosssim_nb.adc_health import health_message, chance_message, remedy_for
     if not result.nruns: return []
-    health = health_message(result.adc_health) if result.adc_health is not None else None
+    remedy = remedy_for(result.config, result.adc_health, adc_calibrated=bool(result.adc_ranges))   # the likely cause, from config and health
+    health = health_message(result.adc_health, remedy=remedy) if result.adc_health is not None else None
     chance = chance_message(float(result.mean[result.topk.index(1)]), float(result.float_accuracy[result.topk.index(1)]),
                             n_classes) if 1 in result.topk else None
     if health and chance: return [f"{result.model_name}: {chance}; {health}"]
     if health: return [f"{result.model_name}: {health}"]
     if chance:
-        remedy = REMEDY if result.adc_health is not None else "check the programming error, read noise and weight bits"
         return [f"{result.model_name}: {chance}. {remedy}"]
     return []

@@ -20,7 +20,7 @@ from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_
 import crosssim_nb.convolution as convolution
 from .convolution import (conv_geometry, _pad_spatial, patch_view, im2col, _blas_threads, CHUNK_ELEMENTS, _drives,
                                      _apply_rows, apply_conv, per_channel_kernel, library_kernel, FloatMatrix, GroupedDepthwise,
-                                     CoreEngine, DepthwiseCore, DepthwiseEngine)
+                                     CoreEngine, DepthwiseCore, DepthwiseEngine, conv_row_permutation)
 
 # %% auto #0
 __all__ = ['TopValues', 'AnalogNetwork', 'zoo_input_nonnegative']
@@ -334,8 +334,14 @@ class AnalogNetwork:
                 self.cores[name] = DepthwiseCore(spec.kernel, cfg,
                                                  adc_limits=limits.get(name), input_range=ranges[name], bias=spec.bias, name=name)
                 continue
-            self.cores[name] = AnalogCore(spec.dense_matrix(), cfg, adc_limits=limits.get(name), input_range=ranges[name],
+            matrix, order = spec.dense_matrix(), None
+            if spec.is_conv:                     # tiled rows: each array gets CrossSim's rows (conv_row_order; 12_convolution)
+                taps = int(np.prod(spec.kernel_size))
+                order = conv_row_permutation(taps, spec.n_in // taps, spec.n_in + int(spec.bias is not None and not cfg.digital_bias), cfg)
+                if order is not None: matrix = matrix[:, order]
+            self.cores[name] = AnalogCore(matrix, cfg, adc_limits=limits.get(name), input_range=ranges[name],
                                           bias=spec.bias, name=name)
+            self.cores[name].row_order = order
         self._refresh_engines()
 
     def _refresh_engines(self):
@@ -349,8 +355,10 @@ class AnalogNetwork:
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
         c = core.config
         if not spec.is_depthwise or not core.linear or c.dac_bits or core.analog_bias or c.bias_bits != 0: return None
-        kernel = (core.programmed_kernel() if isinstance(core, DepthwiseCore) else
-                  per_channel_kernel(core.programmed_weights(), spec.depth_multiplier))
+        order = getattr(core, "row_order", None)
+        held = None if isinstance(core, DepthwiseCore) else core.programmed_weights()
+        if held is not None and order is not None: held = held[:, np.argsort(order)]      # columns back in the imported order
+        kernel = core.programmed_kernel() if held is None else per_channel_kernel(held, spec.depth_multiplier)
         return None if kernel is None else GroupedDepthwise(kernel, spec.bias, spec.kernel_size)   # None: errors on zero devices couple channels
 
     # ----- execution -----

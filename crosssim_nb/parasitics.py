@@ -10,14 +10,14 @@ import numpy as np
 import importlib
 
 from .backend import to_numpy, openblas_thread_controls
-from .device import standard_draws
 
 # %% auto #0
-__all__ = ['Circuit', 'row_segments', 'column_segments', 'supply_segments', 'drop_matrix', 'dense_solve', 'row_line_response',
-           'transfer_matrices', 'Network', 'build_network', 'transfer_matrix_sparse', 'ladder_solve', 'CubicLaw',
-           'RRAMMiloLaw', 'law_of', 'InputSourceSolver', 'noisy_read_exact', 'noise_std_first_order', 'ArrayCircuit',
-           'array_circuit', 'tile_arrays', 'TileCircuit', 'tile_circuit', 'array_solution', 'ir_drop', 'plot_ir_drop',
-           'ir_drop_viewer']
+__all__ = ['Circuit', 'ParasiticSolveError', 'solve_failure', 'row_segments', 'column_segments', 'supply_segments', 'drop_matrix',
+           'dense_solve', 'row_line_response', 'transfer_matrices', 'transfer_cost', 'Network', 'build_network',
+           'transfer_matrix_sparse', 'ladder_solve', 'CubicLaw', 'RRAMMiloLaw', 'law_of', 'InputSourceSolver',
+           'noisy_read_exact', 'noise_std_first_order', 'ArrayCircuit', 'array_circuit', 'tile_arrays', 'TileCircuit',
+           'tile_circuit', 'factor_cost', 'circuit_solve_cost', 'check_solve_budget', 'solve_progress',
+           'array_solution', 'ir_drop', 'plot_ir_drop', 'ir_drop_viewer']
 
 # %% ../nbs/08_parasitics.ipynb #lazyscipy1
 class _LazyModule:
@@ -60,6 +60,26 @@ class Circuit:
                    t_row=config.rp_row_terminal / config.rmin, t_col=config.rp_col_terminal / config.rmin,
                    interleaved=config.interleaved_posneg, current_from_input=config.current_from_input,
                    rows_max=config.nrows_max if rows_max is None else rows_max, selected_rows=str(config.selected_rows))
+
+# %% ../nbs/08_parasitics.ipynb #pse00002
+class ParasiticSolveError(ValueError, RuntimeError):
+    "An array circuit whose solve cannot give a trustworthy answer; the message names the array, its resistances, the cause and what to change."
+
+def solve_failure(circuit:Circuit, # the array's wiring
+                  name:str, # the array, as errors name it
+                  cause:str, # what went wrong
+                  law=None, # the cell I-V law (None: resistors)
+                 ) -> ParasiticSolveError:
+    "The `ParasiticSolveError` of a failed solve of one array: its name, its wire resistances (units of Rmin), the cause, what to change."
+    wires = (f"rp_row/rmin={circuit.r_row:.3g}, rp_col/rmin={circuit.r_col:.3g}, rp_row_terminal/rmin={circuit.t_row:.3g}, "
+             f"rp_col_terminal/rmin={circuit.t_col:.3g}")
+    if law is None:
+        change = ("use wire resistances within a few orders of magnitude of a cell's (lower rp_row, rp_col and the terminal "
+                  "resistances, or raise rmin)")
+    else:
+        change = (f"the wires drop too much of the read voltage for nonlinear_iv={type(law).__name__.removesuffix('Law')!r}: "
+                  "lower rp_row / rp_col, lower vread, or use shorter lines (smaller nrows_max / ncols_max)")
+    return ParasiticSolveError(f"{name}: the circuit solve failed: {cause}; wires: {wires}; {change}")
 
 # %% ../nbs/08_parasitics.ipynb #7a9634b4
 def row_segments(circuit:Circuit, n_rows:int, n_cols:int) -> np.ndarray:
@@ -139,7 +159,7 @@ def dense_solve(conductance, circuit:Circuit, drive, negative=None, law=None, to
             residual = dv + R @ current - source
             if np.max(np.abs(residual)) < tolerance: break
             dv -= np.linalg.solve(np.eye(g.size) + R * slope[None, :], residual)
-        else: raise RuntimeError(f"dense reference did not converge: residual {np.max(np.abs(residual)):.3g}")
+        else: raise solve_failure(circuit, "dense reference", f"Newton did not converge: residual {np.max(np.abs(residual)):.3g}", law)
     current = g * dv if law is None else law(g, dv)[0]
     columns = current.reshape(-1, n, m).sum(axis=(0, 1))
     return columns, dv.reshape(-1, n, m)
@@ -188,7 +208,7 @@ class _OneBlasThread:
     def __exit__(self, *exc):
         for set_, threads in self.previous: set_(threads)
 
-def transfer_matrices(circuit:Circuit, positive, negative=None, per_line:bool=False):
+def transfer_matrices(circuit:Circuit, positive, negative=None, per_line:bool=False, name:str="array", progress=None):
     """Exact transfer matrix of an input-source array (topology A or B): `T` `(n_rows, n_cols)` with column currents
     `I = v @ T` for row drives v — the layout of the core's read matrices. With `per_line`, the parts due to the G+ and
     G- cells of an interleaved array separately, `(lines, n_rows, n_cols)` (they sum to T).
@@ -196,10 +216,22 @@ def transfer_matrices(circuit:Circuit, positive, negative=None, per_line:bool=Fa
     Row by row from the far end, the rows above row i are replaced by their Norton equivalent seen from the column nodes
     of row i: an admittance matrix P (m×m) and short-circuit currents J (m × drives). A column segment r between rows maps
     P → P(I + rP)⁻¹ and J → (I + rP)⁻¹J; each row adds its own line's admittance and source. Exact (a direct solve), one
-    m×m Cholesky inverse per row, dense BLAS throughout."""
-    with _OneBlasThread(): return _transfer_recursion(circuit, positive, negative, per_line)
+    m×m Cholesky inverse per row, dense BLAS throughout. `name` names the array in errors; `progress(flops)`, when
+    given, is told the estimated operations of every row done (`transfer_cost`)."""
+    with _OneBlasThread(), np.errstate(all="ignore"):
+        try: T = _transfer_recursion(circuit, positive, negative, per_line, progress)
+        except (np.linalg.LinAlgError, ZeroDivisionError, OverflowError) as error: raise solve_failure(circuit, name, str(error)) from None
+    if not np.isfinite(T).all(): raise solve_failure(circuit, name, "the transfer matrix holds NaN or inf (float64 overflow)")
+    return T
 
-def _transfer_recursion(circuit, positive, negative, per_line):
+def transfer_cost(n_rows:int, n_cols:int, lines:int=1) -> float:
+    """Estimated floating-point operations of `transfer_matrices` on one array (`per_line`, `lines` cell lines): per row
+    an m×m Cholesky inverse and product (≈ 3m³), plus the sources carried forward (2·lines·m²·n) or the stored maps
+    applied backwards (2m³). Deterministic: the budget check and the progress bar count these, not seconds."""
+    n, m = float(n_rows), float(n_cols)
+    return n * (3 * m ** 3 + (2 * lines * m * m * n if n_rows <= 2 * n_cols else 2 * m ** 3))
+
+def _transfer_recursion(circuit, positive, negative, per_line, progress=None):
     lines = [np.asarray(positive, dtype=np.float64)] + ([np.asarray(negative, dtype=np.float64)] if circuit.interleaved else [])
     n, m = lines[0].shape
     seg_row = row_segments(circuit, n, m)
@@ -224,6 +256,7 @@ def _transfer_recursion(circuit, positive, negative, per_line):
             P += A
             sources[i, line if per_line else 0] += beta * (1 - 2 * line)
         if forward: J[:, :, i] = sources[i]
+        if progress is not None: progress(3 * m ** 3 + (2 * k * m * m * n if forward else 0))
     r = seg_col[-1]
     F = _spd_inverse(eye + r * P) if r > 0 else eye      # the last segment into the virtual ground
     if forward: T = np.matmul(F, J)                         # (k, m, n)
@@ -233,6 +266,7 @@ def _transfer_recursion(circuit, positive, negative, per_line):
         for i in range(n - 1, -1, -1):
             T[:, :, i] = (Q @ sources[i].T).T
             if i > 0 and maps[i - 1] is not None: Q = Q @ maps[i - 1]
+            if progress is not None: progress(2 * m ** 3)
     T = T.transpose(0, 2, 1)
     return T if per_line else T[0]
 
@@ -319,9 +353,11 @@ def build_network(circuit:Circuit, positive, negative=None) -> Network:
     return Network(Y, drive_coupling, out_unknown, out_drive, cell_nodes, node_unknown, node_drive, node_ground)
 
 # %% ../nbs/08_parasitics.ipynb #8b136564
-def _factor(Y):
+def _factor(Y, circuit:Circuit|None=None, name:str="array"):
     "Sparse LU of the (symmetric positive definite) nodal matrix; fill-reducing order for a symmetric pattern."
-    return spla.splu(Y, permc_spec="MMD_AT_PLUS_A", options=dict(SymmetricMode=True))
+    if not np.isfinite(Y.data).all(): raise solve_failure(circuit or Circuit(), name, "a wire conductance overflows float64 (a resistance near 0)")
+    try: return spla.splu(Y, permc_spec="MMD_AT_PLUS_A", options=dict(SymmetricMode=True))
+    except RuntimeError as error: raise solve_failure(circuit or Circuit(), name, f"the nodal matrix is singular ({error})") from None
 
 def _solve_many(lu, rhs, block:int=64):
     "`Y⁻¹·rhs` for a dense or sparse right-hand side `(unknown, k)`, `block` columns at a time (bounded memory)."
@@ -337,7 +373,7 @@ def transfer_matrix_sparse(circuit:Circuit, positive, negative=None):
     direct solver for the tests."""
     net = build_network(circuit, positive, negative)
     if net.Y.shape[0] == 0: return net.out_drive.T.copy()
-    Z = _solve_many(_factor(net.Y), net.out_unknown.T.tocsc())
+    Z = _solve_many(_factor(net.Y, circuit), net.out_unknown.T.tocsc())
     return (net.out_drive + (net.drive_coupling.T @ Z).T).T
 
 # %% ../nbs/08_parasitics.ipynb #bee5f4d9
@@ -448,12 +484,13 @@ def ladder_solve(circuit:Circuit, positive, drives, negative=None, law=None, tol
         X = X + dX
     else:
         if law is not None:
-            raise RuntimeError(f"{name}: the non-linear circuit solve did not converge in {max_iterations} Newton steps; "
-                               f"largest KCL residual {residual:.3g} (tolerance {tolerance:g})")
+            raise solve_failure(circuit, name, f"the non-linear solve did not converge in {max_iterations} Newton steps; "
+                                f"largest KCL residual {residual:.3g} (tolerance {tolerance:g})", law)
     total = 0.0
     for line, supply in enumerate(supply_of):
         dv = source[line] + voltage(supply) - voltage(column)
         total = total + (gate[line] * dv if law is None else law(gate[line], dv)[0]).sum(axis=-1)
+    if not np.isfinite(total).all(): raise solve_failure(circuit, name, "the column currents came out NaN or inf (a singular ladder)", law)
     return total
 
 # %% ../nbs/08_parasitics.ipynb #d9f8fa2b
@@ -505,7 +542,7 @@ class InputSourceSolver:
         self.circuit, self.law, self.tolerance, self.max_iterations, self.name = circuit, law, tolerance, max_iterations, name
         self.cells = [np.asarray(positive, dtype=np.float64)] + ([np.asarray(negative, dtype=np.float64)] if circuit.interleaved else [])
         self.net = build_network(circuit, *self.cells)
-        self.lu = _factor(self.net.Y) if self.net.Y.shape[0] else None
+        self.lu = _factor(self.net.Y, circuit, name) if self.net.Y.shape[0] else None
         nu = self.net.Y.shape[0]
         self.incidence = []      # per cell line: (unknowns × cells) map of a current leaving the row side, entering the column side
         for row_side, col_side in self.net.cell_nodes:
@@ -555,6 +592,7 @@ class InputSourceSolver:
         # the residual cannot go below rounding: ~eps × the largest node conductance × the voltages (tiny wires: large)
         tolerance = max(self.tolerance, 64 * np.finfo(np.float64).eps * (np.abs(net.Y.diagonal()).max(initial=0.0)))
         for iteration in range(self.max_iterations):
+            if not np.isfinite(norm): raise solve_failure(self.circuit, self.name, "the KCL residual became NaN or inf", law)
             if norm < tolerance: break
             step = self.lu.solve(F)
             while True:
@@ -566,11 +604,11 @@ class InputSourceSolver:
             unknown, F, dvs, norm = trial, F_trial, dvs_trial, norm_trial
             gamma = min(1.0, 2 * gamma)
         else:
-            raise RuntimeError(f"{self.name}: the non-linear circuit solve did not converge in {self.max_iterations} "
-                               f"iterations; largest KCL residual {norm:.3g} (tolerance {tolerance:g}, normalised current)")
-        if norm >= tolerance:
-            raise RuntimeError(f"{self.name}: the non-linear circuit solve did not converge; largest KCL residual {norm:.3g} "
-                               f"(tolerance {tolerance:g}, normalised current)")
+            raise solve_failure(self.circuit, self.name, f"the non-linear solve did not converge in {self.max_iterations} "
+                                f"iterations; largest KCL residual {norm:.3g} (tolerance {tolerance:g}, normalised current)", law)
+        if not norm < tolerance:
+            raise solve_failure(self.circuit, self.name, f"the non-linear solve did not converge; largest KCL residual {norm:.3g} "
+                                f"(tolerance {tolerance:g}, normalised current)", law)
         currents = sum(cell(Gread, dv).sum(axis=0) for Gread, dv in zip(read, dvs)).T
         return currents, np.stack(dvs)
 
@@ -648,10 +686,11 @@ class TileCircuit:
     matrix: np.ndarray | None
     reader: object | None
 
-def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None) -> TileCircuit:
+def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None, progress=None) -> TileCircuit:
     """The read of one row tile of `core` through its circuit (`core._circuit`): `block` (slices, parts, rows, n_out) and
     `reference` (rows, column tiles) programmed conductances. With read noise, `sigma` / `reference_sigma` (same shapes)
-    are scaled in place by each cell's first-order weight, so the core's noise draws act through the circuit."""
+    are scaled in place by each cell's first-order weight, so the core's noise draws act through the circuit.
+    `progress(flops)`: told the estimated operations of every solve done (see `circuit_solve_cost`)."""
     circuit = core._circuit
     rows = block.shape[2]
     mode, n_out = core.mode, core.n_out
@@ -661,7 +700,7 @@ def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None) 
     if not circuit.per_read:                             # linear cells, input source: one fixed T per array
         matrix = np.zeros((rows, width))
         for array in arrays:
-            lines = transfer_matrices(circuit.wires, array["positive"], array["negative"], per_line=True)
+            lines = transfer_matrices(circuit.wires, array["positive"], array["negative"], per_line=True, name=array["name"], progress=progress)
             matrix[:, array["columns"]] += array["sign"] * lines.sum(axis=0)
             if sigma is not None:
                 cells = [array["positive"]] + ([array["negative"]] if array["negative"] is not None else [])
@@ -670,7 +709,7 @@ def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None) 
                     _scale_sigma(core, array, line, weight, sigma, reference_sigma)
         return TileCircuit(matrix - offset, None)
     noise = None if sigma is None else tile_arrays(core, sigma, reference_sigma)   # the same arrays, holding each cell's σ
-    return TileCircuit(np.zeros((rows, width)), _make_reader(core, arrays, rows, width, offset, noise))
+    return TileCircuit(np.zeros((rows, width)), _make_reader(core, arrays, rows, width, offset, noise, progress))
 
 def _scale_sigma(core, array, line, weight, sigma, reference_sigma):
     "Multiply the noise std of the cells of `array`'s cell line `line` by `weight` (rows, cols), where they sit in `sigma`."
@@ -683,33 +722,52 @@ def _scale_sigma(core, array, line, weight, sigma, reference_sigma):
     s, part = array["origin"][line]
     sigma[s, part][:, columns % core.n_out] *= weight
 
-def _noisy(core, G, S, batch):
-    "Conductances `(batch, rows, cols)` of one read per vector: G plus a fresh read-noise draw of std S, clipped as the core does."
+def _cell_draws(core, key, array:int, line:int, read:int, first_row:int, k:int, batch:int, shape:tuple):
+    """Read-noise draws `(k, batch, rows, cols)` (float64, zero mean, unit variance) of one cell line of one array for the
+    vectors `first_row … first_row + batch − 1` (all k input slices): keyed draws of the tile's noise stream `key`, the
+    array and the line, so each vector's noise depends on its global index and the read number, not on the batch."""
+    from crosssim_nb.keyed_noise import keyed_draws          # (numba: loaded only when draws are made)
+    cache = core.__dict__.setdefault("_circuit_noise_keys", {})
+    name = (int(key[0]), int(key[1]), array, line)
+    if name not in cache:
+        cache[name] = np.random.SeedSequence([name[0], name[1], 0xC1C, array, line]).generate_state(2, np.uint64)
+    cells = int(np.prod(shape))
+    draws = keyed_draws(cache[name], read, first_row, batch, k * cells, core.config.noise_distribution.value)
+    return draws.reshape((batch, k) + tuple(shape)).swapaxes(0, 1).astype(np.float64)
+
+def _noisy(core, G, S, draws):
+    "Conductances `(..., rows, cols)` of one read per vector: G plus its read-noise draws `draws` of std S, clipped as the core does."
     c = core.config
-    draws = np.asarray(to_numpy(standard_draws(core._noise_rng, (batch,) + G.shape, c.noise_distribution.value)), dtype=np.float64)
     return np.clip(G + S * draws, c.gmin if c.clip_conductance else 0.0, 1.0 if c.clip_conductance else np.inf)
 
-def _make_reader(core, arrays, rows, width, offset, noise=None):
-    """A function reading drives `(k, batch, rows)` through circuit solves: currents `(k, batch, width)` in the core's layout.
-    With `noise` (the arrays' σ, same layout) every vector is solved with its own read-noise draw (separate-source arrays)."""
+def _make_reader(core, arrays, rows, width, offset, noise=None, progress=None):
+    """A function `read(drives, key, first_row, read)` reading drives `(k, batch, rows)` through circuit solves: currents
+    `(k, batch, width)` in the core's layout. With `noise` (the arrays' σ, same layout) every vector is solved with its own
+    read-noise draw, keyed by the tile's stream `key`, the vector's global index `first_row + b` and the read number, so a
+    vector's result does not depend on the batch it is read in."""
     circuit = core._circuit
     xp = core.xp
+    def batches(k, batch, per_chunk):
+        "Slices of the batch, all k input slices of a vector together, about `per_chunk` vectors each."
+        step = max(1, per_chunk // k)
+        return [(b0, min(batch, b0 + step)) for b0 in range(0, batch, step)]
     if circuit.wires is None and noise is not None:      # non-linear cells, ideal wires, read noise: every cell per vector
-        def read(drives):
+        def read(drives, key=None, first_row=0, read=0):
             k, batch, _ = drives.shape
-            x = np.asarray(to_numpy(drives), dtype=np.float64).reshape(k * batch, rows)
-            out = np.zeros((k * batch, width))
+            x = np.asarray(to_numpy(drives), dtype=np.float64)
+            out = np.zeros((k, batch, width))
             chunk = max(1, (1 << 22) // (rows * width + 1))
             for index, array in enumerate(arrays):
                 cells = [(array["positive"], noise[index]["positive"], 1.0)]
                 if array["negative"] is not None: cells.append((array["negative"], noise[index]["negative"], -1.0))
-                for start in range(0, len(x), chunk):
-                    v = x[start:start + chunk, :, None]
-                    for G, S, source_sign in cells:
-                        current = circuit.law(_noisy(core, G, S, len(v)), source_sign * v)[0].sum(axis=1)
-                        out[start:start + chunk, array["columns"]] += array["sign"] * current
-            if offset: out -= offset * x.sum(axis=1, keepdims=True)
-            return xp.asarray(out.reshape(k, batch, width), dtype=np.float32)
+                for b0, b1 in batches(k, batch, chunk):
+                    v = x[:, b0:b1, :, None]
+                    for line, (G, S, source_sign) in enumerate(cells):
+                        draws = _cell_draws(core, key, index, line, read, first_row + b0, k, b1 - b0, G.shape)
+                        current = circuit.law(_noisy(core, G, S, draws), source_sign * v)[0].sum(axis=2)
+                        out[:, b0:b1, array["columns"]] += array["sign"] * current
+            if offset: out -= offset * x.sum(axis=2, keepdims=True)
+            return xp.asarray(out, dtype=np.float32)
         return read
     if circuit.wires is None:                            # non-linear cells on ideal wires: a polynomial in the drive per cell
         coefficients = {}
@@ -721,7 +779,7 @@ def _make_reader(core, arrays, rows, width, offset, noise=None):
                     coefficients[power][:, array["columns"]] += array["sign"] * source_sign ** power * value
         if offset: coefficients[1] = coefficients[1] - offset
         matrices = {p: xp.asarray(value, dtype=np.float32) for p, value in coefficients.items()}
-        def read(drives):
+        def read(drives, key=None, first_row=0, read=0):
             out = None
             for power, matrix in matrices.items():
                 term = xp.matmul(drives ** power if power > 1 else drives, matrix)
@@ -730,34 +788,77 @@ def _make_reader(core, arrays, rows, width, offset, noise=None):
         return read
     solvers = []
     for index, array in enumerate(arrays):
+        def draws_of(a, s, line_index, key, read, first_row, k, batch):
+            "The noisy conductances `(k·batch, rows, cols)` of one cell line for these vectors (k-major, as the drives)."
+            G, S = (a["positive"], s["positive"]) if line_index == 0 else (a["negative"], s["negative"])
+            draws = _cell_draws(core, key, a["index"], line_index, read, first_row, k, batch, G.shape)
+            return _noisy(core, G, S, draws).reshape((k * batch,) + G.shape)
+        array["index"] = index
         if circuit.wires.current_from_input:
             solver = InputSourceSolver(circuit.wires, array["positive"], array["negative"], circuit.law, name=array["name"])
-            def solve(x, solver=solver, a=array, s=None if noise is None else noise[index]):
-                if s is None: return solver.solve(x)[0]
-                per_vector = [_noisy(core, a["positive"], s["positive"], len(x)).transpose(1, 2, 0)]
-                if a["negative"] is not None: per_vector.append(_noisy(core, a["negative"], s["negative"], len(x)).transpose(1, 2, 0))
-                return solver.solve(x, per_vector)[0]
+            if progress is not None: progress(factor_cost(*array["positive"].shape, 1 + (array["negative"] is not None)))
+            def solve(x, noisy=None, solver=solver):
+                if noisy is None: return solver.solve(x)[0]
+                return solver.solve(x, [G.transpose(1, 2, 0) for G in noisy])[0]
             solvers.append((array, solve, 64))
         else:
             per_vector = max(1, rows * len(array["columns"]) * (3 if array["negative"] is not None else 2) ** 2 * 3)
-            def solve(x, a=array, s=None if noise is None else noise[index]):
+            def solve(x, noisy=None, a=array):
                 positive, negative = a["positive"], a["negative"]
-                if s is not None:
-                    positive = _noisy(core, positive, s["positive"], len(x))
-                    if negative is not None: negative = _noisy(core, negative, s["negative"], len(x))
+                if noisy is not None:
+                    positive = noisy[0]
+                    if negative is not None: negative = noisy[1]
                 return ladder_solve(circuit.wires, positive, x, negative, law=circuit.law, name=a["name"])
             solvers.append((array, solve, max(1, (1 << 24) // per_vector)))
-    def read(drives):
+    def read(drives, key=None, first_row=0, read=0):
         k, batch, _ = drives.shape
-        x = np.asarray(to_numpy(drives), dtype=np.float64).reshape(k * batch, rows)
-        out = np.zeros((k * batch, width))
+        x = np.asarray(to_numpy(drives), dtype=np.float64)
+        out = np.zeros((k, batch, width))
         with _OneBlasThread():
             for array, solve, chunk in solvers:
-                for start in range(0, x.shape[0], chunk):
-                    out[start:start + chunk, array["columns"]] += array["sign"] * solve(x[start:start + chunk])
-        if offset: out -= offset * x.sum(axis=1, keepdims=True)
-        return xp.asarray(out.reshape(k, batch, width), dtype=np.float32)
+                s = None if noise is None else noise[array["index"]]
+                lines = 1 + (array["negative"] is not None)
+                for b0, b1 in batches(k, batch, chunk):
+                    noisy = None if s is None else [draws_of(array, s, line, key, read, first_row + b0, k, b1 - b0) for line in range(lines)]
+                    currents = solve(x[:, b0:b1].reshape(-1, rows), noisy)
+                    out[:, b0:b1, array["columns"]] += array["sign"] * currents.reshape(k, b1 - b0, -1)
+        if offset: out -= offset * x.sum(axis=2, keepdims=True)
+        return xp.asarray(out, dtype=np.float32)
     return read
+
+
+# %% ../nbs/08_parasitics.ipynb #bud00002
+_PROGRESS_GFLOP = 20.0      # solves estimated above this many GFLOP per programming show a progress bar
+
+def factor_cost(n_rows:int, n_cols:int, lines:int=1) -> float:
+    "Estimated operations of the sparse LU of one input-source array's nodal equations (per-read solvers): ~10·unknowns^1.5."
+    return 10.0 * ((lines + 1) * float(n_rows) * n_cols) ** 1.5
+
+def circuit_solve_cost(core) -> float:
+    "Estimated GFLOP of solving every array of `core` once per programming (its tiling and circuit; 0 without wires)."
+    circuit = core._circuit
+    if circuit is None or circuit.wires is None or not circuit.wires.current_from_input: return 0.0   # ladders: per read only
+    interleaved, unit = circuit.wires.interleaved, int(core.mode == "offset" and not core.config.digital_offset)
+    count, lines = (1, 1) if core.mode == "offset" else (core.n_weight_slices, 2) if interleaved else (2 * core.n_weight_slices, 1)
+    cost = factor_cost if circuit.per_read else transfer_cost
+    return sum(count * cost(stop - start, c1 - c0 + unit, lines) for start, stop in core.row_ranges for c0, c1 in core.col_ranges) / 1e9
+
+def check_solve_budget(core) -> float:
+    "The estimated GFLOP of `core`'s circuit solves; a ValueError naming the estimate and the settings when it exceeds the budget."
+    cost, budget = circuit_solve_cost(core), core.config.parasitic_solve_budget_gflop
+    if cost > budget:
+        rows = max(stop - start for start, stop in core.row_ranges); cols = max(c1 - c0 for c0, c1 in core.col_ranges)
+        raise ValueError(f"AnalogCore {core.name!r}: the parasitic circuit solves of this layer need about {cost:.3g} GFLOP per "
+                         f"programming (arrays of up to {rows}x{cols} cells; minutes on one core), more than "
+                         f"parasitic_solve_budget_gflop={budget:g}; raise parasitic_solve_budget_gflop to allow it, or use smaller "
+                         f"arrays (nrows_max / ncols_max: the cost grows as rows x columns^3)")
+    return cost
+
+def solve_progress(core, cost:float):
+    "A tqdm bar in GFLOP for solves of `cost` GFLOP (disabled below `_PROGRESS_GFLOP`) and its update callback `(bar, progress(flops))`."
+    from tqdm.auto import tqdm
+    bar = tqdm(total=round(cost, 1), disable=cost < _PROGRESS_GFLOP, desc=f"wires of {core.name or 'core'}", unit="GFLOP", leave=False)
+    return bar, lambda flops: bar.update(flops / 1e9)
 
 # %% ../nbs/08_parasitics.ipynb #0344822c
 def array_solution(circuit:Circuit, positive, drive, negative=None, law=None):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-from .config import InferenceConfig
+from .config import InferenceConfig, write_atomic
 
 # %% auto #0
 __all__ = ['accuracy_sweep', 'summarize', 'write_result', 'plot_sweep']
@@ -46,9 +46,9 @@ def write_result(table, # rows from `accuracy_sweep`
                  path, # JSON file to write
                  params:dict, # the notebook's parameters
                 ):
-    "Write the sweep runner's result JSON: `{params, runs: [rows]}`."
+    "Write the sweep runner's result JSON: `{params, runs: [rows]}` (atomically: a crash leaves no half-written result)."
     clean = json.loads(table.to_json(orient="records"))
-    Path(path).write_text(json.dumps(dict(params=params, runs=clean), indent=1) + "\n")
+    write_atomic(path, json.dumps(dict(params=params, runs=clean), indent=1) + "\n")
     return Path(path)
 
 def plot_sweep(table, # rows from `accuracy_sweep`

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime
 import hashlib
 import itertools
@@ -28,11 +29,13 @@ import pandas as pd
 import yaml
 
 from .backend import available_cpus
+from .config import write_atomic
 
 # %% auto #0
 __all__ = ['RESERVED_PARAMETER', 'SWEEP_FILE_KEYS', 'ONE_THREAD_ENV', 'DEFAULT_KERNEL', 'RESULT_FILE', 'ERROR_FILE', 'POINT_FILE',
-           'MANIFEST_FILE', 'STAGING_DIR', 'expand_grid', 'canonical_json', 'point_id', 'load_sweep_file',
-           'SweepFileWarning', 'run_sweep', 'load_results', 'plot', 'main_sweep']
+           'MANIFEST_FILE', 'STAGING_DIR', 'LOCK_FILE', 'expand_grid', 'canonical_json', 'point_id', 'load_sweep_file',
+           'SweepLockedError', 'SweepFileWarning', 'SweepWriteWarning', 'spreadsheet_safe', 'run_sweep', 'load_results',
+           'plot', 'main_sweep']
 
 # %% ../nbs/50_sweep.ipynb #e575182d
 RESERVED_PARAMETER = "result_path"
@@ -253,22 +256,50 @@ def _execute_point(task:dict, # point_id, parameters, notebook_text, notebook_na
 RESULT_FILE, ERROR_FILE, POINT_FILE, MANIFEST_FILE = "result.json", "error.json", "point.json", "sweep.json"
 STAGING_DIR = ".incomplete"
 "Folder of `out_dir` where a point's files are written before the point folder is swapped in (emptied on every start)."
+LOCK_FILE = ".lock"
+"File of `out_dir` a running sweep holds an exclusive lock on (with its pid, host and start time inside)."
+
+
+class SweepLockedError(RuntimeError):
+    "Another sweep is running into the same `out_dir` (the message names the folder and that run's pid)."
+
+
+@contextlib.contextmanager
+def _locked(out_dir:Path):
+    "Hold an exclusive `fcntl` lock on `out_dir/.lock` for the block; SweepLockedError naming the other run when it is held."
+    path = Path(out_dir) / LOCK_FILE
+    try: import fcntl
+    except ImportError:                                         # not POSIX (Windows): no lock; one sweep per folder is up to the user
+        yield path
+        return
+    handle = open(path, "a+", encoding="utf-8")                 # never truncated before the lock is ours
+    try:
+        try: fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            handle.seek(0)
+            holder = handle.read().strip() or "pid unknown (it is just starting)"
+            raise SweepLockedError(f"out_dir {str(out_dir)!r} is in use by another sweep ({holder}); wait for it to finish, "
+                                   "or give this sweep another out_dir") from None
+        except OSError as error:                                # a file system without locks (some network mounts)
+            import errno
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL): raise
+            warnings.warn(f"out_dir {str(out_dir)!r} cannot be locked ({error.strerror}); run one sweep at a time into it",
+                          SweepFileWarning, stacklevel=3)
+            yield path
+            return
+        handle.seek(0); handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {_now()}\n"); handle.flush()
+        yield path
+    finally:
+        handle.close()                                          # releases the lock (so does the process ending)
 
 
 class SweepFileWarning(UserWarning):
     "A sweep file that could not be read (named in the message); the point it belongs to is treated as unfinished."
 
 
-def _write_atomic(path:Path, content) -> None:
-    "Write `content` (text, or a callable that writes the file at the path it is given) to a temporary file next to `path`, then rename it over `path`."
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if callable(content): content(temporary)
-        else: temporary.write_text(content, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists(): temporary.unlink()
+class SweepWriteWarning(UserWarning):
+    "Points or the results table that could not be written (a full disk); the returned table's `attrs` say which (`unwritten`, `table_not_saved`)."
 
 
 def _point_dir(out_dir:Path, identifier:str) -> Path: return Path(out_dir) / "points" / identifier
@@ -428,6 +459,24 @@ def _points_table(out_dir:Path, identifiers:list[str], missing:dict|None=None) -
         if record: records.append(record)
     return _results_table(records)
 
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"What makes a spreadsheet read a cell as a formula (OWASP's CSV-injection list)."
+
+
+def _spreadsheet_text(value):
+    "A text cell that starts like a formula gets a leading `'` (OWASP), so a spreadsheet shows it as text; anything else as it is."
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def spreadsheet_safe(table:pd.DataFrame, # a results table
+                    ) -> pd.DataFrame: # a copy whose formula-like text cells and column names start with `'`
+    "The table as written to `results.csv`: text that a spreadsheet would run as a formula (`=HYPERLINK(...)`, `@SUM(...)`, `+`, `-`, tab, CR first) is escaped; numbers are not touched."
+    safe = table.rename(columns=_spreadsheet_text)
+    for column in safe.columns[[not pd.api.types.is_numeric_dtype(kind) for kind in safe.dtypes]]:
+        safe[column] = safe[column].map(_spreadsheet_text)
+    return safe
+
 # %% ../nbs/50_sweep.ipynb #8d4697eb
 def _notebook_parameters(notebook:Path) -> set:
     "Names assigned in the notebook's `parameters`-tagged cell(s) (Python's parser; papermill's inspection for other languages)."
@@ -461,8 +510,8 @@ def _default_workers() -> int:
     return available_cpus()
 
 
-def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> None:
-    "Create or extend out_dir/sweep.json; refuse an out_dir holding a sweep of another notebook."
+def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> list[str]:
+    "Create or extend out_dir/sweep.json; return every point id it lists; refuse an out_dir holding a sweep of another notebook."
     path = out_dir / MANIFEST_FILE
     manifest = _read_json(path, "sweep manifest", "it is rebuilt from this sweep's points") if path.is_file() else None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("notebook"), str) and isinstance(manifest.get("points"), list)):
@@ -471,16 +520,19 @@ def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> None
         raise ValueError(f"out_dir {str(out_dir)!r} holds a sweep of {manifest['notebook']!r}, not of {str(notebook)!r}; "
                          "use another out_dir")
     manifest["points"] = list(dict.fromkeys([*manifest["points"], *identifiers]))
-    _write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+    write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+    return manifest["points"]
 
 
 def _save_table(table:pd.DataFrame, out_dir:Path) -> None:
-    _write_atomic(out_dir / "results.csv", table.to_csv(index=False))
+    "results.csv (formula-like text escaped for spreadsheets) and, with pyarrow, results.parquet (values as they are)."
+    # CRLF rows (RFC 4180): the csv module then quotes every cell holding a CR or LF, so such a cell cannot split its row
+    write_atomic(out_dir / "results.csv", spreadsheet_safe(table).to_csv(index=False, lineterminator="\r\n"))
     try:
         import pyarrow  # noqa: F401 -- Parquet only when pyarrow is installed
     except ImportError:
         return
-    _write_atomic(out_dir / "results.parquet", lambda temporary: table.to_parquet(temporary, index=False))
+    write_atomic(out_dir / "results.parquet", lambda temporary: table.to_parquet(temporary, index=False))
 
 
 class _terminate_as_interrupt:
@@ -575,6 +627,9 @@ def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parame
     duplicates = sorted(identifier for identifier, count in Counter(identifiers).items() if count > 1)
     if duplicates:
         raise ValueError(f"the grid has repeated points: {[points[identifiers.index(d)] for d in duplicates]}")
+    if scheduler == "serial" and n_workers not in (None, 0):
+        raise ValueError(f"n_workers={n_workers!r} has no effect with scheduler='serial' (the points run one at a time in this "
+                         f"process); leave n_workers out, or leave scheduler out for a LocalCluster of {n_workers} workers")
     if scheduler == "serial" or n_workers == 0:
         if scheduler not in (None, "serial"):
             raise ValueError(f"n_workers=0 means a serial run but scheduler={scheduler!r} was given; give one of them")
@@ -592,50 +647,56 @@ def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parame
     if serial or scheduler is None: _check_kernel(kernel_name or DEFAULT_KERNEL)   # remote workers are checked by running
     out_dir = Path(out_dir)
     (out_dir / "points").mkdir(parents=True, exist_ok=True)
-    _remove_leftovers()                                          # temp folders of runs killed earlier
-    shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)     # points a killed run was writing: they run again
-    for identifier, point in zip(identifiers, points):
-        point_file = _point_dir(out_dir, identifier) / POINT_FILE
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SweepFileWarning)
-            stored = _read_json(point_file) if point_file.is_file() else None
-        if isinstance(stored, dict) and "parameters" in stored and stored["parameters"] != point:
-            raise RuntimeError(f"point folder {str(point_file.parent)!r} holds other parameters (hash collision?)")
-    _update_manifest(out_dir, notebook, identifiers)
+    with _locked(out_dir):                                       # one sweep at a time in a folder: staging and tables are shared
+        _remove_leftovers()                                          # temp folders of runs killed earlier
+        shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)     # points a killed run was writing: they run again
+        for identifier, point in zip(identifiers, points):
+            point_file = _point_dir(out_dir, identifier) / POINT_FILE
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SweepFileWarning)
+                stored = _read_json(point_file) if point_file.is_file() else None
+            if isinstance(stored, dict) and "parameters" in stored and stored["parameters"] != point:
+                raise RuntimeError(f"point folder {str(point_file.parent)!r} holds other parameters (hash collision?)")
+        folder_points = _update_manifest(out_dir, notebook, identifiers)   # every point of the folder: results.csv lists them all
 
-    notebook_text = notebook.read_text(encoding="utf-8")
-    tasks = [{"point_id": identifier, "parameters": point, "notebook_text": notebook_text,
-              "notebook_name": notebook.name, "notebook_dir": str(notebook.parent),
-              "kernel_name": kernel_name, "env": ONE_THREAD_ENV}
-             for identifier, point in zip(identifiers, points) if not _finished(out_dir, identifier)]
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(points), initial=len(points) - len(tasks), desc=f"sweep {notebook.stem}", unit="point",
-               disable=not progress)
-    failures, unwritten = 0, {}
-    def on_record(task, record):
-        nonlocal failures
-        try: _store_record(out_dir, task, record, notebook)
-        except OSError as error:                           # a full disk: this point is lost, the others go on
-            unwritten[task["point_id"]] = (task, error)
-            _store_failure(out_dir, task, notebook, error)
-            record = {"status": "failed"}
-        failures += record["status"] != "ok"
-        if failures: bar.set_postfix(failed=failures, refresh=False)
-        bar.update(1)
-    try:
-        with _terminate_as_interrupt():                    # `kill` cleans up like Ctrl-C: temp folders, kernels
-            if tasks and serial: _run_serial(tasks, on_record)
-            elif tasks: _run_on_dask(tasks, on_record, scheduler, min(n_workers or _default_workers(), len(tasks)))
-    finally:
-        bar.close()
-    table = _points_table(out_dir, identifiers, missing=unwritten)
-    try: _save_table(table, out_dir)
-    except OSError as error: warnings.warn(f"the results table could not be saved in {str(out_dir)!r}: {error}", stacklevel=2)
-    if unwritten:
-        lines = [f"{i} {canonical_json(task['parameters'])}: {error}" for i, (task, error) in unwritten.items()]
-        warnings.warn(f"{len(unwritten)} of {len(points)} points could not be written and are missing (run the sweep again "
-                      "once the cause is fixed; finished points are kept):\n  " + "\n  ".join(lines), stacklevel=2)
-    return table
+        notebook_text = notebook.read_text(encoding="utf-8")
+        tasks = [{"point_id": identifier, "parameters": point, "notebook_text": notebook_text,
+                  "notebook_name": notebook.name, "notebook_dir": str(notebook.parent),
+                  "kernel_name": kernel_name, "env": ONE_THREAD_ENV}
+                 for identifier, point in zip(identifiers, points) if not _finished(out_dir, identifier)]
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(points), initial=len(points) - len(tasks), desc=f"sweep {notebook.stem}", unit="point",
+                   disable=not progress)
+        failures, unwritten = 0, {}
+        def on_record(task, record):
+            nonlocal failures
+            try: _store_record(out_dir, task, record, notebook)
+            except OSError as error:                           # a full disk: this point is lost, the others go on
+                unwritten[task["point_id"]] = (task, error)
+                _store_failure(out_dir, task, notebook, error)
+                record = {"status": "failed"}
+            failures += record["status"] != "ok"
+            if failures: bar.set_postfix(failed=failures, refresh=False)
+            bar.update(1)
+        try:
+            with _terminate_as_interrupt():                    # `kill` cleans up like Ctrl-C: temp folders, kernels
+                if tasks and serial: _run_serial(tasks, on_record)
+                elif tasks: _run_on_dask(tasks, on_record, scheduler, min(n_workers or _default_workers(), len(tasks)))
+        finally:
+            bar.close()
+        table = _points_table(out_dir, identifiers, missing=unwritten)
+        try: _save_table(table if folder_points == identifiers else _points_table(out_dir, folder_points, missing=unwritten), out_dir)
+        except OSError as error:                                 # the previous results.csv stays whole (written atomically)
+            table.attrs["table_not_saved"] = {"errno": error.errno, "message": str(error)}
+            warnings.warn(f"the results table could not be saved in {str(out_dir)!r} ({error}); the previous one, if any, is "
+                          "kept; load_results rebuilds it from the point folders", SweepWriteWarning, stacklevel=2)
+        if unwritten:
+            table.attrs["unwritten"] = {i: {"errno": getattr(error, "errno", None), "message": str(error)}
+                                        for i, (task, error) in unwritten.items()}
+            lines = [f"{i} {canonical_json(task['parameters'])}: {error}" for i, (task, error) in unwritten.items()]
+            warnings.warn(f"{len(unwritten)} of {len(points)} points could not be written and are missing (run the sweep again "
+                          "once the cause is fixed; finished points are kept):\n  " + "\n  ".join(lines), SweepWriteWarning, stacklevel=2)
+        return table
 
 # %% ../nbs/50_sweep.ipynb #adf388c7
 def load_results(out_dir:str|Path, # a sweep folder written by `run_sweep`

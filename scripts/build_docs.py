@@ -5,7 +5,10 @@ With Quarto on the PATH (or in `.venv/bin`, e.g. from `pip install -e ".[docs]"`
 symbol, hidden cells and directives removed) and nbconvert renders each processed notebook, with its committed
 outputs (figures embedded as PNG, tables as HTML) — notebooks committed without outputs are executed first, cells
 flagged `notest`/`slow` skipped — to one static HTML page; `index.html` comes from `nbs/index.ipynb`
-and every page carries a sidebar of all chapters. Nothing is fetched from the network.
+and every page carries a sidebar of all chapters. Nothing is fetched from the network. A page has no kernel, so a
+widget is shown as the notebook left it: its controls' values, then the figures and tables its Output widgets hold
+(from the widget state saved with the notebook). show_doc's `[source]` links (they need a git host) are dropped, and
+long code lines wrap. pyproject.toml is left as it was (content and modification time).
 
     python scripts/build_docs.py [--out _docs] [--engine auto|quarto|nbconvert]
 """
@@ -83,6 +86,10 @@ body { margin: 0; }
 #cs-content { margin-left: 17rem; max-width: 62rem; padding: 1rem 1.5rem; }
 #cs-content h1.cs-title { margin-bottom: 0.2rem; }
 #cs-content p.cs-summary { font-size: 1.1rem; color: #555; margin-top: 0; }
+#cs-content p.cs-widget-note { color: #555; font-size: 0.9rem; margin: 0.2rem 0; }
+/* long lines wrap instead of running under the page's edge: code, printed output, API signatures */
+#cs-content pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+#cs-content .jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
 </style>
 """
 
@@ -93,6 +100,60 @@ def _sidebar(pages, current):
     return f'<nav id="cs-sidebar"><a href="index.html"><b>crosssim_nb</b></a><hr>{links}</nav>'
 
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_SOURCE_LINK = re.compile(r'\[source\]\([^)]*\)\{target="_blank"[^}]*\}\s*')
+
+
+def _without_source_links(markdown: str) -> str:
+    "show_doc's `[source](URL){target=...}` line (Quarto link attributes; the URL needs a git host) removed."
+    return _SOURCE_LINK.sub("", markdown)
+
+
+def _widget_as_static(model_id: str, state: dict) -> list:
+    """The outputs that stand for a widget on a page without a kernel: its controls' values as a line of text, its HTML
+    parts, and the figures and tables its Output widgets hold, from the widget state saved with the notebook."""
+    controls, outputs, seen = [], [], set()
+    def visit(ref):
+        key = ref[len("IPY_MODEL_"):] if isinstance(ref, str) and ref.startswith("IPY_MODEL_") else ref
+        if key in seen or key not in state: return
+        seen.add(key)
+        model = state[key].get("state", {})
+        name = state[key].get("model_name", "")
+        if name == "OutputModel": outputs.extend(model.get("outputs", []))
+        elif name == "HTMLModel" and model.get("value"):
+            outputs.append({"output_type": "display_data", "metadata": {}, "data": {"text/html": model["value"]}})
+        elif "_options_labels" in model and model.get("index") is not None:
+            controls.append(f"{model.get('description') or 'value'}: {model['_options_labels'][model['index']]}")
+        elif name in ("TextModel", "IntTextModel", "FloatTextModel", "BoundedIntTextModel", "BoundedFloatTextModel",
+                      "IntSliderModel", "FloatSliderModel", "FloatLogSliderModel", "CheckboxModel"):
+            controls.append(f"{model.get('description') or 'value'}: {model.get('value')}")
+        for child in model.get("children", []): visit(child)
+    visit(model_id)
+    line = html.escape(" · ".join(controls))
+    note = ('<p class="cs-widget-note"><i>An interactive widget in Jupyter, shown here as the notebook left it'
+            + (f" ({line})" if line else "") + ".</i></p>")
+    return [{"output_type": "display_data", "metadata": {}, "data": {"text/html": note}}] + outputs
+
+
+def _static_outputs(outputs: list, state: dict) -> list:
+    "Cell outputs fit for a static page: widgets replaced by what they show, show_doc's source links removed."
+    static = []
+    for output in outputs:
+        data = output.get("data", {})
+        if _WIDGET_VIEW in data:
+            model_id = data[_WIDGET_VIEW].get("model_id")
+            static.extend(_widget_as_static(model_id, state) if model_id in state else
+                          [{"output_type": "display_data", "metadata": {},
+                            "data": {"text/html": '<p class="cs-widget-note"><i>An interactive widget: run the notebook in Jupyter to use it.</i></p>'}}])
+            continue
+        if "text/markdown" in data:
+            text = data["text/markdown"]
+            text = "".join(text) if isinstance(text, list) else text
+            output = dict(output, data=dict(data, **{"text/markdown": _without_source_links(text)}))
+        static.append(output)
+    return static
+
+
 _CELL_KEYS = {"markdown": {"cell_type", "id", "metadata", "source", "attachments"},
               "raw": {"cell_type", "id", "metadata", "source", "attachments"},
               "code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"}}
@@ -101,6 +162,8 @@ _CELL_KEYS = {"markdown": {"cell_type", "id", "metadata", "source", "attachments
 def _clean(nb):
     "A valid nbformat notebook: nbdev's bookkeeping keys dropped, `#|` directives out of the source, `echo: false` inputs hidden."
     import nbformat
+    widgets = (nb.get("metadata", {}).get("widgets") or {}).get("application/vnd.jupyter.widget-state+json") or {}
+    state = widgets.get("state") or {}
     cells = []
     for cell in nb.cells:
         kept = {k: v for k, v in dict(cell).items() if k in _CELL_KEYS[cell["cell_type"]]}
@@ -112,6 +175,7 @@ def _clean(nb):
             kept["source"] = "\n".join(l for l in lines if not l.startswith("#|")).strip("\n")
             if any(re.match(r"#\|\s*echo:\s*false", l) for l in directives): kept["metadata"]["tags"] = ["remove_input"]
             kept.setdefault("outputs", []); kept.setdefault("execution_count", None)
+            kept["outputs"] = _static_outputs(kept["outputs"], state)
             if not kept["source"] and not kept["outputs"]: continue
         cells.append(kept)
     return nbformat.from_dict({"cells": cells, "metadata": {"language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5})
@@ -184,7 +248,11 @@ def main(argv=None):
     if engine == "quarto" and not quarto_path():
         parser.error("--engine quarto: no quarto executable (pip install -e '.[docs]' needs the internet; or use --engine nbconvert)")
     if engine == "nbconvert" and out.exists(): shutil.rmtree(out)
-    pages = build_quarto(out) if engine == "quarto" else build_nbconvert(out, execute=not args.no_execute)
+    pyproject = ROOT / "pyproject.toml"
+    kept = pyproject.read_bytes(), pyproject.stat().st_mtime_ns
+    try: pages = build_quarto(out) if engine == "quarto" else build_nbconvert(out, execute=not args.no_execute)
+    finally:    # nbdev rewrites pyproject.toml unless `update_pyproject = false`; setup.sh reinstalls when it looks newer
+        if pyproject.read_bytes() == kept[0] and pyproject.stat().st_mtime_ns != kept[1]: os.utime(pyproject, ns=(kept[1], kept[1]))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"[docs] {engine}: {len(pages)} pages, {size / 1e6:.1f} MB in {out}")
 

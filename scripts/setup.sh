@@ -17,4 +17,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# JupyterLab cleans a notebook as it saves it, as nbdev-clean does (git then sees no metadata-only changes)
+mkdir -p .venv/etc/jupyter
+cmp -s scripts/jupyter_server_config.py .venv/etc/jupyter/jupyter_server_config.py \
+  || cp scripts/jupyter_server_config.py .venv/etc/jupyter/jupyter_server_config.py
 bash scripts/get_data.sh

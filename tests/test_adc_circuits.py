@@ -7,8 +7,13 @@ from crosssim_nb import AnalogCore, InferenceConfig
 from crosssim_nb.adc import digitize
 from crosssim_nb.adc_circuits import (CircuitADCGrid, adc_characteristics, circuit_levels, column_adcs, draw_transfers,
                                       ideal_circuit_codes, pipeline_convert)
+from crosssim_nb.config import CIRCUIT_ADC_FIELDS
 
 TYPES = ["ramp", "sar", "pipeline", "cyclic"]
+
+def used_by(kind, **settings):
+    "The circuit settings that ADC type `kind` uses (a setting it ignores must keep its default)."
+    return {k: v for k, v in settings.items() if k not in CIRCUIT_ADC_FIELDS or kind in CIRCUIT_ADC_FIELDS[k]}
 
 def ideal_reference(x, vref, bits):
     "Independent closed form (sheet §5.3): 2^N mid-rise levels on ±Vref, a tie goes to the lower code."
@@ -26,7 +31,7 @@ def tile_grid(config, columns, limits=(-4.0, 4.0), seed=0):
 @pytest.mark.parametrize("kind", TYPES)
 @pytest.mark.parametrize("bits", [1, 3, 8])
 def test_error_free_circuit_adc_is_its_ideal_transfer_not_the_quantiser(kind, bits):
-    config = InferenceConfig(adc_bits=bits, adc_type=kind, gain_db=0, split_cdac=bits >= 2, group_size=3)
+    config = InferenceConfig(adc_bits=bits, adc_type=kind, **used_by(kind, gain_db=0, split_cdac=bits >= 2, group_size=3))
     rng = np.random.default_rng(bits)
     ties = np.linspace(-4, 4, 2 ** bits + 1)                            # every exact threshold (Vref = 4)
     x = np.concatenate([ties, rng.uniform(-5, 5, 3000), [0.0]]).astype(np.float32)
@@ -54,7 +59,7 @@ def dnl_from_codes(codes, bits, sweep_step_lsb):
 def test_comparator_offset_inl_matches_analytic(kind):
     "A comparator offset o (fraction of Vref) shifts every transition by -o: INL = -o·2^(N-1) LSB, std σ·2^(N-1)."
     bits, sigma, count = 6, 0.01, 1500
-    config = InferenceConfig(adc_bits=bits, adc_type=kind, gain_db=0, sigma_comparator=sigma, group_size=1)
+    config = InferenceConfig(adc_bits=bits, adc_type=kind, **used_by(kind, gain_db=0, sigma_comparator=sigma, group_size=1))
     transfers = draw_transfers(config, count, np.random.default_rng(0))
     inl = np.array([adc_characteristics(t, bits)["inl"] for t in transfers])
     dnl = np.array([adc_characteristics(t, bits)["dnl"] for t in transfers])
@@ -90,7 +95,7 @@ def test_capacitor_mismatch_dnl_statistics_match_a_per_conversion_reference():
             code += 2 ** (bits - i) * (sweep > thresholds[code + 2 ** (bits - i)])
         sar_ref.append(dnl_from_codes(code, bits, step_lsb))
     for kind, reference in (("ramp", ramp_ref), ("sar", sar_ref)):
-        config = InferenceConfig(adc_bits=bits, adc_type=kind, gain_db=0, sigma_capacitor=sigma, split_cdac=False, group_size=1)
+        config = InferenceConfig(adc_bits=bits, adc_type=kind, **used_by(kind, gain_db=0, sigma_capacitor=sigma, split_cdac=False, group_size=1))
         if kind == "ramp":   # one CDAC per array: draw many arrays of one column each
             transfers = [draw_transfers(config, 1, np.random.default_rng(seed))[0] for seed in range(count)]
         else: transfers = draw_transfers(config, count, np.random.default_rng(1))
@@ -137,7 +142,7 @@ def test_pipeline_lookup_equals_direct_conversion_with_all_errors():
 
 @pytest.mark.parametrize("kind", TYPES)
 def test_group_size_columns_share_one_transfer(kind):
-    config = InferenceConfig(adc_bits=6, adc_type=kind, sigma_comparator=0.05, sigma_capacitor=0.05, sigma_c1=0.05, group_size=4)
+    config = InferenceConfig(adc_bits=6, adc_type=kind, **used_by(kind, sigma_comparator=0.05, sigma_capacitor=0.05, sigma_c1=0.05, group_size=4))
     grid = tile_grid(config, 10)
     x = np.random.default_rng(0).uniform(-4, 4, 3000).astype(np.float32)
     out = grid.digitize(np.tile(x[:, None], (1, 10))[None, :, None, :].copy(), "difference")[0, :, 0, :]
@@ -202,7 +207,7 @@ def test_calibration_works_unchanged_with_every_adc_type():
     exact = model.predict(images[40:], verbose=0)
     errors = {}
     for kind in ["quantizer"] + TYPES:
-        config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_type=kind, adc_range_option="MAX", sigma_comparator=0.002)
+        config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_type=kind, adc_range_option="MAX", **used_by(kind, sigma_comparator=0.002))
         net = AnalogNetwork.from_keras(model, config, calibration_data=images[:40], input_nonnegative=True)
         calibration = calibrate_adc(net, images[:40])
         calibrated = AnalogNetwork.from_keras(model, config.replace(adc_range_option="CALIBRATED"), input_nonnegative=True,
@@ -245,3 +250,54 @@ def test_bias_bits_adc_is_the_adcs_own_step(kind):
     quantized = float(core._quantized_bias()[0])
     assert abs(quantized / spacing - round(quantized / spacing)) < 1e-4      # a whole number of output steps
     assert abs(quantized - bias[0]) <= spacing / 2 + 1e-6
+
+
+def test_identical_adcs_share_one_table_row():
+    """16-bit error-free ADCs with group_size=1 on a 256x256 layer of 32-row tiles (was > 120 s and 4.7 GB): every ADC is
+    the same circuit, so each tile's table holds one transfer; the tables' memory stays far below one 16-bit table per ADC."""
+    import tracemalloc
+    W = np.random.default_rng(30).normal(size=(256, 256))
+    x = np.random.default_rng(31).uniform(-1, 1, (4, 256))
+    config = InferenceConfig(adc_bits=16, adc_type="sar", group_size=1, adc_range_option="MAX", nrows_max=32)
+    tracemalloc.start()
+    core = AnalogCore(W, config, name="wide")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(core._tile_grids) == 8
+    for grid in core._tile_grids:
+        assert grid.table.n_adcs == 1 and len(grid.transfers) == 256     # 256 ADCs, one table row
+    assert peak < 100e6, peak                  # one table per ADC: 2048 x 2^16 codes x >= 16 bytes = 2.1 GB
+    # a ramp with capacitor errors only: one CDAC per array, every comparator offset 0, so one row per array
+    ramp = AnalogCore(W[:16, :32], InferenceConfig(adc_bits=6, adc_type="ramp", adc_range_option="MAX", sigma_capacitor=0.05,
+                                                   subtract_current_in_xbar=False), name="r")
+    grid = ramp._tile_grids[0]
+    assert len(ramp._adc_arrays()[0]) == 2 and grid.table.n_adcs == 2 and len(grid.transfers) == 32
+    assert {id(t) for t in grid.transfers[:16]} != {id(t) for t in grid.transfers[16:]}   # G+ and G- arrays: own CDACs
+
+
+@pytest.mark.parametrize("kind, settings", [("sar", dict(sigma_capacitor=0.01, sigma_comparator=0.01, group_size=1)),
+                                             ("pipeline", dict(sigma_c1=0.01, sigma_comparator=0.01, group_size=1))])
+def test_table_memory_within_its_estimate(kind, settings):
+    "The bytes estimated up front bound the measured peak of drawing and packing 64 distinct 12-bit ADCs."
+    import tracemalloc
+    from crosssim_nb.adc_circuits import circuit_adc_bytes
+    config = InferenceConfig(adc_bits=12, adc_type=kind, adc_range_option="MAX", **settings)
+    W = np.random.default_rng(32).normal(size=(64, 64))
+    tracemalloc.start()
+    core = AnalogCore(W, config, name="est")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert core._tile_grids[0].table.n_adcs == 64
+    estimate = circuit_adc_bytes(config, core._adc_arrays()[0], 1)
+    assert estimate == (64 + 4) * 4096 * 96 + (32 << 20)
+    assert peak <= estimate, (peak, estimate)
+
+
+def test_tables_past_the_budget_are_refused_up_front():
+    "2048 distinct 16-bit ADCs (~13 GB of tables) are refused before any is drawn, naming the settings that set the size."
+    W = np.random.default_rng(33).normal(size=(256, 256))
+    config = InferenceConfig(adc_bits=16, adc_type="sar", group_size=1, adc_range_option="MAX", nrows_max=32,
+                             sigma_capacitor=0.01, sigma_comparator=0.01)
+    with pytest.raises(ValueError, match=r"AnalogCore 'big': the sar ADCs of this layer need about 12.9 GB of lookup tables "
+                                         r"\(2048 ADCs .*adc_bits=16, group_size=1, 8 row tiles\).*fewer adc_bits, a larger group_size"):
+        AnalogCore(W, config, name="big")

@@ -133,3 +133,86 @@ def test_widgets_headless(small_network):
     figure = plot_adc_histogram(profile, "out", calibration)
     assert "clipped" in figure.axes[0].get_title()
     with pytest.raises(ValueError, match="no profile for 'nope'"): plot_adc_histogram(profile, "nope")
+
+
+# ---------------------------------------------------------------- limits files record what the ADC inputs depend on
+@pytest.fixture(scope="module")
+def saved_limits(small_network, tmp_path_factory):
+    "A calibration of the small network made on ideal arrays (no wires, linear cells, no device errors), saved as JSON."
+    model, images = small_network
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="MAX")
+    net = AnalogNetwork.from_keras(model, config, calibration_data=images[:60], input_nonnegative=True)
+    path = calibrate_adc(net, images[:60]).save(tmp_path_factory.mktemp("limits") / "limits.json")
+    return model, images, config.replace(adc_range_option="CALIBRATED"), path
+
+CHANGES = [dict(rp_row=50.0), dict(rp_col=5.0), dict(rp_row_terminal=100.0), dict(rp_col_terminal=100.0),
+           dict(nonlinear_iv="Cubic"), dict(vread=0.2), dict(icol_max=3.0), dict(icol_max_amps=1e-5), dict(clip_conductance=True),
+           dict(interleaved_posneg=True), dict(error_model="generic", alpha_error=0.02, error_dependence="independent"),
+           dict(noise_model="generic", alpha_noise=0.02, noise_distribution="uniform"), dict(drift_model="PCMLike", t_drift=1.0),
+           dict(rp_row=1.0, current_from_input=False, input_bitslicing=True, selected_rows="bottom")]
+
+@pytest.mark.parametrize("change", CHANGES, ids=["-".join(c) for c in CHANGES])
+def test_limits_for_other_circuits_or_devices_are_refused_naming_each_setting(saved_limits, change):
+    "Limits calibrated on ideal arrays do not load for wires, I-V laws, current limits or device effects: each setting named."
+    from crosssim_nb.calibration import CalibrationFileError
+    model, images, config, path = saved_limits
+    with pytest.raises(CalibrationFileError) as info:
+        AnalogNetwork.from_keras(model, config.replace(**change), adc_limits=path, input_nonnegative=True)
+    default = InferenceConfig().to_dict()
+    for key in change:
+        assert f"{key}: limits made for {default[key]!r}, config has" in str(info.value), key
+    AnalogNetwork.from_keras(model, config, adc_limits=path, input_nonnegative=True)     # the settings it was made for: fine
+
+def test_version_1_files_load_with_the_defaults_assumed_and_said(saved_limits, tmp_path):
+    "A version-1 file recorded no circuit or device settings: it loads for the defaults; for others the error says so."
+    import json
+    from crosssim_nb.calibration import CalibrationFileError, _RANGE_SETTINGS_V1
+    model, images, config, path = saved_limits
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and "rp_row" in data["settings"] and "conv_row_order" in data["settings"]
+    data["version"], data["settings"] = 1, {k: v for k, v in data["settings"].items() if k in _RANGE_SETTINGS_V1}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    AnalogNetwork.from_keras(model, config, adc_limits=old, input_nonnegative=True)    # (no tiled convolution: row order moot)
+    with pytest.raises(CalibrationFileError, match=r"rp_row: limits made for 0.0 \(not recorded by this older file: its default "
+                                                   r"assumed\), config has 50.0"):
+        AnalogNetwork.from_keras(model, config.replace(rp_row=50.0), adc_limits=old, input_nonnegative=True)
+
+def test_limits_record_the_row_order_where_it_matters(tmp_path):
+    "A tiled convolution's limits belong to its row order; version-1 files were made in the imported (kh, kw, cin) order."
+    import json
+    from crosssim_nb.calibration import CalibrationFileError, _RANGE_SETTINGS_V1
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((6, 6, 8)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.Flatten(),
+                              keras.layers.Dense(3, name="out")])
+    images = np.random.default_rng(4).random((30, 6, 6, 8)).astype(np.float32)
+    config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=6, adc_range_option="MAX", nrows_max=32)    # 72 rows: 3 arrays
+    net = AnalogNetwork.from_keras(model, config, calibration_data=images, input_nonnegative=True)
+    path = calibrate_adc(net, images).save(tmp_path / "limits.json")
+    calibrated = config.replace(adc_range_option="CALIBRATED")
+    AnalogNetwork.from_keras(model, calibrated, adc_limits=path, input_nonnegative=True)
+    with pytest.raises(CalibrationFileError, match="conv_row_order: limits made for 'channel_first', config has 'channel_last'"):
+        AnalogNetwork.from_keras(model, calibrated.replace(conv_row_order="channel_last"), adc_limits=path, input_nonnegative=True)
+    data = json.loads(path.read_text())
+    data["version"], data["settings"] = 1, {k: v for k, v in data["settings"].items() if k in _RANGE_SETTINGS_V1}
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationFileError, match="conv_row_order: limits made for 'channel_last' \\(not recorded"):
+        AnalogNetwork.from_keras(model, calibrated, adc_limits=tmp_path / "old.json", input_nonnegative=True)
+
+def test_a_failed_save_leaves_the_existing_limits_file_whole(saved_limits, tmp_path, monkeypatch):
+    "A full disk while saving: the previous file is untouched and no temporary file is left (written atomically)."
+    import errno, pathlib, shutil
+    model, images, config, path = saved_limits
+    target = tmp_path / "limits.json"
+    shutil.copy(path, target)
+    before = target.read_bytes()
+    calibration = Calibration.load(target)
+    calibration.adc_limits = {k: [[-1.0, 1.0]] for k in calibration.adc_limits}
+    real = pathlib.Path.write_text
+    def full_disk(self, text, *args, **kwargs):
+        real(self, text[:len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"): calibration.save(target)
+    monkeypatch.undo()
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["limits.json"]

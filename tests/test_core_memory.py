@@ -105,3 +105,73 @@ def test_numba_is_loaded_only_with_draws():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "quiet False" in done.stdout and "noisy True" in done.stdout, done.stdout
+
+
+SLICED = {   # the slice-by-slice programming path (issue 29 item 6): every mapping, tiling, noise layout and device model
+    "balanced-difference": dict(weight_bits=8, nslices=3, error_model="generic", alpha_error=0.05, nrows_max=7, ncols_max=5),
+    "balanced-pair-noise": dict(weight_bits=8, nslices=2, error_model="generic", alpha_error=0.05, error_dependence="proportional",
+                                subtract_current_in_xbar=False, noise_model="generic", alpha_noise=0.02, noise_dependence="proportional"),
+    "difference-noise-uniform": dict(weight_bits=7, nslices=6, error_model="generic", alpha_error=0.05, error_distribution="uniform",
+                                     noise_model="generic", alpha_noise=0.03, nrows_max=16),
+    "pair-exact-noise": dict(weight_bits=8, nslices=2, error_model="generic", alpha_error=0.05, noise_model="generic", alpha_noise=0.03,
+                             read_noise_method="exact"),
+    "offset-unit-columns": dict(weight_bits=6, style="OFFSET", nslices=3, digital_offset=False, error_model="generic",
+                                alpha_error=0.03, noise_model="generic", alpha_noise=0.01, nrows_max=16, ncols_max=10),
+    "offset-digital": dict(weight_bits=8, style="OFFSET", nslices=4, error_model="generic", alpha_error=0.03),
+}
+
+
+def _with_devices():
+    from crosssim_nb.device_models import DEVICE_PRESETS, device_config
+    return {f"device-{name}": device_config(name, InferenceConfig(weight_bits=8, nslices=2, nrows_max=16)) for name in DEVICE_PRESETS}
+
+
+@pytest.mark.parametrize("name", list(SLICED) + list(_with_devices()))
+def test_slice_by_slice_programming_equals_the_whole_array(name, monkeypatch):
+    "One slice, part and row block at a time gives the read matrices, spreads, unit columns and outputs of one whole-array programming, bit for bit."
+    import crosssim_nb.core as core_module
+    config = _with_devices()[name] if name.startswith("device-") else InferenceConfig(**SLICED[name])
+    matrix = np.random.default_rng(40).normal(size=(23, 41)).astype(np.float32)
+    x = np.random.default_rng(41).uniform(-1, 1, size=(5, 41)).astype(np.float32)
+    monkeypatch.setattr(core_module, "_SLICE_BLOCK", 64)                    # a few rows per block
+    sliced = AnalogCore(matrix, config, bias=np.linspace(-1, 1, 23), name="s").program(2)
+    assert sliced._programs_by_slices()
+    monkeypatch.setattr(AnalogCore, "_programs_by_slices", lambda self: False)
+    whole = AnalogCore(matrix, config, bias=np.linspace(-1, 1, 23), name="s").program(2)
+    for a, b in zip(sliced._tiles, whole._tiles):
+        np.testing.assert_array_equal(a["matrix"], b["matrix"])
+        assert (a["spread"] is None) == (b["spread"] is None)
+        if a["spread"] is not None: np.testing.assert_array_equal(a["spread"], b["spread"])
+    if whole.reference is not None: np.testing.assert_array_equal(sliced.reference, whole.reference)
+    np.testing.assert_array_equal(sliced.apply(x), whole.apply(x))
+
+
+@pytest.mark.parametrize("settings", [dict(weight_bits=24, style="OFFSET", nslices=24),
+                                      dict(weight_bits=24, nslices=23, adc_bits=8, adc_range_option="MAX"),
+                                      dict(weight_bits=24, style="OFFSET", nslices=24, digital_offset=False, adc_bits=8, adc_range_option="MAX", nrows_max=300)])
+def test_many_weight_slices_stay_within_40x_the_matrix(settings):
+    """23-24 weight slices with programming errors (was 366x the matrix's float32 bytes: 3.3 GB for a 9 MB matrix):
+    the peak of programming and one read stays within 40x, and within the core's own estimate made before programming."""
+    import tracemalloc
+    matrix = np.random.default_rng(42).normal(size=(700, 700)).astype(np.float32)
+    x = np.random.default_rng(43).uniform(-1, 1, (16, 700)).astype(np.float32)
+    config = InferenceConfig(error_model="generic", alpha_error=0.01, **settings)
+    tracemalloc.start()
+    core = AnalogCore(matrix, config, name="sliced")
+    core.apply(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= 40 * matrix.nbytes, peak / matrix.nbytes
+    assert peak <= core.memory_estimate(), (peak, core.memory_estimate())
+
+
+def test_a_layer_that_cannot_fit_is_refused_with_the_number(monkeypatch):
+    "A core whose estimate exceeds the available memory is refused before programming, naming the bytes and the settings."
+    import crosssim_nb.core as core_module
+    config = InferenceConfig(weight_bits=24, nslices=23, error_model="generic", alpha_error=0.01)
+    matrix = np.zeros((3000, 3000), dtype=np.float32)
+    estimate = 3000 * 3000 * 23 * 4 + 3000 * 3000 * 20 + 8 * (1 << 18) * 8 + 16 * (1 << 23)   # read matrix + one slice part + buffers
+    monkeypatch.setattr(core_module, "available_memory", lambda: 500 << 20)
+    with pytest.raises(ValueError, match=rf"AnalogCore 'huge': programming and holding this 3000x3000 layer needs about "
+                                         rf"{estimate / 1e9:.3g} GB \(nslices=23 weight slices\), more than the 0.524 GB"):
+        AnalogCore(matrix, config, name="huge")

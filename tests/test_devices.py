@@ -3,6 +3,7 @@ semantics, model mixing, the table model's CSV round trip and drift compensation
 
 References are the sheets' own formulas and printed test values, written out here independently of the library."""
 import math, warnings
+from pathlib import Path
 import numpy as np
 import pytest
 from crosssim_nb import InferenceConfig
@@ -224,9 +225,10 @@ def test_t_drift_semantics():
     base = SONOS_CFG.replace(noise_model="none")
     at_zero = program_levels(base.replace(drift_model="SONOS", t_drift=0.0), levels)
     assert np.array_equal(at_zero, program_levels(base, levels))                    # t = 0: the programming-error model
-    # t > 0 with a CrossSim drift model: it replaces the programming error, whatever that is
-    huge = base.replace(error_model="generic", alpha_error=0.5, error_dependence="independent", drift_model="SONOS", t_drift=1.0)
-    drifted = program_levels(huge, levels) * IMAX
+    # t > 0 with a CrossSim drift model: it replaces the programming error, so another error model is refused by name
+    with pytest.raises(ValueError, match="error_model='generic' has no effect at t_drift=1: drift_model='SONOS' replaces"):
+        base.replace(error_model="generic", alpha_error=0.5, error_dependence="independent", drift_model="SONOS", t_drift=1.0)
+    drifted = program_levels(base.replace(drift_model="SONOS", t_drift=1.0), levels) * IMAX
     check_stats(drifted, 500 - 0.174337, 25.59102 * (1 - np.exp(-(500 - 0.174337) / 186.85544)), "drift replaces programming")
     # drift_model left at 'none': the programming-error model's own drift applies
     assert np.array_equal(program_levels(base.replace(t_drift=1.0), levels, seed=3),
@@ -334,3 +336,104 @@ def test_cli_runs_a_measured_device():
     assert "error_model=SONOS" in result.stdout and "t_drift=1.0" in result.stdout
     bad = subprocess.run(command[:-4], capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert bad.returncode != 0 and "exceeds the measured 3200 nA" in bad.stderr
+
+# ---------------------------------------------------------------- integrity: settings a model ignores, times outside its data
+from crosssim_nb.device_models import ReRamCMO, SONOS, SONOS_MAX_DAYS
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(rmin=35e3, vread=0.06, error_model="generic", alpha_error=0.02, drift_model="SONOS", t_drift=1.0),
+     "error_model='generic' has no effect at t_drift=1: drift_model='SONOS' replaces the programming error"),
+    (dict(rmin=40e3, error_model="PCMJoshi", drift_model="ReRamWan2022", t_drift=1.0),
+     "error_model='PCMJoshi' has no effect at t_drift=1: drift_model='ReRamWan2022' replaces"),
+    (dict(rmin=35e3, vread=0.06, error_model="SONOS", alpha_error=2.0, drift_model="SONOS", t_drift=1.0),
+     "alpha_error=2 has no effect at t_drift=1: SONOS's drift replaces the programming error it scales"),
+    (dict(rmin=35e3, vread=0.06, error_model="SONOS", alpha_error=2.0, t_drift=0.5),     # the error model's own drift
+     "alpha_error=2 has no effect at t_drift=0.5"),
+])
+def test_drift_that_replaces_programming_error_refuses_an_error_setting(changes, message):
+    with pytest.raises(ValueError) as info: InferenceConfig(**changes)
+    assert message in str(info.value), str(info.value)
+    InferenceConfig(**{**changes, "t_drift": 0.0})                   # at t = 0 the programming error is what applies
+    InferenceConfig(rmin=40e3, error_model="PCMJoshi", drift_model="PCMLike", t_drift=1.0)   # a drift on top keeps it
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(rmin=40e3, error_model="PCMJoshi", error_dependence="independent"), "error_dependence='independent' (proportional_error=False) applies to the generic model only"),
+    (dict(rmin=40e3, error_model="PCMJoshi", proportional_error=False), "error_dependence='independent'"),
+    (dict(rmin=40e3, error_model="PCMJoshi", error_distribution="uniform"), "error_distribution='uniform' applies to the generic model only"),
+    (dict(rmin=35e3, noise_model="SONOS", noise_dependence="inverse_proportional"), "noise_dependence='inverse_proportional'"),
+    (dict(noise_model="PCMLike", proportional_noise=False), "noise_dependence='independent' (proportional_noise=False)"),
+    (dict(drift_compensation="global"), "drift_compensation='global' has no effect: nothing drifts"),
+    (dict(error_model="generic", alpha_error=0.02, drift_compensation="per_column"), "nothing drifts (drift_model='none', and error_model='generic'"),
+])
+def test_settings_a_named_model_ignores_are_refused(changes, message):
+    with pytest.raises(ValueError) as info: InferenceConfig(**changes)
+    assert message in str(info.value), str(info.value)
+
+def test_drift_compensation_is_allowed_wherever_something_can_drift():
+    InferenceConfig(drift_model="PCMLike", drift_compensation="global")                      # t = 0 in a sweep over time
+    InferenceConfig(rmin=35e3, vread=0.06, error_model="SONOS", drift_compensation="per_column", t_drift=1.0)
+
+CMO = dict(rmin=1e6 / 88.199997, rmax=1e6 / 9.0, infinite_on_off_ratio=False)
+
+@pytest.mark.parametrize("model", ["ReRamCMO", "ReRamCMO2"])
+def test_cmo_drift_before_its_reference_time_is_refused(model):
+    for t_drift in (1e-12, 1e-300, 0.5 / DAY):
+        with pytest.raises(ValueError) as info: InferenceConfig(**CMO, error_model=model, drift_model=model, t_drift=t_drift)
+        assert f"{model} (drift_model): t_drift={t_drift:g} days" in str(info.value) and "reference time, 1 s" in str(info.value)
+    with pytest.raises(ValueError, match="before the model's reference time"):                # its own drift, drift_model unset
+        InferenceConfig(**CMO, error_model=model, t_drift=1e-12)
+    config = InferenceConfig(**CMO, drift_model=model, t_drift=1 / DAY)                         # 1 s: the mean does not move
+    g = np.full(N, 0.5)
+    drifted = program_conductances(g, config, np.random.default_rng(0))
+    check_stats(drifted[None], 0.5, 0.41183342 / 88.199997, "CMO at 1 s")
+
+def test_sonos_drift_is_bounded_in_time():
+    base = dict(rmin=35e3, vread=0.06, error_model="SONOS", drift_model="SONOS")
+    with pytest.raises(ValueError, match="t_drift=1000000.0 is not allowed; allowed: 0..36525 days"): InferenceConfig(**base, t_drift=1e6)
+    for t_drift in (1000.0, SONOS_MAX_DAYS * 1.01):
+        with pytest.raises(ValueError) as info: InferenceConfig(**base, t_drift=t_drift)
+        assert f"SONOS (drift_model): t_drift={t_drift:g} days is beyond 10 days" in str(info.value), str(info.value)
+    config = InferenceConfig(**base, t_drift=SONOS_MAX_DAYS)
+    with pytest.warns(UserWarning, match="linear extrapolation"): program_levels(config, [0.5], n=10)
+
+def test_sonos_sigma_at_tiny_read_currents_does_not_cancel():
+    "σ_I/Imax = A(1 - exp(-Imax·g/B))/Imax → A·g/B as Imax → 0 (1 - exp(-x) rounds to 0 below x ≈ 1e-17)."
+    from types import SimpleNamespace
+    tiny = SimpleNamespace(vread=1e-300, rmin=35e3, alpha_error=0.0, alpha_noise=0.0)   # below the config bound: the formula alone
+    g = np.array([0.25, 1.0])
+    np.testing.assert_allclose(SONOS().programming_std(g, tiny), 19.88665 * g / 176.3115, rtol=1e-12)
+    np.testing.assert_allclose(SONOS().read_std(g, tiny), 12.58037 * g / 215.36557, rtol=1e-12)
+
+def test_table_file_integrity(tmp_path):
+    "Duplicate times, infinite times, conductances outside 0..1 and bad cells: each names the file, the column and the line."
+    cases = [
+        ("conductance,drift_shift_t1,drift_sigma_t1,drift_shift_t1.0,drift_sigma_t1.0\n0,0,0.1,0,0.1\n1,0,0.1,0,0.1\n",
+         "columns 'drift_shift_t1' and 'drift_shift_t1.0' both give the time 1 days"),
+        ("conductance,drift_shift_t1e400,drift_sigma_t1e400\n0,0,0.1\n1,0,0.1\n", "drift times must be finite and > 0 days, got inf"),
+        ("conductance,programming_sigma\n-0.1,0.1\n1,0.1\n", "line 2, column 'conductance': -0.1 is not allowed; allowed: 0..1"),
+        ("conductance,programming_sigma\n0,0.1\n1.5,0.1\n", "line 3, column 'conductance': 1.5 is not allowed; allowed: 0..1"),
+        ("conductance,programming_sigma\n0,0.1\n1,abc\n", "line 3, column 'programming_sigma': 'abc' is not a number"),
+        ("conductance,programming_sigma\n0,0.1\n1,\n", "line 3, column 'programming_sigma': '' is not a number"),
+        ("conductance,programming_sigma\n0,0.1\n1,inf\n", "line 3, column 'programming_sigma': 'inf' is not a finite number"),
+        ("conductance,programming_sigma\n0,0.1\n1,-0.1\n", "line 3, column 'programming_sigma': -0.1 is not allowed; allowed: >= 0"),
+        ("conductance,programming_sigma,programming_sigma\n0,0.1,0.1\n1,0.1,0.1\n", "column 'programming_sigma' appears twice"),
+        ("conductance,programming_sigma\n0,0.1\n1,0.1,0.3\n", "line 3 has 3 cells, the header 2"),
+        ("conductance_uS,programming_sigma\n-1,0.1\n10,0.1\n", "line 2, column 'conductance_uS': -1 is not allowed; allowed: >= 0 µS"),
+    ]
+    for index, (text, message) in enumerate(cases):
+        path = tmp_path / f"table{index}.csv"
+        path.write_text(text)
+        with pytest.raises(ValueError) as info: InferenceConfig(error_model="table", device_table=str(path))
+        assert message in str(info.value) and str(path) in str(info.value), str(info.value)
+
+def test_device_table_write_is_atomic(tmp_path, monkeypatch):
+    path = write_device_table(tmp_path / "mine.csv", [0.0, 1.0], programming_sigma=[0.0, 0.02])
+    before = path.read_text()
+    import pandas as pd
+    def full_disk(self, target, *args, **kwargs):
+        Path(target).write_text("conductance,progr")              # a partial write, then the disk is full
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    with pytest.raises(OSError, match="No space left"): write_device_table(path, [0.0, 1.0], programming_sigma=[0.0, 0.05])
+    monkeypatch.undo()
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]

@@ -64,7 +64,7 @@ def test_adc_calibration_beats_max():
     plain = run_inference("mnist_mlp", "mnist", config, nruns=1, **QUICK)
     calibrated = run_inference("mnist_mlp", "mnist", config, nruns=1, adc_calibration="optimal", calibration_samples=200, **QUICK)
     assert calibrated.mean[0] > plain.mean[0] + 0.3 and calibrated.mean[0] > calibrated.float_accuracy[0] - 0.03
-    assert "optimal calibration" in calibrated.calibration and calibrated.config.adc_range_option == "CALIBRATED"
+    assert "optimal calibration" in calibrated.adc_ranges and calibrated.config.adc_range_option == "CALIBRATED"
 
 def test_interrupt_keeps_finished_runs(monkeypatch):
     calls = {"n": 0}
@@ -113,3 +113,12 @@ def test_unknown_model_and_dataset():
     with pytest.raises(ValueError, match="neither a zoo model"): run_inference("nope", "mnist", ERRORED)
     with pytest.raises(ValueError, match="unknown dataset 'nope'"): run_inference("mnist_mlp", "nope", ERRORED)
     with pytest.raises(TypeError, match="config must be an InferenceConfig"): run_inference("mnist_mlp", "mnist", {})
+
+
+def test_dataset_name_in_any_case():
+    "`run_inference(model, 'MNIST')` reads mnist and reports it under its own name (was: unknown dataset 'MNIST')."
+    from crosssim_nb.inference import resolve_data
+    x, y, name, is_sample = resolve_data("MNIST", None, 5, 0)
+    x_lower, y_lower, _, _ = resolve_data("mnist", None, 5, 0)
+    assert name == "mnist" and not is_sample and np.array_equal(x, x_lower) and np.array_equal(y, y_lower)
+    assert resolve_data("Fashion-MNIST", None, 2, 0)[2] == "fashion_mnist"

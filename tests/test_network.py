@@ -18,7 +18,7 @@ from crosssim_nb.network import AnalogNetwork, CoreEngine, GroupedDepthwise
 from crosssim_nb.convolution import DepthwiseCore, DepthwiseEngine
 from crosssim_nb.core import AnalogCore
 from crosssim_nb.keras_import import depthwise_matrix
-from crosssim_nb.convolution import im2col
+from crosssim_nb.convolution import im2col, conv_row_permutation
 
 IDEAL = InferenceConfig.ideal()
 # the library fast paths (TensorFlow's convolution and pooling kernels) stand in only on Keras' TensorFlow backend
@@ -617,14 +617,19 @@ def test_depthwise_core_equals_dense_block_diagonal_core(settings):
     bias = rng.normal(size=12).astype(np.float32)
     config = InferenceConfig(**{**dict(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX", nrows_max=20), **settings})
     assert DepthwiseCore.exact_for(config)
-    dense = AnalogCore(depthwise_matrix(kernel.reshape(3, 3, 6, 2)), config, bias=bias, input_range=(-2, 2), name="dw")
-    compact = DepthwiseCore(kernel, config, bias=bias, input_range=(-2, 2), name="dw")
-    assert len(compact.row_ranges) == len(dense.row_ranges) == 3 and compact.hw_summary() == dense.hw_summary()
     x = rng.uniform(-2.4, 2.4, size=(2, 7, 7, 6)).astype(np.float32)
-    rows = im2col(x, (3, 3), padding="same")
-    got, expected = compact.apply(rows), dense.apply(rows)
-    close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-    assert close.mean() > 0.99        # the rest: quantised values on an exact ADC rounding tie, summed in another order
+    for order in ("channel_first", "channel_last"):      # tiled rows in CrossSim's (cin, kh, kw) order, or the imported one
+        matrix, rows = depthwise_matrix(kernel.reshape(3, 3, 6, 2)), im2col(x, (3, 3), padding="same")
+        permutation = conv_row_permutation(9, 6, 54 + int(settings.get("digital_bias") is False), config.replace(conv_row_order=order))
+        assert (permutation is None) == (order == "channel_last")
+        if permutation is not None: matrix, rows = matrix[:, permutation], np.ascontiguousarray(rows[:, permutation])
+        dense = AnalogCore(matrix, config.replace(conv_row_order=order), bias=bias, input_range=(-2, 2), name="dw")
+        compact = DepthwiseCore(kernel, config.replace(conv_row_order=order), bias=bias, input_range=(-2, 2), name="dw")
+        assert (compact.row_order is None and permutation is None) or np.array_equal(compact.row_order, permutation)
+        assert len(compact.row_ranges) == len(dense.row_ranges) == 3 and compact.hw_summary() == dense.hw_summary()
+        got, expected = compact.apply(rows), dense.apply(rows)
+        close = np.isclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        assert close.mean() > 0.99, order  # the rest: quantised values on an exact ADC rounding tie, summed in another order
     assert not DepthwiseCore.exact_for(config.replace(error_model="generic", alpha_error=0.01, proportional_error=False))
 
 

@@ -266,11 +266,11 @@ def test_separate_source_read_noise_per_read(interleaved):
     rng = np.random.default_rng(13)
     W = rng.normal(size=(5, 24))
     x = np.repeat(rng.uniform(-1, 1, (1, 24)), 1500, axis=0)
-    config = BASE.replace(current_from_input=False, input_bitslicing=True, interleaved_posneg=interleaved,
+    config = BASE.replace(input_bitslicing=True, interleaved_posneg=interleaved,
                           noise_model="generic", alpha_noise=0.1, proportional_noise=True)
     # no wires: output-domain noise, exact in distribution (proportional noise: clipping at 0 is negligible, so both agree)
     reference = AnalogCore(W, config).apply(x)
-    wired = AnalogCore(W, config.replace(rp_row=1e-6, rp_col=1e-6)).apply(x)
+    wired = AnalogCore(W, config.replace(current_from_input=False, rp_row=1e-6, rp_col=1e-6)).apply(x)
     np.testing.assert_allclose(wired.std(axis=0), reference.std(axis=0), rtol=0.12)
     np.testing.assert_allclose(wired.mean(axis=0), reference.mean(axis=0), atol=5 * reference.std(axis=0).max() / np.sqrt(1500))
     assert not np.array_equal(wired[0], wired[1])                   # a fresh draw per read
@@ -292,3 +292,82 @@ def test_nonlinear_read_noise_per_read():
     wired = AnalogCore(W, config.replace(rp_row=1e-6, rp_col=1e-6)).apply(x[:600])
     np.testing.assert_allclose(wired.std(axis=0), y.std(axis=0), rtol=0.15)
     np.testing.assert_allclose(wired.mean(axis=0), y.mean(axis=0), atol=5 * y.std(axis=0).max() / np.sqrt(600))
+
+
+NOISY_CIRCUITS = {   # every per-read circuit path that draws read noise (issue 29 item 3)
+    "cubic-no-wires": dict(nonlinear_iv="Cubic", vread=1.5),
+    "milo-input-source": dict(nonlinear_iv="RRAMMilo", vread=0.4, rmin=4444.4, rmax=20000.0, infinite_on_off_ratio=False,
+                              rp_row=20.0, rp_col=20.0),
+    "separate-source": dict(current_from_input=False, input_bitslicing=True, rp_row=2.0, rp_col=2.0),
+    "separate-source-interleaved-cubic": dict(current_from_input=False, input_bitslicing=True, interleaved_posneg=True,
+                                              nonlinear_iv="Cubic", vread=1.0, rp_row=2.0, rp_col=2.0),
+}
+
+
+@pytest.mark.parametrize("name", list(NOISY_CIRCUITS))
+def test_circuit_read_noise_does_not_depend_on_the_batch(name):
+    """Read noise through non-linear cells or per-read circuit solves is keyed per vector (run, layer, tile, array, the
+    vector's global index, read number): a batch of 12 gives what 12 single reads give; a new read number draws anew, and
+    12 copies of one vector in one batch each get their own noise."""
+    rng = np.random.default_rng(21)
+    W = rng.normal(size=(6, 10))
+    x = rng.uniform(-1, 1, (12, 10)).astype(np.float32)
+    core = AnalogCore(W, BASE.replace(noise_model="generic", alpha_noise=0.05, **NOISY_CIRCUITS[name]), name="layer")
+    drives = core.input_drives(x)
+    whole = core.apply_drives(drives, first_row=0, read=3)
+    singles = np.concatenate([core.apply_drives(drives[i:i + 1], first_row=i, read=3) for i in range(12)])
+    uneven = np.concatenate([core.apply_drives(drives[a:b], first_row=a, read=3) for a, b in ((0, 5), (5, 7), (7, 12))])
+    scale = np.abs(whole).max()
+    np.testing.assert_allclose(singles, whole, rtol=0, atol=1e-6 * scale)      # chord/Newton stop per batch: ~1e-9 apart
+    np.testing.assert_allclose(uneven, whole, rtol=0, atol=1e-6 * scale)
+    assert np.abs(core.apply_drives(drives, first_row=0, read=4) - whole).max() > 1e-3 * scale   # a fresh read: fresh noise
+    same = core.apply_drives(np.repeat(drives[:1], 12, axis=0), first_row=0, read=3)
+    assert np.all(same.std(axis=0) > 1e-3 * scale)                                 # one vector, 12 images: 12 draws
+    np.testing.assert_allclose(same[0], whole[0], rtol=0, atol=1e-6 * scale)       # image 0 keeps its own draw
+
+
+def test_solve_failures_are_named_value_errors():
+    "Singular wires and a non-linear solve that does not converge raise ParasiticSolveError naming array, wires and the fix."
+    from crosssim_nb.parasitics import ParasiticSolveError
+    G = np.random.default_rng(22).uniform(0.1, 1, (8, 12))
+    with pytest.raises(ParasiticSolveError, match=r"conv1 array 3: the circuit solve failed.*rp_col/rmin=1e\+303.*lower rp_row"):
+        transfer_matrices(Circuit(r_col=1e303, t_row=1e303), G, name="conv1 array 3")
+    circuit = Circuit(r_row=0.5, r_col=0.5)
+    with pytest.raises(ValueError, match=r"dense1 G\+: .*did not converge.*nonlinear_iv='Cubic'.*lower vread"):
+        InputSourceSolver(circuit, np.full((6, 4), 1.0), None, CubicLaw(vread=2.0), max_iterations=3, name="dense1 G+").solve(np.ones((1, 6)))
+    with pytest.raises(ParasiticSolveError, match=r"dense2: .*did not converge in 1 Newton steps"):
+        ladder_solve(Circuit(r_row=0.5, r_col=0.5, current_from_input=False), np.full((6, 4), 1.0), np.full((1, 6), 0.5),
+                     law=CubicLaw(vread=2.0), max_iterations=1, name="dense2")
+    assert issubclass(ParasiticSolveError, ValueError) and issubclass(ParasiticSolveError, RuntimeError)
+
+
+def test_solve_cost_is_estimated_and_refused_past_the_budget():
+    "The circuit-solve work is estimated from the tiling before anything is solved; past the budget: a ValueError with the numbers."
+    from crosssim_nb.parasitics import circuit_solve_cost, transfer_cost
+    W = np.random.default_rng(23).normal(size=(1024, 1024)).astype(np.float32)
+    config = BASE.replace(rp_row=1.0, rp_col=1.0)
+    # 1024² pair of arrays: ~1.1e4 GFLOP (minutes), the default budget (500) refuses it at once, naming the field
+    with pytest.raises(ValueError, match=r"need about 1.1e\+04 GFLOP.*parasitic_solve_budget_gflop=500.*nrows_max / ncols_max"):
+        AnalogCore(W, config, name="big")
+    core = AnalogCore(W[:40, :30], config.replace(nrows_max=16), name="small")
+    expected = sum(2 * transfer_cost(stop - start, 40) for start, stop in core.row_ranges) / 1e9
+    assert circuit_solve_cost(core) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="raise parasitic_solve_budget_gflop"):
+        AnalogCore(W[:40, :30], config.replace(nrows_max=16, parasitic_solve_budget_gflop=expected / 2))
+    AnalogCore(W[:40, :30], config.replace(nrows_max=16, parasitic_solve_budget_gflop=expected * 1.01))
+    with pytest.raises(ValueError, match="parasitic_solve_budget_gflop=0"):
+        config.replace(parasitic_solve_budget_gflop=0)
+
+
+def test_large_solves_show_progress_small_ones_are_quiet(capfd, monkeypatch):
+    "A solve above the progress threshold shows a tqdm bar counting GFLOP; a small one prints nothing."
+    import crosssim_nb.parasitics as parasitics
+    W = np.random.default_rng(24).normal(size=(20, 30))
+    config = BASE.replace(rp_row=1.0, rp_col=1.0)
+    capfd.readouterr()
+    AnalogCore(W, config)
+    assert capfd.readouterr().err == ""
+    monkeypatch.setattr(parasitics, "_PROGRESS_GFLOP", 0.0)
+    AnalogCore(W, config, name="shown")
+    err = capfd.readouterr().err
+    assert "wires of shown" in err and "GFLOP" in err, err

@@ -393,7 +393,7 @@ def test_cli_help_has_meaning_unit_and_default():
     code, _, out = cli(["run", "--help"])
     text = " ".join(out.split())
     assert code == 0
-    for piece in ("--rmin NUMBER device on-resistance in ohm (sets Gmin = rmin/rmax) (default: 1000.0)",
+    for piece in ("--rmin NUMBER device on-resistance in ohm, 1..1e12 (sets Gmin = rmin/rmax) (default: 1000.0)",
                   "--t-drift NUMBER time since programming in days", "--ntest N test images to evaluate (count; default: 1000)",
                   "--adc-bits INT ADC resolution in bits (0 = no ADC) (default: 0)", "any case"):
         assert piece in text, piece
@@ -566,3 +566,124 @@ def test_lambda_model_refused_before_its_code_runs(tmp_path, suffix):
     assert not marker.exists(), "the Lambda's code ran while loading"
     with pytest.raises(UnsupportedLayerError): AnalogNetwork.from_keras(path, InferenceConfig.ideal(), safe_mode=False)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 6. configuration integrity: files, names, bounds, ignored settings
+from crosssim_nb.config import MAX_NESTING, UnknownFieldError, read_data_file, suggest_field
+
+def alias_bomb(levels=9, width=10) -> str:
+    "YAML whose anchors each reference the previous one `width` times: 10^9 leaves when expanded."
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+@pytest.mark.parametrize("reader", ["config", "sweep", "data"])
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path, reader):
+    import time
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    load = {"config": InferenceConfig.from_file, "sweep": sweep.load_sweep_file, "data": read_data_file}[reader]
+    start = time.perf_counter()
+    with pytest.raises(FileFormatError) as info: load(path)
+    assert time.perf_counter() - start < 2.0
+    assert "line 2, column" in str(info.value) and "YAML aliases (*a0) are not allowed" in str(info.value), str(info.value)
+    names_file(info.value, path)
+    path.write_text("plain: &name 3\n")          # an anchor nobody refers to is harmless
+    assert read_data_file(path) == {"plain": 3}
+
+@pytest.mark.parametrize("name, text", [("deep.json", "[" * 100_000 + "]" * 100_000), ("deep.yaml", "[" * 5000 + "]" * 5000),
+                                        ("deep_objects.json", '{"a": ' * (MAX_NESTING + 1) + "1" + "}" * (MAX_NESTING + 1))])
+def test_deep_nesting_is_one_line_naming_the_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(FileFormatError) as info: read_data_file(path, "configuration file")
+    assert f"nested deeper than {MAX_NESTING} levels" in str(info.value) and "\n" not in str(info.value)
+    names_file(info.value, path)
+    path.write_text('{"a": ' * MAX_NESTING + "1" + "}" * MAX_NESTING)
+    assert read_data_file(path) is not None           # exactly MAX_NESTING levels (of lists and mappings) is fine
+
+def test_deep_or_huge_values_give_a_short_message():
+    deep = current = {}
+    for _ in range(5000): current["a"] = {}; current = current["a"]
+    for value in (deep, [[[[[[[["x"] * 1000]]]]]]], 10 ** 5000, "x" * 100_000):
+        with pytest.raises(ValueError) as info: InferenceConfig.from_dict({"weight_bits": value})
+        assert len(str(info.value)) < 200 and "weight_bits=" in str(info.value), str(info.value)[:300]
+
+@pytest.mark.parametrize("spelling, field", [("NrowsMax", "nrows_max"), ("NcolsMax", "ncols_max"), ("Nslices", "nslices"),
+                                             ("Nruns", "nruns"), ("ADC_per_ibit", "adc_per_ibit"), ("Rmin", "rmin"),
+                                             ("adc_bitz", "adc_bits"), ("Weight_Bits", "weight_bits")])
+def test_crosssim_spellings_in_the_constructor_say_what_they_mean(spelling, field):
+    with pytest.raises(TypeError) as info: InferenceConfig(**{spelling: 4})
+    assert f"unknown InferenceConfig field {spelling!r}; did you mean {field!r}?" in str(info.value), str(info.value)
+    assert isinstance(info.value, UnknownFieldError) and isinstance(info.value, ValueError)   # files and dicts keep ValueError
+    with pytest.raises(ValueError, match=f"did you mean {field!r}"): InferenceConfig.from_dict({spelling: 4})
+    with pytest.raises(ValueError, match=f"did you mean {field!r}"): InferenceConfig().replace(**{spelling: 4})
+
+def test_suggest_field_for_the_cli():
+    cases = {"--NrowsMax": "nrows_max", "--adc-bit": "adc_bits", "nrows-max": "nrows_max", "--Nslices": "nslices",
+             "adc_range_option": "adc_range_option", "Vread": "vread", "cell_bits": "weight_bits", "xyzzy": None, "": None}
+    assert {name: suggest_field(name) for name in cases} == cases
+    import dataclasses
+    assert dataclasses.is_dataclass(InferenceConfig) and InferenceConfig(nrows_max=64).replace(adc_bits=4).nrows_max == 64
+    assert dataclasses.replace(InferenceConfig(), nrows_max=32).nrows_max == 32
+
+UNBOUNDED = [   # (changes, field): each physical field beyond its range is refused by name, with its allowed range
+    (dict(adc_type="pipeline", adc_bits=6, sigma_c2=10), "sigma_c2=10.0"),
+    (dict(adc_type="pipeline", adc_bits=6, sigma_c1=0.3), "sigma_c1=0.3"),
+    (dict(adc_type="pipeline", adc_bits=6, sigma_cpar=1.0), "sigma_cpar=1.0"),
+    (dict(adc_type="sar", adc_bits=6, sigma_capacitor=1e300), "sigma_capacitor=1e+300"),
+    (dict(adc_type="sar", adc_bits=6, sigma_comparator=1e6), "sigma_comparator=1000000.0"),
+    (dict(adc_type="sar", adc_bits=6, gain_db=7000), "gain_db=7000.0"),
+    (dict(adc_type="sar", adc_bits=6, group_size=10 ** 30), "group_size=1000000000000000000000000000000"),
+    (dict(adc_type="sar", adc_bits=6, group_size=100_000), "group_size=100000"),
+    (dict(rmin=1e300, rmax=1e301), "rmin=1e+300"), (dict(rmin=0.5), "rmin=0.5"), (dict(rmax=1e300), "rmax=1e+300"),
+    (dict(rp_row=1e300), "rp_row=1e+300"), (dict(rp_col=2e3), "rp_col=2000.0"), (dict(rp_col_terminal=1e300), "rp_col_terminal=1e+300"),
+    (dict(rp_row_terminal=2e4), "rp_row_terminal=20000.0"),
+    (dict(vread=1e300), "vread=1e+300"), (dict(vread=1e-300), "vread=1e-300"),
+    (dict(icol_max=1e300), "icol_max=1e+300"), (dict(icol_max_amps=1e300), "icol_max_amps=1e+300"),
+    (dict(nrows_max=10 ** 12), "nrows_max=1000000000000"), (dict(nruns=10 ** 9), "nruns=1000000000"), (dict(seed=2 ** 64), "seed="),
+    (dict(t_drift=1e300, drift_model="PCMLike"), "t_drift=1e+300"),
+]
+
+@pytest.mark.parametrize("changes, field", UNBOUNDED, ids=[c[1] for c in UNBOUNDED])
+def test_physical_fields_are_bounded(changes, field):
+    with pytest.raises(ValueError) as info: InferenceConfig(**changes)
+    assert field in str(info.value) and "allowed" in str(info.value), str(info.value)
+
+def test_bounds_admit_their_edges():
+    InferenceConfig(adc_type="sar", adc_bits=6, gain_db=1000, group_size=65536, sigma_capacitor=0.25, sigma_comparator=1.0)
+    InferenceConfig(adc_type="cyclic", adc_bits=6, sigma_c1=0.25, sigma_c2=0.25, sigma_cpar=0.25)
+    InferenceConfig(rmin=1.0, rmax=1e15, vread=10.0, icol_max_amps=1.0, rp_row=1.0, rp_col=1.0, rp_row_terminal=10.0)
+    InferenceConfig(nrows_max=2 ** 20, ncols_max=2 ** 20, nruns=10 ** 6, seed=2 ** 63 - 1, icol_max=1e12)
+
+IGNORED = [   # (changes, message): a non-default value of a setting that has no effect is refused, saying why
+    (dict(adc_type="ramp", adc_bits=6, sigma_c1=0.01), "sigma_c1=0.01 has no effect with adc_type='ramp'"),
+    (dict(adc_type="pipeline", adc_bits=6, split_cdac=False), "split_cdac=False has no effect with adc_type='pipeline'"),
+    (dict(adc_type="ramp", adc_bits=6, group_size=4), "group_size=4 has no effect with adc_type='ramp'"),
+    (dict(adc_bits=6, adc_range_option="MAX", gain_db=60), "gain_db=60.0 has no effect with adc_type='quantizer'"),
+    (dict(adc_bits=6, adc_range_option="MAX", sigma_capacitor=0.01), "sigma_capacitor=0.01 has no effect with adc_type='quantizer'"),
+    (dict(adc_type="sar", adc_bits=6, symmetric_cdac=False), "symmetric_cdac=False has no effect with adc_type='sar'"),
+    (dict(adc_type="cyclic", adc_bits=6, sigma_capacitor=0.01), "sigma_capacitor=0.01 has no effect with adc_type='cyclic'"),
+    (dict(adc_type="sar"), "adc_type='sar' has no effect with adc_bits=0"),
+    (dict(stochastic_rounding=True), "stochastic_rounding=True has no effect with adc_bits=0"),
+    (dict(selected_rows="bottom"), "selected_rows='bottom' has no effect"),
+    (dict(selected_rows="bottom", rp_row=1.0), "selected_rows='bottom' has no effect with current_from_input=True"),
+    (dict(current_from_input=False, input_bitslicing=True), "current_from_input=False has no effect without wire resistance"),
+]
+
+@pytest.mark.parametrize("changes, message", IGNORED, ids=[",".join(c[0]) for c in IGNORED])
+def test_ignored_settings_are_refused_by_name(changes, message):
+    with pytest.raises(ValueError) as info: InferenceConfig(**changes)
+    assert message in str(info.value), str(info.value)
+
+def test_config_file_write_is_atomic(tmp_path, monkeypatch):
+    path = InferenceConfig(adc_bits=4, adc_range_option="MAX").to_file(tmp_path / "hw.yaml")
+    before = path.read_text()
+    original = Path.write_text
+    def full_disk(self, data, *args, **kwargs):          # half the text lands, then the disk is full
+        original(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"): InferenceConfig(adc_bits=6, adc_range_option="MAX").to_file(path)
+    monkeypatch.undo()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["hw.yaml"]

@@ -275,3 +275,89 @@ def test_plot_error_bars_over_runs():
     assert [t.get_text() for t in categorical.axes[0].get_xticklabels()] == ["GRANULAR", "MAX"]
     with pytest.raises(ValueError, match="hue='colour' is not a column"): plot(results, x="adc_bits", hue="colour")
     with pytest.raises(ValueError, match="allowed: 'std', 'ci95'"): plot(results, x="adc_bits", error="sem")
+
+
+def fake_points(monkeypatch, names):
+    "Points 'run' in this process without a kernel: the result echoes a value computed from the parameters."
+    def fake_execute(task):
+        return {"point_id": task["point_id"], "status": "ok", "notebook_text": None, "error": None,
+                "result_text": json.dumps({"runs": [{"run": 0, "accuracy": 0.5, "note": task["parameters"]["label"]}]})}
+    monkeypatch.setattr(sweep, "_execute_point", fake_execute)
+    monkeypatch.setattr(sweep, "_notebook_parameters", lambda notebook: {*names, "result_path"})
+
+
+def test_results_csv_escapes_formula_cells(tmp_path, monkeypatch):
+    "Grid strings a spreadsheet would run as formulas are written with a leading ' (OWASP); the table itself keeps them raw."
+    fake_points(monkeypatch, {"label"})
+    labels = ['=HYPERLINK("http://evil.example","click")', "@SUM(1+1)", "+1+1", "-1+1", "\t=1", "\r=1", "fine", "a=b"]
+    table = run_sweep(TINY, {"label": labels}, tmp_path, scheduler="serial", progress=False)
+    assert table["label"].tolist() == labels and table["note"].tolist() == labels        # returned raw
+    on_disk = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
+    expected = ["'" + label for label in labels[:6]] + labels[6:]
+    assert on_disk["label"].tolist() == expected and on_disk["note"].tolist() == expected
+    assert on_disk["accuracy"].tolist() == [0.5] * len(labels)
+    assert load_results(tmp_path)["label"].tolist() == labels                           # the folder keeps the values
+
+
+def test_results_csv_lists_every_point_of_the_folder(tmp_path, monkeypatch):
+    "Two sweeps of one notebook into one folder, one after the other: results.csv holds both; each call returns its own."
+    fake_points(monkeypatch, {"label"})
+    first = run_sweep(TINY, {"label": ["a", "b"]}, tmp_path, scheduler="serial", progress=False)
+    second = run_sweep(TINY, {"label": ["c"]}, tmp_path, scheduler="serial", progress=False)
+    assert first["label"].tolist() == ["a", "b"] and second["label"].tolist() == ["c"]
+    assert pd.read_csv(tmp_path / "results.csv")["label"].tolist() == ["a", "b", "c"]
+
+
+def test_second_sweep_into_a_running_folder_is_refused(tmp_path):
+    "A sweep running in another process holds out_dir: a second one is refused by name and pid, nothing of the first is touched."
+    out_dir = tmp_path / "out"
+    script = tmp_path / "holder.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, time
+        from crosssim_nb import sweep
+        def slow(task):
+            time.sleep(120)
+        sweep._execute_point = slow
+        sweep._notebook_parameters = lambda notebook: {{"alpha", "result_path"}}
+        sweep.run_sweep({str(TINY)!r}, {{"alpha": [0.1]}}, {str(out_dir)!r}, scheduler="serial", progress=False)
+        """))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, lock = time.time() + 60, out_dir / ".lock"
+        while not (lock.is_file() and f"pid {process.pid}" in lock.read_text()):
+            assert process.poll() is None and time.time() < deadline, "the holder did not start"
+            time.sleep(0.2)
+        (out_dir / ".incomplete" / "marker").mkdir(parents=True)          # stands for a point the holder is writing
+        with pytest.raises(sweep.SweepLockedError, match=rf"out_dir '{out_dir}' is in use by another sweep \(pid {process.pid} on"):
+            run_sweep(TINY, {"alpha": [0.1, 0.2]}, out_dir, scheduler="serial", progress=False)
+        assert (out_dir / ".incomplete" / "marker").is_dir()               # its staging was not emptied
+        assert json.loads((out_dir / "sweep.json").read_text())["points"] == [point_id({"alpha": 0.1})]
+    finally:
+        process.kill(); process.wait(timeout=30)
+    calls = []
+    def fake(task):
+        calls.append(task["parameters"]["alpha"])
+        return {"point_id": task["point_id"], "status": "ok", "notebook_text": None, "error": None,
+                "result_text": json.dumps({"runs": [{"run": 0, "accuracy": 1.0}]})}
+    with pytest.MonkeyPatch.context() as patch:                          # a killed holder leaves no stale lock
+        patch.setattr(sweep, "_execute_point", fake)
+        patch.setattr(sweep, "_notebook_parameters", lambda notebook: {"alpha", "result_path"})
+        run_sweep(TINY, {"alpha": [0.1, 0.2]}, out_dir, scheduler="serial", progress=False)
+    assert calls == [0.1, 0.2]
+
+
+def test_serial_scheduler_refuses_n_workers(tmp_path):
+    with pytest.raises(ValueError, match=r"n_workers=2 has no effect with scheduler='serial'"):
+        run_sweep(TINY, {"alpha": [0.1]}, tmp_path, scheduler="serial", n_workers=2)
+    assert not (tmp_path / "points").exists()                            # refused before anything was written
+
+
+def test_folder_without_locks_warns_and_runs(tmp_path, monkeypatch):
+    "A file system that cannot lock (ENOLCK, some network mounts): a warning naming the folder, and the sweep runs."
+    import errno, fcntl
+    fake_points(monkeypatch, {"label"})
+    def no_locks(fd, operation): raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(sweep.SweepFileWarning, match=rf"out_dir '{tmp_path}' cannot be locked \(No locks available\)"):
+        table = run_sweep(TINY, {"label": ["x"]}, tmp_path, scheduler="serial", progress=False)
+    assert table["status"].tolist() == ["ok"]
