@@ -460,7 +460,7 @@ def core_transfers(core, # an AnalogCore with a circuit ADC
                    weight_slice:int=0, # weight slice
                   ) -> tuple[list, float]:
     "The transfers of the ADCs digitising these columns of a core in its current programming, and their Vref (the first input slice's)."
-    grid = core._tile_grids[row_tile]
+    grid = core.tile_adc_grids[row_tile]
     if grid is None or not hasattr(grid, "adc_index"):    # (duck-typed: the class may be re-defined in a notebook)
         raise ValueError(f"core {core.name!r} has no circuit ADC (adc_type={core.config.adc_type.value!r}, adc_bits={core.config.adc_bits})")
     part = part or next(iter(grid.adc_index))
@@ -476,7 +476,7 @@ def distinct_adc_columns(core, # an AnalogCore with a circuit ADC
                          weight_slice:int=0, # weight slice
                         ) -> list[int]:
     "The first output column of each of the first `count` physical ADCs of a core (SAR, pipeline and cyclic ADCs serve `group_size` columns each)."
-    grid = core._tile_grids[row_tile]
+    grid = core.tile_adc_grids[row_tile]
     if grid is None or not hasattr(grid, "adc_index"):
         raise ValueError(f"core {core.name!r} has no circuit ADC (adc_type={core.config.adc_type.value!r}, adc_bits={core.config.adc_bits})")
     index = np.asarray(grid.adc_index[part or next(iter(grid.adc_index))][weight_slice]).reshape(-1)
@@ -486,7 +486,7 @@ def distinct_adc_columns(core, # an AnalogCore with a circuit ADC
 
 def _column_spans(core, columns, row_tile=0, weight_slice=0) -> list[str]:
     "For each chosen column, the columns its ADC serves, as 'a–b' (or 'a')."
-    grid = core._tile_grids[row_tile]
+    grid = core.tile_adc_grids[row_tile]
     index = np.asarray(grid.adc_index[next(iter(grid.adc_index))][weight_slice]).reshape(-1)
     spans = []
     for column in columns:
@@ -503,7 +503,7 @@ def circuit_adc_viewer(net, # an AnalogNetwork (or a dict of name -> AnalogCore)
     is the same circuit, and one curve is drawn (the title says so). Returns the widget; its `figure` is the figure shown."""
     import ipywidgets as widgets, matplotlib.pyplot as plt
     cores = net.cores if hasattr(net, "cores") else dict(net)
-    names = [name for name, core in cores.items() if hasattr(core._tile_grids[0], "adc_index")]
+    names = [name for name, core in cores.items() if hasattr(core.tile_adc_grids[0], "adc_index")]
     if not names: raise ValueError("no layer has a circuit ADC; set adc_type to 'ramp', 'sar', 'pipeline' or 'cyclic' with adc_bits > 0")
     layer = widgets.Dropdown(options=names, description="layer")
     output = widgets.Output()

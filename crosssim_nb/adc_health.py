@@ -61,7 +61,7 @@ class ADCCounts:
 # %% ../nbs/12_adc_health.ipynb #d47c8374
 def core_counts(core) -> ADCCounts|None:
     "The `ADCCounts` of an `AnalogCore`'s ADCs, attached on first use (None for a core without ADC)."
-    grids = [grid for grid in getattr(core, "_tile_grids", []) if grid is not None]
+    grids = [grid for grid in getattr(core, "tile_adc_grids", []) if grid is not None]
     if not grids: return None
     counts = getattr(core, "adc_counts", None)
     if counts is None: counts = core.adc_counts = ADCCounts()

@@ -120,7 +120,7 @@ def relu_follows(net, core:str) -> bool:
         if node.analog and node.analog[-1].name == core:
             if node.activation in ("relu", "relu6"): return True
             readers = net.graph.consumers().get(node.name, [])
-            return len(readers) == 1 and readers[0] in net._fused
+            return len(readers) == 1 and readers[0] in net.fused_relus
     return False
 
 class _ProfilingEngine:
@@ -128,9 +128,8 @@ class _ProfilingEngine:
     def __init__(self, core, groups:dict, relu_aware:bool, capacity:int, rng, spec=None):
         self.core, self.n_out, self.groups, self.relu_aware = core, core.n_out, groups, relu_aware
         self.capacity, self.rng = capacity, rng
-        from crosssim_nb.convolution import row_segments        # im2col rows in the core's row order (12_convolution)
-        self.row_segments = None if spec is None else row_segments(getattr(core, "row_order", None), spec.kernel_size,
-                                                                    spec.n_in // max(1, int(np.prod(spec.kernel_size or (1,)))))
+        from crosssim_nb.convolution import core_row_segments   # im2col rows in the core's row order (12_convolution)
+        self.row_segments = None if spec is None else core_row_segments(core, spec)
     def apply(self, rows):
         records, outputs = self.core.adc_inputs(rows, return_outputs=True)
         keep = outputs > 0 if self.relu_aware else None

@@ -17,8 +17,8 @@ import keras
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry',
            'patch_view', 'im2col', 'window_sums', 'crosssim_row_order', 'conv_row_permutation', 'row_segments',
-           'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine',
-           'DepthwiseCore', 'DepthwiseEngine']
+           'core_row_segments', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise',
+           'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -119,6 +119,13 @@ def row_segments(order:np.ndarray|None, # a core's row order (None: the imported
             segments.append((start, tap // kernel_size[1], tap % kernel_size[1], first, first + i - start))
             start = i
     return segments
+
+def core_row_segments(core:AnalogCore, # a convolution's core (its `row_order`)
+                      spec, # the layer (kernel size, rows)
+                     ) -> list | None:
+    "`row_segments` of a convolution core: how its im2col rows are copied when its tiled rows follow CrossSim, else None."
+    taps = int(np.prod(spec.kernel_size or (1,)))
+    return row_segments(core.row_order, spec.kernel_size, spec.n_in // max(1, taps))
 
 
 # %% ../nbs/12_convolution.ipynb #3ed18ede
@@ -431,8 +438,8 @@ class CoreEngine:
     def __init__(self, core:AnalogCore, spec:AnalogSpec):
         self.core, self.n_out = core, core.n_out
         self.parallel_safe = core.xp is np
-        order = getattr(core, "row_order", None)          # tiled rows in CrossSim's order (`conv_row_permutation`), else None
-        self.row_segments = row_segments(order, spec.kernel_size, spec.n_in // max(1, int(np.prod(spec.kernel_size or (1,)))))
+        order = core.row_order                          # tiled rows in CrossSim's order (`conv_row_permutation`), else None
+        self.row_segments = core_row_segments(core, spec)
         back = None if order is None else np.argsort(order)
         def imported(matrix): return matrix if matrix is None or back is None else matrix[back]    # rows back in (kh, kw, cin) order
         self.library_kernel = library_kernel(imported(core.conv_matrix()), spec) if core.xp is np else None   # one product: TensorFlow may do it
@@ -486,6 +493,7 @@ class DepthwiseCore(AnalogCore):
         self._column_channel = np.repeat(np.arange(channels), multiplier)    # the input channel each output reads
         super().__init__(np.asarray(kernel, dtype=np.float64).reshape(taps, -1).T, config, adc_limits, input_range, bias, name)
         self._linear = None                       # never one dense matrix: reads go through the per-channel product
+        self._position_xp = None if self._position is None else self.xp.asarray(self._position)   # on the read's device, once
 
     row_ranges = property(lambda self: self._physical_ranges, lambda self, value: None)   # tiles of the dense layout
 
@@ -529,7 +537,7 @@ class DepthwiseCore(AnalogCore):
         "Column currents of one row tile from dense-layout drive rows `(k, b, taps·C (+ 1))`, channel by channel."
         k, b = drives.shape[:2]
         x = drives[:, :, :self.physical_in]
-        if self._position is not None: x = x[:, :, self.xp.asarray(self._position)]   # CrossSim's rows back to (tap, channel)
+        if self._position is not None: x = x[:, :, self._position_xp]   # CrossSim's rows back to (tap, channel)
         x = x.reshape(k, b, self.taps, self.channels)
         def product(values, matrix):
             out = self.xp.zeros((k, b, matrix.shape[1]), dtype=np.float32)
@@ -578,7 +586,7 @@ class DepthwiseEngine(CoreEngine):
     def __init__(self, core:DepthwiseCore, spec:AnalogSpec):
         self.core, self.n_out, self.spec = core, core.n_out, spec
         self.parallel_safe = core.xp is np
-        self.row_segments = row_segments(core.row_order, spec.kernel_size, core.channels)
+        self.row_segments = core_row_segments(core, spec)
         self.library_kernel = self.noise_kernel = None
 
     def convolve(self, x:np.ndarray, # the layer's drives (B, H, W, C)
@@ -586,7 +594,7 @@ class DepthwiseEngine(CoreEngine):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
         core, (kh, kw) = self.core, spec.kernel_size
         if core.xp is not np or core.config.input_bitslicing: return None   # tiles on a GPU, or one read per input bit: the patches path
-        bias_drive, squares, out = np.float32(core._bias_drive), None, None
+        bias_drive, squares, out = np.float32(core.bias_drive), None, None
         last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):
             kernel, spread = core.channel_kernels(index)
@@ -611,7 +619,7 @@ class DepthwiseEngine(CoreEngine):
                 part = core._tile_output(index, block, None)
                 if index == 0: out[start:stop] = part
                 else: out[start:stop] += part
-                if index == last: core._finish(out[start:stop], out[start:stop], core._digital_bias_xp)
+                if index == last: core.finish(out[start:stop], out[start:stop])
             workers = _worker_count() if self.parallel_safe and n >= 2 * MIN_CHUNK_ROWS else 1
             per_block = -(-n // workers)
             _run_chunks([(start, min(n, start + per_block)) for start in range(0, n, per_block)], periphery, self)

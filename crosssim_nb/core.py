@@ -48,6 +48,7 @@ def _parse_input_range(input_range, name):
 
 class AnalogCore:
     "A matrix stored on simulated crossbar arrays: `core @ x` is what the hardware computes for `matrix @ x`."
+    row_order = None   # a convolution core whose tiled rows follow CrossSim: its rows' indices in the imported (kh, kw, cin) order
     def __init__(self,
                  matrix, # weights, shape (n_out, n_in), algorithm units
                  config:InferenceConfig, # hardware description
@@ -975,6 +976,31 @@ def _check_outputs(self:AnalogCore, out):
     if out.size == 0 or (bool(xp.isfinite(out.min())) and bool(xp.isfinite(out.max()))): return out
     causes = self._overflow_causes() or ["float32 overflow in the read (inputs or weights too large)"]
     raise NonFiniteResultError(f"AnalogCore {self.name!r}: the outputs hold NaN or inf; cause: " + "; ".join(causes))
+
+
+# %% ../nbs/06_core.ipynb #5dc63f58
+@patch(as_prop=True)
+def tile_adc_grids(self:AnalogCore) -> list:
+    "Per row tile, the ADC grid that digitises its column currents (a quantiser or a `CircuitADCGrid`), or None without ADC."
+    return self._tile_grids
+
+@patch(as_prop=True)
+def circuit(self:AnalogCore):
+    "The array circuit read through (wires and/or a non-linear I-V law, `parasitics.ArrayCircuit`), or None for ideal arrays."
+    return self._circuit
+
+@patch(as_prop=True)
+def bias_drive(self:AnalogCore) -> float:
+    "The DAC-quantised drive of the analog bias row (full scale), in the core's input units."
+    return self._bias_drive
+
+@patch
+def finish(self:AnalogCore,
+           total, # summed tile outputs (batch, n_out), algorithm units
+           out=None, # array to write into, or None
+          ):
+    "Close a read: add the digital bias, write into `out` when given, refuse non-finite results (naming the layer)."
+    return self._finish(total, out, self._digital_bias_xp)
 
 
 # %% ../nbs/06_core.ipynb #ef7de4c9

@@ -228,6 +228,11 @@ class AnalogNetwork:
         self._post = {n.name: self._activation(n) for n in graph.analog_nodes}
         self._fused = self._fuse_relus()
 
+    @property
+    def fused_relus(self) -> frozenset:
+        "Names of the ReLU nodes folded into the preceding analog node's post-op (they pass their input through)."
+        return frozenset(self._fused)
+
     # ----- construction -----
     @staticmethod
     def _float_engine(spec:AnalogSpec):
@@ -355,7 +360,7 @@ class AnalogNetwork:
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
         c = core.config
         if not spec.is_depthwise or not core.linear or c.dac_bits or core.analog_bias or c.bias_bits != 0: return None
-        order = getattr(core, "row_order", None)
+        order = core.row_order
         held = None if isinstance(core, DepthwiseCore) else core.programmed_weights()
         if held is not None and order is not None: held = held[:, np.argsort(order)]      # columns back in the imported order
         kernel = core.programmed_kernel() if held is None else per_channel_kernel(held, spec.depth_multiplier)

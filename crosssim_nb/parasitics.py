@@ -687,11 +687,11 @@ class TileCircuit:
     reader: object | None
 
 def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None, progress=None) -> TileCircuit:
-    """The read of one row tile of `core` through its circuit (`core._circuit`): `block` (slices, parts, rows, n_out) and
+    """The read of one row tile of `core` through its circuit (`core.circuit`): `block` (slices, parts, rows, n_out) and
     `reference` (rows, column tiles) programmed conductances. With read noise, `sigma` / `reference_sigma` (same shapes)
     are scaled in place by each cell's first-order weight, so the core's noise draws act through the circuit.
     `progress(flops)`: told the estimated operations of every solve done (see `circuit_solve_cost`)."""
-    circuit = core._circuit
+    circuit = core.circuit
     rows = block.shape[2]
     mode, n_out = core.mode, core.n_out
     width = {"difference": block.shape[0] * n_out, "pair": 2 * block.shape[0] * n_out}.get(mode, n_out + (0 if reference is None else len(core.col_ranges)))
@@ -745,7 +745,7 @@ def _make_reader(core, arrays, rows, width, offset, noise=None, progress=None):
     `(k, batch, width)` in the core's layout. With `noise` (the arrays' σ, same layout) every vector is solved with its own
     read-noise draw, keyed by the tile's stream `key`, the vector's global index `first_row + b` and the read number, so a
     vector's result does not depend on the batch it is read in."""
-    circuit = core._circuit
+    circuit = core.circuit
     xp = core.xp
     def batches(k, batch, per_chunk):
         "Slices of the batch, all k input slices of a vector together, about `per_chunk` vectors each."
@@ -836,7 +836,7 @@ def factor_cost(n_rows:int, n_cols:int, lines:int=1) -> float:
 
 def circuit_solve_cost(core) -> float:
     "Estimated GFLOP of solving every array of `core` once per programming (its tiling and circuit; 0 without wires)."
-    circuit = core._circuit
+    circuit = core.circuit
     if circuit is None or circuit.wires is None or not circuit.wires.current_from_input: return 0.0   # ladders: per read only
     interleaved, unit = circuit.wires.interleaved, int(core.mode == "offset" and not core.config.digital_offset)
     count, lines = (1, 1) if core.mode == "offset" else (core.n_weight_slices, 2) if interleaved else (2 * core.n_weight_slices, 1)
@@ -876,7 +876,7 @@ def ir_drop(core, # an AnalogCore with parasitic wires (config rp_row / rp_col .
             array:int=0, # array of that tile (see `tile_arrays`: column tiles, slices, G+/G-)
            ) -> dict:
     "What the wires do to one array for one input: drives, cell voltages, per-cell current error and column-current error."
-    if core._circuit is None or core._circuit.wires is None:
+    if core.circuit is None or core.circuit.wires is None:
         raise ValueError(f"AnalogCore {core.name!r} has no parasitic wires (rp_row = rp_col = 0 and no terminals): nothing to show")
     if not 0 <= tile < len(core._tiles): raise ValueError(f"tile={tile} is not allowed; allowed: 0..{len(core._tiles) - 1}")
     start, stop = core._tiles[tile]["start"], core._tiles[tile]["stop"]
@@ -885,13 +885,13 @@ def ir_drop(core, # an AnalogCore with parasitic wires (config rp_row / rp_col .
     if not 0 <= array < len(arrays): raise ValueError(f"array={array} is not allowed; allowed: 0..{len(arrays) - 1} ({len(arrays)} arrays in this tile)")
     chosen = arrays[array]
     drives = to_numpy(core._dac(core.xp.asarray(np.asarray(x, dtype=np.float32)[None])))[0].astype(np.float64)
-    if core.analog_bias: drives = np.append(drives, core._bias_drive)
+    if core.analog_bias: drives = np.append(drives, core.bias_drive)
     v = drives[start:stop]
     if core.config.input_bitslicing: v = np.sign(v) * (np.abs(v) > 0)   # show the most significant... any active slice: gate pattern
-    currents, dv = array_solution(core._circuit.wires, chosen["positive"], v, chosen["negative"], core._circuit.law)
+    currents, dv = array_solution(core.circuit.wires, chosen["positive"], v, chosen["negative"], core.circuit.law)
     cells = [chosen["positive"]] + ([chosen["negative"]] if chosen["negative"] is not None else [])
     ideal_dv = [v[:, None] * np.ones_like(cells[0]), -v[:, None] * np.ones_like(cells[0])]
-    law = core._circuit.law
+    law = core.circuit.law
     cell = (lambda G, d: G * d) if law is None else (lambda G, d: law(G, d)[0])
     ideal_cells = sum(cell(G, ideal_dv[k]) for k, G in enumerate(cells))
     real_cells = sum(cell(G, dv[k]) for k, G in enumerate(cells))
@@ -928,7 +928,7 @@ def ir_drop_viewer(net, # an AnalogNetwork whose config has parasitic wires
     "A widget: pick layer, row tile, array and input vector; shows `plot_ir_drop` for that choice."
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
-    names = [name for name, core in net.cores.items() if core._circuit is not None and core._circuit.wires is not None]
+    names = [name for name, core in net.cores.items() if core.circuit is not None and core.circuit.wires is not None]
     if not names: raise ValueError("no analog core of this network has parasitic wires; set rp_row / rp_col in the config")
     rng = np.random.default_rng(seed)
     def rows_of(name):
