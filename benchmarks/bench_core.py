@@ -7,11 +7,17 @@ with input bit slicing; (d) (b) + 4 weight slices; (e) (b) + 8-bit input bit sli
 computed once at programming, so its reads cost what generic read noise costs; (g) (b) with SONOS devices 1 day after
 programming and (h) (g) with global drift compensation, whose ratios to (b) show what drift costs at inference.
 (b-ramp), (b-sar), (b-pipeline): (b) with circuit ADCs with component errors (issue 12: at most 1.5x (b)).
-Programming time (building the arrays) is reported separately from inference time.
-Usage: python benchmarks/bench_core.py [--repeats N]
+(i) ISAAC's settings (16-bit weights in 8 slices of 2 bits, 1-bit input slices, a 9-bit GRANULAR ADC per bit) on 10 row
+tiles of 115-116 rows: a lossless periphery, read as one exact product (issue 27); the row tiles' paths are printed. (On
+128-row tiles a signed input can drive a unit column to 256 levels, one more than the ADC's 255: those tiles are lossy.)
+Issue 27 targets (ratio to NumPy): (a) <= 1.05, (b) <= 1.3, (c) <= 2.5, (d) <= 4.5, (e) <= 9.
+Programming time (building the arrays) is reported separately from inference time. `--reference` reads every core on the
+tile-by-tile, slice-by-slice reference path (`core._FAST_PATHS = False`): the same run before issue 27's fast paths.
+Usage: python benchmarks/bench_core.py [--repeats N] [--reference]
 """
 import argparse, time
 import numpy as np
+import crosssim_nb.core as core_module
 from crosssim_nb import AnalogCore, InferenceConfig
 
 def best_time(fn, repeats):
@@ -37,7 +43,11 @@ def calibrated_limits(matrix, config, x_rows, percentile=99.99):
     top = np.percentile(np.abs(values).reshape(values.shape[0], values.shape[1], -1), percentile, axis=2)
     return np.stack([-top, top], axis=-1)                                    # (slices, k, 2)
 
-def main(repeats=5):
+TARGETS = {"(a) ideal": 1.05, "(b) 8-bit DAC + 8-bit calibrated ADC": 1.3, "(c) (b) + 1% read noise": 2.5,
+           "(d) (b) + 4 weight slices": 4.5, "(e) (b) + 8-bit input bit slicing, ADC per bit": 9}
+
+def main(repeats=5, reference=False):
+    core_module._FAST_PATHS = not reference
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(256, 1152)).astype(np.float32)
     x = rng.uniform(-1, 1, size=(1152, 1024)).astype(np.float32)
@@ -60,11 +70,12 @@ def main(repeats=5):
         "(b-ramp) (b) with ramp ADCs, 1% mismatch/offset": base.replace(adc_type="ramp", sigma_capacitor=0.01, sigma_comparator=0.01),
         "(b-sar) (b) with SAR ADCs (8 columns each), errors": base.replace(adc_type="sar", sigma_capacitor=0.01, sigma_comparator=0.01),
         "(b-pipeline) (b) with pipeline ADCs, errors": base.replace(adc_type="pipeline", sigma_c1=0.01, sigma_c2=0.01, sigma_comparator=0.01),
+        "(i) ISAAC settings, 120-row tiles (exact periphery)": InferenceConfig.preset("ISAAC").replace(nrows_max=120),
     }
     numpy_time = best_time(lambda: matrix @ x, repeats)
     rows, times, cores = [], {}, {}
     for label, config in cases.items():
-        limits = calibrated_limits(matrix, config, x_rows[:256]) if config.adc_bits else None
+        limits = calibrated_limits(matrix, config, x_rows[:256]) if config.adc_range_option == "CALIBRATED" and config.adc_bits else None
         if limits is not None and not config.adc_per_ibit: limits = limits[:, 0]
         start = time.perf_counter(); core = AnalogCore(matrix, config, adc_limits=limits); program_time = time.perf_counter() - start
         cores[label] = core
@@ -72,10 +83,15 @@ def main(repeats=5):
         numpy_time = min(numpy_time, best_time(lambda: matrix @ x, repeats))
         times[label] = best_time(lambda: core.apply(x_rows), repeats)
         rows.append((label, program_time))
-    print(f"AnalogCore benchmark: 1152x256 matrix x 1024 vectors, float32; NumPy matmul {numpy_time * 1e3:.2f} ms (best of {repeats})")
-    print(f"{'case':56s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s}")
+    print(f"AnalogCore benchmark: 1152x256 matrix x 1024 vectors, float32; NumPy matmul {numpy_time * 1e3:.2f} ms (best of {repeats})"
+          + ("; REFERENCE path (fast paths off)" if reference else ""))
+    print(f"{'case':56s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s} {'target':>7s}")
     for label, program_time in rows:
-        print(f"{label:56s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} {program_time:10.3f}")
+        target = f"<= {TARGETS[label]:g}" if label in TARGETS else ""
+        print(f"{label:56s} {times[label] / numpy_time:8.2f} {times[label] / times['(b) 8-bit DAC + 8-bit calibrated ADC']:7.2f} "
+              f"{program_time:10.3f} {target:>7s}")
+    isaac = cores["(i) ISAAC settings, 120-row tiles (exact periphery)"]
+    print("(i) row tiles:", ", ".join(f"{row.rows} {row.path}" + (f" ({row.reason})" if row.reason else "") for row in isaac.tile_paths().itertuples()))
     # the device-library ratios, timed alternately (each pair back to back) so that load changes on a shared machine cancel
     for label, numerator, denominator in (("named-model (SONOS) read noise / generic read noise", "(f) (b) + SONOS read noise", "(c) (b) + 1% read noise"),
                                           ("SONOS drift 1 day / undrifted (b)", "(g) (b) + SONOS drift, 1 day", "(b) 8-bit DAC + 8-bit calibrated ADC"),
@@ -85,4 +101,6 @@ def main(repeats=5):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    main(parser.parse_args().repeats)
+    parser.add_argument("--reference", action="store_true", help="read on the slice-by-slice reference path (fast paths off)")
+    arguments = parser.parse_args()
+    main(arguments.repeats, arguments.reference)

@@ -59,7 +59,8 @@ from crosssim_nb.core import AnalogCore
 import crosssim_nb.crosssim_compat   # InferenceConfig.from_crosssim / to_crosssim / preset
 
 _LAZY = {  # heavy modules (TensorFlow) load on first use
-    "AnalogNetwork": "crosssim_nb.network",
+    "AnalogNetwork": "crosssim_nb.onnx_import",   # (the network module's class, with from_onnx / from_torch attached)
+    "InputPreprocessing": "crosssim_nb.inference",
     "load_dataset": "crosssim_nb.data",
     "run_inference": "crosssim_nb.inference",
 }

@@ -29,6 +29,7 @@ def adc_grid(limits, # (..., 2) array of (I_min, I_max) in normalised current
     code_max = np.where(symmetric, half_levels, 2 ** adc_bits - 1).astype(np.float64)
     return offset, step, code_min, code_max
 
+# %% ../nbs/04_adc.ipynb #fe76e796
 class ADCGrid:
     "The levels of one ADC or of an array of ADCs, prepared once (backend float32) and applied to many currents."
     counts = None   # optional tally of the codes (`adc_health.ADCCounts`), told about every digitised batch
@@ -84,6 +85,7 @@ class ADCGrid:
         "Tell `counts` about a batch that `fused_levels` digitised elsewhere."
         if self.counts is not None: self.counts.add(levels, self, levels=True)
 
+# %% ../nbs/04_adc.ipynb #e6e9bc97
 def digitize(current, # column currents (numpy or cupy), modified in place when float32
              limits, # (I_min, I_max), or an array of them broadcastable against `current` once the last axis is dropped
              adc_bits:int, # ADC bits (0 = identity)

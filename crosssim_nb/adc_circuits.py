@@ -4,16 +4,17 @@
 
 # %% ../nbs/09_adc_circuits.ipynb #761663c7
 from __future__ import annotations
-import functools, hashlib, math, os
+import functools, hashlib, math, threading
 import numpy as np
-from .backend import available_memory
+from fastcore.basics import patch
+from .backend import available_cpus, available_memory, thread_pool
 
 # %% auto #0
 __all__ = ['ADC_TYPES', 'CIRCUIT_ADC_BUDGET_BYTES', 'circuit_levels', 'ideal_circuit_codes', 'Transfer', 'ramp_levels',
            'ramp_transfers', 'ramp_convert', 'sar_thresholds', 'sar_convert', 'sar_transfer', 'pipeline_transfer',
-           'pipeline_convert', 'adc_count', 'column_adcs', 'has_component_errors', 'draw_transfers', 'TransferTable',
-           'distinct_adcs', 'circuit_adc_bytes', 'check_circuit_adc_budget', 'CircuitADCGrid', 'adc_characteristics',
-           'plot_transfers', 'core_transfers', 'distinct_adc_columns', 'circuit_adc_viewer']
+           'pipeline_convert', 'adc_count', 'column_adcs', 'has_component_errors', 'draw_transfers', 'float32_below',
+           'TransferTable', 'distinct_adcs', 'circuit_adc_bytes', 'check_circuit_adc_budget', 'CircuitADCGrid',
+           'adc_characteristics', 'plot_transfers', 'core_transfers', 'distinct_adc_columns', 'circuit_adc_viewer']
 
 # %% ../nbs/09_adc_circuits.ipynb #ea3b30f8
 def circuit_levels(adc_bits:int, # N
@@ -247,12 +248,20 @@ def draw_transfers(config, # InferenceConfig: adc_type, adc_bits and the circuit
         return transfers
     raise ValueError(f"adc_type={kind!r} is not a circuit ADC; allowed: {', '.join(map(repr, ADC_TYPES))}")
 
+# %% ../nbs/09_adc_circuits.ipynb #caa622c3
+def float32_below(values, # numbers (float64)
+                 ) -> np.ndarray:
+    "The largest float32 at or below each value: for every float32 `x`, `x > float32_below(b)` exactly when `x > b`."
+    values = np.asarray(values, dtype=np.float64)
+    nearest = values.astype(np.float32)
+    return np.where(nearest > values, np.nextafter(nearest, np.float32(-np.inf)), nearest)
+
 # %% ../nbs/09_adc_circuits.ipynb #badfb56b
 _BUCKET_CHUNK = 1 << 21     # bucket edges searched per pass while a table is built (float64 temporaries: ~50 MB)
 _BUCKET_ENTRIES = 1 << 22   # finer bucket grids are tried only while the table stays this small (int32: 16 MB)
 
 class TransferTable:
-    "Many ADCs' transfer curves packed for vectorised lookup: a coarse uniform bucket index into each ADC's breakpoints, then a few compare-and-step passes (no per-conversion loop, no per-ADC loop)."
+    "Many ADCs' transfer curves packed for conversion: a uniform bucket grid over `[-1, 1]` per ADC, each bucket holding the few breakpoints it can meet and the levels around them (no per-conversion loop, no per-ADC loop)."
     def __init__(self,
                  transfers:list, # Transfer of every ADC (units of Vref)
                  adc_bits:int, # N: output level of code c is (2c + 1 − 2^N)/2^N
@@ -295,15 +304,15 @@ class TransferTable:
             if finer_passes >= passes: break
             buckets, base, passes = buckets * 2, finer, finer_passes
         self.buckets, self.passes = buckets, passes
-        self.base = xp.asarray(base.ravel())
-        del base
-        self.breakpoints = xp.asarray(breakpoints.ravel(), dtype=np.float32)
-        self.levels = xp.asarray(levels.ravel())
+        breakpoints = float32_below(breakpoints.ravel())      # float32 comparisons then decide exactly as float64 ones
+        if xp is np: self.entries = _bucket_entries(base.ravel(), breakpoints, levels.ravel(), passes)
+        else: self.base, self.breakpoints, self.levels = xp.asarray(base.ravel()), xp.asarray(breakpoints), xp.asarray(levels.ravel())
 
     def lookup(self, x, # inputs in units of Vref, within [-1, 1], float32
                adc_rows, # bucket-table row offset of each input's ADC (`adc_index·buckets`), int32, broadcastable to x
               ):
-        "The output level (units of Vref) of every input, each through its own ADC's transfer."
+        "The output level (units of Vref) of every input, each through its own ADC's transfer: elementwise passes of the array module (the GPU's path)."
+        if self.xp is np: raise ValueError("TransferTable.lookup is the GPU's path; a NumPy table converts with `convert`")
         xp = self.xp
         position = x + np.float32(1)
         position *= np.float32(self.buckets / 2)
@@ -314,6 +323,68 @@ class TransferTable:
         for _ in range(self.passes):
             interval += self.breakpoints[interval] < x
         return self.levels[interval]
+
+def _bucket_entries(base, # each bucket's first interval in the flat tables
+                    breakpoints, # flat breakpoints, float32, +inf after each ADC's last
+                    levels, # flat output levels of the intervals
+                    passes:int, # the most breakpoints one bucket holds
+                   ) -> np.ndarray:
+    "One row per bucket, what converting an input of that bucket reads: its next `passes` breakpoints (+inf from the ADC's end on) and the levels of the `passes + 1` intervals it can land in; float32 `(buckets, 2·passes + 1)`, filled in cache-sized blocks."
+    entries = np.empty((len(base), 2 * passes + 1), dtype=np.float32)
+    for start in range(0, len(base), 1 << 16):
+        offsets = np.minimum(base[start:start + (1 << 16), None] + np.arange(passes + 1), len(breakpoints) - 1)
+        entries[start:start + len(offsets), :passes] = np.maximum.accumulate(breakpoints[offsets[:, :passes]], axis=1)  # sorted rows; +inf stays
+        entries[start:start + len(offsets), passes:] = levels[offsets]
+    return entries
+
+# %% ../nbs/09_adc_circuits.ipynb #f5b2ae85
+_PARALLEL_CONVERSIONS = 1 << 16     # conversions split over the CPUs above this many (~0.1 ms of work)
+
+@functools.lru_cache(maxsize=1)
+def _compiled_conversion():
+    "The conversion kernel (numba, compiled on first use): one pass over the currents, each read once and written once."
+    from numba import njit
+    @njit(nogil=True, cache=True)
+    def convert(current, out, first, last, ranges, rows, entries, passes, buckets):
+        k_slices, batch, slices, columns = current.shape
+        one, zero, half_buckets = np.float32(1), np.float32(0), np.float32(buckets) * np.float32(0.5)
+        last_bucket, step, table = np.int32(buckets - 1), np.uint32(entries.shape[1]), entries.reshape(-1)
+        for kb in range(first, last):
+            k = kb // batch
+            b = kb - k * batch
+            for s in range(slices):
+                lo, hi, inv, vr = ranges[k, s, 0], ranges[k, s, 1], ranges[k, s, 2], ranges[k, s, 3]
+                for n in range(columns):
+                    x = min(max(current[k, b, s, n], lo), hi) * inv
+                    position = (x + one) * half_buckets
+                    position = position if position == position else zero            # NaN: any bucket (it stays NaN)
+                    bucket = np.uint32(min(max(np.int32(position), np.int32(0)), last_bucket))
+                    entry = (rows[s, n] + bucket) * step          # (unsigned indices: no negative-index wrap-around)
+                    if passes == 1: level = entry + np.uint32(1) + np.uint32(x > table[entry])
+                    else:
+                        level = entry + np.uint32(passes)
+                        for t in range(passes): level += np.uint32(x > table[entry + np.uint32(t)])
+                    y = table[level] * vr
+                    out[k, b, s, n] = y if x == x else x
+    return convert
+
+@patch
+def convert(self:TransferTable,
+            current, # column currents (k, batch, slices, n_out), float32 (NumPy); overwritten with the levels
+            ranges, # each (input slice, weight slice)'s low, high, 1/Vref and Vref, float32 (k, slices, 4)
+            adc_rows, # each column's bucket-table row offset (`adc_index·buckets`), uint32 (slices, n_out)
+           ):
+    "Clip to `[low, high]`, normalise by Vref, convert through each column's ADC and scale back, in one compiled pass (split over the CPUs for large reads, except inside a worker thread: a network's chunks already fill the CPUs, and a worker waiting on its own pool would deadlock). Returns `current`."
+    kernel, (k_slices, batch) = _compiled_conversion(), current.shape[:2]
+    vectors = k_slices * batch                              # (input slice, vector) pairs, split between the CPUs
+    pieces = min(vectors, -(-current.size // _PARALLEL_CONVERSIONS))
+    if pieces > 1: pieces = 1 if threading.current_thread().name.startswith("crosssim-worker") else min(pieces, available_cpus())
+    if pieces < 2: kernel(current, current, 0, vectors, ranges, adc_rows, self.entries, self.passes, self.buckets)
+    else:
+        bounds = np.linspace(0, vectors, pieces + 1).astype(int)
+        list(thread_pool(pieces).map(lambda i: kernel(current, current, bounds[i], bounds[i + 1], ranges, adc_rows, self.entries,
+                                                      self.passes, self.buckets), range(pieces)))
+    return current
 
 # %% ../nbs/09_adc_circuits.ipynb #4e0044be
 def _distinct(transfers:list) -> tuple:
@@ -379,7 +450,7 @@ class CircuitADCGrid:
         self.low, self.high, self.vref, self.inverse_vref = (as_xp(a) for a in (limits[..., 0], limits[..., 1], vref, 1 / vref))
         self.config, self.adc_bits, self.xp = config, config.adc_bits, xp
         self.array_columns, self.part_columns = list(array_columns), part_columns
-        self.transfers, self.table, self._rows = None, None, {}
+        self.transfers, self.table, self._rows, self._range_arrays = None, None, {}, {}
 
     def program(self, rng, noise_rng=None):
         "Draw the component errors of every ADC of the tile (once per Monte-Carlo run) and pack their transfers."
@@ -394,14 +465,30 @@ class CircuitADCGrid:
         first = np.array(first)
         self.adc_index = {part: first[array] + column_adcs(kind, int(column.max()) + 1, c.group_size)[column]
                           for part, (array, column) in self.part_columns.items()}
-        self._rows = {part: self.xp.asarray(table_row[index] * self.table.buckets, dtype=np.int32) for part, index in self.adc_index.items()}
+        self._rows = {part: np.ascontiguousarray(table_row[index] * self.table.buckets, dtype=np.uint32) if self.xp is np else
+                      self.xp.asarray(table_row[index] * self.table.buckets, dtype=np.int32) for part, index in self.adc_index.items()}
 
-    def digitize(self, current, # column currents (k, batch, slices, n_out), modified in place when float32
+    def _ranges(self, k_slices:int, slices:int):
+        "low, high, 1/Vref and Vref as the compiled conversion reads them: float32 (k, slices, 4), made once per shape."
+        if (k_slices, slices) not in self._range_arrays:
+            if np.ndim(self.low) == 4 and (self.low.shape[1] > 1 or self.low.shape[3] > 1):
+                raise ValueError(f"circuit ADC limits must be one range per (input slice, weight slice), broadcastable to "
+                                 f"(k, 1, slices, 1); got limits of shape {self.low.shape + (2,)}")
+            self._range_arrays[k_slices, slices] = np.stack([np.broadcast_to(a, (k_slices, 1, slices, 1))[:, 0, :, 0]
+                                                             for a in (self.low, self.high, self.inverse_vref, self.vref)], axis=-1)
+        return self._range_arrays[k_slices, slices]
+
+    def digitize(self, current, # column currents (k, batch, slices, n_out), overwritten with the levels when float32
                  part:str, # which columns these are ('difference', 'positive', 'negative', 'column' or 'reference')
                 ):
         "Every current's output level (normalised current), each through the transfer of the ADC serving its column."
         xp = self.xp
         x = current if current.dtype == np.float32 else current.astype(np.float32)
+        if xp is np:
+            if x.ndim != 4: raise ValueError(f"currents must be (k, batch, slices, n_out); got shape {x.shape}")
+            rows = self._rows[part]
+            if rows.shape != x.shape[2:]: rows = np.ascontiguousarray(np.broadcast_to(rows, x.shape[2:]))   # (the kernel indexes every column)
+            return self.table.convert(x, self._ranges(x.shape[0], x.shape[2]), rows)
         xp.clip(x, self.low, self.high, out=x)
         x *= self.inverse_vref
         out = self.table.lookup(x, self._rows[part])

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import threading
 import numpy as np
+from .config import WIRE_FIELDS   # the wire and terminal resistances (one list, kept by the configuration)
 
 # %% auto #0
-__all__ = ['ZERO_LIMIT', 'CLIP_LIMIT', 'SAMPLE_ABOVE', 'SAMPLE_STRIDE', 'HEALTH_COLUMNS', 'REMEDY', 'SIGMA_FIELDS', 'WIRE_FIELDS',
-           'ADCCounts', 'core_counts', 'start_counting', 'snapshot', 'add_snapshots', 'health_table', 'health_message',
+__all__ = ['ZERO_LIMIT', 'CLIP_LIMIT', 'SAMPLE_ABOVE', 'SAMPLE_STRIDE', 'HEALTH_COLUMNS', 'REMEDY', 'SIGMA_FIELDS', 'ADCCounts',
+           'core_counts', 'start_counting', 'snapshot', 'add_snapshots', 'health_table', 'health_message',
            'chance_message', 'likely_causes', 'remedy_for', 'ADCHealthWarning', 'warn_degenerate']
 
 # %% ../nbs/12_adc_health.ipynb #32a68304
@@ -22,6 +23,7 @@ def _host_bool(value) -> bool:
     "All-true test of a NumPy or CuPy scalar or array."
     return bool(np.all(value.get() if hasattr(value, "get") else value))
 
+# %% ../nbs/12_adc_health.ipynb #975e95d4
 class ADCCounts:
     "Running tallies of one core's ADC conversions; the worker threads of a layer add to it concurrently."
     def __init__(self):
@@ -54,6 +56,14 @@ class ADCCounts:
             self.conversions += conversions; self.counted += int(codes.size); self.zero += at_zero
             self.clipped_low += low; self.clipped_high += high
 
+    def add_totals(self, conversions:int, # conversions made
+                   counted:int, # of which counted (all of them where a compiled pass tallies every one)
+                   zero:int, clipped_low:int, clipped_high:int): # counted conversions at the zero-current code and at either end code
+        "Add tallies counted elsewhere (a compiled ADC pass that counts as it converts)."
+        with self._lock:
+            self.conversions += conversions; self.counted += counted; self.zero += zero
+            self.clipped_low += clipped_low; self.clipped_high += clipped_high
+
     def as_dict(self) -> dict:
         with self._lock: return dict(conversions=self.conversions, counted=self.counted, zero=self.zero,
                                      clipped_low=self.clipped_low, clipped_high=self.clipped_high)
@@ -68,6 +78,7 @@ def core_counts(core) -> ADCCounts|None:
     for grid in grids: grid.counts = counts
     return counts
 
+# %% ../nbs/12_adc_health.ipynb #75417605
 def start_counting(cores:dict, # {core name: AnalogCore}
                   ) -> dict:
     "Attach and zero the counts of every core with an ADC: `{core name: ADCCounts}`."
@@ -122,6 +133,7 @@ def _layer_figures(row) -> str:
     return (f"{row.layer} {100 * row.clipped_fraction:.1f} % clipped ({100 * row.clipped_low_fraction:.1f} % low, "
             f"{100 * row.clipped_high_fraction:.1f} % high)")
 
+# %% ../nbs/12_adc_health.ipynb #8241c3ce
 def health_message(table, # a `health_table`
                    model_name:str="", # named in the message
                    max_layers:int=6, # name at most this many layers
@@ -136,6 +148,7 @@ def health_message(table, # a `health_table`
     return (f"{model_name + ': ' if model_name else ''}{len(bad)} of {len(table)} analog layers have degenerate ADCs "
             f"({settings}): {shown}{more}. {REMEDY if remedy is None else remedy}")
 
+# %% ../nbs/12_adc_health.ipynb #d546e098
 def chance_message(accuracy:float, # analog top-1 accuracy (0..1)
                    float_accuracy:float, # float top-1 accuracy (0..1)
                    n_classes:int, # outputs of the model
@@ -151,10 +164,10 @@ def chance_message(accuracy:float, # analog top-1 accuracy (0..1)
 
 # %% ../nbs/12_adc_health.ipynb #732cf814
 SIGMA_FIELDS = ("sigma_capacitor", "sigma_comparator", "sigma_c1", "sigma_c2", "sigma_cpar")   # circuit-ADC mismatch settings
-WIRE_FIELDS = ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal")                          # parasitic resistances (ohm)
 
 def _degenerate(table) -> bool: return table is not None and len(table) and bool((table.status != "ok").any())
 
+# %% ../nbs/12_adc_health.ipynb #dcee0835
 def likely_causes(config, # the hardware (an InferenceConfig)
                   table=None, # its `health_table`, or None when not measured
                   adc_calibrated:bool|None=None, # the ADC ranges were calibrated (None: CALIBRATED ranges mean they were)
@@ -184,6 +197,7 @@ def likely_causes(config, # the hardware (an InferenceConfig)
                       else "degenerate ADC ranges, not calibrated: " + REMEDY[len("remedy: "):])
     return causes
 
+# %% ../nbs/12_adc_health.ipynb #47a3ec3c
 def remedy_for(config, table=None, adc_calibrated:bool|None=None,
                fallback:str="check the programming error, read noise and weight bits", # said when no cause is found
               ) -> str:
@@ -191,7 +205,6 @@ def remedy_for(config, table=None, adc_calibrated:bool|None=None,
     causes = likely_causes(config, table, adc_calibrated)
     if not causes: return f"remedy: {fallback}"
     return ("likely cause: " if len(causes) == 1 else "likely causes: ") + "; ".join(causes)
-
 
 # %% ../nbs/12_adc_health.ipynb #eb927340
 class ADCHealthWarning(UserWarning):

@@ -33,11 +33,13 @@ def plot_array_budget(net, # an AnalogNetwork
     for axis in ax: axis.tick_params(labelsize=8)
     return fig
 
+# %% ../nbs/51_array_viewer.ipynb #79081ae6
 def _thinned(count:int, most:int) -> np.ndarray:
     "At most `most` evenly spread indices of `count`, always the first and the last."
     if count <= most: return np.arange(count)
     return np.unique(np.rint(np.linspace(0, count - 1, most)).astype(int))
 
+# %% ../nbs/51_array_viewer.ipynb #ba4ae5e1
 def plot_layer_mapping(net, # an AnalogNetwork
                        layer:str, # analog core name (see `net.cores`)
                        ax=None, # axes to draw on
@@ -87,12 +89,14 @@ def plot_layer_mapping(net, # an AnalogNetwork
                  f"utilisation {100 * s['utilisation']:.1f} %" + ("" if to_scale else " (not to scale)"), fontsize=9)
     return fig
 
+# %% ../nbs/51_array_viewer.ipynb #2aa36366
 def totals_table(table, # a hardware table (`net.hw_config()`): one row per analog layer and a last "total" row
                 ):
     "The hardware table's total row as a one-row table of the columns that have a total (no per-layer-only NaN cells)."
     total = table.tail(1)
     return total.loc[:, total.notna().all()].reset_index(drop=True)
 
+# %% ../nbs/51_array_viewer.ipynb #e59e5abc
 class ArrayViewer:
     "The budget figure of every layer, the hardware totals, and a layer dropdown over `plot_layer_mapping`."
     def __init__(self, net):
@@ -123,4 +127,3 @@ class ArrayViewer:
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
-

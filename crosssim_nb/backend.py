@@ -67,6 +67,7 @@ def available_cpus() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
+# %% ../nbs/00_backend.ipynb #e62a680a
 def available_memory() -> int:
     "Bytes of memory this process can still take now (Linux MemAvailable, else free physical pages; a large number where neither can be read)."
     try:
@@ -77,6 +78,7 @@ def available_memory() -> int:
     try: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError): return 1 << 62
 
+# %% ../nbs/00_backend.ipynb #dd551c6b
 _THREAD_POOLS = {}
 
 def thread_pool(workers:int, # threads in the pool

@@ -8,8 +8,11 @@ import hashlib, json, math, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
+from fastcore.basics import patch
 from .config import InferenceConfig
+from .files import read_data_file, write_atomic
 from .adc import adc_grid, digitize, granular_range
+from .seeds import seed_stream
 
 # %% auto #0
 __all__ = ['RANGE_SETTINGS', 'CALIBRATION_FORMAT', 'CALIBRATION_VERSIONS', 'Reservoir', 'ADCProfile', 'weights_hash',
@@ -78,7 +81,6 @@ class ADCProfile:
         for index, (core, reservoir) in enumerate(self.dac.items()):
             arrays[f"dac_{index}"] = reservoir.values
             meta["dac"][core] = dict(key=f"dac_{index}", count=reservoir.count, minimum=reservoir.minimum, maximum=reservoir.maximum)
-        from crosssim_nb.config import write_atomic
         def write(temporary):
             with open(temporary, "wb") as handle: np.savez_compressed(handle, metadata=np.array(json.dumps(meta)), **arrays)
         write_atomic(path, write)                        # a crash or a full disk leaves an existing profile whole
@@ -114,6 +116,7 @@ def _specs_hash(specs) -> str:
         if spec.bias is not None: digest.update(np.ascontiguousarray(spec.bias, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
+# %% ../nbs/35_calibration.ipynb #a2e78055
 def relu_follows(net, core:str) -> bool:
     "Whether a ReLU (or ReLU6) acts directly on this core's output: fused in the layer, or the next and only reader."
     for node in net.graph.analog_nodes:
@@ -123,6 +126,7 @@ def relu_follows(net, core:str) -> bool:
             return len(readers) == 1 and readers[0] in net.fused_relus
     return False
 
+# %% ../nbs/35_calibration.ipynb #27ab8ca3
 class _ProfilingEngine:
     "Stands in for a core during profiling: ADCs off, ADC inputs sampled."
     def __init__(self, core, groups:dict, relu_aware:bool, capacity:int, rng, spec=None):
@@ -142,15 +146,16 @@ class _ProfilingEngine:
                     group.add(values[s, k][keep] if keep is not None else values[s, k])
         return outputs
 
+# %% ../nbs/35_calibration.ipynb #9a95ba4a
 def profile_adc_inputs(net, # an AnalogNetwork
                        x_calib, # calibration inputs (from the training split, never the test split)
                        relu_aware:bool=False, # keep only ADC inputs that survive a directly following ReLU
                        capacity:int=100_000, # values kept per layer, weight slice and input bit
                        batch_size:int=64, # images per batch
-                       seed:int=0, # seed of the sampling
+                       seed:int|None=None, # seed of the sampling (default: the network's config.seed)
                       ) -> ADCProfile:
     "Run `net` with ADCs off on `x_calib`; sample every core's ADC inputs and DAC inputs."
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed_stream(net.config.seed if seed is None else seed, "calibration_sample"))
     profile = ADCProfile(net.model_name, weights_hash(net), net.config.to_dict(), int(len(np.asarray(x_calib))), relu_aware)
     engines = dict(net.engines)
     for name, core in net.cores.items():
@@ -183,6 +188,7 @@ def _shape(values, lower):
 
 def _limits(lower, high): return (-high, high) if lower is None else (lower, high)
 
+# %% ../nbs/35_calibration.ipynb #061ee905
 def optimal_range(values:np.ndarray, # profiled ADC inputs
                   adc_bits:int, # ADC bits
                   lower:float|None=None, # fixed lower limit (ReLU-aware), else chosen by the sign of the data
@@ -205,6 +211,7 @@ def optimal_range(values:np.ndarray, # profiled ADC inputs
         if refined.fun < errors[best]: return _limits(lower, float(refined.x))
     return _limits(lower, float(grid[best]))
 
+# %% ../nbs/35_calibration.ipynb #9cf3950b
 def percentile_range(values:np.ndarray, percentile:float=99.99, lower:float|None=None) -> tuple[float, float]:
     "The range whose upper limit is the `percentile` of |values| (of values, for non-negative or ReLU-aware data)."
     values = np.asarray(values)
@@ -234,6 +241,7 @@ def _settings(config:InferenceConfig, adc_bits:int) -> dict:
     values = config.to_dict()
     return {**{k: values[k] for k in RANGE_SETTINGS}, "adc_bits": int(adc_bits)}
 
+# %% ../nbs/35_calibration.ipynb #d837d75c
 def _align_powers_of_two(ranges:dict, profile_groups:dict, adc_bits:int) -> dict:
     "Rescale every group's range to (reference range)·2^j, j chosen per group by its own error."
     if len(ranges) == 1: return ranges
@@ -250,6 +258,7 @@ def _align_powers_of_two(ranges:dict, profile_groups:dict, adc_bits:int) -> dict
         aligned[key] = min(candidates, key=lambda c: range_error(values, c, adc_bits))
     return aligned
 
+# %% ../nbs/35_calibration.ipynb #d6f8b7f7
 @dataclass
 class Calibration:
     "Per-layer ADC limits and DAC input ranges, with the model identity and the settings they were made for."
@@ -271,52 +280,56 @@ class Calibration:
                     settings=self.settings, method=self.method, percentile=self.percentile, layer_overrides=self.layer_overrides,
                     input_ranges=self.input_ranges, adc_limits=self.adc_limits, errors=self.errors, clipped=self.clipped)
 
-    def save(self, path):
-        "Write a human-readable JSON (.json) or YAML (.yaml/.yml) limits file (atomically: an existing file stays whole on a crash)."
-        from crosssim_nb.config import write_atomic
-        path = Path(path)
-        if path.suffix.lower() == ".json": write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-            write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-        else: raise ValueError(f"limits file {str(path)!r}: suffix {path.suffix!r} not allowed; use .json, .yaml or .yml")
-        return path
+# %% ../nbs/35_calibration.ipynb #264da6d9
+@patch
+def save(self:Calibration, path):
+    "Write a human-readable JSON (.json) or YAML (.yaml/.yml) limits file (atomically: an existing file stays whole on a crash)."
+    path = Path(path)
+    if path.suffix.lower() == ".json": write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+        write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+    else: raise ValueError(f"limits file {str(path)!r}: suffix {path.suffix!r} not allowed; use .json, .yaml or .yml")
+    return path
 
-    @classmethod
-    def load(cls, path):
-        "Read a limits file written by `save`."
-        from crosssim_nb.config import read_data_file
-        path = Path(path)
-        data = validate_calibration(read_data_file(path, "limits file"), repr(str(path)))
-        fields_ = {k: data.get(k) for k in ("model_name", "weights_hash", "settings", "method", "input_ranges", "adc_limits")}
-        defaults = {**_settings(InferenceConfig(), 8), "conv_row_order": "channel_last"}   # (version 1 tiled in the imported order)
-        assumed = tuple(k for k in RANGE_SETTINGS if k not in fields_["settings"])     # a version-1 file: circuits, devices, row order
-        fields_["settings"] = {**{k: defaults[k] for k in assumed}, **fields_["settings"]}
-        return cls(**fields_, layer_overrides=data.get("layer_overrides") or {}, errors=data.get("errors") or {},
-                   clipped=data.get("clipped") or {}, percentile=data.get("percentile"), source=repr(str(path)), assumed=assumed)
+# %% ../nbs/35_calibration.ipynb #30c1ab0f
+@patch(cls_method=True)
+def load(cls:Calibration, path):
+    "Read a limits file written by `save`."
+    path = Path(path)
+    data = validate_calibration(read_data_file(path, "limits file"), repr(str(path)))
+    fields_ = {k: data.get(k) for k in ("model_name", "weights_hash", "settings", "method", "input_ranges", "adc_limits")}
+    defaults = {**_settings(InferenceConfig(), 8), "conv_row_order": "channel_last"}   # (version 1 tiled in the imported order)
+    assumed = tuple(k for k in RANGE_SETTINGS if k not in fields_["settings"])     # a version-1 file: circuits, devices, row order
+    fields_["settings"] = {**{k: defaults[k] for k in assumed}, **fields_["settings"]}
+    return cls(**fields_, layer_overrides=data.get("layer_overrides") or {}, errors=data.get("errors") or {},
+               clipped=data.get("clipped") or {}, percentile=data.get("percentile"), source=repr(str(path)), assumed=assumed)
 
-    def check(self, net=None, config:InferenceConfig|None=None, layer_overrides=None):
-        "Raise `ValueError` naming every setting (and the model identity) that differs from what the limits were made for."
-        problems = []
-        if net is not None:
-            self.check_identity(net.model_name, net.specs.values())
-            if net.model_name != self.model_name: problems.append(f"model: limits for {self.model_name!r}, network is {net.model_name!r}")
-            if weights_hash(net) != self.weights_hash: problems.append("model weights differ (hash mismatch)")
-            config = config or net.config
-        if config is not None:
-            now = _settings(config, config.adc_bits)
-            if net is not None and not _row_order_matters(net.specs.values(), net.layer_configs, config):
-                now["conv_row_order"] = self.settings.get("conv_row_order")     # no tiled convolution: the order changes nothing
-            for key, value in self.settings.items():
-                if now.get(key) != value:
-                    note = " (not recorded by this older file: its default assumed)" if key in self.assumed else ""
-                    problems.append(f"{key}: limits made for {value!r}{note}, config has {now.get(key)!r}")
-        if layer_overrides is not None and _plain_overrides(layer_overrides) != self.layer_overrides:
-            problems.append(f"layer_overrides: limits made for {self.layer_overrides!r}, given {_plain_overrides(layer_overrides)!r}")
-        where = f"limits file {self.source} was made for other settings; it does" if self.source else "these ADC limits do"
-        if problems: raise CalibrationFileError(f"{where} not fit this network/config:\n  " + "\n  ".join(problems))
-        return self
+# %% ../nbs/35_calibration.ipynb #10023733
+@patch
+def check(self:Calibration, net=None, config:InferenceConfig|None=None, layer_overrides=None):
+    "Raise `ValueError` naming every setting (and the model identity) that differs from what the limits were made for."
+    problems = []
+    if net is not None:
+        self.check_identity(net.model_name, net.specs.values())
+        if net.model_name != self.model_name: problems.append(f"model: limits for {self.model_name!r}, network is {net.model_name!r}")
+        if weights_hash(net) != self.weights_hash: problems.append("model weights differ (hash mismatch)")
+        config = config or net.config
+    if config is not None:
+        now = _settings(config, config.adc_bits)
+        if net is not None and not _row_order_matters(net.specs.values(), net.layer_configs, config):
+            now["conv_row_order"] = self.settings.get("conv_row_order")     # no tiled convolution: the order changes nothing
+        for key, value in self.settings.items():
+            if now.get(key) != value:
+                note = " (not recorded by this older file: its default assumed)" if key in self.assumed else ""
+                problems.append(f"{key}: limits made for {value!r}{note}, config has {now.get(key)!r}")
+    if layer_overrides is not None and _plain_overrides(layer_overrides) != self.layer_overrides:
+        problems.append(f"layer_overrides: limits made for {self.layer_overrides!r}, given {_plain_overrides(layer_overrides)!r}")
+    where = f"limits file {self.source} was made for other settings; it does" if self.source else "these ADC limits do"
+    if problems: raise CalibrationFileError(f"{where} not fit this network/config:\n  " + "\n  ".join(problems))
+    return self
 
+# %% ../nbs/35_calibration.ipynb #0989d5f3
 def _row_order_matters(specs, layer_configs:dict, config:InferenceConfig) -> bool:
     "Whether `conv_row_order` changes any layer: a convolution with several taps and input channels whose rows are tiled."
     from crosssim_nb.convolution import conv_row_permutation
@@ -331,6 +344,7 @@ def _row_order_matters(specs, layer_configs:dict, config:InferenceConfig) -> boo
 def _plain_overrides(overrides) -> dict:
     return {k: (v.to_dict() if isinstance(v, InferenceConfig) else v) for k, v in (overrides or {}).items()}
 
+# %% ../nbs/35_calibration.ipynb #c0c4ede6
 def calibrate_adc(net, # an AnalogNetwork (any adc_range_option; ADCs are off while profiling)
                   x_calib=None, # calibration inputs (training split); not needed when `profile` is given
                   adc_bits:int|None=None, # target ADC resolution (default: the network's)
@@ -394,6 +408,7 @@ def _finite_pairs(value, where:str, problem) -> None:
     if not np.isfinite(array).all(): return problem(f"{where} holds a non-finite number: {value!r}")
     if not (array[..., 0] < array[..., 1]).all(): return problem(f"{where} needs lo < hi in every pair, got {value!r}")
 
+# %% ../nbs/35_calibration.ipynb #2b5d6b13
 def validate_calibration(data, # the parsed content of a limits file
                          source:str="limits", # the file (for messages)
                         ) -> dict:
@@ -446,10 +461,10 @@ def validate_calibration(data, # the parsed content of a limits file
     if problems: raise CalibrationFileError(f"limits file {source} is not a valid calibration:\n  " + "\n  ".join(problems))
     return data
 
+# %% ../nbs/35_calibration.ipynb #326bce6a
 def plain_limits(path, # a JSON / YAML / .npz file holding {layer: limits} only
                 ) -> dict:
     "A plain per-layer limits mapping read from a file; warns that nothing (model, weights, settings) is checked."
-    from crosssim_nb.config import read_data_file
     path = Path(path)
     if path.suffix.lower() == ".npz":
         if not path.is_file(): raise FileNotFoundError(f"limits file not found: {str(path)!r} (no such file)")
@@ -465,6 +480,7 @@ def plain_limits(path, # a JSON / YAML / .npz file holding {layer: limits} only
                   "a calibration file from calibrate_adc is checked completely", stacklevel=2)
     return dict(data)
 
+# %% ../nbs/35_calibration.ipynb #695e6b11
 def calibration_of(source):
     "The `Calibration` behind `adc_limits`: a Calibration, or a limits file (always validated completely); None for a mapping or None."
     if source is None or isinstance(source, Calibration): return source
@@ -476,6 +492,7 @@ def calibration_of(source):
         return Calibration.load(path)
     return None
 
+# %% ../nbs/35_calibration.ipynb #e812de67
 def _check_identity(self:Calibration, model_name:str, specs) -> None:
     "Raise unless these limits were made for this model (name and weights): 'made for model X'."
     digest = _specs_hash(specs)
@@ -489,7 +506,6 @@ def _check_identity(self:Calibration, model_name:str, specs) -> None:
     unknown = [k for k in list(self.adc_limits) + list(self.input_ranges) if k not in names]
     if unknown: raise CalibrationFileError(f"{where} names layer(s) this model lacks: {', '.join(map(repr, unknown[:10]))}")
 Calibration.check_identity = _check_identity
-
 
 # %% ../nbs/35_calibration.ipynb #b66d2ca3
 def adc_statistics(values:np.ndarray, limits, adc_bits:int) -> dict:
@@ -508,6 +524,7 @@ def layer_limits(calibration:Calibration, core:str, weight_slice:int=0, input_sl
     if array.ndim == 2: return tuple(array[weight_slice])
     return tuple(array[weight_slice, input_slice])
 
+# %% ../nbs/35_calibration.ipynb #31298729
 def plot_adc_histogram(profile:ADCProfile, # a profile from `profile_adc_inputs`
                        core:str, # the analog core (layer) to show
                        calibration:Calibration|None=None, # limits to draw (None: just the histogram)
@@ -540,6 +557,7 @@ def plot_adc_histogram(profile:ADCProfile, # a profile from `profile_adc_inputs`
     ax.title.set_fontsize(9)
     return fig
 
+# %% ../nbs/35_calibration.ipynb #c45a5e24
 class ADCViewer:
     "Widgets to browse a profile: layer dropdown, slice and input-bit selectors, a redrawn histogram."
     def __init__(self, profile:ADCProfile, calibration:Calibration|None=None):
@@ -569,6 +587,7 @@ class ADCViewer:
         from IPython.display import display
         display(self.widget)
 
+# %% ../nbs/35_calibration.ipynb #1da2e3e7
 def adc_viewer(profile:ADCProfile, calibration:Calibration|None=None) -> ADCViewer:
     "An `ADCViewer` for a profile (and its calibration)."
     return ADCViewer(profile, calibration)
@@ -597,6 +616,7 @@ def _crosssim_array(source, what:str, problem) -> np.ndarray | None:
     if len(bad): return problem(f"{name} needs min < max in every pair; layer {int(bad[0][0])} has {array[tuple(bad[0])].tolist()}")
     return array
 
+# %% ../nbs/35_calibration.ipynb #b1044f65
 def crosssim_settings_of(path) -> dict:
     "The settings a CrossSim limits file name states: `_144rows` → nrows_max, `balanced`/`offset` → style, `_4slices` → nslices, `ibits` → adc_per_ibit."
     name, found = Path(str(path)).stem.lower(), {}
@@ -607,6 +627,7 @@ def crosssim_settings_of(path) -> dict:
     if "ibits" in name: found["adc_per_ibit"] = True
     return found
 
+# %% ../nbs/35_calibration.ipynb #6f5d4efa
 def _analog_layers(network, config:InferenceConfig|None):
     "`(model name, analog specs in network order (CrossSim's MVM layers), config, per-core configs)` of a network or a Keras model."
     if hasattr(network, "specs") and hasattr(network, "layer_configs"):
@@ -616,7 +637,6 @@ def _analog_layers(network, config:InferenceConfig|None):
     model = load_keras_model(network)
     graph = fold_batchnorm(build_graph(model), allow=lambda node: config.fold_batchnorm)
     return model.name, list(graph.analog_specs), config, {}
-
 
 # %% ../nbs/35_calibration.ipynb #cs000003
 @classmethod
@@ -662,6 +682,8 @@ def _from_crosssim(cls, adc_limits, # CrossSim's ADC limits: a .npy path or an a
         if dac is not None: ranges[name] = dac[index].tolist()
     return cls(model_name=model_name, weights_hash=_specs_hash(specs), settings=_settings(config, config.adc_bits), method="crosssim",
                input_ranges=ranges, adc_limits=adc_by_core, source=repr(str(adc_limits)) if isinstance(adc_limits, (str, os.PathLike)) else "")
+
+# %% ../nbs/35_calibration.ipynb #4511bb70
 Calibration.from_crosssim = _from_crosssim
 
 def _to_crosssim(self:Calibration, adc_path, # where to write the ADC limits (.npy), CrossSim's layout
@@ -669,7 +691,6 @@ def _to_crosssim(self:Calibration, adc_path, # where to write the ADC limits (.n
                  network, # the AnalogNetwork (its analog layers in order are the rows)
                 ) -> tuple:
     "Write this calibration in CrossSim's layout: `(layers, 2)` (or `(layers, slices, 2)`) per file, rows in network order."
-    from crosssim_nb.config import write_atomic
     names = list(network.specs)
     missing = [n for n in names if n not in self.adc_limits or (dac_path is not None and n not in self.input_ranges)]
     if missing: raise ValueError(f"to_crosssim: CrossSim's layout needs a range for every analog layer; this calibration lacks {', '.join(missing[:6])}")
@@ -690,4 +711,3 @@ def _to_crosssim(self:Calibration, adc_path, # where to write the ADC limits (.n
         write_atomic(path, saver(array)); written.append(Path(path))
     return tuple(written)
 Calibration.to_crosssim = _to_crosssim
-

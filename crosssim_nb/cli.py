@@ -14,7 +14,6 @@ __all__ = ['MAIN_JOB_CONFIG', 'add_config_arguments', 'config_from_arguments', '
            'core_demo']
 
 # %% ../nbs/40_cli.ipynb #f695a083
-import typing
 class _Parser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are one line: what is wrong and what is allowed (exit status 2, no usage block); no abbreviated flags."
     def __init__(self, *args, **kwargs):
@@ -55,7 +54,7 @@ def add_config_arguments(parser:argparse.ArgumentParser,
     group = parser.add_argument_group("hardware (InferenceConfig fields; each overrides --config; units as stated)")
     hints, meanings = typing.get_type_hints(InferenceConfig), _field_meanings()
     for spec in dataclasses.fields(InferenceConfig):
-        if spec.name in exclude: continue
+        if spec.name in exclude or spec.name == "preset": continue     # (--preset builds a preset; the field is its tag)
         kind, default = hints[spec.name], spec.default
         if type(None) in typing.get_args(kind): kind = next(a for a in typing.get_args(kind) if a is not type(None))   # optional field
         flag, dest = "--" + spec.name.replace("_", "-"), f"cfg_{spec.name}"
@@ -71,7 +70,7 @@ def add_config_arguments(parser:argparse.ArgumentParser,
 
 def _file_keys(path) -> set:
     "The field names a config file sets (empty when it cannot be read: loading it reports that)."
-    from crosssim_nb.config import read_data_file
+    from crosssim_nb.files import read_data_file
     try: values = read_data_file(path, "configuration file")
     except Exception: return set()
     return set(values) if isinstance(values, dict) else set()
@@ -156,7 +155,19 @@ class UserError(Exception):
 def _add_run_arguments(parser, evaluates:bool=True):
     "Model, data and calibration-sample options; `evaluates` adds the test-set options (not used by calibrate)."
     parser.add_argument("--model", default="mnist_cnn", metavar="NAME|FILE",
-                        help="zoo model name (see `crosssim-nb zoo`) or a model file .keras/.h5 (default: mnist_cnn)")
+                        help="zoo model name (see `crosssim-nb zoo`), a Keras model file .keras/.h5, or an ONNX file .onnx "
+                             "(PyTorch: export the module to ONNX; .pt/.pth pickles are refused unopened) (default: mnist_cnn)")
+    from crosssim_nb.inference import PREPROCESSING
+    parser.add_argument("--preprocess", type=_choice(list(PREPROCESSING)), metavar="{" + ",".join(PREPROCESSING) + "}",
+                        help="raw 0-255 images to model inputs: none (as they are), scale_255 (x / 255), standardize "
+                             "((x / 255 - MEAN) / STD per channel, with --mean and --std) (default: a zoo model's own; none for other models)")
+    parser.add_argument("--digital", nargs="+", metavar="LAYER", default=[],
+                        help="layers (Keras) or nodes (ONNX) kept digital, whatever their type, computed as their framework computes "
+                             "them: layer_overrides={LAYER: 'digital'} (default: none)")
+    parser.add_argument("--mean", type=float, nargs="+", metavar="M",
+                        help="with --preprocess standardize: the mean in [0, 1] pixel units, one value or one per channel")
+    parser.add_argument("--std", type=float, nargs="+", metavar="S",
+                        help="with --preprocess standardize: the standard deviation, one value or one per channel")
     parser.add_argument("--dataset", default=None, metavar="NAME", help="dataset name, any case (default: the zoo model's own dataset)")
     parser.add_argument("--config", metavar="FILE", help="hardware config file: ours (.yaml/.yml/.json), or CrossSim's parameter JSON or "
                         "inference_config.py (told apart by content); the flags below override it (default: none, InferenceConfig defaults)")
@@ -186,6 +197,18 @@ def _add_run_arguments(parser, evaluates:bool=True):
 
 def _add_debug(parser):
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (default: one line)")
+
+def _preprocessing_of(args, parser):
+    "The InputPreprocessing --preprocess/--mean/--std ask for (None: the model's own); a wrong combination exits like argparse."
+    from crosssim_nb.inference import InputPreprocessing
+    if args.preprocess != "standardize" and (args.mean or args.std):
+        parser.error(f"--mean/--std go with --preprocess standardize, not {'--preprocess ' + args.preprocess if args.preprocess else 'without it'}")
+    if args.preprocess is None: return None
+    if args.preprocess == "standardize" and not (args.mean and args.std):
+        parser.error("--preprocess standardize needs --mean and --std (in [0, 1] pixel units), e.g. --mean 0.1307 --std 0.3081, "
+                     "or one value per channel: --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225")
+    try: return InputPreprocessing(args.preprocess, mean=tuple(args.mean or ()), std=tuple(args.std or ()))
+    except ValueError as error: parser.error(str(error).replace("std=", "--std ").replace("mean has", "--mean has"))
 
 def _dataset_of(args, parser):
     if args.dataset: return args.dataset
@@ -294,11 +317,16 @@ def _check_model_and_dataset(args, parser):
         return f"did you mean {close[0]!r}? " if close else ""
     names = sorted(zoo.read_manifest()["models"])
     if args.model not in names:
+        from crosssim_nb.inference import KERAS_SUFFIXES, ONNX_SUFFIXES
+        from crosssim_nb.onnx_import import PICKLE_SUFFIXES, load_onnx
         path = Path(args.model)
-        if path.suffix.lower() in (".keras", ".h5", ".hdf5"): _check_input_file("--model", args.model, parser)
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            try: load_onnx(path)                           # refused by its name, never opened (a pickle runs code when loaded)
+            except (ValueError, FileNotFoundError) as error: parser.error(f"--model: {error}")
+        if path.suffix.lower() in KERAS_SUFFIXES + ONNX_SUFFIXES: _check_input_file("--model", args.model, parser)
         elif not path.is_file():
             parser.error(f"--model: unknown model {args.model!r}; {hint(args.model, names)}zoo models: {', '.join(names)} "
-                         "(or give a .keras/.h5 file)")
+                         "(or give a .keras/.h5 or .onnx file)")
     if args.dataset is not None:
         args.dataset = {name.lower(): name for name in DATASETS}.get(args.dataset.lower().replace("-", "_"), args.dataset)   # any case
         if args.dataset not in DATASETS:
@@ -384,6 +412,8 @@ def _run(args, parser):
     _check_common(args, parser)
     _check_model_and_dataset(args, parser)
     dataset = _dataset_of(args, parser)
+    preprocessing = _preprocessing_of(args, parser)
+    overrides = {**(extra.pop("layer_overrides", None) or {}), **{name: "digital" for name in args.digital}}
     if args.adc_limits:
         if args.calibrate_adc: parser.error("give either --adc-limits FILE or --calibrate-adc METHOD, not both")
         config = _settings_from_limits(args, parser, config)
@@ -391,7 +421,7 @@ def _run(args, parser):
                            batch_size=args.batch_size, topk=tuple(args.topk), progress=not args.no_progress,
                            return_outputs=bool(args.save_outputs), show_hw_config=args.show_hw_config,
                            calibration_samples=args.calibration_samples, adc_limits=args.adc_limits, adc_calibration=args.calibrate_adc,
-                           **extra)
+                           preprocess=preprocessing, layer_overrides=overrides or None, **extra)
     print(result)
     for flag, path, writer in (("--save-outputs", args.save_outputs, "save_outputs"), ("--json", args.json, "to_json")):
         if not path: continue
@@ -402,8 +432,7 @@ def _run(args, parser):
             parser.error(_written(flag, path, error) + "; the summary was printed above instead")
 
 def _calibrate(args, parser):
-    from crosssim_nb.inference import resolve_model, _training_sample, calibration_config
-    from crosssim_nb.network import AnalogNetwork
+    from crosssim_nb.inference import resolve_model, _training_sample, calibration_config, ModelInputs
     from crosssim_nb.calibration import calibrate_adc
     _check_input_file("--config", args.config, parser)
     _check_output_path("--output", args.output, parser, suffixes=(".json", ".yaml", ".yml"))
@@ -413,12 +442,14 @@ def _calibrate(args, parser):
     _check_model_and_dataset(args, parser)
     if config.adc_bits == 0: parser.error("calibrate needs --adc-bits 2..32 (the ADC to calibrate); got adc_bits=0")
     dataset = _dataset_of(args, parser)
-    keras_model, preprocess, name = resolve_model(args.model)
-    x_calib = _training_sample(dataset, preprocess, args.calibration_samples, config.seed)
+    overrides = {name: "digital" for name in args.digital} or None
+    resolved = resolve_model(args.model, set(args.digital))
+    inputs, name = ModelInputs.of(resolved, _preprocessing_of(args, parser)), resolved.name
+    x_calib = inputs.fit(_training_sample(dataset, inputs, args.calibration_samples, config.seed))[0]
     profiling, when = calibration_config(config)           # under drift: at t = 0 (deployment) or at t_drift (evaluation)
-    net = AnalogNetwork.from_keras(keras_model, profiling, calibration_data=x_calib, input_nonnegative=preprocess is not None)
+    net = resolved.network(profiling, calibration_data=x_calib, input_nonnegative=inputs.nonnegative(dataset), layer_overrides=overrides)
     calibration = calibrate_adc(net, x_calib, method=args.method, percentile=args.percentile, relu_aware=args.relu_aware,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, layer_overrides=overrides)
     evaluated = config.to_dict()                             # the file is for runs at this t_drift (adc_calibration_time says when it was made)
     calibration.settings.update({key: evaluated[key] for key in ("t_drift", "error_model") if key in calibration.settings})
     try: calibration.save(args.output)
@@ -474,7 +505,7 @@ def _did_you_mean(flag:str, known:list) -> str:
     spelled = getattr(config_module, "CROSSSIM_SPELLINGS", {}).get(name)         # --NrowsMax, --Rp_row, --cell_bits
     close = difflib.get_close_matches("--" + name.lower().replace("_", "-"), long_flags, n=1, cutoff=0.75)   # --adc-bit, --outptu
     field = suggest(name) if suggest is not None else None
-    note = getattr(config_module, "_SPELLING_NOTES", {}).get(name) if spelled else None   # e.g. cell_bits: the sign bit
+    note = getattr(config_module, "SPELLING_NOTES", {}).get(name) if spelled else None   # e.g. cell_bits: the sign bit
     for candidate in ("--" + spelled.replace("_", "-") if offered(spelled) else None, same[0] if same else None,
                       close[0] if close else None, "--" + field.replace("_", "-") if offered(field) else None):
         if candidate: return f"; did you mean {candidate}?" + (f" ({note})" if note else "")

@@ -4,18 +4,21 @@
 
 # %% ../nbs/01_config.ipynb #caf46045
 from __future__ import annotations
-import dataclasses, difflib, functools, json, math, os, re, reprlib, uuid
+import dataclasses, difflib, functools, json, math, re, reprlib
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 import yaml
+from fastcore.basics import patch
+from .files import read_data_file, write_atomic
+from .presets import PRESET_NOTES, preset_name
 
 # %% auto #0
-__all__ = ['CROSSSIM_SPELLINGS', 'MAX_NESTING', 'CIRCUIT_ADC_FIELDS', 'WeightStyle', 'BalancedStyle', 'ADCRangeOption',
-           'Distribution', 'ReadNoiseMethod', 'VariancePrecision', 'Dependence', 'DeviceModel', 'DriftModel',
-           'DriftCompensation', 'CalibrationTime', 'SelectedRows', 'ConvRowOrder', 'IVModel', 'ADCType',
-           'InferenceConfig', 'UnknownFieldError', 'suggest_field', 'FileFormatError', 'read_data_file', 'write_atomic',
-           'describe_config']
+__all__ = ['WIRE_FIELDS', 'CROSSSIM_SPELLINGS', 'SPELLING_NOTES', 'CONFIG_CHECKS', 'CIRCUIT_ADC_FIELDS', 'WeightStyle',
+           'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'VariancePrecision', 'Dependence',
+           'DeviceModel', 'DriftModel', 'DriftCompensation', 'CalibrationTime', 'SelectedRows', 'ConvRowOrder',
+           'IVModel', 'ADCType', 'InferenceConfig', 'UnknownFieldError', 'suggest_field', 'check_field_names',
+           'add_config_check', 'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -40,6 +43,7 @@ class ADCRangeOption(_Option):
     GRANULAR = "GRANULAR"   # level step = the smallest error-free array output (full precision, no rounding)
     CALIBRATED = "CALIBRATED" # limits from a calibration made for this model and these settings
 
+# %% ../nbs/01_config.ipynb #b6ccba8a
 class Distribution(_Option):
     "Random distribution of generic programming error or read noise."
     normal = "normal"       # N(0, sigma)
@@ -61,6 +65,7 @@ class Dependence(_Option):
     proportional = "proportional" # sigma = alpha*G
     inverse_proportional = "inverse_proportional" # sigma = alpha/G (= alpha*R/Rmin); G = 0 stays 0
 
+# %% ../nbs/01_config.ipynb #c789fb2a
 class DeviceModel(_Option):
     "Device model for programming error or read noise (CrossSim's and aihwkit's names; see the device_models module)."
     none = "none"           # no error
@@ -77,6 +82,7 @@ class DeviceModel(_Option):
     ReRamCMO2 = "ReRamCMO2" # aihwkit CMO/HfOx ReRAM, 2 % acceptance fit
     table = "table"         # the user's measured sigma(G) from the CSV file `device_table`
 
+# %% ../nbs/01_config.ipynb #0abc1f58
 class DriftModel(_Option):
     "Conductance drift model, applied at t_drift > 0 days."
     none = "none"
@@ -96,6 +102,7 @@ class DriftCompensation(_Option):
     global_ideal = "global_ideal" # one gain per array against the ideal (unprogrammed) conductances
     per_column = "per_column" # one gain per array column
 
+# %% ../nbs/01_config.ipynb #f0622987
 class CalibrationTime(_Option):
     "When the ADC ranges are calibrated on a drifting chip: at programming (t = 0) or at the evaluation time t_drift."
     deployment = "deployment" # at t = 0, as a chip is calibrated once when it is deployed (what real hardware does)
@@ -131,6 +138,7 @@ class ADCType(_Option):
 _WEIGHT_BITS = "0 (no quantisation) or 2..24"
 _DAC_BITS = "0 (off), 1 (unsigned inputs only) or 2..24"
 _ADC_BITS = "0 (off) or 2..32 (1 for a circuit ADC: a sign comparator)"
+WIRE_FIELDS = ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal")   # the wire and terminal resistances of an array (ohm)
 
 @dataclass(frozen=True)
 class InferenceConfig:
@@ -206,62 +214,12 @@ class InferenceConfig:
     use_gpu: bool = False                # run array math on a CUDA GPU through CuPy (an error if none is usable)
     seed: int = 0                        # random seed, 0..2^63-1; each Monte-Carlo run derives its own from it
     nruns: int = 1                       # Monte-Carlo runs, 1..1000000, each re-programming the devices (CrossSim Nruns)
+    # --- provenance ---
+    preset: str = dataclasses.field(default="", compare=False) # the CrossSim preset this configuration was built from ('' = none): a tag that survives changes; describe_config lists its notes
 
     def __post_init__(self):
         for spec in fields(self): _check_type(self, spec)
         _check_values(self)
-
-    @classmethod
-    def ideal(cls, **changes):
-        "A configuration whose simulation equals float math: no quantisation, no errors, one array per layer."
-        base = dict(weight_bits=0, dac_bits=0, adc_bits=0, nrows_max=0, ncols_max=0, fold_batchnorm=True)
-        return cls(**{**base, **changes})
-
-    def replace(self, **changes):
-        "A validated copy with `changes` applied."
-        _check_names(changes)
-        for pair in (("error_dependence", "proportional_error"), ("noise_dependence", "proportional_noise")):
-            for given, alias in (pair, pair[::-1]):    # changing one of a dependence and its alias lets the other follow
-                if given in changes and alias not in changes: changes[alias] = None
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        "Plain-Python dict of every field (enums as strings)."
-        return {spec.name: _plain(getattr(self, spec.name)) for spec in fields(self)}
-
-    @classmethod
-    def from_dict(cls, values:dict):
-        "Build from a dict; unknown keys are an error naming them."
-        if not isinstance(values, dict): raise TypeError(f"a configuration must be a mapping of field names to values, got {type(values).__name__}")
-        _check_names(values)
-        return cls(**values)
-
-    def to_file(self, path):
-        "Save as YAML (.yaml/.yml) or JSON (.json), by suffix; written to a temporary file and renamed, so a full disk keeps the old file."
-        path = Path(path)
-        kind = _file_kind(path)
-        text = json.dumps(self.to_dict(), indent=2) + "\n" if kind == "json" else yaml.safe_dump(self.to_dict(), sort_keys=False)
-        write_atomic(path, text)
-        return path
-
-    @classmethod
-    def from_file(cls, path):
-        "Load from a YAML or JSON file (by suffix)."
-        path = Path(path)
-        _file_kind(path)
-        values = read_data_file(path, "configuration file")
-        try: return cls.from_dict(values or {})
-        except (TypeError, ValueError) as error: raise type(error)(f"configuration file {str(path)!r}: {error}") from None
-
-    def changed_fields(self) -> dict:
-        "The fields that differ from the defaults, as a dict."
-        default = InferenceConfig()
-        return {k: v for k, v in self.to_dict().items() if v != getattr(default, k) and not isinstance(getattr(default, k), Enum)
-                or isinstance(getattr(default, k), Enum) and v != getattr(default, k).value}
-
-    def __repr__(self):
-        changed = ", ".join(f"{k}={v!r}" for k, v in self.changed_fields().items())
-        return f"InferenceConfig({changed})"
 
     @property
     def gmin(self) -> float:
@@ -273,15 +231,108 @@ class InferenceConfig:
         "Normalised conductance range, Gmax - Gmin = 1 - Gmin."
         return 1.0 - self.gmin
 
+
+# %% ../nbs/01_config.ipynb #aed98615
+@patch(cls_method=True)
+def ideal(cls:InferenceConfig, **changes):
+    "A configuration whose simulation equals float math: no quantisation, no errors, one array per layer."
+    base = dict(weight_bits=0, dac_bits=0, adc_bits=0, nrows_max=0, ncols_max=0, fold_batchnorm=True)
+    return cls(**{**base, **changes})
+
+@patch
+def replace(self:InferenceConfig, **changes):
+    "A validated copy with `changes` applied."
+    check_field_names(changes)
+    for pair in (("error_dependence", "proportional_error"), ("noise_dependence", "proportional_noise")):
+        for given, alias in (pair, pair[::-1]):    # changing one of a dependence and its alias lets the other follow
+            if given in changes and alias not in changes: changes[alias] = None
+    if "icol_max" in changes and "icol_max_amps" not in changes: changes["icol_max_amps"] = 0.0   # the limit given anew, normalised
+    elif self.icol_max_amps > 0 and "icol_max" not in changes: changes["icol_max"] = 0.0          # amperes stay: recomputed from them
+    return dataclasses.replace(self, **changes)
+
+# %% ../nbs/01_config.ipynb #07813c84
 _dataclass_init = InferenceConfig.__init__
 
 @functools.wraps(_dataclass_init)
 def _init_with_names(self, *args, **kwargs):
-    _check_names(kwargs)       # an unknown keyword (a CrossSim spelling, a typo) says which field it means
+    check_field_names(kwargs)  # an unknown keyword (a CrossSim spelling, a typo) says which field it means
     _dataclass_init(self, *args, **kwargs)
 
 InferenceConfig.__init__ = _init_with_names
 
+# %% ../nbs/01_config.ipynb #b8d23daa
+@patch
+def to_dict(self:InferenceConfig) -> dict:
+    "Plain-Python dict of every field (enums as strings)."
+    return {spec.name: _plain(getattr(self, spec.name)) for spec in fields(self)}
+
+@patch(cls_method=True)
+def from_dict(cls:InferenceConfig, values:dict):
+    "Build from a dict; unknown keys are an error naming them."
+    if not isinstance(values, dict): raise TypeError(f"a configuration must be a mapping of field names to values, got {type(values).__name__}")
+    check_field_names(values)
+    return cls(**values)
+
+# %% ../nbs/01_config.ipynb #d46fc422
+@patch
+def to_file(self:InferenceConfig, path):
+    "Save as YAML (.yaml/.yml) or JSON (.json), by suffix; written to a temporary file and renamed, so a full disk keeps the old file."
+    path = Path(path)
+    kind = _file_kind(path)
+    text = json.dumps(self.to_dict(), indent=2) + "\n" if kind == "json" else yaml.safe_dump(self.to_dict(), sort_keys=False)
+    write_atomic(path, text)
+    return path
+
+# %% ../nbs/01_config.ipynb #5162a2c5
+@patch(cls_method=True)
+def from_file(cls:InferenceConfig, path):
+    "Load from a YAML or JSON file (by suffix)."
+    path = Path(path)
+    _file_kind(path)
+    values = read_data_file(path, "configuration file")
+    try: return cls.from_dict(values or {})
+    except (TypeError, ValueError) as error: raise type(error)(f"configuration file {str(path)!r}: {error}") from None
+
+# %% ../nbs/01_config.ipynb #ae0a9165
+@patch
+def changed_fields(self:InferenceConfig) -> dict:
+    "The fields that differ from the defaults, as a dict."
+    default = InferenceConfig()
+    return {k: v for k, v in self.to_dict().items() if v != getattr(default, k) and not isinstance(getattr(default, k), Enum)
+            or isinstance(getattr(default, k), Enum) and v != getattr(default, k).value}
+
+@patch
+def __repr__(self:InferenceConfig):
+    changed = ", ".join(f"{k}={v!r}" for k, v in self.changed_fields().items())
+    return f"InferenceConfig({changed})"
+
+
+# %% ../nbs/01_config.ipynb #cde650c4
+@patch(as_prop=True)
+def has_programming_error(self:InferenceConfig) -> bool:
+    "Whether programming draws an error: a named model always (alpha_error = 0 means as measured), the generic one when alpha_error > 0."
+    return self.error_model != "none" and not (self.error_model == "generic" and self.alpha_error == 0)
+
+@patch(as_prop=True)
+def has_read_noise(self:InferenceConfig) -> bool:
+    "Whether reads are noisy: a named model always (alpha_noise = 0 means as measured), the generic one when alpha_noise > 0."
+    return self.noise_model != "none" and not (self.noise_model == "generic" and self.alpha_noise == 0)
+
+@patch(as_prop=True)
+def has_wire_resistance(self:InferenceConfig) -> bool:
+    "Whether any wire or terminal resistance is set (rp_row, rp_col, rp_row_terminal, rp_col_terminal)."
+    return any(getattr(self, name) > 0 for name in WIRE_FIELDS)
+
+@patch(as_prop=True)
+def has_array_circuit(self:InferenceConfig) -> bool:
+    "Whether the arrays are circuits rather than ideal resistor grids: wire resistance, or a non-linear cell I-V law."
+    return self.has_wire_resistance or self.nonlinear_iv != "none"
+
+# %% ../nbs/01_config.ipynb #3bbe3f98
+@patch(as_prop=True)
+def needs_input_ranges(self:InferenceConfig) -> bool:
+    "Whether a layer on this hardware needs calibrated input (DAC) ranges: a DAC or an ADC quantises against them."
+    return self.dac_bits > 0 or self.adc_bits > 0
 
 # %% ../nbs/01_config.ipynb #e19fe72a
 def _plain(value):
@@ -289,7 +340,6 @@ def _plain(value):
 
 class UnknownFieldError(ValueError, TypeError):
     "A keyword or key that is no InferenceConfig field: a TypeError for `InferenceConfig(...)`, a ValueError for files and dicts."
-
 CROSSSIM_SPELLINGS = {   # CrossSim's names (inference_config.py, parameter-file leaves) -> the InferenceConfig field
     "NrowsMax": "nrows_max", "NcolsMax": "ncols_max", "rows_max": "nrows_max", "cols_max": "ncols_max", "Nslices": "nslices",
     "num_slices": "nslices", "Nruns": "nruns", "cell_bits": "weight_bits", "ADC_per_ibit": "adc_per_ibit", "Rmin": "rmin",
@@ -297,12 +347,13 @@ CROSSSIM_SPELLINGS = {   # CrossSim's names (inference_config.py, parameter-file
     "Rp_col_terminal": "rp_col_terminal", "Icol_max": "icol_max_amps", "useGPU": "use_gpu", "time": "t_drift",
     "nonlinear_IV": "nonlinear_iv", "slice_size": "input_slice_size", "sigma_C1": "sigma_c1", "sigma_C2": "sigma_c2",
     "sigma_Cpar": "sigma_cpar", "gate_input": "current_from_input", "random_seed": "seed"}
-_SPELLING_NOTES = {"cell_bits": "weight_bits counts the sign too: weight_bits = cell_bits + 1 for BALANCED pairs",
+SPELLING_NOTES = {"cell_bits": "weight_bits counts the sign too: weight_bits = cell_bits + 1 for BALANCED pairs",
                    "Icol_max": "CrossSim's Icol_max is in amperes: icol_max_amps (or icol_max in normalised current)",
                    "gate_input": "CrossSim's gate_input=True is current_from_input=False"}
 
 def _fold(name:str) -> str: return re.sub(r"[-_\s]", "", name).lower()
 
+# %% ../nbs/01_config.ipynb #aa7b2940
 def suggest_field(name:str, # a field name as a user wrote it: a CrossSim spelling, a typo, a CLI flag ('--NrowsMax')
                  ) -> str | None:
     "The InferenceConfig field `name` most likely means (None when nothing is close): CrossSim spellings, case, dashes, typos."
@@ -315,15 +366,19 @@ def suggest_field(name:str, # a field name as a user wrote it: a CrossSim spelli
     close = difflib.get_close_matches(text.lower().replace("-", "_"), names, n=1, cutoff=0.6)
     return close[0] if close else None
 
-def _check_names(values:dict):
+# %% ../nbs/01_config.ipynb #a24acfad
+def check_field_names(values:dict, # keys a user gave: keywords, or the keys of a file or dict
+                     ):
+    "Refuse a key that is no InferenceConfig field, saying which field it most likely means (an `UnknownFieldError`)."
     names = [spec.name for spec in fields(InferenceConfig)]
     for key in values:
         if key not in names:
             guess = suggest_field(key) if isinstance(key, str) else None
-            note = _SPELLING_NOTES.get(key, "") if isinstance(key, str) else ""
+            note = SPELLING_NOTES.get(key, "") if isinstance(key, str) else ""
             hint = (f"; did you mean {guess!r}?" + (f" ({note})" if note else "")) if guess else f"; the fields are: {', '.join(names)}"
             raise UnknownFieldError(f"unknown InferenceConfig field {_short(key)}{hint}")
 
+# %% ../nbs/01_config.ipynb #fa09f03a
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxdict, _REPR.maxlist = 2, 60, 60, 40, 4, 4
 
@@ -340,6 +395,7 @@ def _file_kind(path:Path) -> str:
 
 def _set(cfg, name, value): object.__setattr__(cfg, name, value)
 
+# %% ../nbs/01_config.ipynb #65189c44
 def _check_type(cfg, spec):
     name, value = spec.name, getattr(cfg, spec.name)
     anno = spec.type if isinstance(spec.type, str) else spec.type.__name__
@@ -379,6 +435,7 @@ def _check_type(cfg, spec):
         elif isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 2 <= value <= 32):
             raise ValueError(f"bias_bits={_short(value)} is not allowed; allowed: 0 (full precision), 2..32, or 'adc'")
 
+# %% ../nbs/01_config.ipynb #bc309b4b
 _DEFAULTS = {spec.name: spec.default for spec in fields(InferenceConfig)}
 
 def _require(ok:bool, message:str):
@@ -389,6 +446,7 @@ def _within(c, name:str, low, high, allowed:str):
     value = getattr(c, name)
     _require(low <= value <= high, f"{name}={value} is not allowed; allowed: {allowed}")
 
+# %% ../nbs/01_config.ipynb #a9bac2bc
 def _resolve_dependence(c:InferenceConfig):
     "Fill in error/noise_dependence and their boolean aliases proportional_error/noise; a contradiction is an error."
     for kind in ("error", "noise"):
@@ -399,6 +457,27 @@ def _resolve_dependence(c:InferenceConfig):
         _set(c, f"{kind}_dependence", dependence)
         _set(c, f"proportional_{kind}", dependence == "proportional")
 
+# %% ../nbs/01_config.ipynb #c05f7cc9
+def _normalise_column_limit(c:InferenceConfig):
+    "icol_max from icol_max_amps (amperes / (vread/rmin)), here and only here; both given must agree."
+    if c.icol_max_amps == 0: return
+    normalised = c.icol_max_amps * c.rmin / c.vread
+    _require(c.icol_max == 0 or math.isclose(c.icol_max, normalised, rel_tol=1e-9),
+             f"icol_max={c.icol_max} and icol_max_amps={c.icol_max_amps} disagree (icol_max_amps is {normalised:g} in normalised current); "
+             f"set one: icol_max in normalised current (1 = one device at Gmax at full-scale input) or icol_max_amps in amperes "
+             f"(normalised by vread/rmin = {c.vread / c.rmin:g} A)")
+    _within(c, "icol_max_amps", 0.0, 1e12 * c.vread / c.rmin, f"0 (off) or up to 1e12 normalised (= {1e12 * c.vread / c.rmin:g} A here)")
+    _set(c, "icol_max", normalised)
+
+CONFIG_CHECKS = []   # checks that modules above this one add (the device library adds its device checks when imported)
+
+def add_config_check(check, # a function of an InferenceConfig that raises ValueError naming the field
+                    ):
+    "Run `check` on every InferenceConfig built from now on, after the range checks (a module above config registers its checks so)."
+    if check not in CONFIG_CHECKS: CONFIG_CHECKS.append(check)
+
+
+# %% ../nbs/01_config.ipynb #70969cd9
 def _check_values(c:InferenceConfig):
     _resolve_dependence(c)
     _require(c.weight_bits == 0 or 2 <= c.weight_bits <= 24, f"weight_bits={c.weight_bits} is not allowed; allowed: {_WEIGHT_BITS}"
@@ -427,6 +506,8 @@ def _check_values(c:InferenceConfig):
         _require(getattr(c, name) >= 0, f"{name}={getattr(c, name)} is not allowed; allowed: >= 0")
     _within(c, "icol_max", 0.0, 1e12, "0 (off) or up to 1e12 (normalised current: 1 = one device at Gmax at full-scale input)")
     _within(c, "icol_max_amps", 0.0, 1.0, "0 (off) or up to 1 A")
+    _normalise_column_limit(c)
+    if c.preset: _set(c, "preset", preset_name(c.preset))
     for name in ("nrows_max", "ncols_max"): _within(c, name, 0, 2 ** 20, f"0 (unlimited) or 1..{2 ** 20} {name[1:5]}")
     _within(c, "nruns", 1, 10 ** 6, "1..1000000 Monte-Carlo runs")
     for model, alpha in (("error_model", "alpha_error"), ("noise_model", "alpha_noise")):
@@ -437,8 +518,7 @@ def _check_values(c:InferenceConfig):
     # physics not built yet: reject instead of ignoring
     _require(c.t_drift >= 0, f"t_drift={c.t_drift} is not allowed; allowed: >= 0 (days since programming)")
     _within(c, "t_drift", 0.0, 36525.0, "0..36525 days (100 years; each drift model bounds it further)")
-    from crosssim_nb.device_models import check_device_config
-    check_device_config(c)     # model roles, each model's valid physical range, the table file, t_drift semantics
+    for check in CONFIG_CHECKS: check(c)   # the device library's: model roles, physical ranges, the table file, t_drift semantics
     _check_circuit(c)
     # input bit slicing
     _require(c.input_slice_size >= 1, f"input_slice_size={c.input_slice_size} is not allowed; allowed: >= 1")
@@ -458,110 +538,8 @@ def _check_values(c:InferenceConfig):
                             "input bit slicing and adc_per_ibit; wrong: " + "; ".join(wrong))
     _check_combinations(c)
 
+
 # %% ../nbs/01_config.ipynb #b44ba957
-class FileFormatError(ValueError):
-    "A YAML or JSON file that cannot be read: the message names the file, the line and the column."
-
-MAX_NESTING = 100   # the deepest nesting of lists and mappings a data file may have (the project's own files need fewer than 10)
-
-class _NumberLoader(yaml.SafeLoader):
-    "Safe YAML loader: exponent numbers without a dot (`1e-2`) are floats, as in JSON and Python; duplicate keys, aliases and deep nesting are errors."
-    _depth = 0
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        where = f"{self.name}: line {event.start_mark.line + 1}, column {event.start_mark.column + 1}"
-        if isinstance(event, yaml.AliasEvent):    # an alias bomb expands to billions of values: refuse every alias
-            raise FileFormatError(f"{where}: YAML aliases (*{event.anchor}) are not allowed; write the value out")
-        if not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)): return super().compose_node(parent, index)
-        if self._depth >= MAX_NESTING: raise FileFormatError(f"{where}: nested deeper than {MAX_NESTING} levels; allowed: {MAX_NESTING}")
-        self._depth += 1                           # lists and mappings count, as in JSON
-        try: return super().compose_node(parent, index)
-        finally: self._depth -= 1
-
-_NumberLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-def _unique_mapping(loader, node, deep=False):
-    seen = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            raise FileFormatError(f"{loader.name}: line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r} "
-                                  f"(first at line {seen[key] + 1}); each key may appear once")
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-_NumberLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-def _json_pairs(path:str, text:str):
-    "An object_pairs_hook that refuses duplicate keys, naming the line of the repeat."
-    def hook(pairs):
-        keys = [k for k, _ in pairs]
-        for index, key in enumerate(keys):
-            if key in keys[:index]:
-                needle = json.dumps(key)
-                starts = [m.start() for m in re.finditer(re.escape(needle) + r"\s*:", text)]
-                where = ""
-                if len(starts) > 1:
-                    line = text.count("\n", 0, starts[1]) + 1
-                    where = f"line {line}, column {starts[1] - (text.rfind(chr(10), 0, starts[1]) + 1) + 1}: "
-                raise FileFormatError(f"{path}: {where}duplicate key {key!r}; each key may appear once")
-        return dict(pairs)
-    return hook
-
-def read_data_file(path, # a .yaml/.yml or .json file
-                   what:str="file", # what the file is, for messages ("configuration file", "limits file", ...)
-                  ):
-    "Parse a YAML or JSON file with one number parser; duplicate keys and syntax errors name the file, line and column."
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise ValueError(f"{what} {str(path)!r}: suffix {suffix!r} not allowed; use .yaml, .yml or .json")
-    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {str(path)!r} (no such file)")
-    raw = path.read_bytes()
-    try: text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
-        raise FileFormatError(f"{what} {str(path)!r}: line {line}, column {column}: not UTF-8 text ({error.reason})") from None
-    if suffix == ".json":
-        too_deep = f"{what} {str(path)!r}: nested deeper than {MAX_NESTING} levels; allowed: {MAX_NESTING}"
-        try: data = json.loads(text, object_pairs_hook=_json_pairs(f"{what} {str(path)!r}", text))
-        except json.JSONDecodeError as error:
-            raise FileFormatError(f"{what} {str(path)!r}: line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
-        except RecursionError: raise FileFormatError(too_deep) from None
-        if _nesting(data) > MAX_NESTING: raise FileFormatError(too_deep)
-        return data
-    loader = _NumberLoader(text)
-    loader.name = f"{what} {str(path)!r}"
-    try: return loader.get_single_data()
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise FileFormatError(f"{what} {str(path)!r}: {where}invalid YAML: {error.problem or error.context}") from None
-    except yaml.YAMLError as error:
-        raise FileFormatError(f"{what} {str(path)!r}: invalid YAML: {error}") from None
-    finally: loader.dispose()
-
-def _nesting(value) -> int:
-    "How deeply lists and mappings nest in `value` (a scalar: 0), walked without recursion; stops counting past MAX_NESTING."
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None: continue
-        deepest = max(deepest, depth)
-        if depth > MAX_NESTING: break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
 def _check_combinations(c):
     "Settings that contradict each other (a setting that would be silently ignored is refused)."
     _require(not (c.adc_range_option == "GRANULAR" and c.adc_bits == 0),
@@ -578,19 +556,6 @@ def _check_combinations(c):
                  f"{distribution}={getattr(c, distribution).value!r} has no effect with {model}='none'; "
                  f"set {model}='generic' (or leave {distribution}='normal')")
 
-def write_atomic(path, # the file to (re)write
-                 content, # text, or a callable that writes the file at the path it is given
-                ) -> None:
-    "Write to a temporary file next to `path`, then rename it over `path`: a crash or a full disk leaves the old file whole."
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if callable(content): content(temporary)
-        else: temporary.write_text(content, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists(): temporary.unlink()
-
 
 # %% ../nbs/01_config.ipynb #3b3f09f6
 def _check_circuit(c:InferenceConfig):
@@ -603,18 +568,18 @@ def _check_circuit(c:InferenceConfig):
         _within(c, name, 0.0, 10 * c.rmin, f"0..10·rmin = {10 * c.rmin:g} ohm (a driver or ADC input weaker than a tenth of one device)")
     _require(c.vread > 0, f"vread={c.vread} is not allowed; allowed: > 0 (volts)")
     _require(math.isfinite(c.parasitic_solve_budget_gflop) and c.parasitic_solve_budget_gflop > 0, f"parasitic_solve_budget_gflop={c.parasitic_solve_budget_gflop} is not allowed; allowed: a finite number > 0 (GFLOP)")
-    wired = any(getattr(c, n) > 0 for n in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal")) or c.nonlinear_iv != "none"
-    _require(not (wired and c.style == "OFFSET" and c.nslices > 1),
+    _require(not (c.has_array_circuit and c.style == "OFFSET" and c.nslices > 1),
              f"style='OFFSET' with nslices={c.nslices} and parasitic resistance or an I-V law is not built yet; allowed with array circuits: "
              "OFFSET with nslices=1, or BALANCED with any nslices")
-    noisy = c.noise_model != "none" and c.alpha_noise > 0
     if c.interleaved_posneg:
         _require(c.style == "BALANCED" and c.subtract_current_in_xbar,
                  f"interleaved_posneg=True with style={c.style.value!r}, subtract_current_in_xbar={c.subtract_current_in_xbar} is not "
                  "allowed: interleaving puts the G+ and G- cells of a BALANCED pair on one column line, so it needs style='BALANCED' "
                  "and subtract_current_in_xbar=True")
-        _require(not (noisy and c.read_noise_method == "exact" and c.icol_max > 0),
-                 "interleaved_posneg=True with read_noise_method='exact' and icol_max > 0 is not built; use read_noise_method='output_domain'")
+        _require(not (c.has_read_noise and c.read_noise_method == "exact" and c.icol_max > 0),
+                 f"interleaved_posneg=True with read_noise_method='exact' and icol_max > 0 is not built (the column current limit would clip I+ "
+                 f"and I- apart, not the line's I+ - I-), with any read noise: here noise_model={c.noise_model.value!r}; use "
+                 "read_noise_method='output_domain'")
     if not c.current_from_input:
         _require(c.input_bitslicing and c.input_slice_size == 1,
                  f"current_from_input=False with input_bitslicing={c.input_bitslicing}, input_slice_size={c.input_slice_size} is not "
@@ -629,7 +594,7 @@ def _check_circuit(c:InferenceConfig):
         if c.rmax > 20004: problems.append(f"rmax={c.rmax} (needs <= 20004 ohm: Gmin >= 50 uS)")
         if c.infinite_on_off_ratio: problems.append("infinite_on_off_ratio=True (needs False: the fit spans 50-225 uS)")
         _require(not problems, "nonlinear_iv='RRAMMilo' is outside the model's valid range: " + "; ".join(problems))
-    wires = any(getattr(c, n) > 0 for n in ("rp_row", "rp_col", "rp_row_terminal", "rp_col_terminal"))
+    wires = c.has_wire_resistance
     _require(wires or c.current_from_input,
              "current_from_input=False has no effect without wire resistance (rp_row, rp_col and the terminal resistances are all 0): "
              "a separate supply line differs from the input line only through its wires; set an rp_* > 0 or leave current_from_input=True")
@@ -669,9 +634,6 @@ def _check_converters(c:InferenceConfig):
              "(circuit ADCs decide with comparators; CrossSim ignores the flag there)")
     _require(not (c.adc_type == "sar" and c.split_cdac and c.adc_bits == 1),
              "adc_bits=1 is not allowed with adc_type='sar' and split_cdac=True; a split capacitive DAC needs >= 2 bits (set split_cdac=False)")
-    _require(not (c.icol_max > 0 and c.icol_max_amps > 0),
-             f"icol_max={c.icol_max} and icol_max_amps={c.icol_max_amps} are both set; set one: icol_max in normalised current "
-             f"(1 = one device at Gmax at full-scale input) or icol_max_amps in amperes (normalised by vread/rmin = {c.vread / c.rmin:g} A)")
     if c.adc_bits == 0:      # no ADC: its type and rounding would be ignored
         _require(c.adc_type == "quantizer", f"adc_type={c.adc_type.value!r} has no effect with adc_bits=0 (no ADC); set adc_bits "
                                             "(1..16 for a circuit ADC) or leave adc_type='quantizer'")
@@ -696,8 +658,7 @@ def describe_config(config:InferenceConfig, # the configuration to describe
     default = InferenceConfig().to_dict()
     rows = [dict(field=k, value=v, default=default[k], meaning=meanings.get(k) or "")
             for k, v in config.to_dict().items() if not only_changed or v != default[k]]
-    preset = getattr(config, "_preset", None)      # a preset's documented deviations (crosssim_compat.PRESET_NOTES)
-    if preset:
-        from crosssim_nb.crosssim_compat import PRESET_NOTES
-        rows += [dict(field=f"preset {preset}: note {i + 1}", value="", default="", meaning=note) for i, note in enumerate(PRESET_NOTES[preset])]
+    if config.preset:                                # the preset's documented deviations (presets.PRESET_NOTES)
+        rows += [dict(field=f"preset {config.preset}: note {i + 1}", value="", default="", meaning=note)
+                 for i, note in enumerate(PRESET_NOTES[config.preset])]
     return pd.DataFrame(rows).set_index("field")

@@ -4,30 +4,36 @@
 
 # %% ../nbs/12_convolution.ipynb #c0e1a7b5
 from __future__ import annotations
-import os, threading
+import dataclasses, os, threading
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from .core import AnalogCore          # (the package first: it keeps TensorFlow's start-up lines off stderr)
 from .config import InferenceConfig
 from .backend import array_module_of, aligned_empty, available_cpus, openblas_thread_controls, tensor_buffer, thread_pool
-from .keras_import import AnalogSpec, depthwise_kernel, depthwise_matrix
+from .keras_import import (AnalogSpec, depthwise_kernel, depthwise_matrix, transposed_conv_as_conv)
 import keras
 
 # %% auto #0
 __all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry',
-           'patch_view', 'im2col', 'window_sums', 'crosssim_row_order', 'conv_row_permutation', 'row_segments',
-           'core_row_segments', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise',
-           'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine']
+           'zero_inserted', 'patch_view', 'im2col', 'window_sums', 'crosssim_row_order', 'conv_row_permutation',
+           'row_segments', 'core_row_segments', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix',
+           'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine', 'scatter_matrix',
+           'transposed_conv_scatter']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
                   kernel:int, # kernel size along that axis
                   stride:int=1, dilation:int=1,
-                  padding:str="valid", # 'valid', 'same' or 'causal'
+                  padding:str|tuple="valid", # 'valid', 'same', 'causal', or explicit zeros (before, after) (negative: cropped)
                  ) -> tuple[int, int, int]:
     "`(output size, padding before, padding after)` of a convolution along one axis, Keras' rules."
     span = (kernel - 1) * dilation + 1
+    if not isinstance(padding, str):
+        before, after = (int(p) for p in padding)
+        out = (size + before + after - span) // stride + 1
+        if out < 1: raise ValueError(f"a kernel spanning {span} does not fit an input of size {size} with padding {(before, after)}")
+        return out, before, after
     if padding == "same":
         out = -(-size // stride)
         total = max((out - 1) * stride + span - size, 0)
@@ -38,47 +44,78 @@ def conv_geometry(size:int, # input size along one spatial axis
     if out < 1: raise ValueError(f"a kernel spanning {span} does not fit an input of size {size} with padding={padding!r}")
     return out, before, 0
 
+def _axis_padding(padding, axis:int):
+    "The padding of one spatial axis: the mode string, or that axis' (before, after) pair."
+    return padding if isinstance(padding, str) else padding[axis]
+
 def _pad_spatial(x, pads):
-    "Zero-pad axes 1 and 2 of a 4-D array (NumPy or CuPy) by `pads = ((top, bottom), (left, right))`; only the border is zero-filled."
-    (top, bottom), (left, right) = pads
-    if not (top or bottom or left or right): return x
-    B, H, W, C = x.shape
-    padded = array_module_of(x).empty((B, H + top + bottom, W + left + right, C), dtype=x.dtype)
-    padded[:, :top] = 0; padded[:, top + H:] = 0
-    padded[:, top:top + H, :left] = 0; padded[:, top:top + H, left + W:] = 0
-    padded[:, top:top + H, left:left + W] = x
+    "Zero-pad the spatial axes of a channels-last array (NumPy or CuPy) by `pads = ((before, after), ...)`; negative: cropped. Only the border is zero-filled."
+    pads = [(int(before), int(after)) for before, after in pads]
+    if any(before < 0 or after < 0 for before, after in pads):
+        x = x[(slice(None),) + tuple(slice(max(0, -before), size - max(0, -after)) for size, (before, after) in zip(x.shape[1:], pads))]
+        pads = [(max(0, before), max(0, after)) for before, after in pads]
+    if not any(before or after for before, after in pads): return x
+    shape = (x.shape[0],) + tuple(size + before + after for size, (before, after) in zip(x.shape[1:], pads)) + x.shape[1 + len(pads):]
+    padded = array_module_of(x).empty(shape, dtype=x.dtype)
+    for axis, (before, after) in enumerate(pads, start=1):          # each border slab once (corners twice: still zeros)
+        index = [slice(None)] * padded.ndim
+        index[axis] = slice(0, before); padded[tuple(index)] = 0
+        index[axis] = slice(before + x.shape[axis], None); padded[tuple(index)] = 0
+    padded[(slice(None),) + tuple(slice(before, before + size) for size, (before, _) in zip(x.shape[1:], pads))] = x
     return padded
 
-def patch_view(x:np.ndarray, # channels-last input (B, H, W, C), on the host (NumPy) or the GPU (CuPy)
-               kernel_size:tuple, strides:tuple=(1, 1), dilation:tuple=(1, 1), padding:str="valid",
+def zero_inserted(x:np.ndarray, # channels-last input (B, *spatial, C), NumPy or CuPy
+                  factors:tuple, # per spatial axis: input pixels land this far apart (1: unchanged)
+                  pads:tuple=None, # ((before, after), ...) zeros around the result (negative: cropped)
+                 ) -> np.ndarray:
+    "`x` with `factor − 1` zeros between neighbouring pixels of each spatial axis, then bordered: a transposed convolution's input."
+    pads = tuple((0, 0) for _ in factors) if pads is None else tuple((int(b), int(a)) for b, a in pads)
+    if all(f == 1 for f in factors): return _pad_spatial(x, pads)
+    grown = tuple((size - 1) * f + 1 for size, f in zip(x.shape[1:], factors))
+    if any(b < 0 or a < 0 for b, a in pads):                      # crop after inserting
+        return _pad_spatial(zero_inserted(x, factors), pads)
+    xp = array_module_of(x)
+    out = xp.zeros((x.shape[0],) + tuple(g + b + a for g, (b, a) in zip(grown, pads)) + x.shape[1 + len(factors):], dtype=x.dtype)
+    out[(slice(None),) + tuple(slice(b, b + g, f) for g, f, (b, _) in zip(grown, factors, pads))] = x
+    return out
+
+def patch_view(x:np.ndarray, # channels-last input (B, H, W, C) or (B, D, H, W, C), on the host (NumPy) or the GPU (CuPy)
+               kernel_size:tuple, # (kh, kw) or (kd, kh, kw)
+               strides:tuple=None, dilation:tuple=None, # per axis (None: ones)
+               padding:str|tuple="valid", # a mode, or ((before, after), ...) per axis
               ) -> np.ndarray:
-    "Strided view `(B, Ho, Wo, kh, kw, C)`, not to be written: every output pixel's receptive field, on `x`'s device."
-    geometry = [conv_geometry(size, k, s, d, padding) for size, k, s, d in zip(x.shape[1:3], kernel_size, strides, dilation)]
+    "Strided view `(B, *out, *kernel_size, C)`, not to be written: every output pixel's receptive field, on `x`'s device."
+    rank = len(kernel_size)
+    strides, dilation = strides or (1,) * rank, dilation or (1,) * rank
+    geometry = [conv_geometry(size, k, s, d, _axis_padding(padding, axis)) for axis, (size, k, s, d)
+                in enumerate(zip(x.shape[1:1 + rank], kernel_size, strides, dilation))]
     x = _pad_spatial(x, [(before, after) for _, before, after in geometry])
-    (out_h, _, _), (out_w, _, _) = geometry
-    sb, sh, sw, sc = x.strides
-    shape = (x.shape[0], out_h, out_w, kernel_size[0], kernel_size[1], x.shape[3])
-    strides_ = (sb, sh * strides[0], sw * strides[1], sh * dilation[0], sw * dilation[1], sc)
+    batch_stride, *spatial_strides, channel_stride = x.strides
+    shape = (x.shape[0], *(out for out, _, _ in geometry), *kernel_size, x.shape[-1])
+    strides_ = (batch_stride, *(st * s for st, s in zip(spatial_strides, strides)),
+                *(st * d for st, d in zip(spatial_strides, dilation)), channel_stride)
     xp = array_module_of(x)
     if xp is not np: return xp.lib.stride_tricks.as_strided(x, shape, strides_)      # (CuPy's views have no read-only flag)
     return np.lib.stride_tricks.as_strided(x, shape, strides_, writeable=False)
 
-def im2col(x:np.ndarray, # channels-last input (B, H, W, C)
-           kernel_size:tuple, strides:tuple=(1, 1), dilation:tuple=(1, 1), padding:str="valid",
+def im2col(x:np.ndarray, # channels-last input (B, H, W, C) or (B, D, H, W, C)
+           kernel_size:tuple, strides:tuple=None, dilation:tuple=None, padding:str|tuple="valid",
           ) -> np.ndarray:
-    "The im2col matrix `(B·Ho·Wo, kh·kw·C)`, rows in (b, i, j) order, columns in (kh, kw, cin) order (a copy)."
+    "The im2col matrix `(B·out pixels, taps·C)`, rows in (b, *out) order, columns in (kd, kh, kw, cin) order (a copy)."
     view = patch_view(x, kernel_size, strides, dilation, padding)
-    return view.reshape(-1, int(np.prod(view.shape[3:])))
+    return view.reshape(-1, int(np.prod(view.shape[1 + len(kernel_size):])))
 
 # %% ../nbs/12_convolution.ipynb #ws000002
-def window_sums(x:np.ndarray, # channels-last map (B, H, W, 1)
+def window_sums(x:np.ndarray, # channels-last map (B, H, W, 1) or (B, D, H, W, 1)
                 spec, # the convolution (kernel_size, strides, dilation, padding)
                ) -> np.ndarray:
-    "Each output pixel's window sum of the one-channel map `x`, `(B, Ho, Wo, 1)` float32: the convolution with a kernel of ones."
-    view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)    # (B, Ho, Wo, kh, kw, 1)
-    out = np.array(view[:, :, :, 0, 0], dtype=np.float32)
-    for tap in range(1, spec.kernel_size[0] * spec.kernel_size[1]):
-        out += view[:, :, :, tap // spec.kernel_size[1], tap % spec.kernel_size[1]]
+    "Each output pixel's window sum of the one-channel map `x`, `(B, *out, 1)` float32: the convolution with a kernel of ones."
+    rank = len(spec.kernel_size)
+    view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)    # (B, *out, *kernel, 1)
+    lead = (slice(None),) * (1 + rank)
+    taps = iter(np.ndindex(*spec.kernel_size))
+    out = np.array(view[lead + next(taps)], dtype=np.float32)
+    for tap in taps: out += view[lead + tap]
     return out
 
 # %% ../nbs/12_convolution.ipynb #ro000002
@@ -107,16 +144,16 @@ def conv_row_permutation(taps:int, # kernel taps kh·kw
     return crosssim_row_order(taps, channels, ranges) if len(ranges) > 1 else None
 
 def row_segments(order:np.ndarray|None, # a core's row order (None: the imported one)
-                 kernel_size:tuple, # (kh, kw)
+                 kernel_size:tuple, # (kh, kw) or (kd, kh, kw)
                  channels:int, # input channels
                 ) -> list | None:
-    "The im2col copy in that order, as runs `(first row, kh, kw, c0, c1)` of consecutive channels of one tap."
+    "The im2col copy in that order, as runs `(first row, *tap index, c0, c1)` of consecutive channels of one tap (2-D: `(first, i, j, c0, c1)`)."
     if order is None: return None
     segments, start = [], 0
     for i in range(1, len(order) + 1):
         if i == len(order) or order[i] != order[i - 1] + 1 or order[i] // channels != order[start] // channels:
             tap, first = divmod(int(order[start]), channels)
-            segments.append((start, tap // kernel_size[1], tap % kernel_size[1], first, first + i - start))
+            segments.append((start, *(int(t) for t in np.unravel_index(tap, kernel_size)), first, first + i - start))
             start = i
     return segments
 
@@ -126,7 +163,6 @@ def core_row_segments(core:AnalogCore, # a convolution's core (its `row_order`)
     "`row_segments` of a convolution core: how its im2col rows are copied when its tiled rows follow CrossSim, else None."
     taps = int(np.prod(spec.kernel_size or (1,)))
     return row_segments(core.row_order, spec.kernel_size, spec.n_in // max(1, taps))
-
 
 # %% ../nbs/12_convolution.ipynb #3ed18ede
 class _BlasThreads:
@@ -197,10 +233,10 @@ def _run_chunks(tasks:list, work, engine):
     with _blas_threads(1):
         list(thread_pool(workers).map(work, tasks))
 
-def _drives(engine, x):
-    "The engine's row drives for layer input `x`: its DAC run once on the whole tensor (engines without one take `x`)."
+def _drives(engine, x, overwrite:bool=False):
+    "The engine's row drives for layer input `x`: its DAC run once on the whole tensor (engines without one take `x`); over `x` itself when `overwrite`."
     prepare = getattr(engine, "prepare", None)
-    return x if prepare is None else prepare(x)
+    return x if prepare is None else prepare(x, overwrite)
 
 def _apply_into(engine, rows, out, first_row:int=0, read:int=0):
     "`engine.apply(rows)` into `out`: written there directly by engines that can (no extra copy of the outputs)."
@@ -230,32 +266,37 @@ def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
 
-def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) (or a bfloat16 tensor of them, with a bfloat16 kernel)
-                         kernel:np.ndarray, # (kh, kw, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
+def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) or (B, D, H, W, C) (or a bfloat16 tensor of them, with a bfloat16 kernel)
+                         kernel:np.ndarray, # (*k, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
                          depthwise:bool, # per-channel kernel whose outputs are channel-major
                          spec:AnalogSpec, # the convolution's geometry
                          writable:bool=True, # the result is modified in place (else TensorFlow's own buffer may be returned read-only)
                          squared:bool=False, # convolve x² (squared by TensorFlow, on its threads) instead of x
                         ):
-    "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, Ho, Wo, columns)`; None where TensorFlow cannot stand in."
+    "`im2col(x) @ matrix` by TensorFlow's convolution, `(B, *out, columns)`; None where TensorFlow cannot stand in."
     if not LIBRARY_CONVOLUTION or keras.backend.backend() != "tensorflow": return None
     if max(spec.strides) > 1 and max(spec.dilation) > 1: return None      # TensorFlow's CPU kernels refuse the pair
-    if depthwise and spec.strides[0] != spec.strides[1]: return None      # its depthwise kernel needs equal strides
+    rank = len(spec.kernel_size)
+    if depthwise and (rank != 2 or spec.strides[0] != spec.strides[1]): return None   # its depthwise kernel: 2-D, equal strides
     import tensorflow as tf
-    pads = [[0, 0]] + [list(conv_geometry(size, k, s, d, spec.padding)[1:]) for size, k, s, d in
-                       zip(x.shape[1:3], spec.kernel_size, spec.strides, spec.dilation)] + [[0, 0]]
+    pads = [[0, 0]] + [list(conv_geometry(size, k, s, d, _axis_padding(spec.padding, axis))[1:]) for axis, (size, k, s, d) in
+                       enumerate(zip(x.shape[1:1 + rank], spec.kernel_size, spec.strides, spec.dilation))] + [[0, 0]]
+    if min(min(p) for p in pads) < 0: return None                          # crops: not a TensorFlow padding
     if squared: x = tf.square(x)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
-    else: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
+    elif rank == 2: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
+    else:                      # 3-D: TensorFlow takes no explicit padding here, so the zeros are added first
+        if any(map(any, pads)): x = tf.pad(x, pads)
+        y = tf.nn.convolution(x, kernel, strides=list(spec.strides), padding="VALID", dilations=list(spec.dilation))
     if y.dtype == tf.bfloat16:                  # a variance on bfloat16 operands: NumPy has no bfloat16, so its bit patterns
         from crosssim_nb.keyed_noise import variance_result
         return variance_result(y)
     currents = tensor_buffer(y)
     if writable and not currents.flags.writeable: currents = currents.copy()
-    groups = kernel.shape[3] // spec.depth_multiplier if depthwise else 1
+    groups = kernel.shape[-1] // spec.depth_multiplier if depthwise else 1
     if groups > 1:             # (channel, group, j) -> (group, channel, j): the core's column order
-        B, out_h, out_w, _ = currents.shape
-        currents = currents.reshape(B, out_h, out_w, x.shape[3], groups, -1).transpose(0, 1, 2, 4, 3, 5).reshape(B, out_h, out_w, -1)
+        lead = currents.shape[:-1]
+        currents = currents.reshape(*lead, x.shape[-1], groups, -1).swapaxes(-3, -2).reshape(*lead, -1)
     return currents
 
 def _apply_currents_rows(currents:np.ndarray, engine, post,
@@ -283,27 +324,44 @@ def _apply_currents_rows(currents:np.ndarray, engine, post,
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
 
-def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) for 1-D convolutions
+def _expanded(x, spec:AnalogSpec):
+    """A transposed convolution's zero-inserted, bordered drives (or drives with cropped borders) and the plain 'valid'
+    convolution that then runs on them; `(x, spec)` unchanged for other convolutions (explicit zero borders are added
+    where the convolution reads them: by TensorFlow, or in `patch_view`)."""
+    factors = tuple(spec.input_dilation) or (1,) * len(spec.kernel_size)
+    crops = not isinstance(spec.padding, str) and any(min(pair) < 0 for pair in spec.padding)
+    if all(f == 1 for f in factors) and not crops: return x, spec
+    if isinstance(spec.padding, str):         # a mode on the zero-inserted input: its borders for that size
+        grown = [(size - 1) * f + 1 for size, f in zip(x.shape[1:], factors)]
+        pads = [conv_geometry(size, k, s, d, spec.padding)[1:] for size, k, s, d in zip(grown, spec.kernel_size, spec.strides, spec.dilation)]
+    else: pads = spec.padding
+    return zero_inserted(x, factors, pads), dataclasses.replace(spec, padding="valid", input_dilation=())
+
+def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 1-D or (B, D, H, W, C) for 3-D convolutions
                spec:AnalogSpec, # geometry of the convolution
                engine, # .apply(rows) -> (rows, n_out) float32, or .apply_patches(view block) for grouped depthwise
                post=None, # optional in-place function applied to each chunk's output (fused activation)
                chunk_elements:int|None=None, # bound on the input values handed to the engine at once (default CHUNK_ELEMENTS)
                first_image:int=0, # global index of x[0] in the run: keys the read noise, so it does not depend on the batch
                read:int=0, # read number of this layer call (a layer called twice per image reads twice)
+               overwrite_input:bool=False, # the DAC may write its drives over `x` (the caller holds its only reference)
               ) -> np.ndarray:
     "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
-    x = _drives(engine, x)                                      # the DAC once per input value, not once per im2col copy
+    x = _drives(engine, x, overwrite_input)                     # the DAC once per input value, not once per im2col copy
     xp = getattr(engine, "xp", np)                              # CuPy when the engine's core is on a GPU: patches and outputs there
     if xp is not np: chunk_elements = max(chunk_elements, DEVICE_CHUNK_ELEMENTS)
     if spec.spatial_rank == 1: x = x[:, None]
+    x, spec = _expanded(x, spec)                                # transposed: the zero-inserted drives (zeros drive nothing)
+    def result(out): return out[:, 0] if spec.spatial_rank == 1 else out
+    rank = len(spec.kernel_size)
     convolve = getattr(engine, "convolve", None)                # an engine that convolves per row tile itself
     if convolve is not None and LIBRARY_CONVOLUTION and keras.backend.backend() == "tensorflow":
         out = convolve(x, spec, first_image, read)
         if out is not None:
             if post is not None: post(out)
-            return out[:, 0] if spec.spatial_rank == 1 else out
-    one_by_one = spec.kernel_size == (1, 1) and spec.strides == (1, 1)
+            return result(out)
+    one_by_one = all(k == 1 for k in spec.kernel_size) and all(s == 1 for s in spec.strides)
     grouped = hasattr(engine, "apply_patches")
     kernel = getattr(engine, "library_kernel", None)
     if kernel is not None:         # (1×1 too: TensorFlow reads the aligned input in place, on every CPU — faster than NumPy chunks)
@@ -315,34 +373,37 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                 from crosssim_nb.keyed_noise import sums_of_squares   # (numba: loaded only with read noise)
                 variance = window_sums(sums_of_squares(x)[..., None], spec)
                 variance *= engine.noise_variance
-            elif engine.noise_kernel_bfloat16 is not None:     # x² ⊛ σ² on bfloat16 operands (keyed_noise: the error bound)
+            elif engine.noise_kernel_bfloat16 is not None:   # x² ⊛ σ² on bfloat16 operands (keyed_noise: the error bound)
                 from crosssim_nb.keyed_noise import bfloat16_operand, variance_result
                 squares = bfloat16_operand(x, square=True, threads=_worker_count(), native=not isinstance(engine.noise_kernel_bfloat16, np.ndarray))
                 variance = variance_result(_library_convolution(squares, engine.noise_kernel_bfloat16, False, spec, writable=False))
             else: variance = _library_convolution(x, *noise_kernel, spec, writable=False, squared=True)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
-            B, out_h, out_w, columns = currents.shape
+            lead, columns = currents.shape[:-1], currents.shape[-1]
             out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
                                        None if variance is None else variance.reshape(-1, variance.shape[-1]),
-                                       first_image * out_h * out_w, read).reshape(B, out_h, out_w, engine.n_out)
-            return out[:, 0] if spec.spatial_rank == 1 else out
+                                       first_image * int(np.prod(lead[1:])), read).reshape(*lead, engine.n_out)
+            return result(out)
     if one_by_one and not grouped:
-        B, H, W, C = x.shape
-        out = _apply_rows(x.reshape(-1, C), engine, post, chunk_elements, first_image * H * W, read).reshape(B, H, W, engine.n_out)
-        return out[:, 0] if spec.spatial_rank == 1 else out
-    view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)
-    B, out_h, out_w = view.shape[:3]
-    width = int(np.prod(view.shape[3:]))
+        lead = x.shape[:-1]
+        out = _apply_rows(x.reshape(-1, x.shape[-1]), engine, post, chunk_elements, first_image * int(np.prod(lead[1:])),
+                          read).reshape(*lead, engine.n_out)
+        return result(out)
+    view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)    # (B, *out, *kernel, C)
+    B, out_shape = view.shape[0], view.shape[1:1 + rank]
+    out_h, out_w = out_shape[0], int(np.prod(out_shape[1:]))    # chunks: lines of the first output axis, each out_w pixels
+    width = int(np.prod(view.shape[1 + rank:]))
     rows_per_chunk = _chunk_rows(width, chunk_elements)
     workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
     total_rows = B * out_h * out_w
     if workers > 1 and total_rows >= 2 * MIN_CHUNK_ROWS: rows_per_chunk = min(rows_per_chunk, -(-total_rows // workers))
     images = max(1, rows_per_chunk // (out_h * out_w))
     lines = out_h if images > 1 or rows_per_chunk >= out_h * out_w else max(1, rows_per_chunk // out_w)
-    out = aligned_empty((B, out_h, out_w, engine.n_out), xp=xp)
+    out = aligned_empty((B, *out_shape, engine.n_out), xp=xp)
     buffer_size = min(B, images) * min(out_h, lines) * out_w * width
     local = threading.local()
     segments = getattr(engine, "row_segments", None)            # tiled rows in CrossSim's order: copied run by run
+    pixels = (slice(None),) * (1 + rank)                        # the (b, *out) axes of a block
     def work(task):
         b0, h0 = task
         block = view[b0:b0 + images, h0:h0 + lines]
@@ -354,8 +415,9 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
                 rows = local.buffer[:block.size].reshape(block.shape)
                 xp.copyto(rows, block)                          # the im2col copy of this chunk (on the GPU: device to device)
             else:
-                rows = local.buffer[:block.size].reshape(block.shape[:3] + (width,))
-                for first, i, j, c0, c1 in segments: xp.copyto(rows[..., first:first + c1 - c0], block[:, :, :, i, j, c0:c1])
+                rows = local.buffer[:block.size].reshape(block.shape[:1 + rank] + (width,))
+                for first, *tap, c0, c1 in segments:
+                    xp.copyto(rows[..., first:first + c1 - c0], block[pixels + tuple(tap) + (slice(c0, c1),)])
             first_row = ((first_image + b0) * out_h + h0) * out_w  # global index of the chunk's first output pixel
             if target.flags.c_contiguous:                       # the engine writes straight into the layer output
                 y = target.reshape(-1, engine.n_out)
@@ -366,7 +428,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C) or (B, L, C) fo
         if post is not None: post(y)
         if not xp.may_share_memory(y, target): target[...] = y.reshape(target.shape)
     _run_chunks([(b0, h0) for b0 in range(0, B, images) for h0 in range(0, out_h, lines)], work, engine)
-    return out[:, 0] if spec.spatial_rank == 1 else out
+    return result(out)
 
 # %% ../nbs/12_convolution.ipynb #c9a84d2e
 def per_channel_kernel(matrix:np.ndarray, # a depthwise core's matrix (C·m, taps·C)
@@ -382,8 +444,7 @@ def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, c
                   ):
     "`(kernel, depthwise)` for TensorFlow's convolution equal to im2col × `matrix`; None when there is none."
     if matrix is None or not spec.is_conv: return None
-    kh, kw = spec.kernel_size
-    dense = matrix.reshape(kh, kw, -1, matrix.shape[1]), False   # any matrix: one dense convolution (zeros included)
+    dense = matrix.reshape(*spec.kernel_size, -1, matrix.shape[1]), False   # any matrix: one dense convolution (zeros included)
     if not spec.is_depthwise: return dense
     if matrix.shape[1] % spec.n_out: return dense              # an extra column of summed drives: not per channel
     kernels = []
@@ -392,7 +453,7 @@ def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, c
         if kernel is None: return dense                        # errors or noise on the zero devices couple channels
         kernels.append(kernel)
     taps, channels, multiplier = kernels[0].shape
-    return np.stack(kernels, axis=2).reshape(kh, kw, channels, len(kernels) * multiplier), True   # channel-major outputs
+    return np.stack(kernels, axis=2).reshape(*spec.kernel_size, channels, len(kernels) * multiplier), True   # channel-major outputs
 
 class _DigitalPeriphery:
     "What follows the product in a digital engine: the exact bias, added in place."
@@ -412,10 +473,10 @@ class FloatMatrix(_DigitalPeriphery):
         return self.apply_currents(np.matmul(rows, self.matrix_t, out=out))
 
 class GroupedDepthwise(_DigitalPeriphery):
-    "Per-channel depthwise product on patch blocks `(b, h, w, kh, kw, C)`; equals the block-diagonal matrix product."
+    "Per-channel depthwise product on patch blocks `(b, *out, *kernel, C)`; equals the block-diagonal matrix product."
     def __init__(self, kernel:np.ndarray, # (taps, C, m) per-channel weights
                  bias=None, # (C·m,) or None
-                 kernel_size:tuple|None=None, # (kh, kw): lets TensorFlow's depthwise convolution do the product
+                 kernel_size:tuple|None=None, # (kh, kw) (or (kd, kh, kw)): lets TensorFlow's depthwise convolution do the product
                 ):
         self.parallel_safe = True
         self.kernel = np.asarray(kernel, dtype=np.float32)
@@ -424,13 +485,15 @@ class GroupedDepthwise(_DigitalPeriphery):
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
         self.library_kernel = None if kernel_size is None else (self.kernel.reshape(*kernel_size, self.channels, self.multiplier), True)
     def apply_patches(self, block):
-        b, h, w, kh, kw, C = block.shape
-        out = np.zeros((b, h, w, C, self.multiplier), dtype=np.float32)
+        "Outputs `(pixels, C·m)` of a patch block `(b, *out, *kernel, C)` (2-D or 3-D), tap by tap."
+        rank = (block.ndim - 2) // 2
+        lead, window = block.shape[:1 + rank], block.shape[1 + rank:-1]
+        out = np.zeros(lead + (block.shape[-1], self.multiplier), dtype=np.float32)
         product = np.empty_like(out)
-        for tap in range(kh * kw):
-            np.multiply(block[:, :, :, tap // kw, tap % kw, :, None], self.kernel[tap], out=product)
+        for index, tap in enumerate(np.ndindex(*window)):
+            np.multiply(block[(slice(None),) * (1 + rank) + tap][..., None], self.kernel[index], out=product)
             out += product
-        return self.apply_currents(out.reshape(b * h * w, self.n_out))
+        return self.apply_currents(out.reshape(-1, self.n_out))
 
 class CoreEngine:
     "An AnalogCore as an engine: its DAC once on a layer's whole input, then its arrays on rows of drives (the network checks NaN/inf once at its entry)."
@@ -455,7 +518,8 @@ class CoreEngine:
             self.noise_kernel_bfloat16 = bfloat16_operand(self.noise_kernel[0])
     @property
     def xp(self): return self.core.xp          # where its inputs and outputs live: numpy, or cupy (the GPU)
-    def prepare(self, x): return self.core.input_drives(self.core.xp.asarray(x))   # on a GPU the drives stay there: im2col runs on the device
+    def prepare(self, x, overwrite:bool=False):     # on a GPU the drives stay there: im2col runs on the device
+        return self.core.input_drives(self.core.xp.asarray(x), overwrite)
     def apply(self, rows, out=None, first_row:int=0, read:int=0):
         return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)
     def apply_currents(self, currents, variance=None, first_row:int=0, read:int=0):
@@ -501,16 +565,15 @@ class DepthwiseCore(AnalogCore):
     def exact_for(config:InferenceConfig) -> bool:
         "Whether the per-channel storage gives the dense block-diagonal core's result (zero devices stay at zero)."
         quiet_zero = config.infinite_on_off_ratio or config.gmin == 0
-        errors = config.error_model == "none" or config.alpha_error == 0 or (config.proportional_error and quiet_zero)
-        noise = config.noise_model == "none" or config.alpha_noise == 0 or (
+        errors = not config.has_programming_error or (config.proportional_error and quiet_zero)
+        noise = not config.has_read_noise or (
             config.proportional_noise and quiet_zero and config.read_noise_method != "exact")
         return (errors and noise and config.style == "BALANCED" and config.weight_percentile == 100
-                and getattr(config, "rp_row", 0) == 0 and getattr(config, "rp_col", 0) == 0
+                and not config.has_array_circuit
                 # device-library models, drift and its compensation, circuit ADCs and array circuits run on the dense core
                 and config.error_model in ("none", "generic") and config.noise_model in ("none", "generic")
                 and config.t_drift == 0 and config.drift_compensation == "none" and config.adc_type == "quantizer"
-                and not config.stochastic_rounding and config.nonlinear_iv == "none"
-                and config.rp_row_terminal == 0 and config.rp_col_terminal == 0 and not config.interleaved_posneg)
+                and not config.stochastic_rounding and not config.interleaved_posneg)
 
     def _rows_in_tile(self, start:int, stop:int) -> np.ndarray:
         "Mask `(taps (+ bias), C·m)`: which stored devices sit in dense rows [start, stop)."
@@ -592,13 +655,13 @@ class DepthwiseEngine(CoreEngine):
     def convolve(self, x:np.ndarray, # the layer's drives (B, H, W, C)
                  spec:AnalogSpec, first_image:int=0, read:int=0):
         "The layer's outputs `(B, Ho, Wo, C·m)`, or None where TensorFlow cannot do the per-channel convolution."
-        core, (kh, kw) = self.core, spec.kernel_size
-        if core.xp is not np or core.config.input_bitslicing: return None   # tiles on a GPU, or one read per input bit: the patches path
+        core = self.core
+        if core.xp is not np or core.config.input_bitslicing or len(spec.kernel_size) != 2: return None   # the patches path
         bias_drive, squares, out = np.float32(core.bias_drive), None, None
         last = len(core._tiles) - 1
         for index, tile in enumerate(core._tiles):
             kernel, spread = core.channel_kernels(index)
-            currents = _library_convolution(x, kernel.reshape(kh, kw, core.channels, -1), True, spec)
+            currents = _library_convolution(x, kernel.reshape(*spec.kernel_size, core.channels, -1), True, spec)
             if currents is None: return None
             B, out_h, out_w, columns = currents.shape
             currents = currents.reshape(1, -1, columns)
@@ -606,9 +669,8 @@ class DepthwiseEngine(CoreEngine):
             variance = None
             if spread is not None:
                 if squares is None: squares = np.square(x)     # once per layer, whatever the number of row tiles
-                variance = _library_convolution(squares, spread.reshape(kh, kw, core.channels, -1), True, spec,
+                variance = _library_convolution(squares, spread.reshape(*spec.kernel_size, core.channels, -1), True, spec,
                                                 writable=False).reshape(1, -1, columns)
-                if core.rows > core.taps: variance = variance + tile["spread"][core.taps] * bias_drive ** 2
             n, first_row = currents.shape[1], first_image * out_h * out_w
             if out is None: out = np.empty((n, core.n_out), dtype=np.float32)
             def periphery(span, index=index, tile=tile, currents=currents, variance=variance):
@@ -624,3 +686,42 @@ class DepthwiseEngine(CoreEngine):
             per_block = -(-n // workers)
             _run_chunks([(start, min(n, start + per_block)) for start in range(0, n, per_block)], periphery, self)
         return out.reshape(B, out_h, out_w, core.n_out)
+
+# %% ../nbs/12_convolution.ipynb #t3d00004
+def scatter_matrix(kernel:np.ndarray, # transposed-convolution weights: (*k, cout/groups, cin) ('keras') or (cin, cout/groups, *k) ('onnx')
+                   groups:int=1, # independent channel groups (block-diagonal)
+                   kernel_layout:str="keras", # 'keras' or 'onnx'
+                  ) -> np.ndarray:
+    "Formulation (b)'s crossbar matrix `(taps·cout, cin)` (rows of the result in (tap, cout) order): each input pixel's channels in, every tap's partial outputs out."
+    kernel = np.asarray(kernel, dtype=np.float32)
+    if kernel_layout == "onnx": kernel = kernel.transpose(tuple(range(2, kernel.ndim)) + (1, 0))
+    *window, per_group_out, cin = kernel.shape
+    taps, per_group_in = int(np.prod(window)), cin // groups
+    per_tap = kernel.reshape(taps, per_group_out, groups, per_group_in)
+    matrix = np.zeros((taps, groups, per_group_out, groups, per_group_in), dtype=np.float32)
+    for g in range(groups): matrix[:, g, :, g, :] = per_tap[:, :, g, :]
+    return matrix.reshape(taps * groups * per_group_out, cin)
+
+def transposed_conv_scatter(x:np.ndarray, # channels-last input (B, *spatial, cin), 1 to 3 spatial axes
+                            kernel:np.ndarray, # as for `transposed_conv_as_conv`
+                            strides, pads=None, output_padding=None, dilation=None, groups:int=1, kernel_layout:str="keras",
+                            product=None, # rows (N, cin) -> (N, taps·cout) partial products, e.g. an AnalogCore of `scatter_matrix`; None: exact
+                           ) -> np.ndarray:
+    "A transposed convolution as formulation (b): one product per input pixel, its partial outputs scattered and added (col2im)."
+    equivalent = transposed_conv_as_conv(kernel, strides, pads, output_padding, dilation, groups, kernel_layout)
+    window, rank = equivalent.kernel.shape[:-2], x.ndim - 2
+    if rank != len(window): raise ValueError(f"input of shape {x.shape} has {rank} spatial axes; the kernel has {len(window)}")
+    cout = equivalent.kernel.shape[-1]
+    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    partial = rows @ scatter_matrix(kernel, groups, kernel_layout).T if product is None else np.asarray(product(rows))
+    partial = partial.reshape(x.shape[:-1] + tuple(window) + (cout,))
+    strides, dilation = equivalent.input_dilation, equivalent.dilation
+    full = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(x.shape[1:-1], strides, window, dilation)]
+    begin = [(k - 1) * d - before for k, d, (before, _) in zip(window, dilation, equivalent.padding)]   # cut off the start
+    size = equivalent.output_size(x.shape[1:-1])
+    offset = [max(0, -b) for b in begin]
+    out = np.zeros((x.shape[0],) + tuple(o + max(f, b + n) for o, f, b, n in zip(offset, full, begin, size)) + (cout,), dtype=np.float32)
+    for tap in np.ndindex(*window):      # input pixel i lands, through tap t, on output i·s + t·d (before the cut)
+        where = tuple(slice(o + t * d, o + t * d + (n - 1) * s + 1, s) for o, t, d, n, s in zip(offset, tap, dilation, x.shape[1:-1], strides))
+        out[(slice(None),) + where] += partial[(slice(None),) * (1 + rank) + tap]
+    return out[(slice(None),) + tuple(slice(o + b, o + b + n) for o, b, n in zip(offset, begin, size))]

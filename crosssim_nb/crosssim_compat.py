@@ -6,25 +6,25 @@
 from __future__ import annotations
 import ast, copy, dataclasses, json, math, warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 from fastcore.basics import patch
-from .config import InferenceConfig, DeviceModel, DriftModel, read_data_file, write_atomic
+from .config import InferenceConfig, DeviceModel, DriftModel, check_field_names
+from .files import read_data_file, write_atomic
+from .presets import CONFIG_DIR, PRESETS, preset_name
+if TYPE_CHECKING: import pandas    # (annotations: pandas loads when a table is made)
 
 # %% auto #0
-__all__ = ['CONFIG_DIR', 'CROSSSIM_DEVICE_MODELS', 'IMPLAUSIBLE_RP_OHM', 'CROSSSIM_ROW_ORDER', 'IDEAL_GAIN_DB',
-           'CROSSSIM_SONOS_VREAD', 'PRESETS', 'PRESET_NOTES', 'CrossSimWarning', 'CrossSimUnitsWarning',
-           'read_inference_config_py', 'translate_crosssim', 'is_crosssim_file', 'CrossSimRun', 'read_crosssim_run',
-           'crosssim_write_report', 'preset_adc_limits', 'preset_summary', 'crosssim_field_table']
+__all__ = ['CROSSSIM_DEVICE_MODELS', 'IMPLAUSIBLE_RP_OHM', 'CROSSSIM_ROW_ORDER', 'IDEAL_GAIN_DB', 'CROSSSIM_SONOS_VREAD',
+           'CrossSimWarning', 'CrossSimUnitsWarning', 'read_inference_config_py', 'translate_crosssim',
+           'is_crosssim_file', 'CrossSimRun', 'read_crosssim_run', 'crosssim_write_report', 'preset_adc_limits',
+           'preset_summary', 'crosssim_field_table']
 
 # %% ../nbs/36_crosssim_compat.ipynb #e1286bb5
-import crosssim_nb
-CONFIG_DIR = Path(crosssim_nb.__file__).parent / "crosssim_configs"   # CrossSim 3.2's preset files (BSD-3, LICENSE.md beside them)
-
 class CrossSimWarning(UserWarning):
     "A CrossSim file or configuration that translates, with something the user should know (which settings, and why)."
 
 class CrossSimUnitsWarning(CrossSimWarning):
     "A CrossSim file whose wire resistances look like an older CrossSim's units (Rp in units of Rmin, CrossSim 3.0)."
-
 _MAX_DEPTH = 32   # CrossSim's parameters nest 5 levels deep
 
 def _leaves(tree:dict, prefix:str="", depth:int=0) -> dict:
@@ -41,6 +41,7 @@ def _leaves(tree:dict, prefix:str="", depth:int=0) -> dict:
 
 def _shown(value) -> str: return repr(getattr(value, "value", value))
 
+# %% ../nbs/36_crosssim_compat.ipynb #fb971515
 class _Translation:
     "Book-keeping of one translation: every source setting gets a status (mapped, ignored, refused) and a detail."
     def __init__(self, leaves:dict, source:str):
@@ -152,6 +153,8 @@ _CIRCUIT_PARAMETERS = {  # CrossSim ADC key: (config field, kind, the circuit AD
 _CONVERTER_KINDS = {"model": "text", "bits": "integer", "signed": "boolean", "stochastic_rounding": "boolean", "adc_per_ibit": "boolean",
                     "adc_range_option": "integer", "input_bitslicing": "boolean", "slice_size": "integer",
                     **{k: kind for k, (_, kind, _) in _CIRCUIT_PARAMETERS.items()}}
+
+# %% ../nbs/36_crosssim_compat.ipynb #a379c091
 _EXECUTION = {  # CrossSim settings that change how it computes, not what: (kind, why it has no effect here)
     "simulation.gpu_id": ("integer", "which GPU CrossSim uses (use CUDA_VISIBLE_DEVICES)"),
     "simulation.disable_fast_balanced": ("boolean", "a CrossSim speed path, same results"),
@@ -169,6 +172,8 @@ _EXECUTION = {  # CrossSim settings that change how it computes, not what: (kind
     "core.mapping.inputs._match": ("boolean", "VMM (transposed) operations are not simulated"),
     "xbar.adc._match": ("boolean", "VMM (transposed) operations are not simulated"),
     "xbar.dac._match": ("boolean", "VMM (transposed) operations are not simulated")}
+
+# %% ../nbs/36_crosssim_compat.ipynb #82477e71
 _CONVOLUTION = {"is_conv_core": "boolean", "x_par": "integer", "y_par": "integer", "Nwindows": "integer", "stride": "integer",
                 "Kx": "integer", "Ky": "integer", "Noc": "integer", "Nic": "integer", "weight_reorder": "boolean",
                 "conv_matmul": "boolean", "bias_row": "boolean"}
@@ -179,6 +184,7 @@ IMPLAUSIBLE_RP_OHM = 0.01   # a wire segment below 10 mOhm is not a crossbar lin
 CROSSSIM_ROW_ORDER = "channel_first"   # CrossSim orders a convolution's matrix rows (input channel, kh, kw)
 IDEAL_GAIN_DB = 1000.0   # what `to_crosssim` writes for an ideal amplifier (gain_db = 0): A = 1e50, infinite in float64
 
+# %% ../nbs/36_crosssim_compat.ipynb #29873458
 def _typed(t:_Translation, path:str, kind:str):
     "Read `path` with the type check of `kind` (the value is only checked)."
     if path not in t.leaves: return None
@@ -199,6 +205,8 @@ def _conv_core_rows(t:_Translation):
         elif key in ("x_par", "y_par", "Nwindows", "weight_reorder", "conv_matmul"): t.ignored(f"{conv}.{key}", "a CrossSim speed setting, same results")
         else: t.ignored(f"{conv}.{key}", "the convolution's geometry comes from the network's layers here")
 
+
+# %% ../nbs/36_crosssim_compat.ipynb #3f7ec3b1
 def _translate_core(t:_Translation) -> tuple[str, int]:
     "core.*: mapping style, bit slicing, tiling, weight resolution and weight mapping. Returns (style, nslices)."
     code = t.integer("core.style", 1)
@@ -280,6 +288,8 @@ def _translate_core(t:_Translation) -> tuple[str, int]:
     t.extras["input_range"] = (t.get(f"{inputs}.mvm.min"), t.get(f"{inputs}.mvm.max"))
     return style, nslices
 
+
+# %% ../nbs/36_crosssim_compat.ipynb #06512ac8
 def _translate_wires(t:_Translation, rp_units:str):
     "xbar.array: the column current limit and the parasitic wires (ohms, CrossSim >= 3.1; or units of Rmin with rp_units='rmin')."
     t.mapped("xbar.array.Icol_max", "icol_max", t.number("xbar.array.Icol_max", 0, minimum=0), "normalised current, as in CrossSim's parameters")
@@ -315,6 +325,8 @@ def _translate_wires(t:_Translation, rp_units:str):
         for key in _RESISTANCES:
             if given[key]: t.rows[f"{para}.{key}"] = ("mapped", t.rows[f"{para}.{key}"][1] + "; see the units warning: rp_units='rmin' reads CrossSim 3.0's units")
 
+
+# %% ../nbs/36_crosssim_compat.ipynb #2dc9bb02
 def _translate_converters(t:_Translation):
     "xbar.dac.mvm and xbar.adc.mvm (the VMM ones are not simulated)."
     for path in [p for p in t.leaves if p.startswith(("xbar.adc.", "xbar.dac."))]:
@@ -377,6 +389,8 @@ def _translate_converters(t:_Translation):
     for path in [p for p in t.leaves if p.startswith(("xbar.adc.", "xbar.dac.")) and not p.startswith((adc + ".", dac + "."))]:
         t.ignored(path, "VMM (transposed) operations are not simulated")
 
+
+# %% ../nbs/36_crosssim_compat.ipynb #737388b2
 def _translate_parameters(params:dict, source:str="CrossSim parameters", rp_units:str="ohm") -> _Translation:
     "CrossSim 3.2 `CrossSimParameters` JSON (as `to_json` writes it; older versions' files too) -> config values."
     t = _Translation(_leaves(params), source)
@@ -410,6 +424,7 @@ def _translate_parameters(params:dict, source:str="CrossSim parameters", rp_unit
     if "conv_row_order" in InferenceConfig.__dataclass_fields__: t.values["conv_row_order"] = CROSSSIM_ROW_ORDER
     return t
 
+
 # %% ../nbs/36_crosssim_compat.ipynb #e00e2408
 _INFERENCE_SETTINGS = {  # CrossSim Inference name: (InferenceConfig field, kind)
     "NrowsMax": ("nrows_max", "count"), "NcolsMax": ("ncols_max", "count"), "weight_bits": ("weight_bits", "count"),
@@ -436,6 +451,8 @@ _RUN_IGNORED = {"gpu_num": "which GPU (set CUDA_VISIBLE_DEVICES)", "ntest_batch"
                 "disable_SW_packing": "a CrossSim speed setting, same results", "conductances_dir": "goes with export_conductances"}
 CROSSSIM_SONOS_VREAD = 0.06   # what CrossSim's DNN interface sets as Vread whenever a SONOS model is selected
 
+
+# %% ../nbs/36_crosssim_compat.ipynb #5c29cdf6
 def _check_setting(t:_Translation, name:str, kind:str):
     "The type check of one CrossSim Inference setting; an error names it, its value and what is allowed."
     value = t.leaves[name]
@@ -454,6 +471,7 @@ def _check_setting(t:_Translation, name:str, kind:str):
         return t.integer(name, 0, minimum=0)
     raise AssertionError(kind)
 
+# %% ../nbs/36_crosssim_compat.ipynb #17371c11
 def _translate_run(t:_Translation):
     "The run settings of inference_config.py: run_inference arguments, or ignored/refused with the reason."
     from crosssim_nb.data import DATASETS
@@ -487,6 +505,7 @@ def _translate_run(t:_Translation):
     for name, why in _RUN_IGNORED.items():
         if name in t.leaves: t.ignored(name, why)
 
+# %% ../nbs/36_crosssim_compat.ipynb #433a16b6
 def _translate_inference(values:dict, source:str="CrossSim Inference settings") -> _Translation:
     "A CrossSim Inference `inference_config.py` (its names, as a dict) -> config values and run_inference arguments."
     t = _Translation(dict(values), source)
@@ -550,6 +569,7 @@ def _translate_inference(values:dict, source:str="CrossSim Inference settings") 
     _translate_run(t)
     if "conv_row_order" in InferenceConfig.__dataclass_fields__: t.values["conv_row_order"] = CROSSSIM_ROW_ORDER
     return t
+
 
 # %% ../nbs/36_crosssim_compat.ipynb #244f0644
 _ALLOWED_PY = ("assignments of literals (numbers, strings, booleans, None, lists/tuples/dicts of literals, + - * / ** of numbers, "
@@ -634,8 +654,10 @@ class _LiteralReader:
                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
                     self.names[target.id], self.lines[target.id] = value, node.lineno
 
+# %% ../nbs/36_crosssim_compat.ipynb #3b343d28
 def _is_number(value) -> bool: return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+# %% ../nbs/36_crosssim_compat.ipynb #96a24c2a
 _MAX_PY_BYTES = 1_000_000
 
 def read_inference_config_py(path, # a CrossSim Inference `inference_config.py` (or a copy of it)
@@ -679,6 +701,7 @@ def _load_source(source) -> tuple[dict, str, str]:
     kind = "parameters" if set(_PARAMETER_SECTIONS) & set(data) else "inference"
     return data, kind, what
 
+# %% ../nbs/36_crosssim_compat.ipynb #c4a09bbd
 def translate_crosssim(source, # CrossSim parameters JSON (path or dict), inference_config.py (path), or a dict of CrossSim Inference names
                        rp_units:str="ohm", # units of Rp_* in a parameters file: 'ohm' (CrossSim >= 3.1) or 'rmin' (CrossSim 3.0)
                       ) -> _Translation:
@@ -691,16 +714,17 @@ def translate_crosssim(source, # CrossSim parameters JSON (path or dict), infere
         return _translate_inference(data, what)
     except RecursionError: raise ValueError(f"{what}: nested too deeply") from None
 
+# %% ../nbs/36_crosssim_compat.ipynb #5291e9dc
 def _config_of(t:_Translation, changes:dict) -> InferenceConfig:
     t.report()                                   # marks settings nobody handled as refused
     if t.refused:
         raise ValueError(f"{t.source} cannot be simulated as it is; refused settings:\n  " + "\n  ".join(t.refused))
-    from crosssim_nb.config import _check_names
-    _check_names(changes)
+    check_field_names(changes)
     values = {**{k: v for k, v in t.values.items() if k in InferenceConfig.__dataclass_fields__}, **changes}
     try: return InferenceConfig(**values)
     except ValueError as error: raise ValueError(f"{t.source} translates to an invalid InferenceConfig: {error}") from None
 
+# %% ../nbs/36_crosssim_compat.ipynb #4045e6e2
 @patch(cls_method=True)
 def from_crosssim(cls:InferenceConfig,
                   source, # CrossSim parameters JSON (path or dict), inference_config.py (path), or a dict of CrossSim Inference names
@@ -710,6 +734,7 @@ def from_crosssim(cls:InferenceConfig,
     "The `InferenceConfig` of a CrossSim configuration: every setting translated; all the settings it cannot honour refused in one error."
     return _config_of(translate_crosssim(source, rp_units), changes)
 
+# %% ../nbs/36_crosssim_compat.ipynb #047b3bcb
 def is_crosssim_file(path, # a configuration file
                     ) -> bool:
     "Whether `path` is a CrossSim configuration, by content: a .py settings file, or a JSON/YAML mapping with CrossSim's sections (core, xbar, simulation)."
@@ -727,6 +752,7 @@ class CrossSimRun:
     report: "pandas.DataFrame" # one row per CrossSim setting: path, value, status (mapped/ignored/refused), detail
     notes: list                # what the user should know (settings CrossSim itself adjusts, defaults it applies)
 
+# %% ../nbs/36_crosssim_compat.ipynb #6618b255
 def read_crosssim_run(path, # CrossSim parameters JSON or CrossSim Inference inference_config.py
                       rp_units:str="ohm", # a parameters file's Rp_* units: 'ohm' (CrossSim >= 3.1) or 'rmin' (CrossSim 3.0)
                      ) -> CrossSimRun:
@@ -756,6 +782,7 @@ def _device_name(model:str, dependence:str, distribution:str) -> str:
         return f"{distribution.capitalize()}{ {v: k for k, v in _DEPENDENCE_NAMES.items()}[dependence]}Device"
     return model
 
+# %% ../nbs/36_crosssim_compat.ipynb #d92c4567
 def _write_refusals(c:InferenceConfig) -> dict:
     "The fields of `c` a CrossSim 3.2 parameters file cannot express, each with the reason."
     refused = {}
@@ -777,8 +804,10 @@ def _write_refusals(c:InferenceConfig) -> dict:
                                      f"{CROSSSIM_ROW_ORDER!r} (input channel, kh, kw)")
     return refused
 
+# %% ../nbs/36_crosssim_compat.ipynb #94c553e7
 def _plain_value(value): return getattr(value, "value", value)
 
+# %% ../nbs/36_crosssim_compat.ipynb #8312cd66
 def _parameters(c:InferenceConfig) -> dict:
     "The CrossSim 3.2 parameters dict of every field of `c` CrossSim can express."
     p = json.loads((CONFIG_DIR / "default.json").read_text())
@@ -808,7 +837,7 @@ def _parameters(c:InferenceConfig) -> dict:
     device["drift_error"] = {"enable": drift != "none", "model": "IdealDevice" if drift == "none" else drift, "magnitude": 0}
     iv = c.nonlinear_iv.value
     device["nonlinear_IV"] = {"enable": iv != "none", "model": {v: k for k, v in _IV_MODELS.items()}.get(iv, "IdealDevice"), "magnitude": 0}
-    xbar["array"]["Icol_max"] = c.icol_max if c.icol_max_amps == 0 else c.icol_max_amps * c.rmin / c.vread
+    xbar["array"]["Icol_max"] = c.icol_max            # normalised current (icol_max_amps is converted to it by the config)
     resistances = {key: getattr(c, field) for key, field in _RESISTANCES.items()}
     xbar["array"]["parasitics"] = {"enable": any(resistances.values()), **resistances,
                                    "current_from_input": c.current_from_input, "selected_rows": c.selected_rows.value}
@@ -828,6 +857,7 @@ def _parameters(c:InferenceConfig) -> dict:
     xbar["dac"] = {"_match": True, "mvm": dac, "vmm": copy.deepcopy(dac)}
     return p
 
+# %% ../nbs/36_crosssim_compat.ipynb #0382823c
 def _no_effect(c:InferenceConfig, field:str) -> str|None:
     "Why a field that did not survive the round trip has no effect in `c` (None: it would matter)."
     circuit = {field: owners for _, (field, _, owners) in _CIRCUIT_PARAMETERS.items()}
@@ -844,6 +874,7 @@ def _no_effect(c:InferenceConfig, field:str) -> str|None:
     if field == "balanced_style" and (c.style == "OFFSET" or c.nslices > 1): return "no effect: one-sided slices or OFFSET"
     return None
 
+# %% ../nbs/36_crosssim_compat.ipynb #cf3450bf
 def crosssim_write_report(config:InferenceConfig, # the configuration to write
                          ) -> "pandas.DataFrame":
     "Every field of `config` with its fate in a CrossSim 3.2 parameters file: written, not written (and why), or refused (and why)."
@@ -861,6 +892,8 @@ def crosssim_write_report(config:InferenceConfig, # the configuration to write
     rows, default = [], InferenceConfig().to_dict()
     for field, value in config.to_dict().items():
         if field in refused: rows.append((field, value, "refused", refused[field])); continue
+        if field == "preset":       # a tag: the parameters file holds the preset's settings themselves
+            rows.append((field, value, "not written", "the preset's own settings are written; the tag is crosssim_nb's")); continue
         if back is None: survived = None
         elif field == "icol_max_amps" and value: survived = math.isclose(back["icol_max"], value * config.rmin / config.vread, rel_tol=1e-12)
         elif field == "icol_max" and config.icol_max_amps: survived = True
@@ -874,6 +907,8 @@ def crosssim_write_report(config:InferenceConfig, # the configuration to write
         rows.append((field, value, status, detail))
     return pd.DataFrame(rows, columns=["field", "value", "status", "detail"])
 
+
+# %% ../nbs/36_crosssim_compat.ipynb #1af84ac4
 @patch
 def to_crosssim(self:InferenceConfig,
                 path=None, # write the JSON here (optional; written atomically)
@@ -885,7 +920,7 @@ def to_crosssim(self:InferenceConfig,
         raise ValueError("this configuration cannot be written as CrossSim 3.2 parameters; refused fields:\n  "
                          + "\n  ".join(f"{r.field}={r.value!r}: {r.detail}" for r in refused.itertuples()))
     default = InferenceConfig().to_dict()
-    unwritten = report[(report.status == "not written") & report.apply(lambda r: r.value != default[r.field], axis=1)]
+    unwritten = report[(report.status == "not written") & (report.field != "preset") & report.apply(lambda r: r.value != default[r.field], axis=1)]
     if len(unwritten):
         warnings.warn("to_crosssim: not in the CrossSim parameters file: " + "; ".join(f"{r.field}={r.value!r} ({r.detail})" for r in unwritten.itertuples()),
                       CrossSimWarning, stacklevel=2)
@@ -893,37 +928,10 @@ def to_crosssim(self:InferenceConfig,
     if path is not None: write_atomic(path, json.dumps(params, indent=4) + "\n")
     return params
 
+
 # %% ../nbs/36_crosssim_compat.ipynb #4137ca44
-PRESETS = {"ISAAC": "ISAAC.json", "ISAAC-SarADC": "ISAAC-SarADC.json", "PRIME": "PRIME.json", "SONOS-TCAS": "SONOS-TCAS.json",
-           "default": "default.json"}
-
-PRESET_NOTES = {
-    "ISAAC": ["ISAAC's 'flipped' weight encoding (which lets it use an 8-bit ADC) is not modelled, as in CrossSim",
-              "the paper's SAR ADCs are modelled as an error-free generic ADC (use ISAAC-SarADC for the SAR circuit)",
-              "a 9-bit GRANULAR ADC holds ±255 steps while a 128-row array of 2-bit cells reaches 384: worst-case columns clip (as in CrossSim)",
-              "Gmin = Rmin/Rmax = 0.001 offsets every column; the unit column cancels it in analog, so results are not exactly full precision"],
-    "ISAAC-SarADC": ["as ISAAC, with SAR ADCs (split CDAC, 128 columns per SAR, 100 dB gain, zero mismatch and offset by default)",
-                     "circuit ADC levels are mid-rise (no zero level), so even error-free it differs from ISAAC, as in CrossSim",
-                     "each SAR draws its own capacitor errors (CrossSim 3.2 reuses one draw for all SARs)"],
-    "PRIME": ["the file's calibrated_range belongs to one CrossSim layer; a network calibrates each layer (calibrate_adc)",
-              "6-bit ramp ADCs (100 dB gain, zero mismatch); positive and negative arrays digitised separately",
-              "a circuit ADC spans ±Vref: the non-negative currents of separately digitised arrays use half its codes (as in CrossSim)"],
-    "SONOS-TCAS": ["the SONOS device model: programming error at t_drift = 0 as the file sets it; set t_drift (days, 1-5 measured) for retention",
-                   "Vread is not set in the file; the preset uses 0.06 V as CrossSim's DNN interface does for SONOS (Imax = 1714 nA, "
-                   "inside the drift model's 1800 nA), so t_drift works with the preset's own settings",
-                   "the file's calibrated_range belongs to one CrossSim layer; a network calibrates each layer (calibrate_adc)"],
-    "default": ["CrossSim's default parameters: ideal devices and converters, BALANCED one-sided, 1024 x 1024 arrays"],
-}
-
 _PRESET_SETTINGS = {   # settings a preset needs that its file leaves out (CrossSim's DNN interface sets them)
     "SONOS-TCAS": dict(vread=CROSSSIM_SONOS_VREAD)}
-
-def _preset_name(name) -> str:
-    "The canonical spelling of a preset name (any case)."
-    names = {key.lower(): key for key in PRESETS}
-    if not isinstance(name, str) or name.lower() not in names:
-        raise ValueError(f"preset {name!r} is not known; allowed: {', '.join(map(repr, PRESETS))} (any case)")
-    return names[name.lower()]
 
 @patch(cls_method=True)
 def preset(cls:InferenceConfig,
@@ -931,7 +939,7 @@ def preset(cls:InferenceConfig,
            **changes, # fields to change on top of the preset
           ):
     "A published accelerator as CrossSim ships it, translated from its parameters file (deviations: `PRESET_NOTES[name]`, shown by `describe_config`)."
-    name = _preset_name(name)
+    name = preset_name(name)
     if name in _PRESET_SETTINGS: changes = {**_PRESET_SETTINGS[name], **changes}     # the preset's own settings; the caller's win
     try: config = cls.from_crosssim(CONFIG_DIR / PRESETS[name])
     except ValueError as error:
@@ -940,13 +948,13 @@ def preset(cls:InferenceConfig,
     else:
         try: config = config.replace(**changes) if changes else config
         except (TypeError, ValueError) as error: raise type(error)(f"preset {name!r}: {error}") from None
-    object.__setattr__(config, "_preset", name)       # not a field: describe_config lists the preset's notes
-    return config
+    return config.replace(preset=name)                # the tag: describe_config lists the preset's notes (PRESET_NOTES)
 
+# %% ../nbs/36_crosssim_compat.ipynb #99618560
 def preset_adc_limits(name:str, # a preset name (any case)
                      ):
     "The ADC range a preset file carries (`calibrated_range`, normalised current), for one AnalogCore; None when it has none."
-    return translate_crosssim(CONFIG_DIR / PRESETS[_preset_name(name)]).extras.get("adc_limits")
+    return translate_crosssim(CONFIG_DIR / PRESETS[preset_name(name)]).extras.get("adc_limits")
 
 # %% ../nbs/36_crosssim_compat.ipynb #7ac7a11d
 def preset_summary() -> "pandas.DataFrame":
@@ -1009,6 +1017,7 @@ def _probe_refusals() -> list[dict]:
             changed("xbar.device.nonlinear_IV", {"enable": True, "model": "ExpDevice", "magnitude": 0}), wired,
             changed("xbar.adc.mvm.model", "FlashADC"), changed("xbar.adc.mvm.adc_range_option", 7), changed("xbar.dac.mvm.model", "PWMDAC"), older]
 
+# %% ../nbs/36_crosssim_compat.ipynb #07cbf6b4
 def crosssim_field_table() -> "pandas.DataFrame":
     "Every CrossSim 3.2 parameter: the config field it maps onto, when it is ignored and when refused (with the reasons), from the translation code itself."
     import pandas as pd, re

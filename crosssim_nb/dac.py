@@ -9,7 +9,7 @@ import numpy as np
 from .backend import aligned_empty, available_cpus, thread_pool
 
 # %% auto #0
-__all__ = ['dac_levels', 'quantize_inputs', 'input_slice_count', 'input_slice_weights', 'slice_inputs']
+__all__ = ['dac_levels', 'quantize_blocks', 'quantize_inputs', 'input_slice_count', 'input_slice_weights', 'slice_inputs']
 
 # %% ../nbs/03_dac.ipynb #3fd47fe7
 def dac_levels(dac_bits:int, # DAC bits (sign included when signed)
@@ -19,11 +19,13 @@ def dac_levels(dac_bits:int, # DAC bits (sign included when signed)
     if dac_bits == 0: return 0
     if signed and dac_bits < 2: raise ValueError(f"dac_bits={dac_bits} is not allowed for signed inputs; allowed: 0 or 2..24 (1 bit only for non-negative inputs)")
     return 2 ** (dac_bits - 1) - 1 if signed else 2 ** dac_bits - 1
-
 _PARALLEL_ABOVE = 1 << 18   # inputs with more values than this are quantised in pieces, one per CPU
 _BLOCK = 1 << 15            # values per block: the four passes run on a block while it is in the cache
 
-def _quantize_blocks(x, out, scale, low, high, inverse):
+def quantize_blocks(x, # flat float32 inputs
+                    out, # flat float32 array of the same size (may be `x` itself)
+                    scale, low, high, # codes are clip(rint(x·scale), low, high)
+                    inverse): # the step each code is worth (1: the integer codes themselves)
     "out = clip(rint(x·scale), low, high)·inverse on flat float32 arrays, block by block (four in-cache passes per block)."
     for start in range(0, x.size, _BLOCK):
         block = out[start:start + _BLOCK]
@@ -32,6 +34,7 @@ def _quantize_blocks(x, out, scale, low, high, inverse):
         np.clip(block, low, high, out=block)            # integer codes: clipping after rounding is the same
         np.multiply(block, inverse, out=block)
 
+# %% ../nbs/03_dac.ipynb #b4f0c324
 @functools.lru_cache(maxsize=1)
 def _compiled_quantizer():
     "The same four steps in one compiled pass per value (numba, imported here on first use: 2.4× faster than the blocks)."
@@ -41,30 +44,32 @@ def _compiled_quantizer():
         for i in range(x.size): out[i] = min(max(np.rint(x[i] * scale), low), high) * inverse
     return quantize
 
+# %% ../nbs/03_dac.ipynb #f35bed47
 def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy array)
                     x_max:float, # full-scale input
                     dac_bits:int, # DAC bits (0 = off)
                     signed:bool, # signed range [-x_max, x_max] (else [0, x_max])
                     xp=np, # array module
                     compiled:bool=False, # one compiled pass (bit for bit the same; loads numba, which runs that draw noise load anyway)
+                    out=None, # where to write the drives (float32, x's shape; may be `x` itself when nothing else reads it): None, a new array
                    ):
     "Normalised row drive `v` in [-1, 1] (or [0, 1]), quantised to the DAC levels; float32 (`x` itself when nothing changes it)."
     levels = dac_levels(dac_bits, signed)
     if levels == 0 and x_max == 1 and x.dtype == np.float32: return x    # ideal DAC at unit range: no copy on the hot path
-    if levels == 0: return xp.multiply(x, np.float32(1.0 / x_max), dtype=np.float32)
+    if levels == 0: return xp.multiply(x, np.float32(1.0 / x_max), dtype=np.float32, out=out)
     scale, low, high, inverse = np.float32(levels / x_max), np.float32(-levels if signed else 0), np.float32(levels), np.float32(1.0 / levels)
     if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.size:   # in cache-sized blocks, on every CPU
-        out = aligned_empty(x.shape, np.float32)          # (TensorFlow reads an aligned array without copying it)
+        if out is None: out = aligned_empty(x.shape, np.float32)   # (TensorFlow reads an aligned array without copying it)
         flat, target = x.reshape(-1), out.reshape(-1)
         pieces = min(available_cpus(), -(-x.size // _PARALLEL_ABOVE))
-        kernel = _compiled_quantizer() if compiled else _quantize_blocks
+        kernel = _compiled_quantizer() if compiled else quantize_blocks
         if pieces < 2: kernel(flat, target, scale, low, high, inverse)
         else:
             bounds = np.linspace(0, x.size, pieces + 1).astype(int)
             list(thread_pool(pieces).map(lambda i: kernel(flat[bounds[i]:bounds[i + 1]], target[bounds[i]:bounds[i + 1]],
                                                           scale, low, high, inverse), range(pieces)))
         return out
-    code = xp.multiply(x, scale, dtype=np.float32)     # four passes: scale, round, clip, rescale
+    code = xp.multiply(x, scale, dtype=np.float32, out=out)   # four passes: scale, round, clip, rescale
     xp.rint(code, out=code)
     xp.clip(code, low, high, out=code)                 # integer codes: clipping after rounding is the same
     xp.multiply(code, inverse, out=code)
@@ -80,6 +85,7 @@ def input_slice_weights(dac_bits:int, signed:bool, slice_size:int) -> np.ndarray
     count, levels = input_slice_count(dac_bits, signed, slice_size), dac_levels(dac_bits, signed)
     return np.array([2.0 ** (slice_size * k) * (2 ** slice_size - 1) / levels for k in range(count)])
 
+# %% ../nbs/03_dac.ipynb #f1aff70d
 def slice_inputs(v, # quantised row drive from `quantize_inputs`
                  dac_bits:int, # DAC bits
                  signed:bool, # signed inputs

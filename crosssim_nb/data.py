@@ -17,8 +17,10 @@ import tarfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+if TYPE_CHECKING: import pandas    # (annotations: pandas loads when a table is made)
 
 # %% auto #0
 __all__ = ['MNIST_CLASSES', 'FASHION_MNIST_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DATASETS', 'SampleDataWarning',
@@ -60,7 +62,7 @@ DATASETS = {
 class SampleDataWarning(UserWarning):
     "Warns that a loader returned the small built-in sample set instead of the full dataset."
 
-
+# %% ../nbs/20_data.ipynb #a3af5e1d
 class Dataset(tuple):
     "`(x, y)` arrays of a dataset split; unpacks as `x, y = ds` and carries where the data came from."
     def __new__(cls,
@@ -98,7 +100,7 @@ def _read_bytes(path:Path) -> bytes:
     raw = Path(path).read_bytes()
     return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
 
-
+# %% ../nbs/20_data.ipynb #0404ead4
 def read_idx(path:str|Path, # an idx file (e.g. `t10k-images-idx3-ubyte`), raw or gzipped
             ) -> np.ndarray:  # its array, in native byte order
     "Read an idx file (the MNIST format) into a numpy array."
@@ -119,7 +121,6 @@ def _numpy_reconstruct():
     except ImportError: from numpy.core.multiarray import _reconstruct  # numpy < 2
     return _reconstruct
 
-
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     "An unpickler that builds dicts, lists, strings, numbers and numpy arrays and refuses anything else."
     _allowed = {("numpy", "ndarray"): lambda: np.ndarray, ("numpy", "dtype"): lambda: np.dtype,
@@ -133,7 +134,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
                                          "lists and strings")
         return self._allowed[(module, name)]()
 
-
+# %% ../nbs/20_data.ipynb #4ad2bf5b
 def read_cifar_batch(file:str|Path|io.BufferedIOBase, # a CIFAR batch file (path or open binary file)
                      label_key:str="labels", # "labels" (CIFAR-10), "fine_labels" or "coarse_labels" (CIFAR-100)
                     ) -> tuple[np.ndarray, np.ndarray]:  # images uint8 (n, 32, 32, 3), labels int64 (n,)
@@ -168,11 +169,10 @@ def _keras_home() -> Path:
     "Keras' home folder: $KERAS_HOME, else ~/.keras."
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
 
-
 def _keras_datasets_dir() -> Path:
     return _keras_home() / "datasets"
 
-
+# %% ../nbs/20_data.ipynb #260fd371
 def _default_places(name:str) -> list[Path]:
     "The automatic places searched for `name` when no path is given."
     places = []
@@ -223,7 +223,6 @@ def _find_idx_pair(folder:Path, split:str) -> tuple[Path, Path]|None:
         if len(found) == 2: return found[0], found[1]
     return None
 
-
 @lru_cache(maxsize=8)
 def _read_idx_cached(images_file:Path, labels_file:Path, stamp:tuple) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_file), read_idx(labels_file).astype(np.int64)
@@ -232,7 +231,7 @@ def _read_idx_cached(images_file:Path, labels_file:Path, stamp:tuple) -> tuple[n
     images.flags.writeable = labels.flags.writeable = False  # cached: callers get copies of selections
     return images, labels
 
-
+# %% ../nbs/20_data.ipynb #37afd1f2
 def _load_idx_dataset(place:Path, split:str) -> tuple[np.ndarray, np.ndarray, Path]|None:
     "Images and labels of `split` from an idx folder or a Keras mnist.npz at `place`, or None."
     if place.is_file() and place.suffix == ".npz":
@@ -256,7 +255,7 @@ def _cifar_candidates(place:Path, name:str) -> list[Path]:
     spec = _CIFAR[name]
     return [place, place / spec["folder"], place / f"{spec['folder']}-target" / spec["folder"], place / spec["archive"]]
 
-
+# %% ../nbs/20_data.ipynb #ea309c40
 def _load_cifar(place:Path, name:str, split:str) -> tuple[np.ndarray, np.ndarray, Path]|None:
     "Images and labels of `split` from a CIFAR folder or archive at (or under) `place`, or None."
     spec = _CIFAR[name]
@@ -293,7 +292,7 @@ def _keras_class_index(folder:Path) -> dict[str, int]|None:
             return {wnid: int(index) for index, (wnid, _) in table.items()}
     return None
 
-
+# %% ../nbs/20_data.ipynb #947a16b1
 def _wnids_to_indices(wnids:list[str], folder:Path, all_wnids:set|None=None) -> np.ndarray:
     "Keras class indices of WordNet ids (sorted order of the 1000 ids)."
     table = _keras_class_index(folder)
@@ -308,7 +307,7 @@ def _wnids_to_indices(wnids:list[str], folder:Path, all_wnids:set|None=None) -> 
     if missing: raise ValueError(f"{folder}: unknown WordNet ids {missing[:5]} in the labels")
     return np.array([table[w] for w in wnids], dtype=np.int64)
 
-
+# %% ../nbs/20_data.ipynb #3e4af421
 def _ilsvrc_ground_truth(labels_file:Path) -> tuple[list[str], list[str], set[str]]:
     "Image names and WordNet ids of ILSVRC2012_validation_ground_truth.txt (via meta.mat), and all 1000 class ids."
     meta = next((p for p in (labels_file.parent / "meta.mat", labels_file.parent.parent / "data" / "meta.mat")
@@ -322,7 +321,7 @@ def _ilsvrc_ground_truth(labels_file:Path) -> tuple[list[str], list[str], set[st
     ids = [int(line) for line in labels_file.read_text().split()]
     return [f"ILSVRC2012_val_{k + 1:08d}" for k in range(len(ids))], [id_to_wnid[i] for i in ids], set(id_to_wnid.values())
 
-
+# %% ../nbs/20_data.ipynb #d48fc04d
 def _parse_labels_file(labels_file:Path) -> tuple[list[str], list[str], set[str]|None]:
     "(image names, label strings, all class WordNet ids when the file defines them) of a labels file; names may lack their suffix."
     if labels_file.name == "ILSVRC2012_validation_ground_truth.txt":
@@ -343,7 +342,7 @@ def _parse_labels_file(labels_file:Path) -> tuple[list[str], list[str], set[str]
     if not names: raise ValueError(f"{labels_file}: no labelled images in the file")
     return names, labels, None
 
-
+# %% ../nbs/20_data.ipynb #32958adf
 def _imagenet_index(folder:Path) -> tuple[list[Path], np.ndarray, Path]|None:
     "(image files, labels, source) of an ImageNet folder or labels file, or None when it is not one."
     if folder.is_file():
@@ -376,7 +375,7 @@ def _imagenet_index(folder:Path) -> tuple[list[Path], np.ndarray, Path]|None:
         return [f for f, _ in files], labels, folder
     return None
 
-
+# %% ../nbs/20_data.ipynb #83d08a61
 def load_image(file:str|Path, # an image file (JPEG, PNG, ...)
                image_size:int|None=None, # side of the square centre crop; None keeps the image as it is
                mode:str="RGB", # PIL mode: "RGB" gives (h, w, 3), "L" (grayscale) gives (h, w)
@@ -409,7 +408,7 @@ def sample_folder() -> Path|None:
         if Path(location, "data").is_dir(): return Path(location, "data")
     return None
 
-
+# %% ../nbs/20_data.ipynb #45f3eb8f
 def _sample_index(name:str) -> tuple[list[Path], np.ndarray, Path]|None:
     "(files, labels, folder) of the sample images of `name`, or None when foolbox is not installed."
     folder = sample_folder()
@@ -444,17 +443,15 @@ def _select(n_total:int, ntest:int|None, nstart:int, random_sampling:bool, seed:
         return np.sort(rng.choice(np.arange(nstart, n_total), size=ntest, replace=False))
     return np.arange(nstart, nstart + ntest)
 
-
+# %% ../nbs/20_data.ipynb #1502aa6a
 def _explicit_places(name:str, path) -> list[Path]:
     if path is not None: return [Path(path).expanduser()]
     variable = DATASETS[name]["env"]
     return [Path(os.environ[variable]).expanduser()] if os.environ.get(variable) else []
 
-
 def _imagenet_roots(place:Path, split:str) -> list[Path]:
     "Folders under `place` that may hold ImageNet's `split`: training data only from a train/ folder."
     return [place / "train"] if split == "train" else [place, place / "val", place / "validation"]
-
 
 def _load_full(name:str, split:str, places:list[Path]):
     "(images or image files, labels, source) from the first place holding the split, or None."
@@ -466,7 +463,7 @@ def _load_full(name:str, split:str, places:list[Path]):
         if found is not None: return found
     return None
 
-
+# %% ../nbs/20_data.ipynb #9240fdd2
 def load_dataset(name:str, # "mnist", "fashion_mnist", "cifar10", "cifar100" or "imagenet"
                  split:str="test", # "test" or "train" ("val"/"validation" mean "test"; ImageNet's test is its validation set)
                  ntest:int|None=None, # how many images; None: all from `nstart` on

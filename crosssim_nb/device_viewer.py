@@ -25,6 +25,7 @@ def device_sigmas(config:InferenceConfig, # the device settings
         programming = scale * error.programming_std(g, config)
     return dict(conductance=g, programming=programming, read=device_read_std(g, config, g))
 
+# %% ../nbs/65_device_viewer.ipynb #4939cfcd
 def drift_statistics(config:InferenceConfig, # the device settings (its drift model, or the error model's own)
                      level:float, # normalised target conductance
                      times_days, # times since programming, in days
@@ -42,6 +43,7 @@ def drift_statistics(config:InferenceConfig, # the device settings (its drift mo
             means.append(g.mean()); stds.append(g.std())
     return np.array(means), np.array(stds)
 
+# %% ../nbs/65_device_viewer.ipynb #400c82b4
 def _drift_times(config):
     model = get_model(config.drift_model.value if config.drift_model != "none" else config.error_model.value, config)
     if model is None or "drift" not in model.roles: return None
@@ -102,6 +104,7 @@ def time_options(t_days:float|None=None, # a time (days) to offer too, when it i
         options[f"{t_days:g} d"] = float(t_days)
     return sorted(options.items(), key=lambda item: item[1])
 
+# %% ../nbs/65_device_viewer.ipynb #3845e422
 class DeviceViewer:
     "A device dropdown, a time slider (named times from 1 s to 10 y) and levels over `plot_device`."
     def __init__(self,

@@ -4,15 +4,18 @@
 
 # %% ../nbs/30_inference.ipynb #fcee8222
 from __future__ import annotations
-import contextlib, hashlib, json, math, time, warnings
+import contextlib, dataclasses, hashlib, json, math, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
-from .config import InferenceConfig, write_atomic
+from .config import InferenceConfig
+from .files import write_atomic
+from .zoo import fit_to_model
 
 # %% auto #0
-__all__ = ['FEW_RUNS', 'topk_accuracy', 'InferenceWarning', 'InferenceResult', 'resolve_model', 'resolve_data',
-           'needs_adc_calibration', 'calibration_config', 'run_inference']
+__all__ = ['FEW_RUNS', 'KERAS_SUFFIXES', 'ONNX_SUFFIXES', 'PREPROCESSING', 'topk_accuracy', 'InferenceWarning', 'InferenceResult',
+           'ResolvedModel', 'resolve_model', 'InputPreprocessing', 'model_rescales_input', 'resolve_data',
+           'ModelInputs', 'needs_adc_calibration', 'calibration_config', 'run_inference']
 
 # %% ../nbs/30_inference.ipynb #c556d060
 def topk_accuracy(outputs:np.ndarray, # network outputs, (n, n_classes)
@@ -47,7 +50,7 @@ class InferenceResult:
     accuracies: np.ndarray               # analog accuracy, (runs finished, len(topk))
     ntest: int                           # images evaluated
     seconds_per_image: float             # analog simulation time per image per run
-    float_seconds_per_image: float       # Keras predict time per image
+    float_seconds_per_image: float       # float model time per image (Keras predict, or onnxruntime)
     nruns_requested: int                 # runs asked for (more than finished when interrupted)
     calibration: str = ""                # where the DAC input ranges came from
     is_sample: bool = False              # the dataset was a small sample, not a test set
@@ -59,6 +62,8 @@ class InferenceResult:
     adc_health: object = None            # ADC use per analog layer over all runs (DataFrame, see adc_health.health_table)
     warnings: tuple = ()                 # the warnings this call issued, in order
     adc_ranges: str = ""                 # where the ADC ranges came from ("" without ADCs or with MAX/GRANULAR ranges)
+    input_note: str = ""                 # what was done to the dataset's images for this model beyond a zoo model's own preprocessing
+    float_runtime: str = "Keras"         # what computed the float reference: "Keras" or "onnxruntime"
 
     @property
     def interrupted(self) -> bool: return len(self.accuracies) < self.nruns_requested
@@ -111,6 +116,7 @@ class InferenceResult:
                     identical_runs=self.identical_runs, random_effects=list(self.random_effects),
                     seconds_per_image=_or_none(self.seconds_per_image), float_seconds_per_image=_or_none(self.float_seconds_per_image),
                     calibration=self.calibration, adc_ranges=self.adc_ranges, is_sample=self.is_sample, adc_health=health,
+                    input=self.input_note, float_runtime=self.float_runtime,
                     warnings=list(self.warnings), config=self.config.to_dict())
 
     def to_json(self, path):
@@ -159,11 +165,12 @@ class InferenceResult:
     def __str__(self):
         runs = f"{self.nruns} run{'s' if self.nruns != 1 else ''}" + (f" of {self.nruns_requested} (interrupted)" if self.interrupted else "")
         lines = [f"crosssim_nb inference: {self.model_name} on {self.dataset} ({self.ntest} {'SAMPLE ' if self.is_sample else ''}images), {runs}"]
+        if self.input_note: lines.append(f"  input: {self.input_note}")
         lines += [self._accuracy_line(i, k) for i, k in enumerate(self.topk)]
         if self.nruns:
             ratio = self.seconds_per_image / self.float_seconds_per_image if self.float_seconds_per_image else float("nan")
             lines.append(f"  speed: {1e3 * self.seconds_per_image:.3f} ms/image analog, {1e3 * self.float_seconds_per_image:.3f} ms/image "
-                         f"Keras ({ratio:.1f}x)")
+                         f"{self.float_runtime} ({ratio:.1f}x)")
         if self.calibration: lines.append(f"  DAC ranges: {self.calibration}")
         if self.adc_ranges: lines.append(f"  ADC ranges: {self.adc_ranges}")
         lines.append("  hardware: " + (", ".join(f"{k}={v}" for k, v in self.config.changed_fields().items()) or "defaults"))
@@ -173,23 +180,224 @@ class InferenceResult:
     __repr__ = __str__
 
 # %% ../nbs/30_inference.ipynb #36a213fd
-def resolve_model(model) -> tuple:
-    "`(keras_model, preprocessing or None, name)` from a zoo name, a model file or a `keras.Model`."
+KERAS_SUFFIXES, ONNX_SUFFIXES = (".keras", ".h5", ".hdf5"), (".onnx",)
+
+def _is_onnx(model) -> bool:
+    "Whether `model` is an `onnx.ModelProto` (without importing onnx when it is not loaded)."
+    import sys
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(model, onnx.ModelProto)
+
+@dataclass
+class ResolvedModel:
+    "A model ready for the simulator, whatever it came as: the framework's own object, the importer's argument and what the front door knows of it."
+    model: object                        # the keras.Model, or the onnx.ModelProto
+    source: object                       # what the importer gets: the keras.Model, the ModelProto or the .onnx file path
+    framework: str                       # "keras" or "onnx"
+    name: str                            # zoo name, file name (stem) or the model's own name
+    preprocess: object = None            # a zoo model's own preprocessing of raw images (None for other models)
+    zoo_name: str | None = None          # the zoo entry, for zoo models
+
+    @property
+    def input_layout(self) -> str:
+        "'channels_last' (Keras) or 'channels_first' (ONNX: the layout every exporter writes)."
+        return "channels_first" if self.framework == "onnx" else "channels_last"
+
+    @property
+    def input_shapes(self) -> list:
+        "Each model input's shape, batch axis first, None where the model leaves a size open."
+        if self.framework == "keras":
+            return [tuple(None if d is None else int(d) for d in t.shape) for t in self.model.inputs]
+        graph = self.model.graph
+        stored = {tensor.name for tensor in graph.initializer}
+        return [tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim)
+                for i in graph.input if i.name not in stored]
+
+    @property
+    def output_size(self) -> int | None:
+        "Outputs per sample of the first model output (None where the model leaves a size open)."
+        if self.framework == "keras": shape = self.model.outputs[0].shape[1:]
+        else: shape = [d.dim_value if d.HasField("dim_value") else None for d in self.model.graph.output[0].type.tensor_type.shape.dim][1:]
+        return None if any(d is None for d in shape) else int(np.prod(shape))
+
+    @property
+    def float_runtime(self) -> str: return "onnxruntime" if self.framework == "onnx" else "Keras"
+
+    @property
+    def input_nonnegative(self) -> bool:
+        "Whether a zoo model was trained on non-negative inputs (its manifest's input range); False for other models."
+        if self.zoo_name is None: return False
+        from crosssim_nb import zoo
+        return bool(zoo.info(self.zoo_name).get("input_range", [-1])[0] >= 0)
+
+    def network(self, config:InferenceConfig, **options):
+        "The `AnalogNetwork` of this model: `from_keras` or `from_onnx`, with the importer's keyword options."
+        from crosssim_nb.network import AnalogNetwork
+        if self.framework == "keras": return AnalogNetwork.from_keras(self.model, config, **options)
+        import crosssim_nb.onnx_import  # noqa: F401  (attaches AnalogNetwork.from_onnx)
+        return AnalogNetwork.from_onnx(self.source, config, model_name=self.name, **options)   # a zoo model: its zoo name (limits files)
+
+    def predict(self, x:np.ndarray, batch_size:int=256) -> np.ndarray:
+        "The float model's outputs `(n, outputs)` (Keras predict, or an onnxruntime session): the reference of every run."
+        if self.framework == "keras":
+            with _quiet_retracing(): return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0)).reshape(len(x), -1)
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(self.source) if isinstance(self.source, (str, Path)) else self.model.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        parts = [session.run(None, {name: x[a:a + batch_size].astype(np.float32, copy=False)})[0] for a in range(0, len(x), batch_size)]
+        return np.concatenate(parts).reshape(len(x), -1)
+
+def resolve_model(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model or onnx.ModelProto
+                  digital_layers=(), # layers kept digital (any type accepted for them when a Keras file is checked)
+                 ) -> ResolvedModel:
+    "The model behind `model`; `.pt`/`.pth` files are refused without being opened (pickles run code when loaded)."
     import keras
-    if isinstance(model, keras.Model): return model, None, model.name
+    if isinstance(model, keras.Model):
+        from crosssim_nb import zoo
+        return ResolvedModel(model, model, "keras", model.name, zoo_name=zoo.origin(model))
+    if _is_onnx(model):                                        # (zoo.load's ModelProto remembers its zoo name)
+        from crosssim_nb import zoo
+        from crosssim_nb.onnx_import import _model_name
+        return ResolvedModel(model, model, "onnx", zoo.origin(model) or _model_name(model, model), zoo_name=zoo.origin(model))
     if isinstance(model, (str, Path)):
         from crosssim_nb import zoo
         if isinstance(model, str) and model in zoo.read_manifest()["models"]:
             loaded = zoo.load(model)
-            return loaded.model, loaded.preprocess, model
+            framework = "onnx" if _is_onnx(loaded.model) else "keras"
+            return ResolvedModel(loaded.model, loaded.model, framework, model, loaded.preprocess, model)
         path = Path(model)
-        if path.suffix in (".keras", ".h5", ".hdf5") or path.exists():
+        suffix = path.suffix.lower()
+        from crosssim_nb.onnx_import import PICKLE_SUFFIXES, load_onnx
+        if suffix in ONNX_SUFFIXES + PICKLE_SUFFIXES:      # a .pt/.pth pickle is refused by its name, never opened (it would run code)
+            return ResolvedModel(load_onnx(path), path, "onnx", path.stem)          # a truncated or foreign file: refused, named
+        if suffix in KERAS_SUFFIXES or path.exists():
             from crosssim_nb.keras_import import load_keras_model
-            return load_keras_model(path), None, path.stem
+            keras_model = load_keras_model(path, digital_layers=digital_layers)
+            return ResolvedModel(keras_model, keras_model, "keras", path.stem)
         raise ValueError(f"model {str(model)!r} is neither a zoo model ({', '.join(sorted(zoo.read_manifest()['models']))}) "
-                         "nor a model file (.keras or .h5)")
-    raise TypeError(f"model must be a zoo name, a model file path or a keras.Model, got {type(model).__name__}")
+                         "nor a model file (.keras, .h5 or .onnx)")
+    raise TypeError(f"model must be a zoo name, a model file path, a keras.Model or an onnx.ModelProto, got {type(model).__name__}")
 
+# %% ../nbs/30_inference.ipynb #c6e31a80
+PREPROCESSING = {"none": "the images as they are, as float32",
+                 "scale_255": "x / 255: pixel values 0-255 to [0, 1]",
+                 "standardize": "(x / 255 - mean) / std per channel: mean and std in [0, 1] pixel units (torchvision's ToTensor + Normalize)"}
+
+def _numbers(name:str, value) -> tuple:
+    "A tuple of finite floats from a number or a sequence of them (`name` for the error)."
+    try: values = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel())
+    except (TypeError, ValueError): values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: a finite number or one per channel, e.g. 0.1307 or (0.485, 0.456, 0.406)")
+    return values
+
+@dataclass(frozen=True)
+class InputPreprocessing:
+    "What is done to raw dataset images before the model sees them: 'none', 'scale_255' or 'standardize' (with mean and std)."
+    kind: str = "none"   # a key of PREPROCESSING
+    mean: tuple = ()     # standardize: per-channel mean (one value for all channels), in [0, 1] pixel units
+    std: tuple = ()      # standardize: per-channel standard deviation, > 0
+
+    def __post_init__(self):
+        if self.kind not in PREPROCESSING:
+            raise ValueError(f"preprocess={self.kind!r} is not allowed; allowed: {', '.join(map(repr, PREPROCESSING))}")
+        if self.kind != "standardize":
+            if len(self.mean) or len(self.std):
+                raise ValueError(f"mean and std belong to preprocess='standardize', not {self.kind!r}")
+            return
+        if self.mean is None or self.std is None or not np.size(self.mean) or not np.size(self.std):
+            raise ValueError("preprocess='standardize' needs mean and std, e.g. InputPreprocessing('standardize', mean=0.1307, "
+                             "std=0.3081) (command line: --preprocess standardize --mean 0.1307 --std 0.3081)")
+        object.__setattr__(self, "mean", _numbers("mean", self.mean))
+        object.__setattr__(self, "std", _numbers("std", self.std))
+        if min(self.std) <= 0: raise ValueError(f"std={self.std} is not allowed; allowed: values > 0")
+        if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}: give one value, or one per channel for both")
+
+    @classmethod
+    def parse(cls, value, # None, a kind name, an InputPreprocessing, a dict of its fields, or a zoo Preprocessing
+             ) -> "InputPreprocessing | None":
+        "An InputPreprocessing from what a user may pass as `preprocess=` (None stays None: the model's own default)."
+        if value is None or isinstance(value, cls): return value
+        if isinstance(value, str): return cls(value.lower())
+        if isinstance(value, dict): return cls(**value)
+        if type(value).__name__ == "Preprocessing" and getattr(value, "kind", None) in PREPROCESSING: return cls(value.kind)
+        raise TypeError(f"preprocess must be None, one of {', '.join(map(repr, PREPROCESSING))}, or InputPreprocessing(kind, mean, std); "
+                        f"got {type(value).__name__} {value!r}")
+
+    def __call__(self, x) -> np.ndarray:
+        "The preprocessed images, float32 (raw images channels-last: (n, h, w) or (n, h, w, c))."
+        x = np.asarray(x)
+        if x.dtype.kind not in "uif": raise TypeError(f"images must be numeric, got dtype {x.dtype}")
+        if self.kind == "none": return x.astype(np.float32)
+        scaled = x.astype(np.float32) / np.float32(255)
+        if self.kind == "scale_255": return scaled
+        channels = max(len(self.mean), len(self.std))
+        if channels > 1 and (x.ndim < 3 or x.shape[-1] != channels):
+            raise ValueError(f"preprocess='standardize' has {channels} channel values but the images have shape {x.shape} "
+                             f"(channels last: {'no channel axis' if x.ndim < 3 else f'{x.shape[-1]} channels'})")
+        return ((scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+
+    def check(self, x) -> str | None:
+        "A warning text when raw images do not look raw to a scaling preprocessing (already in [0, 1]), else None."
+        if self.kind == "none" or not np.size(x) or np.asarray(x).dtype.kind != "f": return None
+        top = float(np.nanmax(x))
+        return (f"preprocess={self.kind!r} expects raw pixel values 0-255, but the images' maximum is {top:.3g}: are they "
+                "already preprocessed? (preprocess='none' takes them as they are)") if top <= 1.0 else None
+
+    def __str__(self):
+        if self.kind != "standardize": return f"{self.kind} ({PREPROCESSING[self.kind].split(':')[0]})"
+        show = lambda values: f"{values[0]:g}" if len(values) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
+        return f"standardize ((x / 255 - {show(self.mean)}) / {show(self.std)})"
+
+# %% ../nbs/30_inference.ipynb #ba7a5b49
+_KERAS_SHAPE_ONLY = ("Reshape", "Flatten", "Permute", "InputLayer", "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                     "SpatialDropout1D", "SpatialDropout2D", "ActivityRegularization")
+_ONNX_SHAPE_ONLY = ("Cast", "Reshape", "Flatten", "Transpose", "Identity", "Unsqueeze", "Squeeze", "Dropout")
+
+def _keras_rescales(model) -> bool:
+    "Every path from the (first) input of a Keras model meets a Rescaling or Normalization layer before any other layer."
+    import keras
+    from crosssim_nb.keras_import import _functional
+    graph = _functional(model)
+    calls = [n for depth in graph._nodes_by_depth.values() for n in depth if not n.is_input and n.operation is not None]
+    frontier = [id(graph.inputs[0])]
+    while frontier:
+        tensor = frontier.pop()
+        readers = [n for n in calls if any(id(t) == tensor for t in n.input_tensors)]
+        if not readers: return False                           # the input is an output as it is
+        for call in readers:
+            operation, kind = call.operation, type(call.operation).__name__
+            if kind in ("Rescaling", "Normalization"): continue
+            if isinstance(operation, keras.Model) and _keras_rescales(operation): continue      # a nested model that rescales first
+            if kind in _KERAS_SHAPE_ONLY: frontier += [id(t) for t in call.output_tensors]; continue
+            return False
+    return True
+
+def _onnx_rescales(model) -> bool:
+    "Every path from the (first) input of an ONNX graph meets a Div or Mul by a constant before any other computing node."
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    frontier = [next(i.name for i in graph.input if i.name not in constants)]
+    while frontier:
+        tensor = frontier.pop()
+        readers = [n for n in graph.node if tensor in n.input]
+        if not readers: return False
+        for node in readers:
+            others = [name for name in node.input if name and name != tensor]
+            constant = bool(others) and all(name in constants for name in others)
+            if node.op_type in ("Div", "Mul") and constant: continue
+            if node.op_type in _ONNX_SHAPE_ONLY or (node.op_type in ("Sub", "Add") and constant): frontier += list(node.output)
+            else: return False
+    return True
+
+def model_rescales_input(resolved:ResolvedModel) -> bool:
+    "Whether the model scales its own input (Keras: a Rescaling or Normalization layer at the input; ONNX: a Div or Mul by a constant right after it)."
+    try: return _onnx_rescales(resolved.model) if resolved.framework == "onnx" else _keras_rescales(resolved.model)
+    except (ValueError, StopIteration, AttributeError): return False     # (a graph this walk cannot follow: no claim made)
+
+# %% ../nbs/30_inference.ipynb #abbaefe8
 def _labels(y) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1: return np.argmax(y, axis=1)
@@ -200,20 +408,21 @@ def _labels(y) -> np.ndarray:
     return y.astype(np.int64)
 
 def _training_sample(dataset:str, # a dataset name
-                    preprocess, # the zoo model's preprocessing (or None)
+                    preprocess, # the preprocessing of raw images (a callable, or None: float32 as they are)
                     samples:int, # images in the sample
                     seed:int, # seed of the random choice
                    ) -> np.ndarray:
-    "A seeded random sample of `dataset`'s training split, ready for the model: the calibration images."
+    "A seeded random sample of `dataset`'s training split, preprocessed: the calibration images."
     from crosssim_nb.data import load_dataset
     train = load_dataset(dataset, split="train", ntest=samples, random_sampling=True, seed=seed)
     return preprocess(train.x) if preprocess is not None else train.x.astype(np.float32)
 
 def resolve_data(dataset, # a dataset name or an (x, y) pair
-                 preprocess, # the zoo model's preprocessing (or None)
+                 preprocess, # the preprocessing of raw images (a callable, or None)
                  ntest:int|None, nstart:int, split:str="test",
+                 preprocess_arrays:bool=False, # apply `preprocess` to an (x, y) pair too (an explicit preprocess=; a zoo model's own applies to named datasets only)
                 ) -> tuple:
-    "`(x, y, name, is_sample)` ready for the model."
+    "`(x, y, name, is_sample)`, x preprocessed."
     if isinstance(dataset, str):
         from crosssim_nb.data import load_dataset
         loaded = load_dataset(dataset, split=split, ntest=ntest, nstart=nstart)
@@ -223,9 +432,60 @@ def resolve_data(dataset, # a dataset name or an (x, y) pair
         x, y = np.asarray(dataset[0]), _labels(dataset[1])
         if len(x) != len(y): raise ValueError(f"dataset arrays disagree: {len(x)} inputs but {len(y)} labels")
         stop = len(x) if ntest is None else nstart + ntest
+        x = x[nstart:stop]
+        if preprocess_arrays and preprocess is not None: x = preprocess(x)
         name = getattr(dataset, "name", None)         # a `load_dataset` result keeps its name: "my_cnn on mnist", not "on arrays"
-        return x[nstart:stop], y[nstart:stop], name if isinstance(name, str) and name else "arrays", bool(getattr(dataset, "is_sample", False))
+        return x, y[nstart:stop], name if isinstance(name, str) and name else "arrays", bool(getattr(dataset, "is_sample", False))
     raise TypeError(f"dataset must be a dataset name or an (x, y) pair, got {type(dataset).__name__}")
+
+# %% ../nbs/30_inference.ipynb #c477da8d
+@dataclass
+class ModelInputs:
+    "How raw images become this model's inputs: the preprocessing, then `fit_to_model`; what was done, for the printed result."
+    resolved: ResolvedModel              # the model
+    preprocessing: object = None         # applied to a named dataset's raw images: the explicit InputPreprocessing, else the zoo model's own
+    explicit: bool = False               # preprocessing was asked for (it then applies to given arrays and calibration_data too)
+    notes: list = dataclasses.field(default_factory=list) # warnings about the raw images seen (e.g. already scaled)
+
+    @classmethod
+    def of(cls, resolved:ResolvedModel, preprocess=None) -> "ModelInputs":
+        "The inputs of `resolved` under `preprocess=` (None: a zoo model's own preprocessing, none for other models)."
+        explicit = InputPreprocessing.parse(preprocess)
+        if explicit is not None: return cls(resolved, explicit, True)
+        own = resolved.preprocess                # a zoo model's: as an InputPreprocessing where it is one (fit_to_model shapes)
+        if own is not None and getattr(own, "kind", None) in PREPROCESSING: own = InputPreprocessing(own.kind)
+        return cls(resolved, own, False)
+
+    def __call__(self, raw) -> np.ndarray:
+        "Raw images preprocessed (float32 as they are without a preprocessing); a scaling of images already in [0, 1] is noted."
+        if self.preprocessing is None: return np.asarray(raw).astype(np.float32)
+        unscaled = self.preprocessing.check(raw) if isinstance(self.preprocessing, InputPreprocessing) else None
+        if unscaled and unscaled not in self.notes: self.notes.append(unscaled)
+        return self.preprocessing(raw)
+
+    def fit(self, x) -> tuple:
+        "`(x, note)` for the model's first input (several inputs: as given)."
+        shapes = self.resolved.input_shapes
+        if len(shapes) != 1 or not isinstance(x, np.ndarray): return x, ""
+        return fit_to_model(x, shapes[0], self.resolved.input_layout)
+
+    def calibration(self, data):
+        "Given calibration_data as the model takes it (an explicit preprocessing applies to it too)."
+        if data is None or isinstance(data, (dict, list, tuple)): return data
+        data = np.asarray(data)
+        if self.explicit: data = self(data)
+        return self.fit(data)[0]
+
+    def note(self, fitted:str) -> str:
+        "The printed `input:` line ('' when the zoo model's usual preprocessing is all that happened)."
+        parts = [f"preprocess {self.preprocessing}"] if self.explicit else []
+        if fitted and not (self.resolved.zoo_name and self.resolved.framework == "keras"): parts.append(fitted)
+        return "; ".join(parts)
+
+    def nonnegative(self, dataset) -> bool:
+        "Whether the model inputs are non-negative: a zoo model's manifest; a named dataset's pixels under preprocess 'none' or 'scale_255'."
+        if not self.explicit: return self.resolved.input_nonnegative
+        return isinstance(dataset, str) and self.preprocessing.kind in ("none", "scale_255")
 
 # %% ../nbs/30_inference.ipynb #59b31e0d
 def _is_int(value) -> bool: return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -257,6 +517,11 @@ def _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples
     if adc_calibration is not None and adc_calibration not in methods:
         raise ValueError(f"adc_calibration={adc_calibration!r} is not allowed; allowed: None, {', '.join(map(repr, methods))}")
 
+def _check_classes(topk:tuple, y:np.ndarray, n_classes:int, nstart:int, dataset_name:str, x=None) -> None:
+    "topk within the model's outputs, and the labels class indices of them."
+    if max(topk) > n_classes: raise ValueError(f"topk={topk} asks for more classes than the model's {n_classes} outputs")
+    _check_labels(y, n_classes, nstart, dataset_name, x)
+
 def _check_labels(y:np.ndarray, n_classes:int, nstart:int, dataset_name:str, x=None) -> None:
     "Labels are class indices of this model; an empty selection names nstart; complex inputs are refused."
     if x is not None and np.iscomplexobj(x):
@@ -271,7 +536,7 @@ def _check_labels(y:np.ndarray, n_classes:int, nstart:int, dataset_name:str, x=N
 
 # %% ../nbs/30_inference.ipynb #83cb98c7
 def _needs_ranges(config:InferenceConfig, layer_overrides) -> bool:
-    if config.dac_bits > 0 or config.adc_bits > 0: return True
+    if config.needs_input_ranges: return True
     return any(isinstance(v, dict) and (v.get("dac_bits", 0) or v.get("adc_bits", 0)) for v in (layer_overrides or {}).values())
 
 def needs_adc_calibration(config:InferenceConfig, # the hardware
@@ -296,11 +561,29 @@ def calibration_config(config:InferenceConfig, # the hardware being evaluated
     return (profiling.replace(**changes), f"; calibrated at t = 0, as a chip calibrated when deployed, then evaluated at "
             f"t_drift = {config.t_drift:g} days (adc_calibration_time='deployment'; 'evaluation' calibrates on the drifted devices)")
 
+def _calibrate_first(resolved, config:InferenceConfig, build:dict, calibration_data, method:str, automatic:bool, drawn:bool) -> tuple:
+    "`(config, adc_limits, description)` once the ADCs are calibrated on the calibration images (`build`'s DAC ranges: the calibration's)."
+    from crosssim_nb.calibration import calibrate_adc
+    profiling_config, when = calibration_config(config)
+    profiling = resolved.network(profiling_config, **build)
+    calibrated = calibrate_adc(profiling, calibration_data, method=method, layer_overrides=build["layer_overrides"])
+    build.update(input_ranges=calibrated.input_ranges, calibration_data=None)
+    images = f"{len(calibration_data)} {'training images' if drawn else 'given calibration images'}"
+    described = (f"calibrated automatically ({method}, {images}) because adc_range_option=CALIBRATED and no limits were given"
+                 if automatic else f"{method} calibration on the same {images}") + when
+    return config.replace(adc_range_option="CALIBRATED"), calibrated.adc_limits, described
+
+def _predict_batch(network, x_batch, bar):
+    outputs = network.run(x_batch, batch_size=len(x_batch))    # (run, not predict: the health warning comes once, at the end)
+    bar.update(1)
+    return outputs[0] if len(outputs) == 1 else outputs
+
 def _progress(total, enabled, description):
     from tqdm.auto import tqdm
     return tqdm(total=total, disable=not enabled, desc=description, unit="batch", leave=False)
 
-def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
+# %% ../nbs/30_inference.ipynb #7cb87293
+def run_inference(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model or onnx.ModelProto
                   dataset, # dataset name ("mnist", ...) or an (x, y) pair
                   config:InferenceConfig, # the hardware
                   ntest:int|None=1000, # test images (None: all)
@@ -318,42 +601,41 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
                   layer_overrides=None, # per-layer config changes or "digital"
                   input_nonnegative:bool|None=None, # declare the model input non-negative (None: from the zoo manifest)
                   adc_calibration:str|None=None, # calibrate ADC limits on the calibration sample first: "optimal", "percentile", "max"
+                  preprocess=None, # raw images to model inputs: 'none', 'scale_255', InputPreprocessing('standardize', mean, std); None: a zoo model's own, else none
                  ) -> InferenceResult:
     "Float and analog accuracy of `model` on `dataset` over `nruns` Monte-Carlo runs."
     if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+    InputPreprocessing.parse(preprocess)                         # a bad preprocess= is refused before any work
     _check_arguments(ntest, nstart, batch_size, nruns, topk, calibration_samples, input_nonnegative,
                      dict(return_outputs=return_outputs, show_hw_config=show_hw_config, progress=progress), adc_calibration,
                      layer_overrides)
-    topk = tuple(int(k) for k in (topk if isinstance(topk, (tuple, list)) else (topk,)))
-    if not topk or min(topk) < 1: raise ValueError(f"topk={topk!r} is not allowed; allowed: positive integers, e.g. (1, 5)")
-    if ntest is not None and ntest < 1: raise ValueError(f"ntest={ntest} is not allowed; allowed: a positive integer or None")
-    if batch_size < 1: raise ValueError(f"batch_size={batch_size} is not allowed; allowed: a positive integer")
+    topk = tuple(int(k) for k in (topk if isinstance(topk, (tuple, list)) else (topk,)))   # (values checked above)
     nruns = config.nruns if nruns is None else int(nruns)
-    if nruns < 1: raise ValueError(f"nruns={nruns} is not allowed; allowed: an integer >= 1")
-    keras_model, preprocess, model_name = resolve_model(model)
-    if input_nonnegative is None:   # zoo models record their input range: the same rule as AnalogNetwork.from_keras
-        from crosssim_nb.network import zoo_input_nonnegative
-        input_nonnegative = zoo_input_nonnegative(keras_model)
-    x, y, dataset_name, is_sample = resolve_data(dataset, preprocess, ntest, nstart)
+    from crosssim_nb.keras_import import digital_layer_names
+    resolved = resolve_model(model, digital_layer_names(layer_overrides))             # a .pt file is refused here, unopened
+    inputs, model_name = ModelInputs.of(resolved, preprocess), resolved.name
+    if input_nonnegative is None: input_nonnegative = inputs.nonnegative(dataset)      # zoo models: their recorded input range
+    x, y, dataset_name, is_sample = resolve_data(dataset, inputs, ntest, nstart, preprocess_arrays=inputs.explicit)
+    x, fitted = inputs.fit(x)                                                          # channel axis, channels-first: said in the result
     if isinstance(dataset, str): dataset = dataset_name                                # any case given: the canonical name from here on
-    notes = _input_warnings(keras_model, dataset, x, config, layer_overrides)
+    notes = _input_warnings(resolved, dataset, x, config, layer_overrides, inputs)
     for text in notes: warnings.warn(text, InferenceWarning, stacklevel=2)     # before the long work
     from crosssim_nb.device_models import physical_range_notes, PhysicalRangeWarning
     physical = physical_range_notes(config)                                     # far outside published device ranges: once per run
     for text in physical: warnings.warn(text, PhysicalRangeWarning, stacklevel=2)
-    n_classes = int(np.prod(keras_model.output_shape[1:]))
-    if max(topk) > n_classes: raise ValueError(f"topk={topk} asks for more classes than the model's {n_classes} outputs")
-    _check_labels(y, n_classes, nstart, dataset_name, x)
+    n_classes = resolved.output_size
+    if n_classes is not None: _check_classes(topk, y, n_classes, nstart, dataset_name, x)
     calibration, drawn = "", False                               # drawn: the calibration images are a training-split sample
-    from crosssim_nb.network import AnalogNetwork, _calibration_of
+    from crosssim_nb.network import _calibration_of
     limits_file = _calibration_of(adc_limits)
     if limits_file is not None:
         adc_limits = limits_file                                 # read once: from_keras takes the Calibration itself
         if input_ranges is None:
             input_ranges, calibration = limits_file.input_ranges, f"from the limits file ({limits_file.method} ADC calibration)"
+    calibration_data = inputs.calibration(calibration_data)      # given images: shaped (and explicitly preprocessed) as the test images
     if _needs_ranges(config, layer_overrides) and input_ranges is None:
         if calibration_data is None and isinstance(dataset, str):
-            calibration_data, drawn = _training_sample(dataset, preprocess, calibration_samples, config.seed), True
+            calibration_data, drawn = inputs.fit(_training_sample(dataset, inputs, calibration_samples, config.seed))[0], True
             calibration = f"profiled on {len(calibration_data)} images of the {dataset} training split (seed {config.seed})"
         elif calibration_data is not None:
             calibration = f"profiled on {len(calibration_data)} given calibration images"
@@ -371,23 +653,16 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
         if adc_limits is not None: raise ValueError("pass either adc_limits or adc_calibration, not both")
         if config.adc_bits == 0: raise ValueError("adc_calibration needs adc_bits > 0")
         if calibration_data is None: raise ValueError("adc_calibration needs calibration images: a named dataset or calibration_data")
-        from crosssim_nb.calibration import calibrate_adc
-        profiling_config, when = calibration_config(config)
-        profiling = AnalogNetwork.from_keras(keras_model, profiling_config, **build)
-        calibrated = calibrate_adc(profiling, calibration_data, method=adc_calibration, layer_overrides=layer_overrides)
-        config, adc_limits = config.replace(adc_range_option="CALIBRATED"), calibrated.adc_limits
-        build.update(input_ranges=calibrated.input_ranges, calibration_data=None)
-        images = f"{len(calibration_data)} {'training images' if drawn else 'given calibration images'}"
-        adc_ranges = (f"calibrated automatically ({adc_calibration}, {images}) because adc_range_option=CALIBRATED and no limits "
-                      "were given" if automatic else f"{adc_calibration} calibration on the same {images}") + when
+        config, adc_limits, adc_ranges = _calibrate_first(resolved, config, build, calibration_data, adc_calibration, automatic, drawn)
     elif adc_limits is not None and config.adc_bits > 0:
         adc_ranges = "from the limits file" if limits_file is not None else "given adc_limits"
         if limits_file is not None and config.t_drift > 0:
             adc_ranges += f" (made with adc_calibration_time={limits_file.settings.get('adc_calibration_time', 'deployment')!r})"
-    network = AnalogNetwork.from_keras(keras_model, config, adc_limits=adc_limits, **build)
+    network = resolved.network(config, adc_limits=adc_limits, **build)
     if show_hw_config: network.print_hw_config()
     start = time.perf_counter()
-    with _quiet_retracing(): float_outputs = np.asarray(keras_model.predict(x, batch_size=batch_size, verbose=0)).reshape(len(x), -1)
+    float_outputs = resolved.predict(x, batch_size)
+    if n_classes is None: _check_classes(topk, y, float_outputs.shape[1], nstart, dataset_name, x)   # an open output size: known now
     float_seconds = (time.perf_counter() - start) / len(x)
     float_accuracy = np.array([topk_accuracy(float_outputs, y, k) for k in topk])
     batches = [(start, min(start + batch_size, len(x))) for start in range(0, len(x), batch_size)]
@@ -418,16 +693,14 @@ def run_inference(model, # zoo name, model file (.keras/.h5) or keras.Model
                            float_outputs=float_outputs if return_outputs else None, hw_config=network.hw_config(),
                            identical_runs=len(digests) > 1 and len(set(digests)) == 1,
                            random_effects=_random_effects([network.config, *network.layer_configs.values()]),
-                           adc_health=health_table(counts, network.cores) if counts else None, adc_ranges=adc_ranges)
-    outcome = _outcome_warnings(result, n_classes)
+                           adc_health=health_table(counts, network.cores) if counts else None, adc_ranges=adc_ranges,
+                           input_note=inputs.note(fitted), float_runtime=resolved.float_runtime)
+    outcome = _outcome_warnings(result, n_classes or float_outputs.shape[1])
     for text in outcome: warnings.warn(text, InferenceWarning, stacklevel=2)
     result.warnings = tuple(notes + physical + outcome)
     return result
 
-def _predict_batch(network, x_batch, bar):
-    outputs = network.run(x_batch, batch_size=len(x_batch))    # (run, not predict: the health warning comes once, at the end)
-    bar.update(1)
-    return outputs[0] if len(outputs) == 1 else outputs
+
 
 # %% ../nbs/30_inference.ipynb #4dfb13f7
 @contextlib.contextmanager
@@ -445,13 +718,30 @@ def _random_effects(configs) -> tuple:
     found = []
     for c in configs:
         if c is None: continue
-        if c.error_model != "none" and (c.error_model != "generic" or c.alpha_error > 0): found.append("programming error")
-        if c.noise_model != "none" and (c.noise_model != "generic" or c.alpha_noise > 0): found.append("read noise")
+        if c.has_programming_error: found.append("programming error")
+        if c.has_read_noise: found.append("read noise")
     return tuple(dict.fromkeys(found))
 
 def _dataset_key(name:str) -> str: return name.lower().replace("-", "_")
 
-def _input_warnings(keras_model, dataset, x, config:InferenceConfig, layer_overrides) -> list:
+def _looks_raw(x) -> bool:
+    "Whether model inputs look like raw pixel values: whole numbers in [0, 255], some above 1."
+    x = np.asarray(x)
+    if not x.size or x.dtype.kind not in "uif": return False
+    low, high = float(np.min(x)), float(np.max(x))
+    return low >= 0 and 1 < high <= 255 and bool(np.all(x == np.rint(x)))
+
+def _raw_input_note(resolved, x) -> str | None:
+    "The raw-pixel warning for a model that is not from the zoo and does not rescale its input itself (None when neither applies)."
+    if not _looks_raw(x) or model_rescales_input(resolved): return None
+    where = ("no Rescaling or Normalization layer at its input" if resolved.framework == "keras"
+             else "no Div or Mul by a constant right after its input")
+    return (f"the inputs range over [{float(np.min(x)):g}, {float(np.max(x)):g}] in whole numbers: raw 0-255 images? model "
+            f"{resolved.name!r} does not scale its input itself ({where}); preprocess them: preprocess='scale_255' (x / 255) "
+            "or InputPreprocessing('standardize', mean=..., std=...) (command line: --preprocess scale_255, or --preprocess "
+            "standardize --mean M --std S)")
+
+def _input_warnings(resolved, dataset, x, config:InferenceConfig, layer_overrides, inputs=None) -> list:
     "Texts for inputs that look wrong for the model or the hardware (empty when all looks right)."
     notes = []
     configs = [config] + [v for v in (layer_overrides or {}).values() if isinstance(v, (InferenceConfig, dict))]
@@ -461,9 +751,12 @@ def _input_warnings(keras_model, dataset, x, config:InferenceConfig, layer_overr
             if value >= 1:
                 notes.append(f"{field}={value:g} is a fraction (of Gmax, or of each conductance with proportional_error): "
                              f"{value:g} means {100 * value:g} %; did you mean {field}={value / 100:g} ({value:g} %)?")
+    if inputs is not None: notes += inputs.notes                  # raw images a scaling preprocessing finds already scaled
     from crosssim_nb import zoo
-    name = zoo.origin(keras_model)
-    if name is None: return list(dict.fromkeys(notes))
+    name = resolved.zoo_name
+    if name is None:
+        raw = _raw_input_note(resolved, x)
+        return list(dict.fromkeys(notes + ([raw] if raw else [])))
     entry = zoo.info(name)
     if isinstance(dataset, str) and _dataset_key(dataset) != _dataset_key(entry["dataset"]):
         notes.append(f"zoo model {name!r} was trained on {entry['dataset']!r}, not {dataset!r}: its accuracy there measures "

@@ -14,10 +14,11 @@ import keras
 
 # %% auto #0
 __all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'APPLICATION_LAYERS',
-           'NONNEGATIVE_ACTIVATIONS', 'load_keras_model', 'UnsupportedLayerError', 'layer_type', 'stored_model_config',
-           'check_stored_layers', 'activation_name', 'AnalogSpec', 'depthwise_matrix', 'grouped_matrix',
-           'depthwise_kernel', 'analog_specs', 'GraphNode', 'ModelGraph', 'build_graph', 'fold_batchnorm',
-           'nonnegative_tensors']
+           'TRANSPOSED_LAYERS', 'NONNEGATIVE_ACTIVATIONS', 'load_keras_model', 'UnsupportedLayerError', 'layer_type',
+           'stored_model_config', 'digital_layer_names', 'unsupported_message', 'check_stored_layers',
+           'activation_name', 'AnalogSpec', 'depthwise_matrix', 'grouped_matrix', 'depthwise_kernel', 'ConvEquivalent',
+           'transposed_conv_as_conv', 'keras_transposed_pads', 'conv_spec', 'analog_specs', 'GraphNode', 'ModelGraph',
+           'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
 
 # %% ../nbs/10_keras_import.ipynb #f22e51f3
 _LEGACY_CONV_KEYS = ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -65,6 +66,7 @@ def _from_tf_keras(model):
 
 def load_keras_model(source, # a keras.Model, a tf_keras model, or the path of a .keras / .h5 model file
                      safe_mode:bool=True, # keep Keras' safe_mode: never run code stored in the file (lambdas)
+                     digital_layers=(), # names of layers kept digital (layer_overrides 'digital'): any type is accepted for them
                     ) -> keras.Model:
     "A Keras 3 model from a model object or a `.keras` / Keras-3 `.h5` / legacy Keras-2 `.h5` file."
     if isinstance(source, keras.Model): return source
@@ -85,7 +87,7 @@ def load_keras_model(source, # a keras.Model, a tf_keras model, or the path of a
     else:
         version = _h5_model_info(path)
         if not version.startswith("3"): custom_objects = dict(_LEGACY_CLASSES)   # Keras 2 (or unknown) writer
-    check_stored_layers(path)                        # unsupported layers are refused before any of them is deserialised
+    check_stored_layers(path, digital_layers)        # unsupported layers are refused before any of them is deserialised
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
     except Exception as exc:
@@ -95,15 +97,18 @@ def load_keras_model(source, # a keras.Model, a tf_keras model, or the path of a
     return model
 
 # %% ../nbs/10_keras_import.ipynb #a2fa6ef8
-ANALOG_LAYERS = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
-IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-                   "ActivityRegularization")
+ANALOG_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+                 "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
+IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
+                   "AlphaDropout", "ActivityRegularization")
 DIGITAL_LAYERS = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
-                  "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
-                  "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+                  "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+                  "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+                  "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
                   "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-                  "Flatten", "Reshape", "Permute", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D",
-                  "UpSampling1D", "UpSampling2D", "Rescaling", "Normalization", "LayerNormalization", "BatchNormalization")
+                  "Flatten", "Reshape", "Permute", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+                  "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
+                  "Rescaling", "Normalization", "LayerNormalization", "BatchNormalization")
 SUPPORTED_LAYERS = ("InputLayer",) + ANALOG_LAYERS + DIGITAL_LAYERS + IDENTITY_LAYERS
 SUPPORTED_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative", "Maximum", "Minimum")
 _SUPPORTED_CLASSES = {getattr(keras.layers, name): name for name in SUPPORTED_LAYERS}
@@ -157,18 +162,41 @@ def stored_model_config(path:Path) -> dict:
     if not isinstance(config, dict): raise ValueError(f"{str(path)!r}: the stored model configuration is not a mapping")
     return config
 
-def check_stored_layers(path) -> None:
+def digital_layer_names(layer_overrides) -> set:
+    "The layer names `layer_overrides` keeps digital (value 'digital', any case)."
+    if not isinstance(layer_overrides, dict): return set()
+    return {str(name) for name, value in layer_overrides.items() if isinstance(value, str) and value.lower() == "digital"}
+
+def unsupported_message(header:str, # what cannot be simulated, e.g. "model 'm' cannot be simulated"
+                        problems:list, # one text per problem
+                        overridable:list, # names of the layers a 'digital' override would let run (as their Keras layer)
+                       ) -> str:
+    "The error text for unsupported layers: the problems, the supported types, and the exact `layer_overrides` that keeps them digital."
+    import json
+    shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+    text = header + ":\n  " + "\n  ".join(shown) + f"\nSupported layer types: {', '.join(SUPPORTED_LAYERS)}"
+    if overridable:
+        spelled = json.dumps({name: "digital" for name in dict.fromkeys(overridable)})
+        which, runs = (("that layer", "it runs as its own Keras layer") if len(set(overridable)) == 1 else
+                       ("those layers", "they run as their own Keras layers"))
+        text += (f"\nOr keep {which} digital ({runs}, exactly, on no crossbar): layer_overrides={spelled} "
+                 f"(command line: --digital {' '.join(dict.fromkeys(overridable))})")
+    return text
+
+def check_stored_layers(path, # a .keras or .h5 model file
+                        digital_layers=(), # layer names kept digital: any layer type is accepted for them
+                       ) -> None:
     "Refuse a model file with layer types the simulator cannot run, BEFORE anything in it is deserialised (no Lambda code runs)."
     config = stored_model_config(path)
     supported = {cls.__name__ for cls in _SUPPORTED_CLASSES} | {getattr(cls, "__name__", "") for cls in _LEGACY_CLASSES.values()}
-    problems = [f"layer {name!r} of type {kind!r} is not supported" for name, kind in _stored_layers(config) if kind not in supported]
+    refused = [(name, kind) for name, kind in _stored_layers(config) if kind not in supported and name not in set(digital_layers)]
+    problems = [f"layer {name!r} of type {kind!r} is not supported" for name, kind in refused]
     if config.get("class_name") not in _CONTAINER_CLASSES:
         problems.insert(0, f"the model is a {config.get('class_name')!r}, not a Functional or Sequential model")
     if problems:
         model_name = (config.get("config") or {}).get("name", Path(path).stem)
-        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-        raise UnsupportedLayerError(f"model {model_name!r} in {str(path)!r} cannot be simulated (checked before loading):\n  "
-                                    + "\n  ".join(shown) + f"\nSupported layer types: {', '.join(SUPPORTED_LAYERS)}")
+        raise UnsupportedLayerError(unsupported_message(f"model {model_name!r} in {str(path)!r} cannot be simulated (checked "
+                                                        "before loading)", problems, [name for name, _ in refused]))
 
 
 # %% ../nbs/10_keras_import.ipynb #62c76fc1
@@ -189,9 +217,8 @@ def _unsupported_setting(layer, kind:str) -> str | None:
             return f"data_format={layer.data_format!r} (only 'channels_last' is supported)"
         if getattr(layer, "activation", None) is not None and activation_name(layer.activation) is None:
             return f"a custom activation function {getattr(layer.activation, '__name__', layer.activation)!r}"
-    if kind in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
-                "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "ZeroPadding2D", "Cropping2D",
-                "UpSampling2D") and getattr(layer, "data_format", "channels_last") != "channels_last":
+    spatial = ("MaxPooling", "AveragePooling", "GlobalMaxPooling", "GlobalAveragePooling", "ZeroPadding", "Cropping", "UpSampling")
+    if kind.startswith(spatial) and getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"data_format={layer.data_format!r} (only 'channels_last' is supported)"
     return None
 
@@ -202,16 +229,18 @@ class AnalogSpec:
     name: str                    # core name: the layer name, or "layer/depthwise", "layer/pointwise"
     layer: str                   # the Keras layer name (nested models: "outer/inner")
     layer_type: str              # Keras class name of the layer
-    matrix: np.ndarray | None    # (n_out, n_in) float32; conv rows in (kh, kw, cin) order (None for depthwise: see kernel)
+    matrix: np.ndarray | None    # (n_out, n_in) float32; conv rows in (kd, kh, kw, cin) order (None for depthwise: see kernel)
     bias: np.ndarray | None = None # (n_out,) float32 or None
-    kernel_size: tuple = ()      # () for Dense; (kh, kw) for convolutions (1-D: (1, k))
-    strides: tuple = (1, 1)
+    kernel_size: tuple = ()      # () for Dense; (kh, kw) for 1-D (1, k) and 2-D convolutions, (kd, kh, kw) for 3-D ones
+    strides: tuple = (1, 1)      # one per axis of kernel_size
     dilation: tuple = (1, 1)
-    padding: str = "valid"       # 'valid', 'same' or 'causal' (Conv1D)
-    spatial_rank: int = 0        # 0 Dense, 1 for 1-D and 2 for 2-D convolutions
+    padding: str | tuple = "valid" # 'valid', 'same', 'causal' (Conv1D), or explicit ((before, after), ...) per axis (negative: cropped)
+    spatial_rank: int = 0        # 0 Dense, 1, 2 or 3 for 1-D, 2-D and 3-D convolutions
     depth_multiplier: int = 0    # > 0 for a depthwise core (block-diagonal matrix)
     folded_batchnorm: list = field(default_factory=list) # names of BatchNormalization layers folded in
     kernel: np.ndarray | None = None # depthwise: the per-channel weights (taps, C, m), not the block-diagonal matrix
+    input_dilation: tuple = ()   # zeros inserted between input pixels (a transposed convolution's strides); () none
+    transposed: bool = False     # a transposed convolution, run as the convolution of its zero-inserted input
 
     @property
     def n_out(self): return self.matrix.shape[0] if self.kernel is None else self.kernel.shape[1] * self.kernel.shape[2]
@@ -226,10 +255,10 @@ class AnalogSpec:
     def is_depthwise(self): return self.depth_multiplier > 0
 
     def kernel_text(self) -> str:
-        "The kernel as text: '3x3', '1x5', '3x3 depthwise', '' for Dense."
+        "The kernel as text: '3x3', '1x5', '3x3x3', '3x3 depthwise', '3x3 transposed', '' for Dense."
         if not self.is_conv: return ""
         text = "x".join(map(str, self.kernel_size[-self.spatial_rank:]))
-        return text + (" depthwise" if self.is_depthwise else "")
+        return text + (" depthwise" if self.is_depthwise else "") + (" transposed" if self.transposed else "")
 
 # %% ../nbs/10_keras_import.ipynb #9f3a8967
 def _numpy(variable, dtype=np.float32) -> np.ndarray:
@@ -257,9 +286,9 @@ def _diagonal_index(channels:int, multiplier:int, taps:int):
     return out_index[None, :, :], in_index[:, :, None]
 
 def _pair(values, rank:int) -> tuple:
-    "A 2-tuple from a Keras spatial tuple of length `rank` (1-D layers get a leading 1)."
+    "The engine's tuple from a Keras spatial tuple of length `rank`: 2 values for 1-D (a leading 1) and 2-D layers, 3 for 3-D ones."
     values = tuple(int(v) for v in np.atleast_1d(values))
-    if len(values) == 1 and rank == 2: values = values * 2
+    if len(values) == 1 and rank > 1: values = values * rank
     return ((1,) + values) if rank == 1 else values
 
 def depthwise_matrix(kernel:np.ndarray, # depthwise kernel (kh, kw, C, m) (1-D: (k, C, m))
@@ -291,10 +320,103 @@ def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
     channels = n_out // multiplier
     return matrix[_diagonal_index(channels, multiplier, n_in // channels)]
 
+# %% ../nbs/10_keras_import.ipynb #tc000002
+@dataclass
+class ConvEquivalent:
+    "The ordinary convolution that computes a transposed one: on the input with zeros inserted, borders added, kernel flipped."
+    kernel: np.ndarray           # (*k, cin / groups, cout) float32: the flipped, in/out-swapped kernel in Keras' Conv layout
+    groups: int                  # groups of the convolution (as of the transposed one)
+    input_dilation: tuple        # zero insertion: input pixels land `input_dilation` apart (the transposed strides)
+    padding: tuple               # ((before, after), ...) per spatial axis around the zero-inserted input; negative: cropped
+    dilation: tuple              # kernel dilation (the same as the transposed one's); the convolution's strides are all 1
+
+    def output_size(self, input_size:tuple) -> tuple:
+        "Spatial output size for an input of spatial size `input_size` (the transposed convolution's output size)."
+        return tuple((n - 1) * s + 1 + before + after - (k - 1) * d for n, s, (before, after), k, d in
+                     zip(input_size, self.input_dilation, self.padding, self.kernel.shape[:-2], self.dilation))
+
+def _per_axis(value, rank:int, what:str, default:int) -> tuple:
+    "`value` as a tuple of `rank` integers (an int repeats; None gives `default`)."
+    if value is None: return (default,) * rank
+    values = tuple(int(v) for v in np.atleast_1d(value))
+    if len(values) == 1: values = values * rank
+    if len(values) != rank: raise ValueError(f"{what}={value!r} needs {rank} values (one per spatial axis)")
+    return values
+
+def transposed_conv_as_conv(kernel:np.ndarray, # transposed-convolution weights: (*k, cout/groups, cin) ('keras') or (cin, cout/groups, *k) ('onnx')
+                            strides, # stride per spatial axis (an int: every axis)
+                            pads=None, # ((begin, end), ...) cut off the full output per axis (ONNX `pads` regrouped); None: no cut
+                            output_padding=None, # extra output pixels at the end of each axis (ONNX / PyTorch `output_padding`)
+                            dilation=None, # kernel dilation per axis
+                            groups:int=1, # input and output channels split into this many independent groups
+                            kernel_layout:str="keras", # 'keras' (Conv*DTranspose: (*k, cout/groups, cin)) or 'onnx' (ConvTranspose W)
+                           ) -> ConvEquivalent:
+    "The ordinary convolution (on the zero-inserted, bordered input) equal to a transposed convolution; layout-independent of the framework."
+    if kernel_layout not in ("keras", "onnx"):
+        raise ValueError(f"kernel_layout={kernel_layout!r} is not allowed; allowed: 'keras', 'onnx'")
+    kernel = np.asarray(kernel, dtype=np.float32)
+    rank = kernel.ndim - 2
+    if rank not in (1, 2, 3): raise ValueError(f"kernel of shape {kernel.shape} is not a 1-D, 2-D or 3-D convolution kernel")
+    if kernel_layout == "onnx": kernel = kernel.transpose(tuple(range(2, kernel.ndim)) + (1, 0))   # -> (*k, cout/groups, cin)
+    *window, per_group_out, cin = kernel.shape
+    if groups < 1 or cin % groups: raise ValueError(f"groups={groups} must divide the {cin} input channels")
+    strides, dilation = _per_axis(strides, rank, "strides", 1), _per_axis(dilation, rank, "dilation", 1)
+    extra = _per_axis(output_padding, rank, "output_padding", 0)
+    pads = ((0, 0),) * rank if pads is None else tuple((int(b), int(e)) for b, e in pads)
+    if len(pads) != rank: raise ValueError(f"pads={pads!r} needs one (begin, end) pair per spatial axis ({rank})")
+    if min(strides + dilation) < 1: raise ValueError(f"strides={strides} and dilation={dilation} must be positive")
+    flipped = kernel[tuple(slice(None, None, -1) for _ in window)]                  # every spatial axis reversed
+    per_group_in = cin // groups
+    swapped = flipped.reshape(*window, per_group_out, groups, per_group_in)           # (*k, cout_g, g, cin_g)
+    swapped = swapped.transpose(tuple(range(rank)) + (rank + 2, rank + 1, rank))       # (*k, cin_g, g, cout_g)
+    swapped = swapped.reshape(*window, per_group_in, groups * per_group_out)
+    borders = tuple(((k - 1) * d - begin, (k - 1) * d - end + op) for k, d, (begin, end), op in zip(window, dilation, pads, extra))
+    return ConvEquivalent(np.ascontiguousarray(swapped), int(groups), strides, borders, dilation)
+
+def keras_transposed_pads(kernel_size:tuple, strides:tuple, dilation:tuple,
+                          padding:str, # 'valid' or 'same'
+                          output_padding=None, # the layer's output_padding (None: Keras' default)
+                         ) -> tuple:
+    "`((begin, end), ...)` that a Keras `Conv*DTranspose` cuts off its full output (TensorFlow's rule; `end` < 0: zeros added)."
+    pads = []
+    for i, (k, s, d) in enumerate(zip(kernel_size, strides, dilation)):
+        span, op = (k - 1) * d + 1, None if output_padding is None else _per_axis(output_padding, len(kernel_size), "output_padding", 0)[i]
+        if padding == "valid": extent = span + (max(span, s) - span if op is None else op)   # output = (L − 1)·s + extent
+        elif padding == "same": extent = s if op is None else span % 2 + op
+        else: raise ValueError(f"padding={padding!r} is not allowed for a transposed convolution; allowed: 'valid', 'same'")
+        begin = max(span - extent, 0) // 2
+        pads.append((begin, span - extent - begin))
+    return tuple(pads)
+
 # %% ../nbs/10_keras_import.ipynb #1efa0245
 def _per_tap(kernel:np.ndarray) -> np.ndarray:
     "A depthwise kernel `(..., C, m)` as `(taps, C, m)`: the only devices of its block-diagonal crossbar that hold weights."
     return np.ascontiguousarray(kernel.reshape((-1,) + kernel.shape[-2:]), dtype=np.float32)
+
+TRANSPOSED_LAYERS = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+
+def conv_spec(name:str, # core name
+              layer:str, # layer (or node) name
+              kind:str, # layer type
+              kernel:np.ndarray, # ordinary convolution kernel in Keras' layout (*k, cin / groups, cout)
+              bias, # (cout,) or None
+              strides:tuple, dilation:tuple, # per axis of the kernel
+              padding, # 'valid', 'same', 'causal' or ((before, after), ...) per axis
+              groups:int=1, # grouped convolution; one input channel per group: a depthwise core
+              input_dilation:tuple=(), # zeros inserted between input pixels (a transposed convolution)
+              transposed:bool=False, # the layer is a transposed convolution
+             ) -> AnalogSpec:
+    "The `AnalogSpec` of a 1-D, 2-D or 3-D convolution (dense, grouped or depthwise); 1-D ones are stored as 2-D with height 1."
+    rank = kernel.ndim - 2
+    def lift(values, one): return ((one,) + tuple(values)) if rank == 1 else tuple(values)   # 1-D: a leading height-1 axis
+    padding = padding if isinstance(padding, str) else lift(tuple(tuple(int(v) for v in p) for p in padding), (0, 0))
+    geometry = dict(kernel_size=lift(kernel.shape[:-2], 1), strides=lift(strides, 1), dilation=lift(dilation, 1), padding=padding,
+                    spatial_rank=rank, input_dilation=lift(input_dilation, 1) if input_dilation else (), transposed=transposed)
+    if groups > 1 and kernel.shape[-2] == 1:             # one input channel per group: a depthwise convolution
+        per_channel = kernel.reshape(kernel.shape[:-2] + (groups, kernel.shape[-1] // groups))
+        return AnalogSpec(name, layer, kind, None, bias, depth_multiplier=per_channel.shape[-1], kernel=_per_tap(per_channel), **geometry)
+    matrix = _crossbar(kernel) if groups == 1 else grouped_matrix(kernel, groups)
+    return AnalogSpec(name, layer, kind, matrix, bias, **geometry)
 
 def analog_specs(layer, # a supported analog Keras layer
                  name:str, # its (path) name
@@ -305,19 +427,19 @@ def analog_specs(layer, # a supported analog Keras layer
     if kind == "Dense":
         kernel = _numpy(layer.kernel)
         return [AnalogSpec(name, name, kind, _crossbar(kernel), bias)]
-    rank = 1 if kind.endswith("1D") else 2
+    rank = int(kind.replace("Transpose", "")[-2])             # Conv3D, Conv2DTranspose, DepthwiseConv1D, ...: the digit
+    strides, dilation = _per_axis(layer.strides, rank, "strides", 1), _per_axis(layer.dilation_rate, rank, "dilation_rate", 1)
+    if kind in TRANSPOSED_LAYERS:                        # the convolution of the zero-inserted input (transposed_conv_as_conv)
+        kernel = _numpy(layer.kernel)                    # (*k, cout, cin)
+        pads = keras_transposed_pads(kernel.shape[:-2], strides, dilation, layer.padding, layer.output_padding)
+        equal = transposed_conv_as_conv(kernel, strides, pads, None, dilation)
+        return [conv_spec(name, name, kind, equal.kernel, bias, (1,) * rank, dilation, equal.padding,
+                          input_dilation=equal.input_dilation, transposed=True)]
     geometry = dict(strides=_pair(layer.strides, rank), dilation=_pair(layer.dilation_rate, rank),
                     padding=layer.padding, spatial_rank=rank)
-    if kind in ("Conv1D", "Conv2D"):
-        groups = int(getattr(layer, "groups", 1) or 1)
-        kernel = _numpy(layer.kernel)                    # (..., cin / groups, cout)
-        if groups > 1 and kernel.shape[-2] == 1:         # one input channel per group: a depthwise convolution
-            multiplier = kernel.shape[-1] // groups
-            per_channel = kernel.reshape(kernel.shape[:-2] + (groups, multiplier))
-            return [AnalogSpec(name, name, kind, None, bias, kernel_size=_pair(layer.kernel_size, rank), depth_multiplier=multiplier,
-                               kernel=_per_tap(per_channel), **geometry)]
-        matrix = _crossbar(kernel) if groups == 1 else grouped_matrix(kernel, groups)
-        return [AnalogSpec(name, name, kind, matrix, bias, kernel_size=_pair(layer.kernel_size, rank), **geometry)]
+    if kind in ("Conv1D", "Conv2D", "Conv3D"):
+        return [conv_spec(name, name, kind, _numpy(layer.kernel), bias, strides, dilation, layer.padding,
+                          int(getattr(layer, "groups", 1) or 1))]
     depthwise = _numpy(layer.kernel if kind.startswith("Depthwise") else layer.depthwise_kernel)
     multiplier = depthwise.shape[-1]
     if kind.startswith("Depthwise"):
@@ -345,6 +467,7 @@ class GraphNode:
     output_shape: tuple = ()     # shape (batch dim None) of the output
     activation: str = "linear"   # analog nodes: the activation fused into the Keras layer
     analog: list = field(default_factory=list) # analog nodes: the AnalogSpecs of its cores
+    compute: object = None       # digital nodes of other importers (ONNX): compute(*inputs) -> array, the exact float32 result (None: the Keras layer runs)
 
 @dataclass
 class ModelGraph:
@@ -413,8 +536,9 @@ def _kind(layer_kind:str) -> str:
 
 class _GraphBuilder:
     "Walks a (possibly nested) functional model and collects GraphNodes; unsupported layers are collected, not raised."
-    def __init__(self):
+    def __init__(self, digital_layers=()):
         self.nodes, self.names, self.problems = [], set(), []
+        self.digital, self.overridable = set(digital_layers), []     # layers kept digital; refused layers an override would admit
 
     def unique(self, name:str) -> str:
         if name not in self.names: return name
@@ -445,31 +569,38 @@ class _GraphBuilder:
         layer_name = prefix + op.name
         name = self.unique(layer_name)
         kind = layer_type(op)
+        problems = []                  # what keeps the layer off the simulator's own paths (a 'digital' override runs it in Keras)
         if kind is None:
-            self.problems.append(f"layer {layer_name!r} of type {type(op).__name__!r} is not supported")
+            problems.append(f"layer {layer_name!r} of type {type(op).__name__!r} is not supported")
         else:
             reason = _unsupported_setting(op, kind)
-            if reason: self.problems.append(f"layer {layer_name!r} of type {kind!r} has {reason}")
+            if reason: problems.append(f"layer {layer_name!r} of type {kind!r} has {reason}")
         args, kwargs = knode.arguments.args, knode.arguments.kwargs
         list_input = len(args) == 1 and isinstance(args[0], (list, tuple))
-        if len(knode.output_tensors) != 1 or (kind and not kind.startswith("ops.") and len(args) != 1):
+        if len(knode.output_tensors) != 1:
             self.problems.append(f"layer {layer_name!r} is called in a way the simulator does not support "
                                  f"({len(args)} positional arguments, {len(knode.output_tensors)} outputs)")
+        elif kind and not kind.startswith("ops.") and len(args) != 1:
+            problems.append(f"layer {layer_name!r} is called in a way the simulator does not support "
+                            f"({len(args)} positional arguments, {len(knode.output_tensors)} outputs)")
         tensor_kwargs = [k for k, v in kwargs.items() if isinstance(v, keras.KerasTensor)]
         if tensor_kwargs:
-            self.problems.append(f"layer {layer_name!r} receives tensors as keyword arguments {tensor_kwargs}, which is not supported")
+            problems.append(f"layer {layer_name!r} receives tensors as keyword arguments {tensor_kwargs}, which is not supported")
         node_kind = _kind(kind) if kind else "digital"
-        activation = activation_name(op.activation) if (kind in ANALOG_LAYERS and op.activation is not None) else "linear"
+        if problems and layer_name in self.digital: node_kind, kind = "digital", kind or type(op).__name__   # runs as its Keras layer
+        elif problems: self.problems += problems; self.overridable.append(layer_name)
+        activation = activation_name(op.activation) if (node_kind == "analog" and op.activation is not None) else "linear"
         self.add(GraphNode(name, layer_name, kind or type(op).__name__, node_kind, inputs, op, list_input, knode.arguments,
                            [_shape(t) for t in knode.input_tensors], _shape(knode.output_tensors[0]), activation or "linear"))
         return name
 
 def build_graph(model, # a keras.Model (Functional or Sequential) or anything `load_keras_model` accepts
+                digital_layers=(), # layer names kept digital: a layer of any type among them runs as its Keras layer
                ) -> ModelGraph:
     "The explicit layer graph of a Keras model, analog weights read as crossbar matrices; unsupported layers are an error."
-    model = load_keras_model(model)
+    model = load_keras_model(model, digital_layers=digital_layers)
     graph = _functional(model)
-    builder = _GraphBuilder()
+    builder = _GraphBuilder(digital_layers)
     input_names = []
     for kt in graph.inputs:
         layer = kt._keras_history[0]
@@ -478,9 +609,8 @@ def build_graph(model, # a keras.Model (Functional or Sequential) or anything `l
         input_names.append(name)
     outputs = builder.expand(model, "", input_names)
     if builder.problems:
-        shown = builder.problems[:10] + ([f"... and {len(builder.problems) - 10} more"] if len(builder.problems) > 10 else [])
-        raise UnsupportedLayerError(f"model {model.name!r} cannot be simulated:\n  " + "\n  ".join(shown) +
-                                    f"\nSupported layer types: {', '.join(SUPPORTED_LAYERS)}")
+        raise UnsupportedLayerError(unsupported_message(f"model {model.name!r} cannot be simulated", builder.problems,
+                                                        builder.overridable))
     specs = {}
     for node in builder.nodes:
         if node.kind == "analog":
@@ -498,7 +628,11 @@ def _batchnorm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
     return scale, beta - mean * scale
 
 def _foldable(bn:GraphNode, producer:GraphNode, readers:dict, outputs:list, calls:dict) -> bool:
-    if bn.layer_type != "BatchNormalization" or producer.kind != "analog" or producer.activation != "linear": return False
+    if producer.kind != "analog" or producer.activation != "linear": return False
+    if bn.compute is not None:          # another importer's node (ONNX): it records its affine when it normalises the last axis
+        return (getattr(bn.arguments, "batchnorm_affine", None) is not None and len(readers[producer.name]) == 1
+                and producer.name not in outputs and calls[producer.layer_name] == 1)
+    if bn.layer_type != "BatchNormalization": return False
     rank = len(bn.input_shapes[0])
     axis = bn.layer.axis if isinstance(bn.layer.axis, int) else (bn.layer.axis[0] if len(bn.layer.axis) == 1 else None)
     if axis is None or axis % rank != rank - 1: return False           # must normalise the channel (last) axis
@@ -516,11 +650,11 @@ def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
     nodes = {n.name: dataclasses.replace(n) for n in graph.nodes}
     renamed = {}                          # folded BN output tensor -> the analog node's output tensor
     for bn in graph.nodes:
-        if bn.layer_type != "BatchNormalization" or bn.inputs[0] not in nodes: continue
+        if bn.layer_type not in ("BatchNormalization", "onnx:BatchNormalization") or bn.inputs[0] not in nodes: continue
         producer = nodes[bn.inputs[0]]
         if not _foldable(bn, producer, readers, graph.outputs, calls): continue
         if allow is not None and not allow(producer): continue
-        scale, shift = _batchnorm_affine(bn.layer)
+        scale, shift = bn.arguments.batchnorm_affine if bn.compute is not None else _batchnorm_affine(bn.layer)
         last = producer.analog[-1]
         bias = np.zeros(last.n_out) if last.bias is None else last.bias.astype(np.float64)
         weights = (dict(kernel=(last.kernel * scale.reshape(last.kernel.shape[1:])).astype(np.float32)) if last.kernel is not None
@@ -538,12 +672,14 @@ def fold_batchnorm(graph:ModelGraph, # graph from `build_graph` (not modified)
 
 # %% ../nbs/10_keras_import.ipynb #c83c19f2
 NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid", "softplus", "exponential")
-_CARRY_SIGN = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
-               "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "ZeroPadding1D", "ZeroPadding2D",
-               "Cropping1D", "Cropping2D", "Flatten", "Reshape", "Permute", "UpSampling1D", "UpSampling2D") + IDENTITY_LAYERS
+_CARRY_SIGN = tuple(f"{kind}{rank}D" for kind in ("MaxPooling", "AveragePooling", "GlobalMaxPooling", "GlobalAveragePooling",
+                                                  "ZeroPadding", "Cropping", "UpSampling") for rank in (1, 2, 3)
+                   ) + ("Flatten", "Reshape", "Permute") + IDENTITY_LAYERS
 
 def _produces_nonnegative(node:GraphNode, known:set) -> bool:
     ins = [t in known for t in node.inputs]
+    hook = getattr(node.arguments, "produces_nonnegative", None)   # another importer's node (ONNX) knows its own rule
+    if hook is not None: return bool(hook(ins))
     kind, layer = node.layer_type, node.layer
     if kind == "ReLU":
         slope = float(getattr(layer, "negative_slope", 0) or 0)

@@ -30,6 +30,7 @@ def _philox_round(c0, c1, c2, c3, k0, k1):
     return (np.uint32(np.uint32(p1 >> np.uint64(32)) ^ c1 ^ k0), np.uint32(p1),
             np.uint32(np.uint32(p0 >> np.uint64(32)) ^ c3 ^ k1), np.uint32(p0))
 
+# %% ../nbs/05b_keyed_noise.ipynb #017515df
 @njit(inline="always", cache=True)
 def philox4x32(c0, c1, c2, c3, # the 128-bit counter, four uint32 words
                k0, k1, # the 64-bit key, two uint32 words
@@ -72,6 +73,7 @@ def _radius(word):
     log_u = x + (y - np.float32(0.5) * z) + np.float32(exponent + high) * np.float32(0.6931471805599453)
     return np.sqrt(np.float32(-2.0) * log_u)
 
+# %% ../nbs/05b_keyed_noise.ipynb #e2ff42c4
 @njit(inline="always", fastmath=_FAST, cache=True)
 def _unit_circle(word):
     "(cos θ, sin θ) of θ = q·π/2 + x: quadrant q from the top 2 bits of `word`, x in [−π/4, π/4) from the next 24."
@@ -92,6 +94,7 @@ def _uniform(word):
     "Zero-mean, unit-variance uniform of the top 24 bits of `word`: strictly inside (−√3, √3)."
     return (np.float32(np.int32(word >> np.uint32(8))) + np.float32(0.5 - 2 ** 23)) * np.float32(math.sqrt(12.0) * 2 ** -24)
 
+# %% ../nbs/05b_keyed_noise.ipynb #8c6d383d
 @njit(cache=True)
 def _transform_words(words, normal):
     "The float32 draws of words `(4, n)` as the kernels make them (Box-Muller pairs (0, 1), (2, 3), or uniforms): for checks."
@@ -123,6 +126,7 @@ def _run_wide(kernel, # a numba dispatcher
                     finally: llvm.set_option("", "-force-vector-width=0")
     return kernel(*args)
 
+# %% ../nbs/05b_keyed_noise.ipynb #277f1e0f
 @contextlib.contextmanager
 def _without_llvm_remarks():
     "While LLVM compiles, its stderr (file descriptor 2) goes to a temporary file; what it wrote comes back without LLVM's 'remark:' lines (a forced width it cannot apply to some loop is a remark, not an error)."
@@ -155,6 +159,7 @@ def _check_distribution(distribution:str) -> bool:
         raise ValueError(f"distribution={distribution!r} is not allowed; allowed: 'normal', 'uniform'")
     return distribution == _NORMAL
 
+# %% ../nbs/05b_keyed_noise.ipynb #b80827cf
 _CHUNK_DRAWS = 4096     # draws per chunk of rows: drawn into a buffer that stays in the cache, then used
 
 @njit(inline="always", fastmath=_FAST, cache=True)
@@ -179,6 +184,7 @@ def _fill_blocks(scratch, first_block, count, c2, c3, k0, k1, normal):
             scratch[4 * m], scratch[4 * m + 1] = _uniform(a), _uniform(b)
             scratch[4 * m + 2], scratch[4 * m + 3] = _uniform(c), _uniform(d)
 
+# %% ../nbs/05b_keyed_noise.ipynb #0a0a6291
 @njit(nogil=True, fastmath=_FAST, cache=True)
 def _draw_rows(out, first_row, c2, c3, k0, k1, normal):
     rows, per_row = out.shape
@@ -190,6 +196,7 @@ def _draw_rows(out, first_row, c2, c3, k0, k1, normal):
         _fill_blocks(scratch, np.uint64(first_row + r0) * np.uint64(blocks), (r1 - r0) * blocks, c2, c3, k0, k1, normal)
         for r in range(r0, r1): out[r, :] = scratch[(r - r0) * 4 * blocks:(r - r0) * 4 * blocks + per_row]
 
+# %% ../nbs/05b_keyed_noise.ipynb #e8ff73f5
 def keyed_draws(key:np.ndarray, # the stream's key, two uint64 (fixed by seed, run, layer and tile)
                 read:int, # read number: its own stream for the same rows
                 first_row:int, # global index of the first row
@@ -234,6 +241,7 @@ def _as_float32_typed(value):
     if isinstance(value, types.Integer): return lambda value: np.uint32(np.uint32(value) << np.uint32(16)).view(np.float32)
     return lambda value: np.float32(value)
 
+# %% ../nbs/05b_keyed_noise.ipynb #6e320c31
 @njit(nogil=True, fastmath=_FAST, cache=True)
 def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal, levels):
     slices, rows, columns = currents.shape
@@ -256,6 +264,7 @@ def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal, level
                     for c in range(columns):
                         currents[s, r, c] = min(max(np.rint(currents[s, r, c] * levels[0]), levels[1]), levels[2]) * levels[3]
 
+# %% ../nbs/05b_keyed_noise.ipynb #93be81dd
 def add_keyed_noise(currents, # column currents (k, b, columns), float32, changed in place (NumPy or CuPy)
                     variance, # their noise variance, (k, b, columns) or (k, b, 1), float32 or bfloat16 bit patterns (uint16); only read
                     key:np.ndarray, # the stream's key, two uint64
@@ -319,6 +328,7 @@ def _round_to_bfloat16(x, bits, square):
         else:
             for j in range(x.shape[1]): bits[i, j] = _bfloat16_bits(x[i, j])
 
+# %% ../nbs/05b_keyed_noise.ipynb #a6998907
 def bfloat16_bits(x, # float32 NumPy array, any shape (finite)
                   square:bool=False, # round x² instead of x
                   threads:int=1, # split the pass over this many threads (1 inside a worker thread)
@@ -356,6 +366,7 @@ def bfloat16_operand(x, # float32 NumPy array (σ², or drives when square=True)
     import tensorflow as tf
     return tf.bitcast(bits, tf.bfloat16)
 
+# %% ../nbs/05b_keyed_noise.ipynb #32dd948b
 def variance_result(product, # what a product of two `bfloat16_operand`s gave: a TensorFlow tensor or a NumPy array
                    ) -> np.ndarray:
     "The variance as bfloat16 bit patterns (uint16, what `add_keyed_noise` reads): TensorFlow's own buffer, or a float32 result rounded."

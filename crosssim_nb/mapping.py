@@ -60,6 +60,7 @@ def slice_codes(codes:np.ndarray, # integer weight codes in [-Kw, Kw]
     magnitude, sign = np.abs(codes), np.sign(codes)
     return np.stack([sign * ((magnitude >> (bits * s)) & (2 ** bits - 1)) for s in range(nslices)])
 
+# %% ../nbs/02_mapping.ipynb #75bb6c93
 def offset_slice_codes(codes:np.ndarray, # integer weight codes in [-Kw, Kw]
                        weight_bits:int, # weight bits, sign included
                        nslices:int, # number of slices
@@ -78,6 +79,7 @@ def _levels(values:np.ndarray, levels:int) -> np.ndarray:
     "Round `values` in [0, 1] to `levels` steps (no rounding when `levels` == 0)."
     return values if levels == 0 else np.rint(values * levels) / levels
 
+# %% ../nbs/02_mapping.ipynb #30da4c77
 def target_conductances(normalized:np.ndarray, # weights in [-1, 1], shape (n_out, n_in)
                         config:InferenceConfig, # mapping settings
                        ) -> np.ndarray:
@@ -101,6 +103,7 @@ def target_conductances(normalized:np.ndarray, # weights in [-1, 1], shape (n_ou
     magnitude = _levels(np.abs(wn), kw)
     return (gmin + grange * np.stack([np.where(wn > 0, magnitude, 0), np.where(wn < 0, magnitude, 0)]))[None]
 
+# %% ../nbs/02_mapping.ipynb #aa70f3bc
 def slice_weights(config:InferenceConfig) -> np.ndarray:
     "Digital weight of each slice's current in the recombination: 1 unsliced, else `2^(b·s)·(2^b−1)/Kw`."
     if config.nslices == 1: return np.ones(1)

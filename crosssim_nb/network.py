@@ -4,22 +4,22 @@
 
 # %% ../nbs/11_network.ipynb #b2790582
 from __future__ import annotations
-import json, math, difflib, os, threading
+import math, difflib, os
 from collections import Counter
 from pathlib import Path
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from .config import InferenceConfig
 from .core import AnalogCore
-from .backend import to_numpy, to_module, array_module_of, available_cpus, tensor_buffer
+from .backend import to_numpy, to_module, array_module_of, tensor_buffer
 from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
-                                      nonnegative_tensors, depthwise_kernel, depthwise_matrix, activation_name)
+                                      nonnegative_tensors, activation_name,
+                                      digital_layer_names)
 import crosssim_nb.convolution as convolution
-from .convolution import (conv_geometry, _pad_spatial, patch_view, im2col, _blas_threads, CHUNK_ELEMENTS, _drives,
-                                     _apply_rows, apply_conv, per_channel_kernel, library_kernel, FloatMatrix, GroupedDepthwise,
+from .convolution import (_pad_spatial, patch_view, _drives,
+                                     _apply_rows, apply_conv, per_channel_kernel, FloatMatrix, GroupedDepthwise,
                                      CoreEngine, DepthwiseCore, DepthwiseEngine, conv_row_permutation)
 
 # %% auto #0
@@ -33,6 +33,7 @@ def _clamp(bound):
 
 def _relu_bounds(node:GraphNode):
     "`(max_value or None)` when the node is a plain relu/relu6 (no slope, no threshold), else False."
+    if node.compute is not None: return getattr(node.arguments, "relu_bound", False)   # another importer's node (ONNX Relu, Clip)
     layer = node.layer
     if node.layer_type == "Activation":
         name = activation_name(layer.activation)
@@ -48,6 +49,7 @@ def _call_keras(node:GraphNode, inputs:list) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(node.layer(*args, **kwargs)), dtype=np.float32)
 
 _GLOBAL_POOLS = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D")
+_POOLS = ("MaxPooling2D", "AveragePooling2D", "MaxPooling3D", "AveragePooling3D")   # TensorFlow's kernels on the host
 
 def _device_pooling(node:GraphNode, x):
     "Pooling of a channels-last array where it lives (the GPU): global pools, and 2-D max / average pools with valid padding; else None."
@@ -87,19 +89,24 @@ def _fast_digital(node:GraphNode, inputs:list, reusable:list):
     if xp is not np:                     # on the GPU: pooling there (TensorFlow's kernels below read host arrays)
         pooled = _device_pooling(node, inputs[0])
         if pooled is not None: return pooled
-    elif kind in ("MaxPooling2D", "AveragePooling2D") and layer.data_format == "channels_last" and keras.backend.backend() == "tensorflow":
+    elif kind in _POOLS and layer.data_format == "channels_last" and keras.backend.backend() == "tensorflow":
         import tensorflow as tf          # the TensorFlow kernel Keras' layer calls, without the layer's call machinery
-        pool = tf.nn.max_pool2d if kind == "MaxPooling2D" else tf.nn.avg_pool2d
+        pool = tf.nn.max_pool if kind.startswith("Max") else tf.nn.avg_pool
         y = pool(inputs[0], layer.pool_size, layer.strides, layer.padding.upper())
         return tensor_buffer(y)
-    if kind == "ZeroPadding2D":
+    if kind in ("ZeroPadding2D", "ZeroPadding3D"):
         return _pad_spatial(inputs[0], [tuple(p) for p in layer.padding])
     if kind == "ZeroPadding1D":
         return _pad_spatial(inputs[0][:, None], [(0, 0), tuple(layer.padding)])[:, 0]
-    if kind == "Cropping2D":
-        (top, bottom), (left, right) = layer.cropping
+    if kind in ("Cropping1D", "Cropping2D", "Cropping3D"):
         x = inputs[0]
-        return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right]
+        crops = [layer.cropping] if kind == "Cropping1D" else layer.cropping
+        return x[(slice(None),) + tuple(slice(before, x.shape[axis] - after) for axis, (before, after) in enumerate(crops, start=1))]
+    if kind in ("UpSampling1D", "UpSampling2D", "UpSampling3D") and getattr(layer, "interpolation", "nearest") == "nearest":
+        x = inputs[0]                    # nearest: every value repeated along each spatial axis (copies, exact)
+        for axis, factor in enumerate(np.atleast_1d(layer.size), start=1):
+            if int(factor) > 1: x = xp.repeat(x, int(factor), axis=axis)
+        return x
     return None
 
 # %% ../nbs/11_network.ipynb #08622bf7
@@ -139,7 +146,7 @@ def _read_mapping(source, key:str, what:str) -> dict:
         if not path.is_file(): raise FileNotFoundError(f"{what} file not found: {str(path)!r}")
         suffix = path.suffix.lower()
         if suffix in (".json", ".yaml", ".yml"):
-            from crosssim_nb.config import read_data_file
+            from crosssim_nb.files import read_data_file
             data = read_data_file(path, f"{what} file")   # the one reader of every file: numbers, duplicate keys, line/column
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive: data = {k: archive[k] for k in archive.files}
@@ -169,6 +176,18 @@ def _per_core(mapping:dict, specs:list, what:str) -> dict:
     for key, value in mapping.items():
         if key in cores: out[key] = value                  # an explicit core name wins over its layer's name
     return out
+
+def _analog_overrides(overrides:dict, graph:ModelGraph, specs:list) -> dict:
+    "`overrides` without the 'digital' entries that name a non-analog layer (already digital, whatever its type); an unknown name is an error."
+    analog = {s.name for s in specs} | {s.layer for s in specs}
+    layers = list(dict.fromkeys(n.layer_name for n in graph.nodes if n.kind != "input"))
+    kept = {}
+    for key, value in overrides.items():
+        if key in analog or not (isinstance(value, str) and value.lower() == "digital"): kept[key] = value
+        elif key not in layers:
+            raise ValueError(f"layer_overrides: {key!r} is not an analog layer, nor any layer, of this model; {_close_names(key, layers)}"
+                             f"layers: {', '.join(layers[:40])}{' ...' if len(layers) > 40 else ''}")
+    return kept
 
 def _parse_range(name:str, value) -> tuple[float, float]:
     "`(lo, hi)` from a user range: x_max, or (lo, hi) — non-negative if lo >= 0, else symmetric."
@@ -214,6 +233,7 @@ _HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bi
 
 class AnalogNetwork:
     "A Keras model whose analog layers run on simulated crossbars; build it with `AnalogNetwork.from_keras`."
+    input_layout = "channels_last"   # the layout of the images it takes: Keras models channels-last; ONNX models (from_onnx) "channels_first"
     def __init__(self, graph:ModelGraph, config:InferenceConfig, layer_configs:dict, model_name:str=""):
         self.graph, self.config, self.layer_configs = graph, config, layer_configs
         self.model_name = model_name or graph.name
@@ -281,14 +301,28 @@ class AnalogNetwork:
                   ) -> "AnalogNetwork":
         "Import a Keras model and put each analog layer on its own `AnalogCore`."
         if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
-        keras_model = load_keras_model(model, safe_mode=safe_mode)
+        digital = digital_layer_names(layer_overrides)      # any layer kept digital runs as its Keras layer, whatever its type
+        keras_model = load_keras_model(model, safe_mode=safe_mode, digital_layers=digital)
         if input_nonnegative is None: input_nonnegative = zoo_input_nonnegative(keras_model)
-        raw = build_graph(keras_model)                     # unsupported layers raise here, before any work
+        raw = build_graph(keras_model, digital)            # unsupported layers raise here, before any work
+        return cls.from_graph(raw, config, keras_model.name, calibration_data, input_ranges, adc_limits, layer_overrides,
+                               input_nonnegative, calibration_samples, batch_size)
+
+    @classmethod
+    def from_graph(cls,
+                   raw:ModelGraph, # an importer's graph (build_graph, build_onnx_graph); its weight arrays are released as they fold
+                   config:InferenceConfig, # hardware description of every analog layer
+                   model_name:str, # the model's name (limits files and calibrations record it)
+                   calibration_data=None, input_ranges=None, adc_limits=None, layer_overrides=None, # as `from_keras`
+                   input_nonnegative:bool=False, # model inputs non-negative (unsigned first DAC)
+                   calibration_samples:int=500, batch_size:int=64, # as `from_keras`
+                  ) -> "AnalogNetwork":
+        "Build from an importer's `ModelGraph` (Keras, ONNX: every importer shares this): overrides, BatchNormalization folding, DAC ranges, ADC limits, cores."
         specs = raw.analog_specs
         if layer_overrides is not None and not isinstance(layer_overrides, dict):
             raise TypeError(f"layer_overrides must be a dict {{layer: 'digital' | {{config fields}} | InferenceConfig}}, "
                             f"got {type(layer_overrides).__name__} {layer_overrides!r}")
-        overrides = _per_core(dict(layer_overrides or {}), specs, "layer_overrides")
+        overrides = _per_core(_analog_overrides(dict(layer_overrides or {}), raw, specs), specs, "layer_overrides")
         layer_configs = {s.name: _layer_config(config, overrides.get(s.name), s.name) for s in specs}
         def fold(node): return all((layer_configs[s.name] or config).fold_batchnorm for s in node.analog)
         graph = fold_batchnorm(raw, allow=fold, release=True)   # raw's unfolded weight copies are freed as they fold
@@ -300,14 +334,14 @@ class AnalogNetwork:
             for i, spec in enumerate(node.analog): signed[spec.name] = i > 0 or node.inputs[0] not in nonnegative
         calibration = _calibration_of(adc_limits)          # a limits file from calibrate_adc: checked once the net exists
         if calibration is not None:
-            calibration.check_identity(keras_model.name, graph.analog_specs)   # "made for model X" before any layer lookup
+            calibration.check_identity(model_name, graph.analog_specs)   # "made for model X" before any layer lookup
             adc_limits = calibration.adc_limits
             if input_ranges is None: input_ranges = calibration.input_ranges
         given = {k: _parse_range(k, v) for k, v in _per_core(_read_mapping(input_ranges, "input_ranges", "input_ranges"),
                                                             specs, "input_ranges").items()}
         limits = _per_core(_read_mapping(adc_limits, "adc_limits", "adc_limits"), specs, "adc_limits")
         analog = {k: c for k, c in layer_configs.items() if c is not None}
-        need = [k for k, c in analog.items() if (c.dac_bits > 0 or c.adc_bits > 0) and k not in given]
+        need = [k for k, c in analog.items() if c.needs_input_ranges and k not in given]
         if need and calibration_data is None:
             raise ValueError(f"{len(need)} analog layer(s) need DAC input ranges because dac_bits > 0 or adc_bits > 0 "
                              f"(first: {', '.join(need[:5])}); pass calibration_data=<a sample of typical inputs> "
@@ -317,7 +351,7 @@ class AnalogNetwork:
             raise ValueError(f"{len(missing)} analog layer(s) use adc_range_option='CALIBRATED' with adc_bits > 0 but have no "
                              f"adc_limits (first: {', '.join(missing[:5])}); pass adc_limits from a calibration, or use "
                              "adc_range_option='MAX' (or 'GRANULAR')")
-        net = cls(graph, config, layer_configs, keras_model.name)
+        net = cls(graph, config, layer_configs, model_name)
         if calibration is not None: calibration.check(net, config, layer_overrides or {})
         profiled = {}
         if calibration_data is not None:
@@ -401,8 +435,10 @@ class AnalogNetwork:
         if not count: raise ValueError(f"{what} holds no samples")
         return out, count
 
-    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None) -> np.ndarray:
-        "The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass."
+    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None,
+                    overwrite:bool=False) -> np.ndarray:
+        """The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass.
+        `overwrite`: nothing else reads `x`, so the first core's DAC may write its drives over it (the next cores read fresh outputs)."""
         for i, spec in enumerate(node.analog):
             engine = engines[spec.name]
             x = to_module(x, getattr(engine, "xp", np))       # a GPU core's input goes to the GPU, and its output stays there
@@ -410,10 +446,11 @@ class AnalogNetwork:
             post = self._post[node.name] if i == len(node.analog) - 1 else None
             read = 0
             if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
-            if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read)
+            overwrite = observer is None and (overwrite or i > 0)      # (an observer may keep the inputs it sees)
+            if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read, overwrite_input=overwrite)
             else:
                 lead = x.shape[:-1]
-                rows = _drives(engine, x.reshape(-1, x.shape[-1]))
+                rows = _drives(engine, x.reshape(-1, x.shape[-1]), overwrite)
                 x = _apply_rows(rows, engine, post, convolution.CHUNK_ELEMENTS, first_image * (rows.shape[0] // max(1, lead[0])),
                                 read).reshape(lead + (engine.n_out,))
         return x
@@ -429,10 +466,21 @@ class AnalogNetwork:
             if node.kind == "input": continue
             inputs = [values[t] for t in node.inputs]
             if node.kind == "analog":
-                y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads), True
+                source = node.inputs[0]
+                alone = source in owned and source not in outputs and remaining[source] == 1
+                y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads, overwrite=alone), True
             elif node.kind == "identity" or node.name in self._fused:
                 source = node.inputs[0]
                 y, fresh = inputs[0], source in owned and source not in outputs and remaining[source] == 1
+            elif node.compute is not None:       # another importer's exact float32 computation (ONNX nodes), on the host
+                inputs = [to_numpy(a) for a in inputs]
+                if getattr(node.compute, "writes_inputs", False):   # it may write its result into inputs nobody reads after it
+                    reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
+                    y = node.compute(*inputs, reusable=reusable)
+                else:                            # (a view of an input it reads last is its own: nothing else references that memory)
+                    y = node.compute(*inputs)
+                    reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
+                fresh = not any(np.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
             else:
                 reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
                 xp = next((array_module_of(a) for a in inputs if array_module_of(a) is not np), np)   # the GPU if any input is there

@@ -4,12 +4,12 @@
 
 # %% ../nbs/08_parasitics.ipynb #9a920a85
 from __future__ import annotations
-import math, os
 from dataclasses import dataclass
 import numpy as np
 import importlib
 
 from .backend import to_numpy, openblas_thread_controls
+from .seeds import key_stream
 
 # %% auto #0
 __all__ = ['Circuit', 'ParasiticSolveError', 'solve_failure', 'row_segments', 'column_segments', 'supply_segments', 'drop_matrix',
@@ -139,6 +139,7 @@ def drop_matrix(circuit:Circuit, n_rows:int, n_cols:int) -> np.ndarray:
                 R[np.ix_(ia, ia)] += head[np.minimum(rows_i, rows_k)]
     return R
 
+# %% ../nbs/08_parasitics.ipynb #8d0bb6eb
 def dense_solve(conductance, circuit:Circuit, drive, negative=None, law=None, tolerance=1e-13, max_iterations=200):
     """Reference: column currents `(n_cols,)` and cell voltages of one array for one drive vector `(n_rows,)`, by a dense solve
     of ΔV = v − R·I(ΔV) (`numpy.linalg.solve`; Newton for a non-linear `law`). `negative`: the G- cells of an interleaved array."""
@@ -193,6 +194,7 @@ def _spd_inverse(matrix):
     inverse[lower] = inverse.T[lower]
     return inverse
 
+# %% ../nbs/08_parasitics.ipynb #dca92a2f
 class _OneBlasThread:
     """Run NumPy's and SciPy's bundled OpenBLAS (two separate libraries) on one thread: the recursion's m×m blocks gain
     little from threads, and on a busy host spinning BLAS threads make it many times slower."""
@@ -208,6 +210,7 @@ class _OneBlasThread:
     def __exit__(self, *exc):
         for set_, threads in self.previous: set_(threads)
 
+# %% ../nbs/08_parasitics.ipynb #b3da03b2
 def transfer_matrices(circuit:Circuit, positive, negative=None, per_line:bool=False, name:str="array", progress=None):
     """Exact transfer matrix of an input-source array (topology A or B): `T` `(n_rows, n_cols)` with column currents
     `I = v @ T` for row drives v — the layout of the core's read matrices. With `per_line`, the parts due to the G+ and
@@ -224,6 +227,7 @@ def transfer_matrices(circuit:Circuit, positive, negative=None, per_line:bool=Fa
     if not np.isfinite(T).all(): raise solve_failure(circuit, name, "the transfer matrix holds NaN or inf (float64 overflow)")
     return T
 
+# %% ../nbs/08_parasitics.ipynb #f3b567fe
 def transfer_cost(n_rows:int, n_cols:int, lines:int=1) -> float:
     """Estimated floating-point operations of `transfer_matrices` on one array (`per_line`, `lines` cell lines): per row
     an m×m Cholesky inverse and product (≈ 3m³), plus the sources carried forward (2·lines·m²·n) or the stored maps
@@ -231,6 +235,7 @@ def transfer_cost(n_rows:int, n_cols:int, lines:int=1) -> float:
     n, m = float(n_rows), float(n_cols)
     return n * (3 * m ** 3 + (2 * lines * m * m * n if n_rows <= 2 * n_cols else 2 * m ** 3))
 
+# %% ../nbs/08_parasitics.ipynb #149b9154
 def _transfer_recursion(circuit, positive, negative, per_line, progress=None):
     lines = [np.asarray(positive, dtype=np.float64)] + ([np.asarray(negative, dtype=np.float64)] if circuit.interleaved else [])
     n, m = lines[0].shape
@@ -283,6 +288,7 @@ class Network:
     node_drive: np.ndarray     # label -> (row index, sign) of its driver, (-1, 0) for ground or unknown
     node_ground: np.ndarray    # label -> column whose virtual ground it is (-1 otherwise)
 
+# %% ../nbs/08_parasitics.ipynb #53c4c618
 def build_network(circuit:Circuit, positive, negative=None) -> Network:
     "Nodal equations of an input-source array: `positive` (n_rows, n_cols) conductances (and `negative` for interleaved)."
     G = [np.asarray(positive, dtype=np.float64)] + ([np.asarray(negative, dtype=np.float64)] if circuit.interleaved else [])
@@ -333,7 +339,6 @@ def build_network(circuit:Circuit, positive, negative=None) -> Network:
                        (np.concatenate([np.arange(nu), ua[both], ub[both]]), np.concatenate([np.arange(nu), ub[both], ua[both]]))),
                       shape=(nu, nu)).tocsc()
     # drives: an edge from an unknown node to a driver injects g·(±v_i)
-    def drive_of(x): return node_drive[x, 0], node_drive[x, 1]
     inj_rows, inj_cols, inj_vals = [], [], []
     for u, k in ((ua, b), (ub, a)):
         sel = (u >= 0) & (node_drive[k, 0] >= 0)
@@ -367,6 +372,7 @@ def _solve_many(lu, rhs, block:int=64):
         out[:, start:start + block] = lu.solve(np.asarray(part.todense() if sp.issparse(part) else part))
     return out
 
+# %% ../nbs/08_parasitics.ipynb #549607ff
 def transfer_matrix_sparse(circuit:Circuit, positive, negative=None):
     """The transfer matrix `(n_rows, n_cols)` (`I = v @ T`) from a sparse LU of the full nodal system: one solve per column
     (the adjoint: the nodal matrix is symmetric). Exact but slower than `transfer_matrices`; kept as a second, independent
@@ -390,6 +396,7 @@ def _ladder_lines(circuit:Circuit, n:int):
         out.append((kind, seg, form))
     return out
 
+# %% ../nbs/08_parasitics.ipynb #ba31ee92
 def _small_inverse(M):
     "Inverses of a stack of 1×1, 2×2 or 3×3 matrices (closed form for the first two)."
     b = M.shape[-1]
@@ -402,6 +409,7 @@ def _small_inverse(M):
         return out
     return np.linalg.inv(M)
 
+# %% ../nbs/08_parasitics.ipynb #a83874cd
 def _block_tridiagonal(D, coupling, f):
     """Solve the batched block-tridiagonal system D_i x_i − e_{i−1}∘x_{i−1} − e_i∘x_{i+1} = f_i (block Thomas).
     D (..., n, b, b), coupling e (n−1, b) shared by the batch, f (..., n, b, r): r right-hand sides."""
@@ -418,6 +426,7 @@ def _block_tridiagonal(D, coupling, f):
         x[..., i, :, :] = inv[..., i, :, :] @ (g[..., i, :, :] + coupling[i][:, None] * x[..., i + 1, :, :])
     return x
 
+# %% ../nbs/08_parasitics.ipynb #5017d5a5
 def ladder_solve(circuit:Circuit, positive, drives, negative=None, law=None, tolerance=1e-10, max_iterations=50, name="array"):
     """Column currents `(batch, n_cols)` of a separate-source array (topology C or D) for gated drives `(batch, n_rows)`
     and conductances `(n_rows, n_cols)` (or one set per vector, `(batch, n_rows, n_cols)`, e.g. with read noise):
@@ -507,6 +516,7 @@ class CubicLaw:
         "The law as a polynomial in ΔV: {power: coefficient array}."
         return {1: g, 3: -0.25 * self.vread ** 2 * g}
 
+# %% ../nbs/08_parasitics.ipynb #77bb59a0
 _MILO_NL2 = [1.388e-4, 1.541e-3, 5.711e-3, 7.063e-3]    # A/V², polynomial in log10(G0 / S), highest power first
 _MILO_NL3 = [8.8710e-5, 6.7919e-4, 1.2968e-3]            # A/V³
 
@@ -527,6 +537,7 @@ class RRAMMiloLaw:
         c = self.coefficients(g)
         return (c[1] * dv + c[2] * dv ** 2 + c[3] * dv ** 3, c[1] + 2 * c[2] * dv + 3 * c[3] * dv ** 2)
 
+# %% ../nbs/08_parasitics.ipynb #32e7ec68
 def law_of(config):
     "The cell I-V law of `config` (None: linear resistors)."
     kind = str(config.nonlinear_iv)
@@ -648,11 +659,11 @@ class ArrayCircuit:
 
 def array_circuit(config) -> ArrayCircuit | None:
     "The array circuit `config` asks for, or None for ideal arrays (no wire resistance, linear cells): the plain core."
-    resistances = (config.rp_row, config.rp_col, config.rp_row_terminal, config.rp_col_terminal)
-    wires = Circuit.from_config(config) if any(r > 0 for r in resistances) else None
-    law = law_of(config)
-    return None if wires is None and law is None else ArrayCircuit(wires, law)
+    if not config.has_array_circuit: return None
+    return ArrayCircuit(Circuit.from_config(config) if config.has_wire_resistance else None, law_of(config))
 
+
+# %% ../nbs/08_parasitics.ipynb #85d684c3
 def tile_arrays(core, block, reference=None) -> list:
     """The physical arrays of one row tile, as dicts: `positive` (rows, cols) conductances, `negative` (interleaved G-),
     `columns` (their columns in the tile's read matrix), `sign` (+1, or -1 for a G- array subtracted in the periphery),
@@ -680,12 +691,15 @@ def tile_arrays(core, block, reference=None) -> list:
                                    sign=-1.0 if core.mode == "difference" else 1.0, origin=[(s, 1)], name=f"{label} slice {s} G-"))
     return arrays
 
+
+# %% ../nbs/08_parasitics.ipynb #bb919f64
 @dataclass
 class TileCircuit:
     "One row tile's read with circuit effects: a fixed read `matrix` (rows, width), or a `reader` that solves every read."
     matrix: np.ndarray | None
     reader: object | None
 
+# %% ../nbs/08_parasitics.ipynb #09dffad9
 def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None, progress=None) -> TileCircuit:
     """The read of one row tile of `core` through its circuit (`core.circuit`): `block` (slices, parts, rows, n_out) and
     `reference` (rows, column tiles) programmed conductances. With read noise, `sigma` / `reference_sigma` (same shapes)
@@ -711,6 +725,7 @@ def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None, 
     noise = None if sigma is None else tile_arrays(core, sigma, reference_sigma)   # the same arrays, holding each cell's σ
     return TileCircuit(np.zeros((rows, width)), _make_reader(core, arrays, rows, width, offset, noise, progress))
 
+# %% ../nbs/08_parasitics.ipynb #9b53cff0
 def _scale_sigma(core, array, line, weight, sigma, reference_sigma):
     "Multiply the noise std of the cells of `array`'s cell line `line` by `weight` (rows, cols), where they sit in `sigma`."
     columns = array["columns"]
@@ -722,6 +737,7 @@ def _scale_sigma(core, array, line, weight, sigma, reference_sigma):
     s, part = array["origin"][line]
     sigma[s, part][:, columns % core.n_out] *= weight
 
+# %% ../nbs/08_parasitics.ipynb #58be045d
 def _cell_draws(core, key, array:int, line:int, read:int, first_row:int, k:int, batch:int, shape:tuple):
     """Read-noise draws `(k, batch, rows, cols)` (float64, zero mean, unit variance) of one cell line of one array for the
     vectors `first_row … first_row + batch − 1` (all k input slices): keyed draws of the tile's noise stream `key`, the
@@ -730,7 +746,7 @@ def _cell_draws(core, key, array:int, line:int, read:int, first_row:int, k:int, 
     cache = core.__dict__.setdefault("_circuit_noise_keys", {})
     name = (int(key[0]), int(key[1]), array, line)
     if name not in cache:
-        cache[name] = np.random.SeedSequence([name[0], name[1], 0xC1C, array, line]).generate_state(2, np.uint64)
+        cache[name] = key_stream(key, "circuit_line_noise", array, line).generate_state(2, np.uint64)
     cells = int(np.prod(shape))
     draws = keyed_draws(cache[name], read, first_row, batch, k * cells, core.config.noise_distribution.value)
     return draws.reshape((batch, k) + tuple(shape)).swapaxes(0, 1).astype(np.float64)
@@ -740,6 +756,7 @@ def _noisy(core, G, S, draws):
     c = core.config
     return np.clip(G + S * draws, c.gmin if c.clip_conductance else 0.0, 1.0 if c.clip_conductance else np.inf)
 
+# %% ../nbs/08_parasitics.ipynb #a3c97d20
 def _make_reader(core, arrays, rows, width, offset, noise=None, progress=None):
     """A function `read(drives, key, first_row, read)` reading drives `(k, batch, rows)` through circuit solves: currents
     `(k, batch, width)` in the core's layout. With `noise` (the arrays' σ, same layout) every vector is solved with its own
@@ -843,6 +860,7 @@ def circuit_solve_cost(core) -> float:
     cost = factor_cost if circuit.per_read else transfer_cost
     return sum(count * cost(stop - start, c1 - c0 + unit, lines) for start, stop in core.row_ranges for c0, c1 in core.col_ranges) / 1e9
 
+# %% ../nbs/08_parasitics.ipynb #6861bce5
 def check_solve_budget(core) -> float:
     "The estimated GFLOP of `core`'s circuit solves; a ValueError naming the estimate and the settings when it exceeds the budget."
     cost, budget = circuit_solve_cost(core), core.config.parasitic_solve_budget_gflop
@@ -870,6 +888,7 @@ def array_solution(circuit:Circuit, positive, drive, negative=None, law=None):
     if np.size(positive) > 4096: raise ValueError(f"array_solution: separate-source arrays are shown up to 4096 cells, got {np.shape(positive)}")
     return dense_solve(positive, circuit, v, negative, law=law)
 
+# %% ../nbs/08_parasitics.ipynb #84d1009b
 def ir_drop(core, # an AnalogCore with parasitic wires (config rp_row / rp_col ...)
             x, # one input vector (n_in,), algorithm units
             tile:int=0, # row tile
@@ -898,6 +917,7 @@ def ir_drop(core, # an AnalogCore with parasitic wires (config rp_row / rp_col .
     return dict(name=chosen["name"], drives=v, cell_voltage=dv, ideal_voltage=np.stack(ideal_dv[:len(cells)]),
                 current_error=real_cells - ideal_cells, column_currents=currents, ideal_currents=ideal_cells.sum(axis=0))
 
+# %% ../nbs/08_parasitics.ipynb #5c22b94a
 def plot_ir_drop(report:dict, # from `ir_drop`
                 ):
     "Heatmaps of the cell voltages and the per-cell current error, and the column-current error profile; returns the Figure."
@@ -921,6 +941,7 @@ def plot_ir_drop(report:dict, # from `ir_drop`
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_parasitics.ipynb #768b2a77
 def ir_drop_viewer(net, # an AnalogNetwork whose config has parasitic wires
                    inputs:dict|None=None, # {core name: input rows (batch, n_in)}; default 8 random vectors in each core's input range
                    seed:int=0, # seed of the default inputs
@@ -949,7 +970,7 @@ def ir_drop_viewer(net, # an AnalogNetwork whose config has parasitic wires
         rows = rows_of(layer.value); vector.max = len(rows) - 1
         with out:
             out.clear_output(wait=True)
-            fig = plot_ir_drop(ir_drop(core, rows[vector.value], tile.value, array.value)); plt.show()
+            plot_ir_drop(ir_drop(core, rows[vector.value], tile.value, array.value)); plt.show()
     for w in (layer, tile, array, vector): w.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([layer, tile, array, vector]), out])

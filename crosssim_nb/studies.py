@@ -6,7 +6,8 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-from .config import InferenceConfig, write_atomic
+from .config import InferenceConfig
+from .files import write_atomic
 
 # %% auto #0
 __all__ = ['accuracy_sweep', 'summarize', 'write_result', 'plot_sweep']
@@ -36,6 +37,7 @@ def accuracy_sweep(model, # zoo name, model file or keras.Model
                          "seconds_per_image": result.seconds_per_image, "ntest": result.ntest})
     return pd.DataFrame(rows)
 
+# %% ../nbs/32_studies.ipynb #3103da13
 def summarize(table, # rows from `accuracy_sweep`
               by:list, # the swept columns
              ):
@@ -51,6 +53,7 @@ def write_result(table, # rows from `accuracy_sweep`
     write_atomic(path, json.dumps(dict(params=params, runs=clean), indent=1) + "\n")
     return Path(path)
 
+# %% ../nbs/32_studies.ipynb #c6ab0f8c
 def plot_sweep(table, # rows from `accuracy_sweep`
                x:str, # the swept column
                hue:str|None=None, # a second swept column drawn as separate lines

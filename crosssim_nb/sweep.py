@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .backend import available_cpus
-from .config import write_atomic
+from .files import write_atomic
 
 # %% auto #0
 __all__ = ['RESERVED_PARAMETER', 'SWEEP_FILE_KEYS', 'ONE_THREAD_ENV', 'DEFAULT_KERNEL', 'RESULT_FILE', 'ERROR_FILE', 'POINT_FILE',
@@ -58,7 +57,7 @@ def _jsonable(value, name:str):
     raise TypeError(f"parameter {name!r} = {value!r} is a {type(value).__name__}; sweep parameters must be JSON types "
                     "(None, bool, int, float, str, lists and dicts of them)")
 
-
+# %% ../nbs/50_sweep.ipynb #8b659426
 def _check_names(names, where:str):
     for name in names:
         if not isinstance(name, str) or not name.isidentifier():
@@ -66,7 +65,7 @@ def _check_names(names, where:str):
         if name == RESERVED_PARAMETER:
             raise ValueError(f"{where}: {RESERVED_PARAMETER!r} is set by the sweep runner for every point; remove it")
 
-
+# %% ../nbs/50_sweep.ipynb #5a84ce3f
 def expand_grid(grid:dict|list, # dict of lists (product; first key slowest) or a list of points (dicts)
                 parameters:dict|None=None, # fixed parameters added to every point
                ) -> list[dict]: # the points, in sweep order: {**swept, **fixed}
@@ -113,7 +112,7 @@ def point_id(parameters:dict, # a point's full parameters (swept and fixed)
     return hashlib.sha256(canonical_json(parameters).encode()).hexdigest()[:12]
 
 # %% ../nbs/50_sweep.ipynb #b7e4f584
-from .config import read_data_file   # the one reader of every file: numbers as in JSON (`1e-3`), no duplicate keys
+from .files import read_data_file   # the one reader of every file: numbers as in JSON (`1e-3`), no duplicate keys
 
 SWEEP_FILE_KEYS = ("notebook", "grid", "parameters", "kernel_name")
 "Keys a YAML sweep file may hold."
@@ -170,10 +169,10 @@ def _kernel_manager_class(env:dict, log_file, workdir=None):
 
     return SweepKernelManager
 
-
+# %% ../nbs/50_sweep.ipynb #fb0c00a7
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-
+# %% ../nbs/50_sweep.ipynb #2d3b5cbc
 _TEMP_PREFIX = "crosssim_sweep_"
 
 
@@ -195,7 +194,7 @@ def _remove_leftovers(max_age_hours:float=24) -> list:
         removed.append(folder)
     return removed
 
-
+# %% ../nbs/50_sweep.ipynb #b67f5956
 def _describe_error(error:BaseException) -> dict:
     "JSON description of why a point failed: where, exception type, message, traceback text."
     from papermill.exceptions import PapermillExecutionError
@@ -205,7 +204,6 @@ def _describe_error(error:BaseException) -> dict:
     return {"where": "runner", "type": type(error).__name__, "message": str(error),
             "traceback": "".join(traceback.format_exception(error))}
 
-
 def _check_result(result) -> None:
     "Raise ValueError unless `result` is a JSON object whose optional 'runs' is a list of objects."
     if not isinstance(result, dict):
@@ -214,7 +212,7 @@ def _check_result(result) -> None:
     if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
         raise ValueError("the notebook's result 'runs' must be a list of JSON objects (one per run)")
 
-
+# %% ../nbs/50_sweep.ipynb #37c6d291
 def _execute_point(task:dict, # point_id, parameters, notebook_text, notebook_name, notebook_dir, kernel_name, env
                   ) -> dict: # the record: status, notebook_text, result_text, error, host, timing
     "Execute one sweep point with papermill in a temporary folder; return what it produced (never raises for a failing notebook)."
@@ -263,7 +261,7 @@ LOCK_FILE = ".lock"
 class SweepLockedError(RuntimeError):
     "Another sweep is running into the same `out_dir` (the message names the folder and that run's pid)."
 
-
+# %% ../nbs/50_sweep.ipynb #415a58ba
 @contextlib.contextmanager
 def _locked(out_dir:Path):
     "Hold an exclusive `fcntl` lock on `out_dir/.lock` for the block; SweepLockedError naming the other run when it is held."
@@ -293,18 +291,14 @@ def _locked(out_dir:Path):
     finally:
         handle.close()                                          # releases the lock (so does the process ending)
 
-
+# %% ../nbs/50_sweep.ipynb #ae4b7057
 class SweepFileWarning(UserWarning):
     "A sweep file that could not be read (named in the message); the point it belongs to is treated as unfinished."
-
 
 class SweepWriteWarning(UserWarning):
     "Points or the results table that could not be written (a full disk); the returned table's `attrs` say which (`unwritten`, `table_not_saved`)."
 
-
 def _point_dir(out_dir:Path, identifier:str) -> Path: return Path(out_dir) / "points" / identifier
-
-
 def _read_json(path:Path, what:str="sweep file", consequence:str="its point is treated as unfinished and will be re-run"):
     "The parsed JSON of `path`; None with a `SweepFileWarning` naming the file when it is corrupted."
     try: return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -312,7 +306,7 @@ def _read_json(path:Path, what:str="sweep file", consequence:str="its point is t
         warnings.warn(f"{what} {str(path)!r} is corrupted ({error}); {consequence}", SweepFileWarning, stacklevel=3)
         return None
 
-
+# %% ../nbs/50_sweep.ipynb #f1b894a5
 def _swap_in(out_dir:Path, identifier:str, write) -> None:
     "Write a point's files into a staging folder with `write(folder)`, then swap it in place of the point folder as one unit."
     staging_root = Path(out_dir) / STAGING_DIR
@@ -331,7 +325,7 @@ def _swap_in(out_dir:Path, identifier:str, write) -> None:
     finally:
         if staging.exists(): shutil.rmtree(staging, ignore_errors=True)
 
-
+# %% ../nbs/50_sweep.ipynb #fed43be1
 def _store_record(out_dir:Path, task:dict, record:dict, notebook_path:Path) -> None:
     "Write a finished point's executed notebook, point.json and result.json (or error.json) as one unit."
     def write(folder:Path):
@@ -350,7 +344,7 @@ def _store_record(out_dir:Path, task:dict, record:dict, notebook_path:Path) -> N
             (folder / ERROR_FILE).write_text(json.dumps(error, indent=1) + "\n", encoding="utf-8")
     _swap_in(out_dir, task["point_id"], write)
 
-
+# %% ../nbs/50_sweep.ipynb #838f5704
 def _store_failure(out_dir:Path, task:dict, notebook_path:Path, error:BaseException) -> None:
     "Best effort: mark a point whose outputs could not be written as failed, with the reason (a full disk may refuse this too)."
     record = {"status": "failed", "error": {"where": "runner", "type": type(error).__name__,
@@ -358,7 +352,7 @@ def _store_failure(out_dir:Path, task:dict, notebook_path:Path, error:BaseExcept
     try: _store_record(out_dir, task, record, notebook_path)
     except OSError: pass
 
-
+# %% ../nbs/50_sweep.ipynb #97572133
 def _read_point(folder:Path) -> dict|None:
     "A point folder as {point_id, parameters, status, result, error}; None when it holds no finished run (or a corrupted file)."
     folder = Path(folder)
@@ -384,12 +378,11 @@ def _read_point(folder:Path) -> dict|None:
         return {"point_id": point["point_id"], "parameters": point["parameters"], "status": "failed", "result": None, "error": error}
     return None
 
-
+# %% ../nbs/50_sweep.ipynb #c82e737d
 def _finished(out_dir:Path, identifier:str) -> bool:
     "Whether a point has a readable point.json and a valid result.json (else it runs again)."
     record = _read_point(_point_dir(out_dir, identifier))       # a corrupted file is named in a SweepFileWarning here
     return record is not None and record["status"] == "ok"
-
 
 # %% ../nbs/50_sweep.ipynb #0dbee6d4
 _FIXED_COLUMNS = ("point_id", "status", "run", "error")
@@ -404,10 +397,9 @@ def _flatten(entry:dict, prefix:str="") -> dict:
         else: flat[f"{prefix}{key}"] = value
     return flat
 
-
 def _cell(value): return json.dumps(value) if isinstance(value, (list, dict)) else value
 
-
+# %% ../nbs/50_sweep.ipynb #44e04875
 def _results_table(points:list[dict], # from `_read_point`, in sweep order
                   ) -> pd.DataFrame:
     "Flatten point records into the one-row-per-point-x-run table."
@@ -446,7 +438,7 @@ def _results_table(points:list[dict], # from `_read_point`, in sweep order
         table["run"] = pd.array([row["run"] for row in rows], dtype="Int64")   # integers, <NA> for failed points
     return table
 
-
+# %% ../nbs/50_sweep.ipynb #c2453727
 def _points_table(out_dir:Path, identifiers:list[str], missing:dict|None=None) -> pd.DataFrame:
     "The results table of the finished points among `identifiers` in `out_dir`, in that order; `missing` points (id: (task, error)) that could not be written appear as failed."
     records = []
@@ -458,8 +450,6 @@ def _points_table(out_dir:Path, identifiers:list[str], missing:dict|None=None) -
                       "error": {"type": type(error).__name__, "message": f"its outputs could not be written: {error}"}}
         if record: records.append(record)
     return _results_table(records)
-
-
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 "What makes a spreadsheet read a cell as a formula (OWASP's CSV-injection list)."
 
@@ -468,7 +458,7 @@ def _spreadsheet_text(value):
     "A text cell that starts like a formula gets a leading `'` (OWASP), so a spreadsheet shows it as text; anything else as it is."
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
-
+# %% ../nbs/50_sweep.ipynb #1868cf30
 def spreadsheet_safe(table:pd.DataFrame, # a results table
                     ) -> pd.DataFrame: # a copy whose formula-like text cells and column names start with `'`
     "The table as written to `results.csv`: text that a spreadsheet would run as a formula (`=HYPERLINK(...)`, `@SUM(...)`, `+`, `-`, tab, CR first) is escaped; numbers are not touched."
@@ -495,7 +485,7 @@ def _notebook_parameters(notebook:Path) -> set:
         return set(papermill.inspect_notebook(str(notebook)))
     return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
 
-
+# %% ../nbs/50_sweep.ipynb #a5dc8f86
 def _check_kernel(kernel_name:str) -> None:
     "ValueError unless a Jupyter kernel of that name is installed here."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -505,11 +495,10 @@ def _check_kernel(kernel_name:str) -> None:
         raise ValueError(f"no Jupyter kernel named {kernel_name!r} (installed: {sorted(KernelSpecManager().find_kernel_specs())}); "
                          "install ipykernel in this environment or give kernel_name") from None
 
-
 def _default_workers() -> int:
     return available_cpus()
 
-
+# %% ../nbs/50_sweep.ipynb #f60edafb
 def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> list[str]:
     "Create or extend out_dir/sweep.json; return every point id it lists; refuse an out_dir holding a sweep of another notebook."
     path = out_dir / MANIFEST_FILE
@@ -523,7 +512,7 @@ def _update_manifest(out_dir:Path, notebook:Path, identifiers:list[str]) -> list
     write_atomic(path, json.dumps(manifest, indent=1) + "\n")
     return manifest["points"]
 
-
+# %% ../nbs/50_sweep.ipynb #1842637d
 def _save_table(table:pd.DataFrame, out_dir:Path) -> None:
     "results.csv (formula-like text escaped for spreadsheets) and, with pyarrow, results.parquet (values as they are)."
     # CRLF rows (RFC 4180): the csv module then quotes every cell holding a CR or LF, so such a cell cannot split its row
@@ -534,7 +523,7 @@ def _save_table(table:pd.DataFrame, out_dir:Path) -> None:
         return
     write_atomic(out_dir / "results.parquet", lambda temporary: table.to_parquet(temporary, index=False))
 
-
+# %% ../nbs/50_sweep.ipynb #ea3f3160
 class _terminate_as_interrupt:
     "Within the block, SIGTERM (a plain `kill`) raises KeyboardInterrupt, so every cleanup of Ctrl-C runs (main thread only)."
     def __enter__(self):
@@ -549,17 +538,15 @@ class _terminate_as_interrupt:
         if self.installed: signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
         return False
 
-
 def _run_serial(tasks:list[dict], on_record) -> None:
     for task in tasks: on_record(task, _execute_point(task))
-
 
 def _failed_record(task:dict, error:BaseException) -> dict:
     "Record of a point whose task itself failed (e.g. a worker that died)."
     return {"point_id": task["point_id"], "status": "failed", "notebook_text": None, "result_text": None,
             "error": _describe_error(error), "finished": _now()}
 
-
+# %% ../nbs/50_sweep.ipynb #daeec248
 def _run_on_dask(tasks:list[dict], on_record, scheduler, n_workers:int) -> None:
     "Run the tasks on a fresh LocalCluster (scheduler None), a scheduler address, or a given Client."
     from distributed import Client, LocalCluster, as_completed
@@ -593,7 +580,7 @@ def _run_on_dask(tasks:list[dict], on_record, scheduler, n_workers:int) -> None:
         if client is not None and own_client: client.close()
         if cluster is not None: cluster.close()
 
-
+# %% ../nbs/50_sweep.ipynb #57d7d37d
 def run_sweep(notebook:str|Path|None, # the study notebook (papermill: a `parameters` cell defining result_path); None: the sweep file's
               grid:dict|list|str|Path, # dict of lists (product), list of points, or a YAML sweep file
               out_dir:str|Path, # folder of the sweep: points/<id>/..., sweep.json, results.csv

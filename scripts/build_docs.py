@@ -198,7 +198,7 @@ def _with_outputs(notebook: Path, scratch: Path, execute: bool) -> Path:
 
 
 def build_nbconvert(out: Path, execute: bool = True):
-    import nbformat, tempfile
+    import tempfile
     from nbconvert import HTMLExporter
     warnings.filterwarnings("ignore")
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ if [ -d .git ] && [ -n "$(git ls-files --others --exclude-standard crosssim_nb)"
   git ls-files --others --exclude-standard crosssim_nb >&2
   exit 1
 fi
+echo "[test] ruff (unused imports and variables, undefined names, redefinitions)"
+.venv/bin/ruff check crosssim_nb tests benchmarks scripts
 echo "[test] nbdev-test (notebook test cells; 'notest' and 'slow' cells skipped)"
 .venv/bin/nbdev-test --n-workers 2
 echo "[test] pytest"

@@ -29,7 +29,7 @@ def test_config_file_and_calibrate_then_run(tmp_path):
     out = cli("calibrate", "--model", "mnist_mlp", "--config", str(tmp_path / "hw.yaml"), "--calibration-samples", "100",
               "--output", str(tmp_path / "limits.json"))
     assert "wrote" in out.stdout and (tmp_path / "limits.json").is_file()
-    run = cli("run", "--model", "mnist_mlp", "--config", str(tmp_path / "hw.yaml"), "--adc-limits", str(tmp_path / "limits.json"),
+    cli("run", "--model", "mnist_mlp", "--config", str(tmp_path / "hw.yaml"), "--adc-limits", str(tmp_path / "limits.json"),
               "--ntest", "100", "--no-progress", "--json", str(tmp_path / "r.json"))
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["config"]["adc_range_option"] == "CALIBRATED" and summary["mean"][0] > 0.9

@@ -1,11 +1,11 @@
 """CrossSim files carry over exactly: units (wires in ohms), every setting read and written or refused by name, hand-written
 CrossSim 3.2 files, CrossSim's tutorial file, inference_config.py read without executing it, malformed input."""
-import copy, json, re, shutil, warnings
+import json, re, shutil, warnings
 from pathlib import Path
 import numpy as np
 import pytest
 from crosssim_nb import AnalogCore, InferenceConfig
-from crosssim_nb.config import FileFormatError
+from crosssim_nb.files import FileFormatError
 from crosssim_nb.crosssim_compat import (CONFIG_DIR, CrossSimRun, CrossSimUnitsWarning, CrossSimWarning, crosssim_field_table,
                                          crosssim_write_report, is_crosssim_file, read_crosssim_run, read_inference_config_py,
                                          translate_crosssim)
@@ -206,6 +206,7 @@ NON_DEFAULT = {  # field: a valid configuration where it differs from the defaul
     "sigma_cpar": dict(adc_bits=6, adc_type="cyclic", sigma_cpar=0.01), "use_gpu": None, "seed": dict(seed=5), "nruns": dict(nruns=3),
     "device_table": None, "conv_row_order": dict(conv_row_order="channel_last"), "parasitic_solve_budget_gflop": dict(parasitic_solve_budget_gflop=900.0),
     "adc_calibration_time": dict(adc_calibration_time="evaluation"),
+    "preset": None,   # a tag, checked in test_presets
 }
 REFUSED = {"drift_compensation", "alpha_error", "conv_row_order"}
 NOT_IN_FILE = {"fold_batchnorm", "digital_bias", "bias_bits", "seed", "nruns", "read_noise_method", "noise_variance_precision", "parasitic_solve_budget_gflop", "adc_calibration_time"}

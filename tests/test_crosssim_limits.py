@@ -4,7 +4,6 @@ The layout is CrossSim's: one (min, max) row per analog layer in network order, 
 with weight bit slicing); ADC limits in normalised current, DAC limits in the layer's input units. The round-trip tests
 write the files by hand with `np.save` from a calibration this project computed, so they do not rest on `to_crosssim`.
 `data/crosssim_limits/` holds two of CrossSim's own files and the CIFAR-10 ResNet14 they belong to (BSD-3, LICENSE.md)."""
-import warnings
 from pathlib import Path
 
 import keras

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from crosssim_nb import InferenceConfig
 from crosssim_nb.core import AnalogCore
-from crosssim_nb.device import program_conductances, read_noise_std
-from crosssim_nb.device_models import sonos_coefficients, write_device_table, get_model
+from crosssim_nb.device_models import program_conductances, read_noise_std
+from crosssim_nb.device_models import sonos_coefficients, write_device_table
 
 N = 100_000          # devices per level
 DAY = 86400.0
@@ -338,7 +338,7 @@ def test_cli_runs_a_measured_device():
     assert bad.returncode != 0 and "exceeds the measured 3200 nA" in bad.stderr
 
 # ---------------------------------------------------------------- integrity: settings a model ignores, times outside its data
-from crosssim_nb.device_models import ReRamCMO, SONOS, SONOS_MAX_DAYS
+from crosssim_nb.device_models import SONOS, SONOS_MAX_DAYS
 
 @pytest.mark.parametrize("changes, message", [
     (dict(rmin=35e3, vread=0.06, error_model="generic", alpha_error=0.02, drift_model="SONOS", t_drift=1.0),

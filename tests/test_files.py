@@ -243,10 +243,10 @@ MODULE_WRITERS = {"np": {"save", "savez", "savez_compressed", "savetxt"}, "numpy
                   "pickle": {"dump"}}
 
 COVERED = {   # (module, outermost function or Class.method) -> the case above that fails it on a full disk
-    ("config", "InferenceConfig.to_file"): "InferenceConfig.to_file json/yaml",
-    ("config", "write_atomic"): "every case (the temporary file)",
+    ("config", "to_file"): "InferenceConfig.to_file json/yaml (patched onto the class)",
+    ("files", "write_atomic"): "every case (the temporary file)",
     ("calibration", "ADCProfile.save"): "ADCProfile.save",
-    ("calibration", "Calibration.save"): "Calibration.save json/yaml",
+    ("calibration", "save"): "Calibration.save json/yaml (patched onto the class)",
     ("calibration", "_to_crosssim"): "Calibration.to_crosssim",
     ("crosssim_compat", "to_crosssim"): "InferenceConfig.to_crosssim",
     ("device_models", "write_device_table"): "write_device_table",

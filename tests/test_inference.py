@@ -67,7 +67,6 @@ def test_adc_calibration_beats_max():
     assert "optimal calibration" in calibrated.adc_ranges and calibrated.config.adc_range_option == "CALIBRATED"
 
 def test_interrupt_keeps_finished_runs(monkeypatch):
-    calls = {"n": 0}
     original = network_module.AnalogNetwork.program
     def program(self, run=0):
         if run == 2: raise KeyboardInterrupt

@@ -11,8 +11,7 @@ import pytest
 import keras
 
 from crosssim_nb.config import InferenceConfig
-from crosssim_nb.keras_import import UnsupportedLayerError, build_graph, load_keras_model
-import crosssim_nb.network as network_module
+from crosssim_nb.keras_import import UnsupportedLayerError, load_keras_model
 import crosssim_nb.convolution as convolution_module
 from crosssim_nb.network import AnalogNetwork, CoreEngine, GroupedDepthwise
 from crosssim_nb.convolution import DepthwiseCore, DepthwiseEngine
@@ -310,12 +309,12 @@ def test_bad_files(tmp_path):
 def test_unsupported_layer_error_names_layer_type_and_supported():
     inp = keras.Input((8, 8, 2))
     x = keras.layers.Conv2D(3, 3, name="fine")(inp)
-    x = keras.layers.Conv2DTranspose(2, 3, name="upsampler")(x)
+    x = keras.layers.GroupNormalization(3, name="normaliser")(x)
     model = keras.Model(inp, x)
     with pytest.raises(UnsupportedLayerError) as error:
         AnalogNetwork.from_keras(model, IDEAL)
     message = str(error.value)
-    assert "'upsampler' of type 'Conv2DTranspose' is not supported" in message
+    assert "'normaliser' of type 'GroupNormalization' is not supported" in message
     assert "Supported layer types:" in message and "DepthwiseConv2D" in message
     assert isinstance(error.value, ValueError)
 

@@ -6,7 +6,8 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = {"cupy": "the gpu extra (use_gpu=True)", "pyarrow": "parquet copies of sweep tables, when installed",
-            "threadpoolctl": "BLAS thread limits, when installed (else the OpenBLAS bundled with NumPy)"}
+            "threadpoolctl": "BLAS thread limits, when installed (else the OpenBLAS bundled with NumPy)",
+            "torch": "the torch extra (AnalogNetwork.from_torch)"}
 
 def _normal(name): return name.lower().replace("_", "-").replace(".", "-")
 

@@ -13,7 +13,7 @@ from crosssim_nb.config import InferenceConfig
 from crosssim_nb.core import AnalogCore
 from crosssim_nb.dac import slice_inputs
 from crosssim_nb.parasitics import (Circuit, CubicLaw, RRAMMiloLaw, dense_solve, transfer_matrices, transfer_matrix_sparse,
-                                    ladder_solve, InputSourceSolver, drop_matrix, tile_arrays, ir_drop)
+                                    ladder_solve, InputSourceSolver, drop_matrix, ir_drop)
 
 BASE = InferenceConfig.ideal(weight_bits=8, dac_bits=8)
 

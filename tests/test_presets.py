@@ -1,7 +1,6 @@
 """CrossSim configurations and presets: every field of every shipped file accounted for, round trips, OFFSET weight bit
 slicing (equal to unsliced OFFSET, exact with GRANULAR ranges), CrossSim's edge values, and the CLI flag."""
 import json, math, os, subprocess, sys
-from pathlib import Path
 import numpy as np
 import pytest
 from crosssim_nb import AnalogCore, InferenceConfig
@@ -87,7 +86,7 @@ def test_inference_config_dict_uses_crosssim_inference_names():
 
 def test_presets_and_their_refusals():
     isaac = InferenceConfig.preset("ISAAC")
-    assert isaac.to_dict() == InferenceConfig.from_crosssim(CONFIG_DIR / "ISAAC.json").to_dict()
+    assert isaac.to_dict() == {**InferenceConfig.from_crosssim(CONFIG_DIR / "ISAAC.json").to_dict(), "preset": "ISAAC"}   # the file, tagged
     assert InferenceConfig.preset("PRIME", seed=7).seed == 7
     assert preset_adc_limits("SONOS-TCAS") == [-2.9185207451767736, 4.271561324751555]
     if "SONOS" not in DeviceModel.allowed():

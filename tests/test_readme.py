@@ -9,7 +9,6 @@ the substitutions in SHRINK, each of which must still find its text in the READM
 """
 import json, os, re, subprocess, sys, textwrap
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -12,7 +12,8 @@ import keras
 from crosssim_nb import sweep
 from crosssim_nb.calibration import Calibration, CalibrationFileError, calibrate_adc, calibration_of, plain_limits
 from crosssim_nb.cli import main
-from crosssim_nb.config import FileFormatError, InferenceConfig
+from crosssim_nb.config import InferenceConfig
+from crosssim_nb.files import FileFormatError
 from crosssim_nb.core import AnalogCore, NonFiniteResultError
 from crosssim_nb.inference import run_inference
 from crosssim_nb.keras_import import UnsupportedLayerError, load_keras_model
@@ -493,7 +494,7 @@ def test_full_disk_marks_the_point_failed_and_keeps_the_others(tmp_path, fake_sw
             return real_swap(out_dir, identifier, full)
         return real_swap(out_dir, identifier, write)
     monkeypatch.setattr(sweep, "_swap_in", swap)
-    with pytest.warns(UserWarning, match=r"1 of 3 points could not be written and are missing") as caught:
+    with pytest.warns(UserWarning, match=r"1 of 3 points could not be written and are missing"):
         table = sweep.run_sweep(TINY_NOTEBOOK, {"alpha": [0.1, 0.2, 0.3]}, tmp_path, scheduler="serial", progress=False)
     assert fake_sweep == [0.1, 0.2, 0.3]                                  # the sweep went on after the failure
     assert table["status"].tolist() == ["ok", "failed", "ok"]
@@ -569,7 +570,8 @@ def test_lambda_model_refused_before_its_code_runs(tmp_path, suffix):
 
 
 # ---------------------------------------------------------------- 6. configuration integrity: files, names, bounds, ignored settings
-from crosssim_nb.config import MAX_NESTING, UnknownFieldError, read_data_file, suggest_field
+from crosssim_nb.config import UnknownFieldError, suggest_field
+from crosssim_nb.files import MAX_NESTING, read_data_file
 
 def alias_bomb(levels=9, width=10) -> str:
     "YAML whose anchors each reference the previous one `width` times: 10^9 leaves when expanded."

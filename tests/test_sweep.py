@@ -1,6 +1,5 @@
 """End-to-end tests of the sweep runner (crosssim_nb.sweep) on tests/data/sweep_tiny.ipynb (numpy only, no TensorFlow)."""
 import json
-import os
 import signal
 import subprocess
 import sys

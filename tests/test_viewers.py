@@ -1,6 +1,6 @@
 """The notebook viewers (device, array mapping, ADC calibration, circuit ADCs): one figure per update, shown once; the
 device time slider stops at round times; distinct ADC choices draw distinct curves; tables without NaN rows."""
-import json, os, sys
+import os, sys
 from pathlib import Path
 import numpy as np
 import pytest

@@ -13,10 +13,12 @@ from crosssim_nb import zoo
 from crosssim_nb.data import load_dataset
 
 EXPECTED = {"mnist_mlp": ("mnist", 0.975), "mnist_cnn": ("mnist", 0.990), "fashion_resnet": ("fashion_mnist", 0.910),
-            "fashion_mobilenet": ("fashion_mnist", 0.890), "fashion_inception": ("fashion_mnist", 0.900)}
+            "fashion_mobilenet": ("fashion_mnist", 0.890), "fashion_inception": ("fashion_mnist", 0.900),
+            "fashion_resnet_torch": ("fashion_mnist", 0.900)}
 REQUIRED_LAYERS = {"fashion_resnet": {"Add", "BatchNormalization"}, "fashion_mobilenet": {"DepthwiseConv2D", "ReLU"},
                    "fashion_inception": {"Concatenate"}, "mnist_cnn": {"Conv2D", "MaxPooling2D"}, "mnist_mlp": {"Dense"}}
 MANIFEST = zoo.read_manifest()["models"]
+KERAS_MODELS = sorted(name for name in EXPECTED if MANIFEST[name].get("format", "keras") == "keras")  # ONNX: test_torch_models.py
 
 
 def _test_set(name, ntest=None):
@@ -29,7 +31,12 @@ def _test_set(name, ntest=None):
 def _accuracy(name, ntest=None):
     model, preprocess = zoo.load(name)
     x, y = _test_set(name, ntest)
-    logits = model.predict(preprocess(x), batch_size=MANIFEST[name]["eval_batch_size"], verbose=0)
+    if MANIFEST[name].get("format") == "onnx":   # onnxruntime is the ONNX model's reference runtime
+        import onnxruntime
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: preprocess(x)})[0]
+    else:
+        logits = model.predict(preprocess(x), batch_size=MANIFEST[name]["eval_batch_size"], verbose=0)
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
@@ -37,7 +44,7 @@ def test_manifest_lists_the_zoo_and_files_match():
     assert set(MANIFEST) == set(EXPECTED)
     for name, entry in MANIFEST.items():
         path = zoo.ZOO_DIR / entry["file"]
-        assert path.is_file() and path.suffix == ".keras"
+        assert path.is_file() and path.suffix == {"keras": ".keras", "onnx": ".onnx"}[entry.get("format", "keras")]
         assert entry["file_bytes"] == path.stat().st_size
         assert entry["sha256"] == zoo.file_sha256(path)
         dataset, minimum = EXPECTED[name]
@@ -45,11 +52,11 @@ def test_manifest_lists_the_zoo_and_files_match():
         assert entry["preprocessing"] in zoo.PREPROCESSING_KINDS and entry["input_range"] == [0.0, 1.0]
         assert entry["test_images"] == 10000 and entry["output"] == "logits"
         assert {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "seconds"} <= set(entry["training"])
-    assert sorted(p.name for p in zoo.ZOO_DIR.glob("*.keras")) == sorted(e["file"] for e in MANIFEST.values())
+    assert sorted(p.name for p in zoo.ZOO_DIR.iterdir() if p.suffix in (".keras", ".onnx")) == sorted(e["file"] for e in MANIFEST.values())
     assert sum(p.stat().st_size for p in zoo.ZOO_DIR.rglob("*") if p.is_file()) <= 15_000_000
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", KERAS_MODELS)
 def test_model_loads_and_matches_its_record(name):
     loaded = zoo.load(name)
     model, preprocess = loaded  # unpacks as a pair
@@ -88,7 +95,7 @@ def test_preprocess_scales_and_adds_the_channel_axis():
     assert out.shape == (4, 28, 28, 1) and out.dtype == np.float32
     np.testing.assert_array_equal(out[..., 0], x.astype(np.float32) / 255)
     assert 0.0 <= out.min() and out.max() <= 1.0
-    with pytest.raises(ValueError, match=r"expected a batch \(n, 28, 28, 1\)"):
+    with pytest.raises(ValueError, match=r"expected a batch \(N, 28, 28, 1\)"):
         zoo.preprocess("mnist_cnn", np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.warns(UserWarning, match="already preprocessed"):
         zoo.preprocess("mnist_cnn", out)
@@ -101,7 +108,7 @@ def test_list_and_unknown_names():
     assert "list" not in zoo.__all__  # zoo.list must not shadow the builtin on `from crosssim_nb.zoo import *`
     for call in (zoo.load, zoo.info, lambda n: zoo.preprocess(n, np.zeros((1, 28, 28)))):
         with pytest.raises(ValueError, match="unknown zoo model 'mnist_resnet'; available: fashion_inception, "
-                                             "fashion_mobilenet, fashion_resnet, mnist_cnn, mnist_mlp"):
+                                             "fashion_mobilenet, fashion_resnet, fashion_resnet_torch, mnist_cnn, mnist_mlp"):
             call("mnist_resnet")
 
 
