@@ -1,12 +1,11 @@
 """Circuit ADCs (ramp, SAR, pipeline, cyclic): ideal transfers, DNL/INL statistics against analytic values and independent
 per-conversion references, ADC sharing between columns, and their use in cores, calibration and stochastic rounding."""
-import math
 import numpy as np
 import pytest
 from crosssim_nb import AnalogCore, InferenceConfig
 from crosssim_nb.adc import digitize
-from crosssim_nb.adc_circuits import (CircuitADCGrid, adc_characteristics, circuit_levels, column_adcs, draw_transfers,
-                                      ideal_circuit_codes, pipeline_convert)
+from crosssim_nb.adc_circuits import (CircuitADCGrid, adc_characteristics, draw_transfers,
+                                      pipeline_convert)
 from crosssim_nb.config import CIRCUIT_ADC_FIELDS
 
 TYPES = ["ramp", "sar", "pipeline", "cyclic"]
@@ -257,7 +256,6 @@ def test_identical_adcs_share_one_table_row():
     the same circuit, so each tile's table holds one transfer; the tables' memory stays far below one 16-bit table per ADC."""
     import tracemalloc
     W = np.random.default_rng(30).normal(size=(256, 256))
-    x = np.random.default_rng(31).uniform(-1, 1, (4, 256))
     config = InferenceConfig(adc_bits=16, adc_type="sar", group_size=1, adc_range_option="MAX", nrows_max=32)
     tracemalloc.start()
     core = AnalogCore(W, config, name="wide")
