@@ -258,8 +258,8 @@ def resolve_model(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model 
         return ResolvedModel(model, model, "keras", model.name, zoo_name=zoo.origin(model))
     if _is_onnx(model):                                        # (zoo.load's ModelProto remembers its zoo name)
         from crosssim_nb import zoo
-        from crosssim_nb.onnx_import import _model_name
-        return ResolvedModel(model, model, "onnx", zoo.origin(model) or _model_name(model, model), zoo_name=zoo.origin(model))
+        from crosssim_nb.onnx_import import model_name_of
+        return ResolvedModel(model, model, "onnx", zoo.origin(model) or model_name_of(model, model), zoo_name=zoo.origin(model))
     if isinstance(model, (str, Path)):
         from crosssim_nb import zoo
         if isinstance(model, str) and model in zoo.read_manifest()["models"]:
@@ -359,8 +359,8 @@ _ONNX_SHAPE_ONLY = ("Cast", "Reshape", "Flatten", "Transpose", "Identity", "Unsq
 def _keras_rescales(model) -> bool:
     "Every path from the (first) input of a Keras model meets a Rescaling or Normalization layer before any other layer."
     import keras
-    from crosssim_nb.keras_import import _functional
-    graph = _functional(model)
+    from crosssim_nb.keras_import import functional_graph
+    graph = functional_graph(model)
     calls = [n for depth in graph._nodes_by_depth.values() for n in depth if not n.is_input and n.operation is not None]
     frontier = [id(graph.inputs[0])]
     while frontier:
@@ -626,8 +626,8 @@ def run_inference(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model 
     n_classes = resolved.output_size
     if n_classes is not None: _check_classes(topk, y, n_classes, nstart, dataset_name, x)
     calibration, drawn = "", False                               # drawn: the calibration images are a training-split sample
-    from crosssim_nb.network import _calibration_of
-    limits_file = _calibration_of(adc_limits)
+    from crosssim_nb.network import calibration_source
+    limits_file = calibration_source(adc_limits)
     if limits_file is not None:
         adc_limits = limits_file                                 # read once: from_keras takes the Calibration itself
         if input_ranges is None:

@@ -18,7 +18,7 @@ __all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYE
            'stored_model_config', 'digital_layer_names', 'unsupported_message', 'check_stored_layers',
            'activation_name', 'AnalogSpec', 'depthwise_matrix', 'grouped_matrix', 'depthwise_kernel', 'ConvEquivalent',
            'transposed_conv_as_conv', 'keras_transposed_pads', 'conv_spec', 'analog_specs', 'GraphNode', 'ModelGraph',
-           'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
+           'functional_graph', 'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
 
 # %% ../nbs/10_keras_import.ipynb #f22e51f3
 _LEGACY_CONV_KEYS = ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -515,7 +515,8 @@ class ModelGraph:
                 f"{kinds['identity']} identity; inputs {self.inputs}, outputs {self.outputs})")
 
 # %% ../nbs/10_keras_import.ipynb #466f5099
-def _functional(model):
+def functional_graph(model, # a keras.Model (Functional, or a built Sequential)
+                    ):
     "The functional graph of a Functional or (built) Sequential model; an error for subclassed or unbuilt models."
     graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
     if isinstance(model, keras.Sequential) and graph is None:
@@ -550,7 +551,7 @@ class _GraphBuilder:
         self.names.add(node.name); self.nodes.append(node)
 
     def expand(self, model, prefix:str, input_names:list) -> list:
-        graph = _functional(model)
+        graph = functional_graph(model)
         tensors = {id(kt): name for kt, name in zip(graph.inputs, input_names)}
         for depth in sorted(graph._nodes_by_depth, reverse=True):
             for knode in graph._nodes_by_depth[depth]:
@@ -599,7 +600,7 @@ def build_graph(model, # a keras.Model (Functional or Sequential) or anything `l
                ) -> ModelGraph:
     "The explicit layer graph of a Keras model, analog weights read as crossbar matrices; unsupported layers are an error."
     model = load_keras_model(model, digital_layers=digital_layers)
-    graph = _functional(model)
+    graph = functional_graph(model)
     builder = _GraphBuilder(digital_layers)
     input_names = []
     for kt in graph.inputs:

@@ -23,7 +23,7 @@ from .convolution import (_pad_spatial, patch_view, _drives,
                                      CoreEngine, DepthwiseCore, DepthwiseEngine, conv_row_permutation)
 
 # %% auto #0
-__all__ = ['TopValues', 'AnalogNetwork', 'zoo_input_nonnegative']
+__all__ = ['TopValues', 'calibration_source', 'AnalogNetwork', 'zoo_input_nonnegative']
 
 # %% ../nbs/11_network.ipynb #c9c37d04
 def _clamp(bound):
@@ -133,7 +133,8 @@ class TopValues:
         return low + self.fraction * (high - low)
 
 # %% ../nbs/11_network.ipynb #47d128e4
-def _calibration_of(source):
+def calibration_source(source, # what `adc_limits` was given: a Calibration, a limits file's path, limits by name, or None
+                      ):
     "The `Calibration` behind `adc_limits` when it is one (an object, or a crosssim_nb limits file), else None."
     from crosssim_nb.calibration import calibration_of
     return calibration_of(source)                # a file is a calibration by structure (validated completely) or refused
@@ -238,7 +239,7 @@ class AnalogNetwork:
         self.graph, self.config, self.layer_configs = graph, config, layer_configs
         self.model_name = model_name or graph.name
         self.specs = {s.name: s for s in graph.analog_specs}
-        self.cores, self.input_ranges, self.run_index = {}, {}, 0
+        self.cores, self.input_ranges = {}, {}
         # exact float engines (the profiling passes, layers kept digital): each one's weight copy exists only while in use
         self._float_engines = _FloatEngines(self.specs, self._float_engine, keep=False)
         self.engines = _FloatEngines(self.specs, self._float_engine, {name: self._float_engine(spec) for name, spec in self.specs.items()
@@ -332,7 +333,7 @@ class AnalogNetwork:
         signed = {}
         for node in graph.analog_nodes:
             for i, spec in enumerate(node.analog): signed[spec.name] = i > 0 or node.inputs[0] not in nonnegative
-        calibration = _calibration_of(adc_limits)          # a limits file from calibrate_adc: checked once the net exists
+        calibration = calibration_source(adc_limits)          # a limits file from calibrate_adc: checked once the net exists
         if calibration is not None:
             calibration.check_identity(model_name, graph.analog_specs)   # "made for model X" before any layer lookup
             adc_limits = calibration.adc_limits
@@ -551,7 +552,6 @@ class AnalogNetwork:
                ):
         "Re-program every core for Monte-Carlo run `run`."
         for core in self.cores.values(): core.program(run)
-        self.run_index = run
         self._refresh_engines()
         return self
 

@@ -19,7 +19,7 @@ __all__ = ['ANALOG_OPS', 'LAYOUT_FREE_OPS', 'IDENTITY_OPS', 'FOLDED_OPS', 'DIGIT
            'TORCH_HINT', 'UnsupportedModelError', 'load_onnx', 'node_names', 'attributes_of', 'static_tensors',
            'support_problems', 'check_support', 'graph_inputs', 'resolve_input_shapes', 'Probe', 'probe',
            'inline_static_ifs', 'OnnxCall', 'layout_permutation', 'onnx_conv_spec', 'einsum_plan', 'build_onnx_graph',
-           'export_torch', 'operations_table']
+           'model_name_of', 'export_torch', 'operations_table']
 
 # %% ../nbs/14_onnx_import.ipynb #57e4a2ca
 ANALOG_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
@@ -774,7 +774,9 @@ def _example_shapes(proto, data) -> dict:
     arrays = list(data) if isinstance(data, (list, tuple)) and len(names) > 1 else [data]
     return {name: np.shape(a) for name, a in zip(names, arrays)}
 
-def _model_name(model, proto) -> str:
+def model_name_of(model, # what the importer was given: a path or an onnx.ModelProto
+                  proto, # the loaded onnx.ModelProto
+                 ) -> str:
     "A name for the network: the file's stem, else the graph's name (exporters' generic names skipped)."
     if isinstance(model, (str, os.PathLike)): return Path(model).stem
     name = proto.graph.name
@@ -804,7 +806,7 @@ def from_onnx(cls:AnalogNetwork,
     digital = digital_layer_names(layer_overrides)
     check_support(proto, where, digital)                        # every unsupported node named, before any work
     shapes = resolve_input_shapes(proto, where, {**_example_shapes(proto, calibration_data), **dict(input_shapes or {})})
-    name = model_name or _model_name(model, proto)
+    name = model_name or model_name_of(model, proto)
     raw = build_onnx_graph(proto, shapes, digital, where, name)
     net = cls.from_graph(raw, config, name, calibration_data, input_ranges, adc_limits, layer_overrides,
                           bool(input_nonnegative), calibration_samples, batch_size)

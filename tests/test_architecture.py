@@ -152,13 +152,12 @@ KNOWN_PRIVATE_READS = {
     ("device_models", "core", "attribute _target"), ("parasitics", "convolution,core", "attribute _tiles"),
     ("parasitics", "core", "attribute _dac"),
     # helpers shared between the network, its engines and the front doors (issue 30 item 4: from_keras owns limits files)
-    ("cli", "inference", "from-import _training_sample"), ("inference", "network", "from-import _calibration_of"),
-    ("network", "convolution", "from-import _apply_rows"), ("network", "convolution", "from-import _blas_threads"),
+    ("cli", "inference", "from-import _training_sample"), ("network", "convolution", "from-import _apply_rows"), ("network", "convolution", "from-import _blas_threads"),
     ("network", "convolution", "from-import _drives"), ("network", "convolution", "from-import _pad_spatial"),
     # added by the ONNX import work of this round (to be made public or moved at integration)
-    ("inference", "keras_import", "from-import _functional"), ("onnx_import", "keras_import", "from-import _crossbar"),
+    ("onnx_import", "keras_import", "from-import _crossbar"),
     ("onnx_import", "keras_import", "from-import _per_tap"), ("onnx_import", "network", "attribute _from_graph"),
-    ("inference", "onnx_import", "from-import _model_name"), ("core", "keyed_noise", "from-import _FAST"),
+    ("core", "keyed_noise", "from-import _FAST"),
 }
 
 @pytest.fixture(scope="module")
