@@ -897,8 +897,8 @@ def ir_drop(core, # an AnalogCore with parasitic wires (config rp_row / rp_col .
     "What the wires do to one array for one input: drives, cell voltages, per-cell current error and column-current error."
     if core.circuit is None or core.circuit.wires is None:
         raise ValueError(f"AnalogCore {core.name!r} has no parasitic wires (rp_row = rp_col = 0 and no terminals): nothing to show")
-    if not 0 <= tile < len(core._tiles): raise ValueError(f"tile={tile} is not allowed; allowed: 0..{len(core._tiles) - 1}")
-    start, stop = core._tiles[tile]["start"], core._tiles[tile]["stop"]
+    if not 0 <= tile < len(core.row_ranges): raise ValueError(f"tile={tile} is not allowed; allowed: 0..{len(core.row_ranges) - 1}")
+    start, stop = core.row_ranges[tile]
     block = core.programmed[:, :, start:stop]
     arrays = tile_arrays(core, block, None if core.reference is None else core.reference[start:stop])
     if not 0 <= array < len(arrays): raise ValueError(f"array={array} is not allowed; allowed: 0..{len(arrays) - 1} ({len(arrays)} arrays in this tile)")
@@ -964,8 +964,8 @@ def ir_drop_viewer(net, # an AnalogNetwork whose config has parasitic wires
     out = widgets.Output()
     def update(*_):
         core = net.cores[layer.value]
-        tile.max = len(core._tiles) - 1
-        start, stop = core._tiles[tile.value]["start"], core._tiles[tile.value]["stop"]
+        tile.max = len(core.row_ranges) - 1
+        start, stop = core.row_ranges[tile.value]
         array.max = len(tile_arrays(core, core.programmed[:, :, start:stop], None if core.reference is None else core.reference[start:stop])) - 1
         rows = rows_of(layer.value); vector.max = len(rows) - 1
         with out:

@@ -149,8 +149,7 @@ KNOWN_PRIVATE_READS = {
     ("calibration", "core", "attribute _cell_levels"), ("convolution", "core", "attribute _add_noise"),
     ("convolution", "core", "attribute _core"), ("convolution", "core", "attribute _program_streams"),
     ("convolution", "core", "attribute _tile_output"), ("convolution", "core", "from-import _CoreTile"),
-    ("device_models", "core", "attribute _target"), ("parasitics", "convolution,core", "attribute _tiles"),
-    ("parasitics", "core", "attribute _dac"),
+    ("device_models", "core", "attribute _target"), ("parasitics", "core", "attribute _dac"),
     # helpers shared between the network, its engines and the front doors (issue 30 item 4: from_keras owns limits files)
     ("cli", "inference", "from-import _training_sample"), ("network", "convolution", "from-import _apply_rows"), ("network", "convolution", "from-import _blas_threads"),
     ("network", "convolution", "from-import _drives"), ("network", "convolution", "from-import _pad_spatial"),
