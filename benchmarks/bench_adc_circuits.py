@@ -5,7 +5,9 @@ otherwise) digitising the column currents of a sliced read, shape (input slices,
 `--batch` vectors, ~8 M conversions for ISAAC-SarADC. Timed: `CircuitADCGrid.digitize` (clip to the range, normalise by
 Vref, find each input's code in its own ADC's transfer, scale the level back), best of `--repeats`, divided by the
 number of conversions: wall time, and CPU time of all threads (the work itself; on a shared machine the wall time also
-holds the waits for a CPU). Target (issue 27): <= 2 ns per conversion.
+holds the waits for a CPU). Target (issue 27): <= 2 ns per conversion. Beside it, the read path's compiled pass
+(`AnalogCore.tile_output` through `_fused_circuit`): every conversion and the shift-and-add into the outputs, a unit
+column converted once per array, per conversion it makes.
 
 Cases: the ISAAC-SarADC and PRIME presets, and each circuit type at 8 bits with and without component errors
 (1 % capacitor mismatch / comparator offset; SAR, pipeline and cyclic ADCs serve 8 columns each) on 4 weight slices x
@@ -52,6 +54,23 @@ def time_case(config, limits, batch, repeats, rng):
     return best, best_cpu, sum(value.size for value in currents.values())
 
 
+def time_fused(config, limits, batch, repeats, rng):
+    "Best wall and CPU seconds of one tile's compiled convert-and-add pass (`tile_output`) and its conversions; None where the pass does not apply."
+    core = AnalogCore(rng.normal(size=(128, 128)), config, adc_limits=limits, name="bench")
+    plan = core._fused_circuit(0)
+    if plan is None: return None
+    grid, k = core.tile_adc_grids[0], core.n_input_slices
+    columns = core._tiles[0].matrix.shape[1]
+    currents = rng.uniform(-1.1, 1.1, (k, batch, columns)).astype(np.float32) * np.float32(np.max(grid.vref))
+    drive_sums = rng.uniform(0, 64, (k, batch, 1)).astype(np.float32)
+    best, best_cpu = np.inf, np.inf
+    for _ in range(repeats + 1):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        core.tile_output(0, currents, drive_sums)
+        best, best_cpu = min(best, time.perf_counter() - start), min(best_cpu, time.process_time() - start_cpu)
+    return best, best_cpu, k * batch * plan[0].size          # (plan[0]: the ADC of every converted column, references included)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (best reported)")
@@ -62,12 +81,16 @@ def main():
     unknown = sorted(set(args.cases or ()) - set(found))
     if unknown: raise SystemExit(f"--cases: {', '.join(unknown)} not known; allowed: {', '.join(found)}")
     rng = np.random.default_rng(0)
-    print(f"{'case':16s} {'adc':>24s} {'conversions':>12s} {'ms':>9s} {'ns/conversion':>14s} {'CPU ns/conversion':>18s}")
+    print(f"{'case':16s} {'adc':>24s} {'conversions':>12s} {'ms':>9s} {'ns/conversion':>14s} {'CPU ns/conversion':>18s}"
+          f"   {'read pass: conversions':>22s} {'ns/conv':>8s} {'CPU ns/conv':>12s}")
     for label in args.cases or found:
         config, limits = found[label]
         seconds, cpu_seconds, conversions = time_case(config, limits, args.batch, args.repeats, rng)
         adc = f"{config.adc_bits}-bit {config.adc_type}" + ("" if config.adc_type == "ramp" else f"/{config.group_size} cols")
-        print(f"{label:16s} {adc:>24s} {conversions:12d} {seconds * 1e3:9.2f} {seconds / conversions * 1e9:14.2f} {cpu_seconds / conversions * 1e9:18.2f}", flush=True)
+        fused = time_fused(config, limits, args.batch, args.repeats, rng)
+        read_pass = "" if fused is None else f"   {fused[2]:22d} {fused[0] / fused[2] * 1e9:8.2f} {fused[1] / fused[2] * 1e9:12.2f}"
+        print(f"{label:16s} {adc:>24s} {conversions:12d} {seconds * 1e3:9.2f} {seconds / conversions * 1e9:14.2f} {cpu_seconds / conversions * 1e9:18.2f}"
+              + read_pass, flush=True)
 
 
 if __name__ == "__main__":

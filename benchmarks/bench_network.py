@@ -200,11 +200,11 @@ def sliced_network(model, config, calibrated, calibration, input_nonnegative):
 
 
 PROFILE_GROUPS = {   # fragments of 'file:function' -> what the work is (the first group that matches wins)
-    "ADC conversion": ("adc_circuits.py:convert", "digitize", "lookup", "_fused_levels"),
+    "ADC conversion": ("adc_circuits.py:convert", "convert_and_add", "digitize", "lookup", "_fused_levels"),
     "products (matmul / integer GEMM / library convolution)": ("_read", "_integer_product", "matmul", "onnxruntime", "FastPathExecute",
                                                               "_library_convolution"),
-    "shift-and-add / recombination": ("_tile_output", "_tile_parts", "_reference_columns", "tensordot", "reduce", "_finish"),
-    "DAC and input slicing": ("quantize", "_slice", "slice_inputs", "_dac", "digits", "input_drives"),
+    "shift-and-add / recombination": ("tile_output", "_tile_parts", "_reference_columns", "tensordot", "reduce", "_finish"),
+    "DAC and input slicing": ("quantize", "_slice", "slice_inputs", "core.py:dac", "digits", "input_drives"),
 }
 
 def profile_run(net, x, batch_size, top=10):

@@ -58,10 +58,10 @@ def main(model_name, ntest, nruns, models, out, compensations):
 
 def _limits_of(model_name, dataset, config):
     "Optimal ADC limits and DAC ranges for `config` at t = 0, on 500 training images."
-    from crosssim_nb.inference import resolve_model, _training_sample
+    from crosssim_nb.inference import resolve_model, training_sample
     from crosssim_nb.calibration import calibrate_adc
     resolved = resolve_model(model_name)
-    x_calib = _training_sample(dataset, resolved.preprocess, 500, config.seed)
+    x_calib = training_sample(dataset, resolved.preprocess, 500, config.seed)
     profiling = resolved.network(config.replace(adc_range_option="MAX", t_drift=0.0), calibration_data=x_calib, input_nonnegative=True)
     calibrated = calibrate_adc(profiling, x_calib, method="optimal")
     return calibrated.adc_limits, calibrated.input_ranges

@@ -13,8 +13,9 @@ from .backend import available_cpus, available_memory, thread_pool
 __all__ = ['ADC_TYPES', 'CIRCUIT_ADC_BUDGET_BYTES', 'circuit_levels', 'ideal_circuit_codes', 'Transfer', 'ramp_levels',
            'ramp_transfers', 'ramp_convert', 'sar_thresholds', 'sar_convert', 'sar_transfer', 'pipeline_transfer',
            'pipeline_convert', 'adc_count', 'column_adcs', 'has_component_errors', 'draw_transfers', 'float32_below',
-           'TransferTable', 'distinct_adcs', 'circuit_adc_bytes', 'check_circuit_adc_budget', 'CircuitADCGrid',
-           'adc_characteristics', 'plot_transfers', 'core_transfers', 'distinct_adc_columns', 'circuit_adc_viewer']
+           'TransferTable', 'compiled_row_conversion', 'distinct_adcs', 'circuit_adc_bytes', 'check_circuit_adc_budget',
+           'CircuitADCGrid', 'adc_characteristics', 'plot_transfers', 'core_transfers', 'distinct_adc_columns',
+           'circuit_adc_viewer']
 
 # %% ../nbs/09_adc_circuits.ipynb #ea3b30f8
 def circuit_levels(adc_bits:int, # N
@@ -341,31 +342,44 @@ def _bucket_entries(base, # each bucket's first interval in the flat tables
 _PARALLEL_CONVERSIONS = 1 << 16     # conversions split over the CPUs above this many (~0.1 ms of work)
 
 @functools.lru_cache(maxsize=1)
+def compiled_row_conversion():
+    """The compiled conversion of one row of currents (numba, compiled on first use), shared by `TransferTable.convert`
+    and the core's fused convert-and-add pass: `convert_row(source, add, low, high, inverse, vref, rows, table, step,
+    passes, half_buckets, last_bucket, levels)` writes `levels[j]`, the level of `source[j] + add` through the ADC at
+    flat bucket-table row `rows[j]`. NaN stays NaN."""
+    from numba import njit
+    @njit(nogil=True, cache=True)
+    def convert_row(source, add, low, high, inverse, vref, rows, table, step, passes, half_buckets, last_bucket, levels):
+        one, zero = np.float32(1), np.float32(0)
+        for j in range(source.shape[0]):        # clip, normalise, bucket, compare with the bucket's breakpoints, scale back
+            x = min(max(source[j] + add, low), high) * inverse
+            position = (x + one) * half_buckets
+            position = position if position == position else zero      # NaN: any bucket (it stays NaN)
+            entry = (rows[j] + np.uint32(min(max(np.int32(position), np.int32(0)), last_bucket))) * step   # (unsigned: no wrap-around)
+            if passes == 1: index = entry + np.uint32(1) + np.uint32(x > table[entry])
+            else:
+                index = entry + np.uint32(passes)
+                for t in range(passes): index += np.uint32(x > table[entry + np.uint32(t)])
+            y = table[index] * vref
+            levels[j] = y if x == x else x
+    return convert_row
+
+@functools.lru_cache(maxsize=1)
 def _compiled_conversion():
     "The conversion kernel (numba, compiled on first use): one pass over the currents, each read once and written once."
     from numba import njit
+    convert_row = compiled_row_conversion()
     @njit(nogil=True, cache=True)
     def convert(current, out, first, last, ranges, rows, entries, passes, buckets):
         k_slices, batch, slices, columns = current.shape
-        one, zero, half_buckets = np.float32(1), np.float32(0), np.float32(buckets) * np.float32(0.5)
+        half_buckets, zero = np.float32(buckets) * np.float32(0.5), np.float32(0)
         last_bucket, step, table = np.int32(buckets - 1), np.uint32(entries.shape[1]), entries.reshape(-1)
         for kb in range(first, last):
             k = kb // batch
             b = kb - k * batch
             for s in range(slices):
-                lo, hi, inv, vr = ranges[k, s, 0], ranges[k, s, 1], ranges[k, s, 2], ranges[k, s, 3]
-                for n in range(columns):
-                    x = min(max(current[k, b, s, n], lo), hi) * inv
-                    position = (x + one) * half_buckets
-                    position = position if position == position else zero            # NaN: any bucket (it stays NaN)
-                    bucket = np.uint32(min(max(np.int32(position), np.int32(0)), last_bucket))
-                    entry = (rows[s, n] + bucket) * step          # (unsigned indices: no negative-index wrap-around)
-                    if passes == 1: level = entry + np.uint32(1) + np.uint32(x > table[entry])
-                    else:
-                        level = entry + np.uint32(passes)
-                        for t in range(passes): level += np.uint32(x > table[entry + np.uint32(t)])
-                    y = table[level] * vr
-                    out[k, b, s, n] = y if x == x else x
+                convert_row(current[k, b, s], zero, ranges[k, s, 0], ranges[k, s, 1], ranges[k, s, 2], ranges[k, s, 3], rows[s],
+                            table, step, passes, half_buckets, last_bucket, out[k, b, s])
     return convert
 
 @patch
@@ -450,7 +464,7 @@ class CircuitADCGrid:
         self.low, self.high, self.vref, self.inverse_vref = (as_xp(a) for a in (limits[..., 0], limits[..., 1], vref, 1 / vref))
         self.config, self.adc_bits, self.xp = config, config.adc_bits, xp
         self.array_columns, self.part_columns = list(array_columns), part_columns
-        self.transfers, self.table, self._rows, self._range_arrays = None, None, {}, {}
+        self.transfers, self.table, self.table_rows, self._range_arrays = None, None, {}, {}
 
     def program(self, rng, noise_rng=None):
         "Draw the component errors of every ADC of the tile (once per Monte-Carlo run) and pack their transfers."
@@ -465,10 +479,11 @@ class CircuitADCGrid:
         first = np.array(first)
         self.adc_index = {part: first[array] + column_adcs(kind, int(column.max()) + 1, c.group_size)[column]
                           for part, (array, column) in self.part_columns.items()}
-        self._rows = {part: np.ascontiguousarray(table_row[index] * self.table.buckets, dtype=np.uint32) if self.xp is np else
+        # each part's bucket-table row offsets per column (slices, n_out): which ADC's transfer converts it
+        self.table_rows = {part: np.ascontiguousarray(table_row[index] * self.table.buckets, dtype=np.uint32) if self.xp is np else
                       self.xp.asarray(table_row[index] * self.table.buckets, dtype=np.int32) for part, index in self.adc_index.items()}
 
-    def _ranges(self, k_slices:int, slices:int):
+    def conversion_ranges(self, k_slices:int, slices:int):
         "low, high, 1/Vref and Vref as the compiled conversion reads them: float32 (k, slices, 4), made once per shape."
         if (k_slices, slices) not in self._range_arrays:
             if np.ndim(self.low) == 4 and (self.low.shape[1] > 1 or self.low.shape[3] > 1):
@@ -486,12 +501,12 @@ class CircuitADCGrid:
         x = current if current.dtype == np.float32 else current.astype(np.float32)
         if xp is np:
             if x.ndim != 4: raise ValueError(f"currents must be (k, batch, slices, n_out); got shape {x.shape}")
-            rows = self._rows[part]
+            rows = self.table_rows[part]
             if rows.shape != x.shape[2:]: rows = np.ascontiguousarray(np.broadcast_to(rows, x.shape[2:]))   # (the kernel indexes every column)
-            return self.table.convert(x, self._ranges(x.shape[0], x.shape[2]), rows)
+            return self.table.convert(x, self.conversion_ranges(x.shape[0], x.shape[2]), rows)
         xp.clip(x, self.low, self.high, out=x)
         x *= self.inverse_vref
-        out = self.table.lookup(x, self._rows[part])
+        out = self.table.lookup(x, self.table_rows[part])
         out *= self.vref
         return out
 

@@ -127,7 +127,9 @@ def relu_follows(net, core:str) -> bool:
     return False
 
 # %% ../nbs/35_calibration.ipynb #27ab8ca3
-class _ProfilingEngine:
+from .core import Engine
+
+class _ProfilingEngine(Engine):
     "Stands in for a core during profiling: ADCs off, ADC inputs sampled."
     def __init__(self, core, groups:dict, relu_aware:bool, capacity:int, rng, spec=None):
         self.core, self.n_out, self.groups, self.relu_aware = core, core.n_out, groups, relu_aware
@@ -156,7 +158,9 @@ def profile_adc_inputs(net, # an AnalogNetwork
                       ) -> ADCProfile:
     "Run `net` with ADCs off on `x_calib`; sample every core's ADC inputs and DAC inputs."
     rng = np.random.default_rng(seed_stream(net.config.seed if seed is None else seed, "calibration_sample"))
-    profile = ADCProfile(net.model_name, weights_hash(net), net.config.to_dict(), int(len(np.asarray(x_calib))), relu_aware)
+    several = isinstance(x_calib, dict) or (isinstance(x_calib, (list, tuple)) and len(net.graph.inputs) > 1)   # a model with several inputs
+    first = (next(iter(x_calib.values())) if isinstance(x_calib, dict) else x_calib[0]) if several else x_calib
+    profile = ADCProfile(net.model_name, weights_hash(net), net.config.to_dict(), int(len(np.asarray(first))), relu_aware)
     engines = dict(net.engines)
     for name, core in net.cores.items():
         eligible = relu_aware and relu_follows(net, name) and len(core.row_ranges) == 1
@@ -372,7 +376,7 @@ def calibrate_adc(net, # an AnalogNetwork (any adc_range_option; ADCs are off wh
         lower_fixed = name in profile.relu_layers
         if method == "granular":                            # the same for every group of the core
             c = core.config
-            granular = granular_range(adc_bits, core._cell_levels(), c.input_slice_size, c.grange)
+            granular = granular_range(adc_bits, core.cell_levels(), c.input_slice_size, c.grange)
         ranges = {}
         for key, reservoir in groups.items():
             values, lower = reservoir.values, (reservoir.minimum if lower_fixed else None)

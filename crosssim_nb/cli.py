@@ -152,6 +152,7 @@ def main_job(ntest:int=1000, # MNIST test images
 class UserError(Exception):
     "A mistake on the command line: reported as one line, exit status 2 (the traceback only with --debug)."
 
+# %% ../nbs/40_cli.ipynb #cf342570
 def _add_run_arguments(parser, evaluates:bool=True):
     "Model, data and calibration-sample options; `evaluates` adds the test-set options (not used by calibrate)."
     parser.add_argument("--model", default="mnist_cnn", metavar="NAME|FILE",
@@ -217,6 +218,7 @@ def _dataset_of(args, parser):
     if args.model in models: return models[args.model]["dataset"]
     parser.error(f"--dataset is needed for model {args.model!r} (it is not a zoo model)")
 
+# %% ../nbs/40_cli.ipynb #9cda9062
 def build_parser() -> argparse.ArgumentParser:
     "The `crosssim-nb` argument parser with all subcommands."
     parser = _Parser(prog="crosssim-nb", description="Simulate neural-network inference on analog crossbar hardware.")
@@ -264,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug(sweep)
     return parser
 
+# %% ../nbs/40_cli.ipynb #890e95a4
 def _check_common(args, parser):
     for name in ("ntest", "calibration_samples", "batch_size", "nruns"):
         value = getattr(args, name, None)
@@ -333,6 +336,7 @@ def _check_model_and_dataset(args, parser):
             parser.error(f"--dataset: unknown dataset {args.dataset!r}; {hint(args.dataset.lower(), sorted(DATASETS))}"
                          f"datasets: {', '.join(sorted(DATASETS))}")
 
+# %% ../nbs/40_cli.ipynb #3141fbfd
 def _settings_from_limits(args, parser, config:InferenceConfig) -> InferenceConfig:
     "Take the hardware settings a limits file records where the command line sets none; say which were taken."
     from crosssim_nb.calibration import Calibration
@@ -392,6 +396,7 @@ def _take_run_arguments(args, parser,
         parser.error(f"--model is needed: {where} names a model this run cannot take ({detail})")
     return extra
 
+# %% ../nbs/40_cli.ipynb #8a9a7405
 def _written(flag:str, path, error:OSError) -> str:
     "One line for an output file that could not be written; a full disk says that the old file is intact (writes are atomic)."
     import errno
@@ -432,7 +437,7 @@ def _run(args, parser):
             parser.error(_written(flag, path, error) + "; the summary was printed above instead")
 
 def _calibrate(args, parser):
-    from crosssim_nb.inference import resolve_model, _training_sample, calibration_config, ModelInputs
+    from crosssim_nb.inference import resolve_model, training_sample, calibration_config, ModelInputs
     from crosssim_nb.calibration import calibrate_adc
     _check_input_file("--config", args.config, parser)
     _check_output_path("--output", args.output, parser, suffixes=(".json", ".yaml", ".yml"))
@@ -445,7 +450,7 @@ def _calibrate(args, parser):
     overrides = {name: "digital" for name in args.digital} or None
     resolved = resolve_model(args.model, set(args.digital))
     inputs, name = ModelInputs.of(resolved, _preprocessing_of(args, parser)), resolved.name
-    x_calib = inputs.fit(_training_sample(dataset, inputs, args.calibration_samples, config.seed))[0]
+    x_calib = inputs.fit(training_sample(dataset, inputs, args.calibration_samples, config.seed))[0]
     profiling, when = calibration_config(config)           # under drift: at t = 0 (deployment) or at t_drift (evaluation)
     net = resolved.network(profiling, calibration_data=x_calib, input_nonnegative=inputs.nonnegative(dataset), layer_overrides=overrides)
     calibration = calibrate_adc(net, x_calib, method=args.method, percentile=args.percentile, relu_aware=args.relu_aware,
@@ -481,6 +486,7 @@ def _print_zoo():
     from crosssim_nb import zoo
     print(zoo.list_models().to_string())
 
+# %% ../nbs/40_cli.ipynb #ad956c66
 def _user_error_classes() -> tuple:
     "Exceptions that mean a user mistake or a property of the inputs (bad values, files, wire solves that do not converge)."
     classes = [UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError,
@@ -531,6 +537,7 @@ def _given(argv:list, subparser) -> set:
     actions = subparser._option_string_actions
     return {actions[token.split("=", 1)[0]].dest for token in argv if token.split("=", 1)[0] in actions}
 
+# %% ../nbs/40_cli.ipynb #23009483
 def _memory_hint(args) -> str:
     if args.command in ("run", "calibrate"):
         return (f"out of memory; reduce --batch-size (now {args.batch_size})"
@@ -591,7 +598,6 @@ def main(argv=None):
     return 0
 
 if __name__ == "__main__" and "get_ipython" not in globals(): sys.exit(main())   # `python -m crosssim_nb.cli`, not the notebook
-
 
 # %% ../nbs/40_cli.ipynb #29f0c03e
 def core_demo(seed:int=0, # random seed of the matrix, inputs and devices

@@ -17,8 +17,8 @@ from .presets import PRESET_NOTES, preset_name
 __all__ = ['WIRE_FIELDS', 'CROSSSIM_SPELLINGS', 'SPELLING_NOTES', 'CONFIG_CHECKS', 'CIRCUIT_ADC_FIELDS', 'WeightStyle',
            'BalancedStyle', 'ADCRangeOption', 'Distribution', 'ReadNoiseMethod', 'VariancePrecision', 'Dependence',
            'DeviceModel', 'DriftModel', 'DriftCompensation', 'CalibrationTime', 'SelectedRows', 'ConvRowOrder',
-           'IVModel', 'ADCType', 'InferenceConfig', 'UnknownFieldError', 'suggest_field', 'check_field_names',
-           'add_config_check', 'describe_config']
+           'RecurrentCores', 'EmbeddingMode', 'AttentionProducts', 'IVModel', 'ADCType', 'InferenceConfig',
+           'UnknownFieldError', 'suggest_field', 'check_field_names', 'add_config_check', 'describe_config']
 
 # %% ../nbs/01_config.ipynb #a0c9f66e
 class _Option(str, Enum):
@@ -119,6 +119,21 @@ class ConvRowOrder(_Option):
     channel_first = "channel_first" # CrossSim's (input channel, kh, kw): its calibrated per-array limits and published settings carry over
     channel_last = "channel_last"   # (kh, kw, input channel): the order of a Keras kernel and of an im2col patch
 
+class RecurrentCores(_Option):
+    "How a recurrent layer's two kernels sit on cores."
+    stacked = "stacked"     # input and recurrent kernels stacked on one core, read once per time step with [x_t, h_{t-1}]
+    separate = "separate"   # two cores: the input kernel read for every time step at once, the recurrent kernel once per step
+
+class EmbeddingMode(_Option):
+    "How an embedding table is read."
+    digital = "digital"     # an exact digital lookup (the table lives in memory)
+    analog = "analog"       # the table on a core, read as the product of a one-hot vector (programming error and read noise apply)
+
+class AttentionProducts(_Option):
+    "Where attention's activation × activation products (QKᵀ, attention·V) are computed."
+    digital = "digital"     # exactly, in digital logic
+    analog = "analog"       # K and V written onto arrays for every input (programming error included) and read through the DAC and ADC
+
 class IVModel(_Option):
     "Current-voltage law of one cell (CrossSim nonlinear_IV)."
     none = "none"           # a linear resistor: I = G·V
@@ -191,6 +206,9 @@ class InferenceConfig:
     fold_batchnorm: bool = True          # fold BatchNormalization into the preceding analog layer's weights and bias
     digital_bias: bool = True            # add biases digitally after the ADC (else an analog bias row at full-scale input)
     bias_bits: int | str = 0             # digital bias resolution: 0 = full precision, bits, or 'adc' (the ADC level grid)
+    recurrent_cores: RecurrentCores = RecurrentCores.stacked # recurrent layers: both kernels on one core read per step, or 'separate' cores
+    embedding: EmbeddingMode = EmbeddingMode.digital # embedding tables: a digital lookup, or 'analog' (a one-hot read of a core)
+    attention_products: AttentionProducts = AttentionProducts.digital # attention's QKᵀ and attention·V: 'digital', or 'analog' (K, V written per input)
     # --- converters ---
     adc_bits: int = 0                    # ADC resolution in bits (0 = no ADC)
     adc_range_option: ADCRangeOption = ADCRangeOption.CALIBRATED # MAX, GRANULAR or CALIBRATED ADC ranges
@@ -408,7 +426,8 @@ def _check_type(cfg, spec):
                     "DeviceModel": DeviceModel,
                     "DriftModel": DriftModel, "Dependence": Dependence, "DriftCompensation": DriftCompensation,
                     "CalibrationTime": CalibrationTime,
-                    "SelectedRows": SelectedRows, "IVModel": IVModel, "ConvRowOrder": ConvRowOrder}
+                    "SelectedRows": SelectedRows, "IVModel": IVModel, "ConvRowOrder": ConvRowOrder,
+                    "RecurrentCores": RecurrentCores, "EmbeddingMode": EmbeddingMode, "AttentionProducts": AttentionProducts}
     if anno in option_types:
         option = option_types[anno]
         text = value.value if isinstance(value, Enum) else value

@@ -11,15 +11,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from .core import AnalogCore          # (the package first: it keeps TensorFlow's start-up lines off stderr)
 from .config import InferenceConfig
 from .backend import array_module_of, aligned_empty, available_cpus, openblas_thread_controls, tensor_buffer, thread_pool
-from .keras_import import (AnalogSpec, depthwise_kernel, depthwise_matrix, transposed_conv_as_conv)
+from .graph import AnalogSpec, depthwise_kernel, depthwise_matrix
+from .keras_import import transposed_conv_as_conv
 import keras
 
 # %% auto #0
-__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'conv_geometry',
-           'zero_inserted', 'patch_view', 'im2col', 'window_sums', 'crosssim_row_order', 'conv_row_permutation',
-           'row_segments', 'core_row_segments', 'apply_conv', 'per_channel_kernel', 'library_kernel', 'FloatMatrix',
-           'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine', 'scatter_matrix',
-           'transposed_conv_scatter']
+__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'FUSED_CONVOLUTION',
+           'conv_geometry', 'pad_spatial', 'zero_inserted', 'patch_view', 'im2col', 'window_sums', 'crosssim_row_order',
+           'conv_row_permutation', 'row_segments', 'core_row_segments', 'engine_drives', 'apply_rows', 'apply_conv',
+           'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore',
+           'DepthwiseEngine', 'scatter_matrix', 'transposed_conv_scatter']
 
 # %% ../nbs/12_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -48,7 +49,7 @@ def _axis_padding(padding, axis:int):
     "The padding of one spatial axis: the mode string, or that axis' (before, after) pair."
     return padding if isinstance(padding, str) else padding[axis]
 
-def _pad_spatial(x, pads):
+def pad_spatial(x, pads):
     "Zero-pad the spatial axes of a channels-last array (NumPy or CuPy) by `pads = ((before, after), ...)`; negative: cropped. Only the border is zero-filled."
     pads = [(int(before), int(after)) for before, after in pads]
     if any(before < 0 or after < 0 for before, after in pads):
@@ -70,10 +71,10 @@ def zero_inserted(x:np.ndarray, # channels-last input (B, *spatial, C), NumPy or
                  ) -> np.ndarray:
     "`x` with `factor − 1` zeros between neighbouring pixels of each spatial axis, then bordered: a transposed convolution's input."
     pads = tuple((0, 0) for _ in factors) if pads is None else tuple((int(b), int(a)) for b, a in pads)
-    if all(f == 1 for f in factors): return _pad_spatial(x, pads)
+    if all(f == 1 for f in factors): return pad_spatial(x, pads)
     grown = tuple((size - 1) * f + 1 for size, f in zip(x.shape[1:], factors))
     if any(b < 0 or a < 0 for b, a in pads):                      # crop after inserting
-        return _pad_spatial(zero_inserted(x, factors), pads)
+        return pad_spatial(zero_inserted(x, factors), pads)
     xp = array_module_of(x)
     out = xp.zeros((x.shape[0],) + tuple(g + b + a for g, (b, a) in zip(grown, pads)) + x.shape[1 + len(factors):], dtype=x.dtype)
     out[(slice(None),) + tuple(slice(b, b + g, f) for g, f, (b, _) in zip(grown, factors, pads))] = x
@@ -89,7 +90,7 @@ def patch_view(x:np.ndarray, # channels-last input (B, H, W, C) or (B, D, H, W, 
     strides, dilation = strides or (1,) * rank, dilation or (1,) * rank
     geometry = [conv_geometry(size, k, s, d, _axis_padding(padding, axis)) for axis, (size, k, s, d)
                 in enumerate(zip(x.shape[1:1 + rank], kernel_size, strides, dilation))]
-    x = _pad_spatial(x, [(before, after) for _, before, after in geometry])
+    x = pad_spatial(x, [(before, after) for _, before, after in geometry])
     batch_stride, *spatial_strides, channel_stride = x.strides
     shape = (x.shape[0], *(out for out, _, _ in geometry), *kernel_size, x.shape[-1])
     strides_ = (batch_stride, *(st * s for st, s in zip(spatial_strides, strides)),
@@ -227,31 +228,31 @@ def _worker_count() -> int:
 def _run_chunks(tasks:list, work, engine):
     "Run `work(task)` for every task: in worker threads when there are several and the engine is thread-safe."
     workers = min(_worker_count(), len(tasks))
-    if workers < 2 or not getattr(engine, "parallel_safe", False) or not _blas_threads.available():
+    if workers < 2 or not engine.parallel_safe or not _blas_threads.available():
         for task in tasks: work(task)
         return
     with _blas_threads(1):
         list(thread_pool(workers).map(work, tasks))
 
-def _drives(engine, x, overwrite:bool=False):
+# %% ../nbs/12_convolution.ipynb #ba37532b
+def engine_drives(engine, x, overwrite:bool=False):
     "The engine's row drives for layer input `x`: its DAC run once on the whole tensor (engines without one take `x`); over `x` itself when `overwrite`."
-    prepare = getattr(engine, "prepare", None)
-    return x if prepare is None else prepare(x, overwrite)
+    return engine.prepare(x, overwrite)
 
 def _apply_into(engine, rows, out, first_row:int=0, read:int=0):
     "`engine.apply(rows)` into `out`: written there directly by engines that can (no extra copy of the outputs)."
-    keys = dict(first_row=first_row, read=read) if getattr(engine, "keyed", False) else {}
-    if getattr(engine, "writes_into", False): engine.apply(rows, out=out, **keys)
+    keys = dict(first_row=first_row, read=read) if engine.keyed else {}
+    if engine.writes_into: engine.apply(rows, out=out, **keys)
     else: out[...] = engine.apply(rows, **keys)
 
-def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
+def apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
                 first_row:int=0, # global index of rows[0] (image index × rows per image): keys the read noise
                 read:int=0, # read number of this layer call (a layer called twice per image reads twice)
                ) -> np.ndarray:
     "engine.apply on rows (N, n_in) of drives in chunks, with the in-place post-op on each chunk; outputs where the engine computes."
-    n, xp = rows.shape[0], getattr(engine, "xp", np)
+    n, xp = rows.shape[0], engine.xp
     per_chunk = _chunk_rows(max(rows.shape[1], engine.n_out), chunk_elements)
-    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
+    workers = _worker_count() if engine.parallel_safe else 1
     if workers > 1 and n >= 2 * MIN_CHUNK_ROWS: per_chunk = min(per_chunk, -(-n // workers))
     if n <= per_chunk:
         out = aligned_empty((n, engine.n_out), xp=xp)
@@ -266,6 +267,7 @@ def _apply_rows(rows:np.ndarray, engine, post, chunk_elements:int,
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
 
+# %% ../nbs/12_convolution.ipynb #94136085
 def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) or (B, D, H, W, C) (or a bfloat16 tensor of them, with a bfloat16 kernel)
                          kernel:np.ndarray, # (*k, C, columns), or (kh, kw, C, groups·m) for a depthwise kernel
                          depthwise:bool, # per-channel kernel whose outputs are channel-major
@@ -279,10 +281,11 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) or (B,
     rank = len(spec.kernel_size)
     if depthwise and (rank != 2 or spec.strides[0] != spec.strides[1]): return None   # its depthwise kernel: 2-D, equal strides
     import tensorflow as tf
-    pads = [[0, 0]] + [list(conv_geometry(size, k, s, d, _axis_padding(spec.padding, axis))[1:]) for axis, (size, k, s, d) in
-                       enumerate(zip(x.shape[1:1 + rank], spec.kernel_size, spec.strides, spec.dilation))] + [[0, 0]]
-    if min(min(p) for p in pads) < 0: return None                          # crops: not a TensorFlow padding
+    pads = _explicit_pads(x, spec)
+    if pads is None: return None                                           # crops: not a TensorFlow padding
+    pads = [[0, 0], *pads, [0, 0]]
     if squared: x = tf.square(x)
+    elif isinstance(x, np.ndarray) and x.dtype == np.float32: x = _as_tensor(x)   # (no copy of an aligned input; only read)
     if depthwise: y = tf.nn.depthwise_conv2d(x, kernel, [1, *spec.strides, 1], pads, dilations=list(spec.dilation))
     elif rank == 2: y = tf.nn.conv2d(x, kernel, strides=[1, *spec.strides, 1], padding=pads, dilations=[1, *spec.dilation, 1])
     else:                      # 3-D: TensorFlow takes no explicit padding here, so the zeros are added first
@@ -299,31 +302,37 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) or (B,
         currents = currents.reshape(*lead, x.shape[-1], groups, -1).swapaxes(-3, -2).reshape(*lead, -1)
     return currents
 
+# %% ../nbs/12_convolution.ipynb #f5e0b8ad
 def _apply_currents_rows(currents:np.ndarray, engine, post,
                          variance=None, # with read noise: each current's noise variance, same shape
-                         first_row:int=0, read:int=0, # keys of the read noise (as `_apply_rows`)
+                         first_row:int=0, read:int=0, # keys of the read noise (as `apply_rows`)
+                         residual=None, # rows `(N, n_out)` added to the outputs before `post` (a fused residual Add), or None
                         ) -> np.ndarray:
     "The engine's periphery (`apply_currents`) and the post-op on a layer's currents `(N, columns)`, split over the worker threads."
     n = currents.shape[0]
-    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
+    workers = _worker_count() if engine.parallel_safe else 1
     def periphery(start, stop):
         if variance is None: return engine.apply_currents(currents[start:stop])
         return engine.apply_currents(currents[start:stop], variance=variance[start:stop], first_row=first_row + start, read=read)
+    def finish(y, start):
+        if residual is not None: np.add(y, residual[start:start + len(y)], out=y)
+        if post is not None: post(y)
     if workers < 2 or n < 2 * MIN_CHUNK_ROWS:
         out = periphery(0, n)
-        if post is not None: post(out)
+        finish(out, 0)
         return out
     per_chunk = -(-n // workers)
     # one column per output: the periphery works in place, so the currents' own buffer holds the outputs
     out = currents if currents.shape[1] == engine.n_out else aligned_empty((n, engine.n_out))
     def work(start):
         y = periphery(start, start + per_chunk)
-        if post is not None: post(y)
+        finish(y, start)
         target = out[start:start + per_chunk]
         if not np.may_share_memory(y, target): target[...] = y      # (in place: y is the target itself)
     _run_chunks(list(range(0, n, per_chunk)), work, engine)
     return out
 
+# %% ../nbs/12_convolution.ipynb #a33ca87c
 def _expanded(x, spec:AnalogSpec):
     """A transposed convolution's zero-inserted, bordered drives (or drives with cropped borders) and the plain 'valid'
     convolution that then runs on them; `(x, spec)` unchanged for other convolutions (explicit zero borders are added
@@ -345,27 +354,36 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
                first_image:int=0, # global index of x[0] in the run: keys the read noise, so it does not depend on the batch
                read:int=0, # read number of this layer call (a layer called twice per image reads twice)
                overwrite_input:bool=False, # the DAC may write its drives over `x` (the caller holds its only reference)
+               residual=None, # a tensor of the output's shape added to it before `post` (a residual Add fused into the layer), or None
               ) -> np.ndarray:
     "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
-    x = _drives(engine, x, overwrite_input)                     # the DAC once per input value, not once per im2col copy
-    xp = getattr(engine, "xp", np)                              # CuPy when the engine's core is on a GPU: patches and outputs there
+    x = engine_drives(engine, x, overwrite_input)                     # the DAC once per input value, not once per im2col copy
+    xp = engine.xp                              # CuPy when the engine's core is on a GPU: patches and outputs there
     if xp is not np: chunk_elements = max(chunk_elements, DEVICE_CHUNK_ELEMENTS)
     if spec.spatial_rank == 1: x = x[:, None]
     x, spec = _expanded(x, spec)                                # transposed: the zero-inserted drives (zeros drive nothing)
-    def result(out): return out[:, 0] if spec.spatial_rank == 1 else out
+    final = post                                                # with a residual: the post-op follows the sum, at the end
+    if residual is not None: post = None
+    def result(out):
+        out = out[:, 0] if spec.spatial_rank == 1 else out
+        if residual is not None:
+            xp.add(out, residual, out=out)
+            if final is not None: final(out)
+        return out
     rank = len(spec.kernel_size)
-    convolve = getattr(engine, "convolve", None)                # an engine that convolves per row tile itself
-    if convolve is not None and LIBRARY_CONVOLUTION and keras.backend.backend() == "tensorflow":
-        out = convolve(x, spec, first_image, read)
+    if LIBRARY_CONVOLUTION and keras.backend.backend() == "tensorflow":   # an engine that convolves per row tile itself
+        out = engine.convolve(x, spec, first_image, read)
         if out is not None:
             if post is not None: post(out)
             return result(out)
     one_by_one = all(k == 1 for k in spec.kernel_size) and all(s == 1 for s in spec.strides)
-    grouped = hasattr(engine, "apply_patches")
-    kernel = getattr(engine, "library_kernel", None)
+    grouped = engine.takes_patches
+    kernel = engine.library_kernel
     if kernel is not None:         # (1×1 too: TensorFlow reads the aligned input in place, on every CPU — faster than NumPy chunks)
-        noise_kernel = getattr(engine, "noise_kernel", None)      # read noise: its variance is a convolution of x²
+        fused = _fused_float_convolution(engine, x, spec, final, residual)   # a periphery that only adds the bias: all in one kernel
+        if fused is not None: return fused[:, 0] if spec.spatial_rank == 1 else fused
+        noise_kernel = engine.noise_kernel      # read noise: its variance is a convolution of x²
         currents = _library_convolution(x, *kernel, spec)
         if currents is None or noise_kernel is None: variance = None
         else:
@@ -380,13 +398,14 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
             else: variance = _library_convolution(x, *noise_kernel, spec, writable=False, squared=True)   # read, never written
         if currents is not None and (noise_kernel is None or variance is not None):
             lead, columns = currents.shape[:-1], currents.shape[-1]
-            out = _apply_currents_rows(currents.reshape(-1, columns), engine, post,
+            out = _apply_currents_rows(currents.reshape(-1, columns), engine, final,
                                        None if variance is None else variance.reshape(-1, variance.shape[-1]),
-                                       first_image * int(np.prod(lead[1:])), read).reshape(*lead, engine.n_out)
-            return result(out)
+                                       first_image * int(np.prod(lead[1:])), read,
+                                       None if residual is None else residual.reshape(-1, engine.n_out)).reshape(*lead, engine.n_out)
+            return out[:, 0] if spec.spatial_rank == 1 else out         # (the residual and post-op done per chunk)
     if one_by_one and not grouped:
         lead = x.shape[:-1]
-        out = _apply_rows(x.reshape(-1, x.shape[-1]), engine, post, chunk_elements, first_image * int(np.prod(lead[1:])),
+        out = apply_rows(x.reshape(-1, x.shape[-1]), engine, post, chunk_elements, first_image * int(np.prod(lead[1:])),
                           read).reshape(*lead, engine.n_out)
         return result(out)
     view = patch_view(x, spec.kernel_size, spec.strides, spec.dilation, spec.padding)    # (B, *out, *kernel, C)
@@ -394,7 +413,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
     out_h, out_w = out_shape[0], int(np.prod(out_shape[1:]))    # chunks: lines of the first output axis, each out_w pixels
     width = int(np.prod(view.shape[1 + rank:]))
     rows_per_chunk = _chunk_rows(width, chunk_elements)
-    workers = _worker_count() if getattr(engine, "parallel_safe", False) else 1
+    workers = _worker_count() if engine.parallel_safe else 1
     total_rows = B * out_h * out_w
     if workers > 1 and total_rows >= 2 * MIN_CHUNK_ROWS: rows_per_chunk = min(rows_per_chunk, -(-total_rows // workers))
     images = max(1, rows_per_chunk // (out_h * out_w))
@@ -402,7 +421,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
     out = aligned_empty((B, *out_shape, engine.n_out), xp=xp)
     buffer_size = min(B, images) * min(out_h, lines) * out_w * width
     local = threading.local()
-    segments = getattr(engine, "row_segments", None)            # tiled rows in CrossSim's order: copied run by run
+    segments = engine.row_segments            # tiled rows in CrossSim's order: copied run by run
     pixels = (slice(None),) * (1 + rank)                        # the (b, *out) axes of a block
     def work(task):
         b0, h0 = task
@@ -430,7 +449,71 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
     _run_chunks([(b0, h0) for b0 in range(0, B, images) for h0 in range(0, out_h, lines)], work, engine)
     return result(out)
 
+# %% ../nbs/12_convolution.ipynb #d5a5b0ba
+import functools
+
+FUSED_CONVOLUTION = True   # bias and ReLU inside TensorFlow's convolution where the periphery only adds the bias (False: separate passes)
+
+def _explicit_pads(x, spec:AnalogSpec) -> list | None:
+    "Per spatial axis of channels-last `x`, the [before, after] zeros the convolution reads; None when a side is cropped."
+    rank = len(spec.kernel_size)
+    pads = [list(conv_geometry(size, k, s, d, _axis_padding(spec.padding, axis))[1:]) for axis, (size, k, s, d) in
+            enumerate(zip(x.shape[1:1 + rank], spec.kernel_size, spec.strides, spec.dilation))]
+    return None if min(min(p) for p in pads) < 0 else pads
+
+@functools.lru_cache(maxsize=None)
+def _fused_function(rank:int, pads:tuple, strides:tuple, dilation:tuple, with_bias:bool, relu:str):
+    """A `tf.function` `(x, kernel, bias) → relu(conv(x, kernel) + bias)` on channels-last tensors, traced once per geometry
+    (any kernel, so a reprogrammed core reuses it): grappler runs it as one fused convolution kernel, whose float32 result
+    is the unfused one bit for bit (the same product, then one addition of the bias)."""
+    import tensorflow as tf
+    spec = tf.TensorSpec([None] * (rank + 2), tf.float32)
+    @tf.function(input_signature=[spec, spec, tf.TensorSpec([None], tf.float32)], autograph=False, reduce_retracing=True)
+    def convolve(x, kernel, bias):
+        if rank == 2: y = tf.nn.conv2d(x, kernel, [1, *strides, 1], [[0, 0], *map(list, pads), [0, 0]], dilations=[1, *dilation, 1])
+        else: y = tf.nn.convolution(tf.pad(x, [[0, 0], *map(list, pads), [0, 0]]), kernel, strides=list(strides), padding="VALID", dilations=list(dilation))
+        if with_bias: y = tf.nn.bias_add(y, bias)
+        return tf.nn.relu(y) if relu == "relu" else tf.nn.relu6(y) if relu == "relu6" else y
+    return convolve
+
+def _as_tensor(x:np.ndarray):
+    "A TensorFlow tensor on `x`'s own memory where it is C-contiguous, writable and 64-byte aligned (DLPack: no copy), else `x`."
+    if not (x.flags.c_contiguous and x.flags.writeable and x.ctypes.data % 64 == 0): return x   # (DLPack refuses read-only arrays)
+    import tensorflow as tf
+    return tf.experimental.dlpack.from_dlpack(x.__dlpack__())
+
+def _fused_float_convolution(engine, x, spec:AnalogSpec, post, residual=None):
+    """A whole layer's output in one kernel where the engine's periphery only adds its bias (`float_bias`): the bias and a
+    ReLU or ReLU6 post-op (tagged `relu_bound`) fused into TensorFlow's convolution; None where that does not apply. A
+    `residual` (or None) is added before the post-op, in chunks on the worker threads (TensorFlow's fused sum measured slower)."""
+    kernel, bias = engine.library_kernel, engine.float_bias
+    if (not (FUSED_CONVOLUTION and LIBRARY_CONVOLUTION) or kernel is None or kernel[1] or bias is False or keras.backend.backend() != "tensorflow"
+            or engine.noise_kernel is not None or array_module_of(x) is not np or x.dtype != np.float32
+            or (residual is not None and (array_module_of(residual) is not np or residual.dtype != np.float32))): return None
+    rank, pads = kernel[0].ndim - 2, _explicit_pads(x, spec)
+    if pads is None or rank not in (2, 3) or (max(spec.strides) > 1 and max(spec.dilation) > 1): return None   # (TensorFlow's CPU limits)
+    relu = {None: "relu", 6.0: "relu6"}.get(getattr(post, "relu_bound", False), "") if post is not None and residual is None else ""
+    function = _fused_function(rank, tuple(map(tuple, pads)), tuple(spec.strides), tuple(spec.dilation), bias is not None, relu)
+    weights = np.asarray(kernel[0], dtype=np.float32)           # (read in place where aligned: no second copy of the weights is kept)
+    shift = np.zeros(0, np.float32) if bias is None else np.asarray(bias, dtype=np.float32)
+    out = tensor_buffer(function(_as_tensor(x), _as_tensor(weights), shift))
+    flat = out.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"): finite = np.isfinite(np.dot(flat, flat))
+    if not finite: return None   # NaN / inf (or huge values): the unfused path reads again and names the cause
+    if not out.flags.writeable: out = out.copy()
+    if residual is None:
+        if post is not None and not relu: post(out)
+        return out
+    rows, extra = out.reshape(-1, out.shape[-1]), residual.reshape(-1, out.shape[-1])
+    step = max(MIN_CHUNK_ROWS, -(-len(rows) // _worker_count()))
+    def work(start):
+        np.add(rows[start:start + step], extra[start:start + step], out=rows[start:start + step])
+        if post is not None: post(rows[start:start + step])
+    _run_chunks(list(range(0, len(rows), step)), work, engine)
+    return out
+
 # %% ../nbs/12_convolution.ipynb #c9a84d2e
+from .core import Engine
 def per_channel_kernel(matrix:np.ndarray, # a depthwise core's matrix (C·m, taps·C)
                        multiplier:int, # depth multiplier m
                       ):
@@ -455,7 +538,7 @@ def library_kernel(matrix:np.ndarray, # an engine's `conv_matrix`, (kh·kw·C, c
     taps, channels, multiplier = kernels[0].shape
     return np.stack(kernels, axis=2).reshape(*spec.kernel_size, channels, len(kernels) * multiplier), True   # channel-major outputs
 
-class _DigitalPeriphery:
+class _DigitalPeriphery(Engine):
     "What follows the product in a digital engine: the exact bias, added in place."
     def apply_currents(self, currents):
         if self.bias is not None: currents += self.bias
@@ -469,16 +552,17 @@ class FloatMatrix(_DigitalPeriphery):
         self.matrix_t = np.ascontiguousarray(spec.dense_matrix().T, dtype=np.float32)
         self.bias = None if spec.bias is None else np.asarray(spec.bias, dtype=np.float32)
         self.library_kernel = library_kernel(self.matrix_t, spec)
+        self.float_bias = self.bias            # its periphery only adds the bias (`_fused_float_convolution`)
     def apply(self, rows, out=None):
         return self.apply_currents(np.matmul(rows, self.matrix_t, out=out))
 
 class GroupedDepthwise(_DigitalPeriphery):
     "Per-channel depthwise product on patch blocks `(b, *out, *kernel, C)`; equals the block-diagonal matrix product."
+    parallel_safe, takes_patches = True, True
     def __init__(self, kernel:np.ndarray, # (taps, C, m) per-channel weights
                  bias=None, # (C·m,) or None
                  kernel_size:tuple|None=None, # (kh, kw) (or (kd, kh, kw)): lets TensorFlow's depthwise convolution do the product
                 ):
-        self.parallel_safe = True
         self.kernel = np.asarray(kernel, dtype=np.float32)
         taps, self.channels, self.multiplier = self.kernel.shape
         self.n_out = self.channels * self.multiplier
@@ -495,7 +579,7 @@ class GroupedDepthwise(_DigitalPeriphery):
             out += product
         return self.apply_currents(out.reshape(-1, self.n_out))
 
-class CoreEngine:
+class CoreEngine(Engine):
     "An AnalogCore as an engine: its DAC once on a layer's whole input, then its arrays on rows of drives (the network checks NaN/inf once at its entry)."
     writes_into, keyed = True, True             # keyed: read noise drawn per row index, so chunks may run in any order
     def __init__(self, core:AnalogCore, spec:AnalogSpec):
@@ -516,6 +600,20 @@ class CoreEngine:
                 and core.config.noise_variance_precision == "bfloat16":
             from crosssim_nb.keyed_noise import bfloat16_operand        # (numba: loaded only with read noise)
             self.noise_kernel_bfloat16 = bfloat16_operand(self.noise_kernel[0])
+        self.float_bias = self._float_bias()     # the bias when the periphery only adds it (the ideal core), else False
+    def _float_bias(self):
+        "The bias `apply_currents` adds when that is all it does — read off the periphery (zero and random currents) — else False."
+        core = self.core
+        if self.library_kernel is None or self.library_kernel[1] or not core.linear or self.library_kernel[0].shape[-1] != core.n_out: return False
+        probe = np.random.default_rng(0).standard_normal((5, core.n_out)).astype(np.float32) * np.float32([[0], [1e-3], [1], [1e3], [1e6]])
+        probe[0] = -0.0                                  # kept -0.0 only where nothing, not even a zero bias, is added
+        def same(a, b): return np.array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))   # bit for bit
+        try:
+            read = core.apply_currents(probe.copy())
+            if same(read, probe): return None
+            bias = np.array(core.apply_currents(np.zeros((1, core.n_out), dtype=np.float32))[0])
+            return bias if same(read, probe + bias) else False
+        except Exception: return False
     @property
     def xp(self): return self.core.xp          # where its inputs and outputs live: numpy, or cupy (the GPU)
     def prepare(self, x, overwrite:bool=False):     # on a GPU the drives stay there: im2col runs on the device
@@ -528,20 +626,8 @@ class CoreEngine:
 # %% ../nbs/12_convolution.ipynb #dwc00002
 from .mapping import partition
 
-from .core import _CoreTile
-
-class _MaskedTile(_CoreTile):
-    """One dense row tile of a `DepthwiseCore`: its `matrix` and `spread` are the core's one compact `(taps (+ bias), columns)`
-    arrays masked to the devices in this tile's rows, made when read (a few taps × C·m values) — never stored per tile,
-    which would repeat the whole kernel once per row tile."""
-    def __missing__(self, key):
-        if key not in ("matrix", "spread"): raise KeyError(key)
-        core = self._core()
-        whole = core._compact[key]
-        if whole is None: return None
-        mask = core._rows_in_tile(self["start"], self["stop"])
-        if mask.all(): return whole
-        return whole * core.xp.asarray(np.tile(mask, (1, whole.shape[1] // core.n_out)), dtype=np.float32)
+import weakref
+from .core import Tile
 
 class DepthwiseCore(AnalogCore):
     "A depthwise layer's block-diagonal crossbar holding only its diagonal devices: `(taps (+ bias), C·m)` per row tile."
@@ -588,13 +674,23 @@ class DepthwiseCore(AnalogCore):
         super().program(run)                       # one compact tile: errors, clipping, noise std of every stored device
         self._physical_ranges = dense_ranges
         whole = self._tiles[0]
-        self._compact = dict(matrix=whole["matrix"], spread=whole["spread"])     # stored once; each tile masks it when read
-        tiles = [_MaskedTile(self, dict(start=start, stop=stop, columns=whole["matrix"].shape[1])) for start, stop in dense_ranges]
-        keys = self._program_streams(run)[1].spawn(len(tiles))   # the read-noise keys AnalogCore.program gives its tiles
-        for tile, key in zip(tiles, keys): tile["noise_key"] = key.generate_state(2, np.uint64)
+        self._compact = dict(matrix=whole.matrix, spread=whole.spread)     # stored once; each tile masks it when read (`tile_array`)
+        tiles = [Tile(start, stop, whole.matrix.shape[1], owner=weakref.ref(self)) for start, stop in dense_ranges]
+        keys = self.program_streams(run)[1].spawn(len(tiles))   # the read-noise keys AnalogCore.program gives its tiles
+        for tile, key in zip(tiles, keys): tile.noise_key = key.generate_state(2, np.uint64)
         self._tiles = tiles
         self._linear = None
         return self
+
+    def tile_array(self, tile:Tile, name:str):
+        """A dense row tile's `matrix` or `spread`: the core's one compact `(taps (+ bias), columns)` array masked to the devices
+        in the tile's rows, made when read (a few taps × C·m values) — never stored per tile, which would repeat the whole
+        kernel once per row tile."""
+        whole = self._compact[name]
+        if whole is None: return None
+        mask = self._rows_in_tile(tile.start, tile.stop)
+        if mask.all(): return whole
+        return whole * self.xp.asarray(np.tile(mask, (1, whole.shape[1] // self.n_out)), dtype=np.float32)
 
     def _read(self, drives, tile, first_row:int=0, read:int=0):
         "Column currents of one row tile from dense-layout drive rows `(k, b, taps·C (+ 1))`, channel by channel."
@@ -612,8 +708,9 @@ class DepthwiseCore(AnalogCore):
                 if self.rows > self.taps:                                  # the bias row, driven like any row
                     target += drives[:, :, self.physical_in, None, None] ** (2 if values is not x else 1) * block[self.taps]
             return out
-        currents = product(x, tile["matrix"])
-        if tile["spread"] is not None: self._add_noise(currents, product(x * x, tile["spread"]), tile, first_row, read)
+        currents = product(x, tile.matrix)
+        spread = tile.spread
+        if spread is not None: self.add_noise(currents, product(x * x, spread), tile, first_row, read)
         return currents
 
     def _check_rows(self, x_rows, check_finite:bool):
@@ -631,7 +728,8 @@ class DepthwiseCore(AnalogCore):
             blocks = [matrix[:self.taps, s:s + self.n_out].reshape(self.taps, self.channels, self.multiplier)
                       for s in range(0, matrix.shape[1], self.n_out)]
             return np.concatenate(blocks, axis=2)                          # channel-major columns, blocks side by side
-        return per_channel(tile["matrix"]), None if tile["spread"] is None else per_channel(tile["spread"])
+        spread = tile.spread
+        return per_channel(tile.matrix), None if spread is None else per_channel(spread)
 
     def programmed_kernel(self) -> np.ndarray:
         "The weights the devices hold this run as a per-channel kernel `(taps, C, m)` (algorithm units)."
@@ -665,7 +763,7 @@ class DepthwiseEngine(CoreEngine):
             if currents is None: return None
             B, out_h, out_w, columns = currents.shape
             currents = currents.reshape(1, -1, columns)
-            if core.rows > core.taps: currents += tile["matrix"][core.taps] * bias_drive          # the analog bias row
+            if core.rows > core.taps: currents += tile.matrix[core.taps] * bias_drive          # the analog bias row
             variance = None
             if spread is not None:
                 if squares is None: squares = np.square(x)     # once per layer, whatever the number of row tiles
@@ -677,8 +775,8 @@ class DepthwiseEngine(CoreEngine):
                 "This tile's read noise, ADC and sum into the outputs for rows [start, stop): rows are keyed, so blocks run in any thread."
                 start, stop = span
                 block = currents[:, start:stop]
-                if variance is not None: core._add_noise(block, variance[:, start:stop], tile, first_row + start, read)
-                part = core._tile_output(index, block, None)
+                if variance is not None: core.add_noise(block, variance[:, start:stop], tile, first_row + start, read)
+                part = core.tile_output(index, block, None)
                 if index == 0: out[start:stop] = part
                 else: out[start:stop] += part
                 if index == last: core.finish(out[start:stop], out[start:stop])

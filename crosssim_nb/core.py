@@ -8,7 +8,7 @@ import math
 import numpy as np
 from .config import InferenceConfig
 from .backend import aligned_empty, array_module_of, get_array_module, to_numpy
-from .mapping import (weight_scale, normalize_weights, target_conductances, slice_bits,
+from .mapping import (MappingMode, weight_scale, normalize_weights, target_conductances, slice_bits,
                                  slice_weights, output_scale, partition)
 from .dac import dac_levels, quantize_blocks, quantize_inputs, input_slice_count, input_slice_weights, slice_inputs
 from .adc import adc_grid, ADCGrid, max_range, granular_range
@@ -18,7 +18,40 @@ from .seeds import seed_stream
 from .parasitics import array_circuit, tile_circuit, check_solve_budget, circuit_solve_cost, solve_progress
 
 # %% auto #0
-__all__ = ['AnalogCore', 'NonFiniteResultError']
+__all__ = ['Tile', 'AnalogCore', 'NonFiniteResultError', 'Engine']
+
+# %% ../nbs/06_core.ipynb #a3c0d105
+import dataclasses, weakref
+from typing import Callable
+
+@dataclasses.dataclass(eq=False)
+class Tile:
+    "One row tile of a core's arrays: rows `[start, stop)`, its read matrix and read-noise spread, and its streams' keys."
+    start:int                                   # first crossbar row
+    stop:int                                    # one past the last row
+    columns:int                                 # columns of the read matrix: every weight slice and part side by side (unit columns too)
+    held_matrix:object=None                     # read matrix (rows, columns), float32 on the backend; None: made by `owner` when read
+    held_spread:object=None                     # read-noise σ² (σ for 'exact') per device, same shape; None: no noise (or made by `owner`)
+    reader:Callable|None=None                   # an array circuit's reader, solving the wires on every read (parasitics); None: a product
+    noise_key:np.ndarray|None=None              # keys of this run's read-noise stream for the tile (`keyed_noise`)
+    same_spread:bool=False                      # the same σ² in every column: the variance is a one-column product
+    single_spread:float|None=None               # one σ² on every device: the variance is σ² · Σ x²
+    spread_bfloat16:object=None                 # σ² rounded once to bfloat16 (noise_variance_precision='bfloat16')
+    rounding_keys:dict|None=None                # stochastic rounding's keys per part sign {1: ..., -1: ...}
+    owner:weakref.ref|None=None                 # the core that makes the arrays this tile does not hold (its `tile_array`)
+
+    def _made(self, name:str, held):
+        if held is None and self.owner is not None: return self.owner().tile_array(self, name)
+        return held
+    @property
+    def matrix(self): return self._made("matrix", self.held_matrix)
+    @matrix.setter
+    def matrix(self, value): self.held_matrix = value
+    @property
+    def spread(self): return self._made("spread", self.held_spread)
+    @spread.setter
+    def spread(self, value): self.held_spread = value
+
 
 # %% ../nbs/06_core.ipynb #ac672ae0
 def _check_matrix(matrix, name):
@@ -87,33 +120,20 @@ class AnalogCore:
         self._slice_weights = slice_weights(config)
         self._scale = output_scale(config, self.w_max, self.x_max)
         self.read_noise = config.has_read_noise
-        if config.style == "OFFSET": self.mode = "offset"
-        elif config.subtract_current_in_xbar and config.icol_max == 0 and not (self.read_noise and config.read_noise_method == "exact"):
-            self.mode = "difference"
-        else: self.mode = "pair"
-        if config.interleaved_posneg and not (self.read_noise and config.read_noise_method == "exact"):
-            self.mode = "difference"      # G+ and G- share one column line: it carries I+ - I- (and icol_max clips that)
+        self.mode = MappingMode.of(config)             # how a signed weight is held: the arrays, ADCs and recombination follow
         self._circuit = array_circuit(config)   # parasitic wires / non-linear cells (parasitics module); None: ideal arrays
         if self._circuit is not None: check_solve_budget(self)   # circuit solves past parasitic_solve_budget_gflop: refused before any work
-        # no ADC, no read noise, no current limit: the outputs are one linear map of the drives, read with one matmul
-        self.linear = config.adc_bits == 0 and config.icol_max == 0 and not self.read_noise and config.drift_compensation == "none"
-        self.linear = self.linear and not (self._circuit and self._circuit.per_read)
-        self.adc_limits = self._check_limits(adc_limits)
-        self._decide_paths()                    # per row tile: exact (one product of the quantised operands) or lossy, and why
-        if self.exact and config.adc_bits: self.linear = True   # a lossless periphery: the ADCs change nothing, the read is linear
-        self._check_memory()                    # the bytes of programming and holding it, refused up front when they cannot fit
-        self._digital_bias = self._quantized_bias()
-        self._prepare_periphery()
+        self._prepare_adcs(adc_limits)          # ADC ranges, read paths and the periphery (again by `set_adc_limits`)
         self.program(0)
 
 # %% ../nbs/06_core.ipynb #3a6897d5
 from fastcore.basics import patch
-from .mapping import cell_levels, offset_conductances
+from .mapping import cell_levels as config_cell_levels, offset_conductances
 
 @patch
-def _cell_levels(self:AnalogCore) -> int:
+def cell_levels(self:AnalogCore) -> int:
     "Cell levels per sign of one device (Kw, or 2^b − 1 for a weight slice); 0 when unquantised."
-    return cell_levels(self.config)
+    return config_cell_levels(self.config)
 
 @patch
 def _can_be_negative(self:AnalogCore) -> bool:
@@ -158,7 +178,7 @@ def tile_limits(self:AnalogCore,
         start, stop = self.row_ranges[tile]
         limits = max_range(stop - start, self._can_be_negative())
     else:
-        limits = granular_range(c.adc_bits, self._cell_levels(), c.input_slice_size, c.grange)
+        limits = granular_range(c.adc_bits, self.cell_levels(), c.input_slice_size, c.grange)
     return np.broadcast_to(np.array(limits, dtype=np.float64), (self.n_weight_slices, n_adc_inputs, 2)).copy()
 
 # %% ../nbs/06_core.ipynb #04008796
@@ -193,6 +213,40 @@ def _prepare_periphery(self:AnalogCore):
     self._output_weights = xp.asarray(self._slice_weights * self._scale, dtype=np.float32)   # slice weight × output scale
     self._digital_bias_xp = None if self._digital_bias is None else xp.asarray(self._digital_bias)
 
+# %% ../nbs/06_core.ipynb #a3c0d108
+@patch
+def _prepare_adcs(self:AnalogCore, adc_limits):
+    "What follows from the ADC settings and limits: the linear shortcut, each tile's read path, the quantised bias, the periphery."
+    c = self.config
+    # no ADC, no read noise, no current limit: the outputs are one linear map of the drives, read with one matmul
+    self.linear = c.adc_bits == 0 and c.icol_max == 0 and not self.read_noise and c.drift_compensation == "none"
+    self.linear = self.linear and not (self._circuit and self._circuit.per_read)
+    self.adc_limits = self._check_limits(adc_limits)
+    self._decide_paths()                    # per row tile: exact (one product of the quantised operands) or lossy, and why
+    if self.exact and c.adc_bits: self.linear = True   # a lossless periphery: the ADCs change nothing, the read is linear
+    self._check_memory()                    # the bytes of programming and holding it, refused up front when they cannot fit
+    self._digital_bias = self._quantized_bias()
+    self._prepare_periphery()
+
+_ADC_FIELDS = ("adc_range_option",)         # what a new calibration may change in a core's config (its arrays stay)
+
+@patch
+def set_adc_limits(self:AnalogCore,
+                   adc_limits, # CALIBRATED ranges, shaped as the constructor takes them; None without CALIBRATED ranges
+                   config:InferenceConfig|None=None, # this core's config with the ADC range option of the limits; None: unchanged
+                  ) -> "AnalogCore":
+    "Re-prepare the ADCs for new limits and re-program the current run: as a new core built with these limits (same seeds)."
+    if config is not None:
+        if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+        other = [f.name for f in dataclasses.fields(config)
+                 if f.compare and f.name not in _ADC_FIELDS and getattr(config, f.name) != getattr(self.config, f.name)]
+        if other: raise ValueError(f"AnalogCore {self.name!r}: set_adc_limits may change only {', '.join(_ADC_FIELDS)}; "
+                                   f"the config also changes {', '.join(other)} (build a new core for other hardware)")
+        self.config = config
+    self._prepare_adcs(adc_limits)
+    return self.program(self.run)
+
+
 # %% ../nbs/06_core.ipynb #ex000001
 _FAST_PATHS = True    # False: every read takes the tile-by-tile, slice-by-slice reference path (tests compare the two)
 
@@ -216,12 +270,12 @@ def _adc_input_units(self:AnalogCore) -> list:
     "Per ADC input slice k: `(unit current q_k, lowest digit, highest digit)`: the ADC sees q_k·Σ_i c_i·n_ij, c_i an integer drive digit."
     c = self.config
     levels = dac_levels(c.dac_bits, self.signed)
-    if not (c.input_bitslicing and c.adc_per_ibit): return [(c.grange / (self._cell_levels() * levels), -levels if self.signed else 0, levels)]
+    if not (c.input_bitslicing and c.adc_per_ibit): return [(c.grange / (self.cell_levels() * levels), -levels if self.signed else 0, levels)]
     mask, size = 2 ** c.input_slice_size - 1, c.input_slice_size
     units = []
     for k in range(self.n_input_slices):
         top = min(mask, levels >> (size * k))
-        units.append((c.grange / (self._cell_levels() * mask), -top if self.signed else 0, top))
+        units.append((c.grange / (self.cell_levels() * mask), -top if self.signed else 0, top))
     return units
 
 # %% ../nbs/06_core.ipynb #ex000002
@@ -230,13 +284,13 @@ def _integer_columns(self:AnalogCore, start:int, stop:int):
     """Rows `start:stop` of every ADC's conductances in cell levels, `u = G·L/Grange = n + φ` (n an integer, φ one fraction per
     part: Gmin's share): `(positive sums of n, negative sums of n, φ (slices, parts))`, the sums `(slices, parts, columns)`;
     or a reason string when the devices are not whole levels apart."""
-    c, levels = self.config, self._cell_levels()
+    c, levels = self.config, self.cell_levels()
     per_block = max(1, _PROGRAM_BLOCK // max(1, 2 * self.n_weight_slices * self.n_out))
     positive = negative = fraction = None
     for r0 in range(start, stop, per_block):
         targets = self._target_rows(r0, min(stop, r0 + per_block))                 # (slices, parts, rows, n_out), float64
-        if self.mode == "difference": views = targets[:, :1] - targets[:, 1:]
-        elif self.mode == "pair": views = targets
+        if self.mode is MappingMode.DIFFERENCE: views = targets[:, :1] - targets[:, 1:]
+        elif self.mode is MappingMode.PAIR: views = targets
         else:
             views = targets[:, :1]
             if not c.digital_offset:                                                # the unit column of every output's array
@@ -263,7 +317,7 @@ def _tile_exactness(self:AnalogCore, index:int) -> str|None:
     positive, negative, fraction = sums
     self._gmin_fraction = fraction[:, 0]           # the same in every tile: Gmin's fraction of a level, per weight slice
     limits, units = self.tile_limits(index), self._adc_input_units()
-    cancels = self.mode in ("pair", "difference") or not c.digital_offset
+    cancels = self.mode in (MappingMode.PAIR, MappingMode.DIFFERENCE) or not c.digital_offset
     for s in range(self.n_weight_slices):
         for k, (unit, low, high) in enumerate(units):
             offset, step, code_min, code_max = (float(v) for v in adc_grid(limits[s, k if c.adc_per_ibit else 0], c.adc_bits))
@@ -292,8 +346,8 @@ def _decide_paths(self:AnalogCore):
     self.exact = _FAST_PATHS and all(r is None for r in self._tile_reasons)
     # OFFSET with a digital offset: the ADC rounds Gmin's current away, the offset subtracted digitally keeps it — on every device
     # of slice s the read loses φ_s·Grange/L, which the folded map of an exact core must lose too
-    rounds_gmin = self.exact and self.config.adc_bits and self.mode == "offset" and self.config.digital_offset
-    self._rounded_gmin = self._gmin_fraction * self.config.grange / self._cell_levels() if rounds_gmin else None
+    rounds_gmin = self.exact and self.config.adc_bits and self.mode is MappingMode.OFFSET and self.config.digital_offset
+    self._rounded_gmin = self._gmin_fraction * self.config.grange / self.cell_levels() if rounds_gmin else None
 
 @patch
 def tile_paths(self:AnalogCore):
@@ -313,7 +367,7 @@ def _integer_linear(self:AnalogCore):
     c, xp = self.config, self.xp
     if not (_FAST_PATHS and self.exact and c.adc_bits and c.dac_bits and self._linear is not None): return
     levels = dac_levels(c.dac_bits, self.signed)
-    unit = c.grange / self._cell_levels() * float(self._slice_weights.min()) * self._scale / levels
+    unit = c.grange / self.cell_levels() * float(self._slice_weights.min()) * self._scale / levels
     shift = 0.0 if self._rounded_gmin is None else float((self._rounded_gmin * self._slice_weights).sum() * self._scale / levels)
     per_code = to_numpy(self._linear[0]).astype(np.float64) / levels
     whole = np.rint((per_code + shift) / unit)
@@ -352,7 +406,7 @@ def _exact_outputs(self:AnalogCore, products, out=None):
     return out
 
 # %% ../nbs/06_core.ipynb #719841a9
-from .adc_circuits import CircuitADCGrid, check_circuit_adc_budget
+from .adc_circuits import CircuitADCGrid, check_circuit_adc_budget, compiled_row_conversion
 
 @patch
 def _make_adc_grid(self:AnalogCore, limits):
@@ -366,9 +420,9 @@ def _make_adc_grid(self:AnalogCore, limits):
 def _adc_arrays(self:AnalogCore):
     "The physical arrays of one row tile that have ADCs: `(digitised columns of each array, {part: (array index, column within the array)})`, each map `(slices, n_out)`."
     c, slices = self.config, self.n_weight_slices
-    separate = self.mode == "pair" and not c.subtract_current_in_xbar
-    sides = {"positive": 0, "negative": 1} if separate else {dict(difference="difference", pair="positive", offset="column")[self.mode]: 0}
-    unit = 1 if self.mode == "offset" and not c.digital_offset else 0
+    separate = self.mode is MappingMode.PAIR and not c.subtract_current_in_xbar
+    sides = {"positive": 0, "negative": 1} if separate else {{MappingMode.DIFFERENCE: "difference", MappingMode.PAIR: "positive", MappingMode.OFFSET: "column"}[self.mode]: 0}
+    unit = 1 if self.mode is MappingMode.OFFSET and not c.digital_offset else 0
     widths = [stop - start for start, stop in self.col_ranges]
     column_tile = np.repeat(np.arange(len(widths)), widths)
     local = np.arange(self.n_out) - np.repeat([start for start, _ in self.col_ranges], widths)
@@ -396,7 +450,7 @@ def program(self:AnalogCore,
            ):
     "(Re-)program every device: programming error (or drift at t_drift > 0) and clipping, then the per-tile read matrices."
     c, xp = self.config, self.xp
-    program_rng, noise_seed = self._program_streams(run)
+    program_rng, noise_seed = self.program_streams(run)
     self.run = run
     self._programmed_now = None
     state, reference_state = {}, {}                                                # conductances at t = 0, when drift needs them
@@ -414,15 +468,15 @@ def program(self:AnalogCore,
             del programmed
             self._linear = None
         for tile, key in zip(self._tiles, noise_seed.spawn(len(self._tiles))):
-            tile["noise_key"] = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
-            if tile.get("spread") is not None and c.read_noise_method != "exact" and "reader" not in tile:   # σ² the same in every column: a one-column product
-                tile["same_spread"] = bool(xp.all(tile["spread"] == tile["spread"][:, :1]))
+            tile.noise_key = key.generate_state(2, np.uint64)      # the read-noise stream of this run, layer and tile
+            if tile.spread is not None and c.read_noise_method != "exact" and tile.reader is None:   # σ² the same in every column: a one-column product
+                tile.same_spread = bool(xp.all(tile.spread == tile.spread[:, :1]))
                 # one σ² on every device: the variance is σ² · Σ x², no product with σ² at all
-                tile["single_spread"] = float(tile["spread"][0, 0]) if bool(xp.all(tile["spread"] == tile["spread"][0, 0])) else None
+                tile.single_spread = float(tile.spread[0, 0]) if bool(xp.all(tile.spread == tile.spread[0, 0])) else None
         if c.stochastic_rounding:                                      # stochastic rounding's streams: one per tile and part
             rounding = seed_stream(c, "stochastic_rounding", run, self.name)
             for tile, key in zip(self._tiles, rounding.spawn(len(self._tiles))):
-                tile["rounding_keys"] = {sign: part.generate_state(2, np.uint64) for sign, part in zip((1, -1), key.spawn(2))}
+                tile.rounding_keys = {sign: part.generate_state(2, np.uint64) for sign, part in zip((1, -1), key.spawn(2))}
         self._reads = 0                                                # reads of a bare core so far (each gets fresh noise)
         if xp is np: self._noise_rng = np.random.default_rng(noise_seed)
         else: self._noise_rng = xp.random.default_rng(int(noise_seed.generate_state(1)[0]))
@@ -438,30 +492,32 @@ def program(self:AnalogCore,
     self._program_adcs(run)
     return self
 
+# %% ../nbs/06_core.ipynb #04e337e2
 @patch
 def _folds(self:AnalogCore) -> bool:
     "Whether reads use only the folded linear map (a linear core; not a depthwise core, which reads its tiles per channel)."
     return self.linear and not hasattr(self, "physical_in")
 
 @patch
-def _program_streams(self:AnalogCore, run:int):
+def program_streams(self:AnalogCore, run:int):
     "This run's programming generator and read-noise seed, from `(seed, run, name)`."
     return (np.random.default_rng(seed_stream(self.config, "programming", run, self.name)),
             seed_stream(self.config, "read_noise", run, self.name))
 
+# %% ../nbs/06_core.ipynb #1009b7b8
 @patch
 def _program_devices(self:AnalogCore, rng, state:dict, reference_state:dict):
     "Draw this programming: the conductances `(slices, parts, rows, n_out)` (float64) and the unit columns (or None)."
     c = self.config
-    programmed = program_conductances(self._target, c, rng, state)
-    if not (self.mode == "offset" and not c.digital_offset): return programmed, None
+    programmed = program_conductances(self.target, c, rng, state)
+    if not (self.mode is MappingMode.OFFSET and not c.digital_offset): return programmed, None
     return programmed, program_conductances(self._reference_targets(), c, rng, reference_state)   # one unit column per array (and slice)
 
 @patch
 def _reference_targets(self:AnalogCore):
     "OFFSET's unit columns `(slices, rows, column tiles)` when the offset is subtracted in analog, else None."
     c = self.config
-    if not (self.mode == "offset" and not c.digital_offset): return None
+    if not (self.mode is MappingMode.OFFSET and not c.digital_offset): return None
     return np.broadcast_to(offset_conductances(c)[:, None, None], (self.n_weight_slices, self.rows, len(self.col_ranges))).copy()
 
 @patch
@@ -479,14 +535,15 @@ def _programs_by_rows(self:AnalogCore) -> bool:
     return (not c.has_programming_error and c.t_drift == 0 and c.drift_compensation == "none" and self._circuit is None
             and c.noise_model in ("none", "generic"))
 
+# %% ../nbs/06_core.ipynb #7a4a7dac
 @patch
 def _tile_arrays(self:AnalogCore, block, sig, reference, ref_sigma, circuit=None):
     "One row block's read matrix `(rows, columns)` and read-noise spread (or None), float64, in the mode's column layout."
     c, exact = self.config, self.config.read_noise_method == "exact"
-    if self.mode == "difference":
+    if self.mode is MappingMode.DIFFERENCE:
         matrix = _side_by_side(block[:, 0] - block[:, 1])
         spread = None if sig is None else _side_by_side(sig[:, 0] ** 2 + sig[:, 1] ** 2)
-    elif self.mode == "pair":
+    elif self.mode is MappingMode.PAIR:
         matrix = np.concatenate([_side_by_side(block[:, 0]), _side_by_side(block[:, 1])], axis=1)
         spread = None if sig is None else np.concatenate([_side_by_side(sig[:, 0]), _side_by_side(sig[:, 1])], axis=1) ** (1 if exact else 2)
     else:   # stored relative to mid-range: keeps float32 precision when the large offset current cancels
@@ -525,10 +582,11 @@ def _tile_matrices_into(self:AnalogCore, tiles:list, programmed, sigma, ref_sigm
             circuit = tile_circuit(self, block, None if self.reference is None else self.reference[0, start:stop], sig,
                                    None if ref_sigma is None else ref_sigma[0, start:stop], progress=progress)
         matrix, spread = self._tile_arrays(block, sig, reference, ref_sig, circuit)
-        tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix, dtype=np.float32),
-                          spread=None if spread is None else xp.asarray(spread, dtype=np.float32)))
-        if circuit is not None and circuit.reader is not None: tiles[-1]["reader"] = circuit.reader
+        tiles.append(Tile(start, stop, matrix.shape[1], xp.asarray(matrix, dtype=np.float32),
+                          None if spread is None else xp.asarray(spread, dtype=np.float32),
+                          reader=None if circuit is None else circuit.reader))
 
+# %% ../nbs/06_core.ipynb #4ec10909
 @patch
 def _tiles_by_rows(self:AnalogCore, fold:bool):
     """Row tiles programmed a block of rows at a time (nothing random: each device is its own target): the float64
@@ -561,8 +619,8 @@ def _tiles_by_rows(self:AnalogCore, fold:bool):
                 spread = None if part_spread is None else np.empty((stop - start, part_spread.shape[1]), dtype=np.float32)
             matrix[r0 - start:r1 - start] = part
             if spread is not None: spread[r0 - start:r1 - start] = part_spread
-        if fold: tiles.append(_FoldedTile(self, dict(start=start, stop=stop, columns=self._tile_columns(), spread=None)))
-        else: tiles.append(dict(start=start, stop=stop, matrix=xp.asarray(matrix), spread=None if spread is None else xp.asarray(spread)))
+        if fold: tiles.append(Tile(start, stop, self._tile_columns(), owner=weakref.ref(self)))
+        else: tiles.append(Tile(start, stop, matrix.shape[1], xp.asarray(matrix), None if spread is None else xp.asarray(spread)))
     if not fold: return tiles, None
     bias = None if self._digital_bias is None else self._digital_bias.astype(np.float64)
     if self.analog_bias: bias = bias_row * self._bias_drive
@@ -583,52 +641,49 @@ def _fold_rows(self:AnalogCore, matrix):
 def _tile_columns(self:AnalogCore) -> int:
     "Columns of one row tile's read matrix (all weight slices and parts side by side, unit columns included)."
     per_part = self.n_weight_slices * self.n_out
-    if self.mode == "pair": return 2 * per_part
-    if self.mode == "offset" and self.reference is not None: return per_part + self.n_weight_slices * len(self.col_ranges)
+    if self.mode is MappingMode.PAIR: return 2 * per_part
+    if self.mode is MappingMode.OFFSET and self.reference is not None: return per_part + self.n_weight_slices * len(self.col_ranges)
     return per_part
 
-class _CoreTile(dict):
-    "A row tile that does not store its big arrays: `__missing__` makes them from its core when read (held weakly: no cycle)."
-    def __init__(self, core, entries:dict):
-        super().__init__(entries)
-        import weakref
-        self._core = weakref.ref(core)
-
-class _FoldedTile(_CoreTile):
-    "A linear core's row tile: its matrix lives folded in the core's one linear map, and is rebuilt only when a read asks for it (ADC-input profiling)."
-    def __missing__(self, key):
-        if key != "matrix": raise KeyError(key)
-        self._core()._unfold_tiles()
-        return dict.__getitem__(self, "matrix")
-
+# %% ../nbs/06_core.ipynb #3ad93f3b
 @patch
 def _fold_tiles(self:AnalogCore):
-    "Drop a linear core's tile matrices (the folded map `_linear` holds what reads need); `_unfold_tiles` rebuilds them."
-    self._tiles = [tile if isinstance(tile, _FoldedTile) else
-                   _FoldedTile(self, {k: v for k, v in tile.items() if k != "matrix"} | dict(columns=tile["matrix"].shape[1]))
+    "Drop a linear core's tile matrices (the folded map `_linear` holds what reads need); `tile_array` rebuilds them when asked."
+    self._tiles = [tile if tile.owner is not None else dataclasses.replace(tile, held_matrix=None, owner=weakref.ref(self))
                    for tile in self._tiles]
+
+@patch
+def tile_array(self:AnalogCore,
+               tile:Tile, # one of this core's tiles that does not hold the array
+               name:str, # 'matrix' or 'spread'
+              ):
+    "A folded tile's array on request: its matrix, rebuilt for every tile at once (ADC-input profiling); a folded tile has no spread."
+    if name != "matrix": return None
+    self._unfold_tiles()
+    return tile.held_matrix
 
 @patch
 def _unfold_tiles(self:AnalogCore):
     "Rebuild the tile matrices of this run (the same conductances: the programming is recomputed from its seed)."
     if self._programs_by_rows(): tiles, _ = self._tiles_by_rows(fold=False)
-    elif self._programs_by_slices(): tiles, _ = self._tiles_by_slices(self._program_streams(self.run)[0])
+    elif self._programs_by_slices(): tiles, _ = self._tiles_by_slices(self.program_streams(self.run)[0])
     else:
         state, reference_state = {}, {}
-        programmed, _ = self._program_devices(self._program_streams(self.run)[0], state, reference_state)
+        programmed, _ = self._program_devices(self.program_streams(self.run)[0], state, reference_state)
         tiles = self._tile_matrices(programmed, self._noise_std(programmed, state, reference_state))
-    for tile, rebuilt in zip(self._tiles, tiles): dict.__setitem__(tile, "matrix", rebuilt["matrix"])
+    for tile, rebuilt in zip(self._tiles, tiles): tile.held_matrix = rebuilt.held_matrix
 
+# %% ../nbs/06_core.ipynb #6f83008d
 @patch(as_prop=True)
 def programmed(self:AnalogCore):
     """The programmed conductances `(slices, parts, rows, n_out)` (float64) of this run. Not stored (they are 8 bytes
     per device): recomputed from the run's seed when asked for, so the same run gives the same array every time."""
     if self._programmed_now is not None: return self._programmed_now
-    if self._programs_by_rows(): return program_conductances(self._target, self.config, np.random.default_rng(0))
-    return self._program_devices(self._program_streams(self.run)[0], {}, {})[0]
+    if self._programs_by_rows(): return program_conductances(self.target, self.config, np.random.default_rng(0))
+    return self._program_devices(self.program_streams(self.run)[0], {}, {})[0]
 
 @patch(as_prop=True)
-def _target(self:AnalogCore):
+def target(self:AnalogCore):
     "Target conductances `(slices, parts, rows, n_out)` (float64), computed when programming: not stored, they are as big as the devices."
     return target_conductances(normalize_weights(self._full_matrix(), self.w_max), self.config)
 
@@ -686,21 +741,21 @@ def _tiles_by_slices(self:AnalogCore, rng):
     arrays: one part of one slice (a difference needs G+ while G- is programmed) and one block's temporaries."""
     c, n, slices, rows = self.config, self.n_out, self.n_weight_slices, self.rows
     codes = weight_codes(normalize_weights(self._full_matrix(), self.w_max).T, c.weight_bits).astype(np.int32)   # (rows, n_out)
-    width = self._tile_columns() if self.mode != "offset" else slices * n + (slices * len(self.col_ranges) if not c.digital_offset else 0)
-    tiles = [dict(start=a, stop=b, matrix=np.empty((b - a, width), dtype=np.float32), spread=None) for a, b in self.row_ranges]
+    width = self._tile_columns() if self.mode is not MappingMode.OFFSET else slices * n + (slices * len(self.col_ranges) if not c.digital_offset else 0)
+    tiles = [Tile(a, b, width, np.empty((b - a, width), dtype=np.float32)) for a, b in self.row_ranges]
     power = 1 if c.read_noise_method == "exact" else 2
     def place(column, r0, values, spread):
         "Rows r0.. of one part's columns into every tile they cross."
         r1 = r0 + values.shape[0]
         for tile in tiles:
-            a, b = max(tile["start"], r0), min(tile["stop"], r1)
+            a, b = max(tile.start, r0), min(tile.stop, r1)
             if a >= b: continue
-            tile["matrix"][a - tile["start"]:b - tile["start"], column:column + values.shape[1]] = values[a - r0:b - r0]
+            tile.matrix[a - tile.start:b - tile.start, column:column + values.shape[1]] = values[a - r0:b - r0]
             if spread is None: continue
-            if tile["spread"] is None: tile["spread"] = np.empty((tile["stop"] - tile["start"], width), dtype=np.float32)
-            tile["spread"][a - tile["start"]:b - tile["start"], column:column + values.shape[1]] = spread[a - r0:b - r0]
+            if tile.spread is None: tile.spread = np.empty((tile.stop - tile.start, width), dtype=np.float32)
+            tile.spread[a - tile.start:b - tile.start, column:column + values.shape[1]] = spread[a - r0:b - r0]
     per_block = max(1, _SLICE_BLOCK // n)
-    parts = 1 if self.mode == "offset" else 2
+    parts = 1 if self.mode is MappingMode.OFFSET else 2
     for s in range(slices):
         positive = positive_sigma = None
         for part in range(parts):
@@ -708,8 +763,8 @@ def _tiles_by_slices(self:AnalogCore, rng):
                 state = {}
                 g = program_conductances(self._slice_target(codes[r0:r0 + per_block], s, part), c, rng, state)
                 sigma = read_noise_std(g, c, state.get("at_programming"))
-                if self.mode == "offset": place(s * n, r0, g - offset_conductances(c)[s], None if sigma is None else sigma ** power)
-                elif self.mode == "pair": place((s + part * slices) * n, r0, g, None if sigma is None else sigma ** power)
+                if self.mode is MappingMode.OFFSET: place(s * n, r0, g - offset_conductances(c)[s], None if sigma is None else sigma ** power)
+                elif self.mode is MappingMode.PAIR: place((s + part * slices) * n, r0, g, None if sigma is None else sigma ** power)
                 elif part == 0:                                    # difference: keep G+ until G- of these rows is programmed
                     if positive is None:
                         positive = np.empty((rows, n))
@@ -723,15 +778,15 @@ def _tiles_by_slices(self:AnalogCore, rng):
         del positive, positive_sigma
     del codes
     reference = None
-    if self.mode == "offset" and not c.digital_offset:       # the unit columns, drawn after every slice (as a whole programming does)
+    if self.mode is MappingMode.OFFSET and not c.digital_offset:       # the unit columns, drawn after every slice (as a whole programming does)
         reference_state = {}
         reference = program_conductances(self._reference_targets(), c, rng, reference_state)   # (slices, rows, column tiles)
         sigma = read_noise_std(reference, c, reference_state.get("at_programming"))
         for s in range(slices):
             place(slices * n + s * len(self.col_ranges), 0, reference[s] - offset_conductances(c)[s], None if sigma is None else sigma[s] ** power)
     for tile in tiles:
-        tile["matrix"] = self.xp.asarray(tile["matrix"])
-        if tile["spread"] is not None: tile["spread"] = self.xp.asarray(tile["spread"])
+        tile.matrix = self.xp.asarray(tile.matrix)
+        if tile.spread is not None: tile.spread = self.xp.asarray(tile.spread)
     return tiles, reference
 
 @patch
@@ -741,12 +796,12 @@ def memory_estimate(self:AnalogCore) -> int:
     path, a row block when nothing is drawn, else about six copies of every device — and the read's chunk buffers."""
     c, slices = self.config, self.n_weight_slices
     devices = self.rows * self.n_out
-    width = slices * self.n_out * (2 if self.mode == "pair" else 1)
-    if self.mode == "offset" and not c.digital_offset: width += slices * len(self.col_ranges)
+    width = slices * self.n_out * (2 if self.mode is MappingMode.PAIR else 1)
+    if self.mode is MappingMode.OFFSET and not c.digital_offset: width += slices * len(self.col_ranges)
     held = self.rows * width * 4 * (2 if self.read_noise else 1)
     if self._programs_by_rows(): work = 8 * _PROGRAM_BLOCK * 8 * slices * 2
     elif self._programs_by_slices(): work = devices * (2 * 8 + 4) + 8 * _SLICE_BLOCK * 8
-    else: work = 6 * 8 * devices * slices * (1 if self.mode == "offset" else 2)
+    else: work = 6 * 8 * devices * slices * (1 if self.mode is MappingMode.OFFSET else 2)
     return int(held + work + 4 * 4 * _CHUNK_ELEMENTS)
 
 @patch
@@ -757,16 +812,16 @@ def _check_memory(self:AnalogCore):
     c = self.config
     raise ValueError(f"AnalogCore {self.name!r}: programming and holding this {self.n_out}x{self.n_in} layer needs about {need / 1e9:.3g} GB "
                      f"(nslices={c.nslices} weight slices" + (", read noise" if self.read_noise else "")
-                     + (", G+ and G- read separately" if self.mode == "pair" else "")
+                     + (", G+ and G- read separately" if self.mode is MappingMode.PAIR else "")
                      + f"), more than the {available / 1e9:.3g} GB of memory available; use fewer weight slices (nslices)"
-                     + (", subtract_current_in_xbar=True" if self.mode == "pair" else "") + " or a smaller layer")
+                     + (", subtract_current_in_xbar=True" if self.mode is MappingMode.PAIR else "") + " or a smaller layer")
 
 # %% ../nbs/06_core.ipynb #78f193fb
 @patch
 def programmed_weights(self:AnalogCore) -> np.ndarray:
     "The weight matrix `(n_out, n_in)` the devices hold this run, in algorithm units."
     c, programmed = self.config, self.programmed          # (recomputed from the run's seed: read it once)
-    if self.mode == "offset":
+    if self.mode is MappingMode.OFFSET:
         relative = programmed[:, 0] - offset_conductances(c)[:, None, None]
         stored = np.tensordot(self._slice_weights, relative, axes=1) / c.grange * (2 if c.nslices == 1 else 1)
     else: stored = np.tensordot(self._slice_weights, programmed[:, 0] - programmed[:, 1], axes=1) / c.grange
@@ -782,12 +837,13 @@ def _read(self:AnalogCore, drives, tile,
          ):
     "Column currents of one row tile for every input slice: `(n_input_slices, batch, tile columns)`."
     xp = self.xp
-    rows = drives[:, :, tile["start"]:tile["stop"]]
-    if "reader" in tile: return tile["reader"](rows, tile.get("noise_key"), first_row, read)   # a circuit solve on every read (parasitics module), its noise keyed like the rest
+    rows = drives[:, :, tile.start:tile.stop]
+    if tile.reader is not None: return tile.reader(rows, tile.noise_key, first_row, read)   # a circuit solve on every read (parasitics module), its noise keyed like the rest
+    if xp is np and rows.shape[0] > 1 and not rows.flags.c_contiguous: rows = np.ascontiguousarray(rows)   # a copy and one GEMM: 2× faster than k strided ones
     if rows.flags.c_contiguous:   # one 2-D GEMM over all input slices
-        currents = xp.matmul(rows.reshape(-1, rows.shape[2]), tile["matrix"]).reshape(rows.shape[0], rows.shape[1], -1)
-    else: currents = xp.matmul(rows, tile["matrix"])
-    spread = tile["spread"]
+        currents = xp.matmul(rows.reshape(-1, rows.shape[2]), tile.matrix).reshape(rows.shape[0], rows.shape[1], -1)
+    else: currents = xp.matmul(rows, tile.matrix)
+    spread = tile.spread
     if spread is None: return currents
     from crosssim_nb import keyed_noise                   # (numba: loaded only when noise is drawn)
     distribution, (k, b) = self.config.noise_distribution.value, rows.shape[:2]
@@ -795,55 +851,57 @@ def _read(self:AnalogCore, drives, tile,
         per_vector = max(1, _CHUNK_ELEMENTS // max(1, spread.size * k))
         for start in range(0, b, per_vector):
             block = rows[:, start:start + per_vector]
-            noise = keyed_noise.keyed_draws(tile["noise_key"], read, first_row + start, block.shape[1], k * spread.size, distribution)
+            noise = keyed_noise.keyed_draws(tile.noise_key, read, first_row + start, block.shape[1], k * spread.size, distribution)
             noise = xp.asarray(noise.reshape((block.shape[1], k) + spread.shape).transpose(1, 0, 2, 3))
             noise *= spread
             currents[:, start:start + per_vector] += xp.einsum("kbr,kbrc->kbc", block, noise)
         return currents
-    if tile.get("single_spread") is not None:           # one σ² on every device: σ² · Σ x², one pass over the drives
+    if tile.single_spread is not None:           # one σ² on every device: σ² · Σ x², one pass over the drives
         variance = keyed_noise.sums_of_squares(rows)[..., None]
-        variance *= np.float32(tile["single_spread"])
+        variance *= np.float32(tile.single_spread)
     else: variance = self._variance(rows, tile)
-    self._add_noise(currents, variance, tile, first_row, read)
+    self.add_noise(currents, variance, tile, first_row, read)
     return currents
 
+# %% ../nbs/06_core.ipynb #c4317f5f
 @patch
 def _variance(self:AnalogCore, rows, tile):
     "Noise variance `rows² @ σ²` of one tile's column currents `(k, b, columns)` — one column when every column has the same σ² — in `noise_variance_precision`."
-    xp, spread = self.xp, tile["spread"]
-    if tile.get("same_spread"): spread = spread[:, :1]   # the same σ² in every column: a one-column product
+    xp, spread = self.xp, tile.spread
+    if tile.same_spread: spread = spread[:, :1]   # the same σ² in every column: a one-column product
     k, b, n = rows.shape
     if xp is not np or self.config.noise_variance_precision == "float32":   # (CuPy: float32 on the GPU)
         squares = rows * rows                           # contiguous (k, b, rows): one 2-D GEMM, as for the currents
         return xp.matmul(squares.reshape(-1, n), spread).reshape(k, b, -1)
     from crosssim_nb import keyed_noise                   # (numba: loaded only when noise is drawn)
-    operand = tile.get("spread_bfloat16")              # σ² rounded once per programming (a tile is rebuilt by program)
-    if operand is None: operand = tile["spread_bfloat16"] = keyed_noise.bfloat16_operand(spread)
+    operand = tile.spread_bfloat16              # σ² rounded once per programming (a tile is rebuilt by program)
+    if operand is None: operand = tile.spread_bfloat16 = keyed_noise.bfloat16_operand(spread)
     return keyed_noise.variance_matmul(rows.reshape(-1, n), operand).reshape(k, b, -1)
 
 @patch
-def _add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int,
+def add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int,
                levels=None, # an ADC's `fused_levels()`: digitise in the same pass
               ):
     "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
     from crosssim_nb import keyed_noise               # (numba: loaded only when noise is drawn)
-    keyed_noise.add_keyed_noise(currents, variance, tile["noise_key"], read, first_row, self.config.noise_distribution.value, levels)
+    keyed_noise.add_keyed_noise(currents, variance, tile.noise_key, read, first_row, self.config.noise_distribution.value, levels)
 
+# %% ../nbs/06_core.ipynb #131415b0
 @patch
 def _tile_parts(self:AnalogCore, currents, drive_sums, physical:bool):
     "Split one tile's currents into signed parts `[(sign, current (k, b, slices, n_out))]` and a digital correction (`drive_sums`: each vector's summed drive on the tile, needed by OFFSET read physically)."
     c, xp = self.config, self.xp
     k, b = currents.shape[:2]
     slices, n_out = self.n_weight_slices, self.n_out
-    if self.mode == "offset":   # currents are relative to each slice's zero level; add it back where the physics sees it
+    if self.mode is MappingMode.OFFSET:   # currents are relative to each slice's zero level; add it back where the physics sees it
         if not physical: return [(1, currents[:, :, :slices * n_out].reshape(k, b, slices, n_out))] + (
             [(-1, self._reference_columns(currents, xp))] if self.reference is not None else []), None
         offset = self._offset_levels * drive_sums[..., None]                       # (k, b, slices, 1)
         currents[:, :, :slices * n_out].reshape(k, b, slices, n_out)[...] += offset
         if self.reference is not None: currents[:, :, slices * n_out:].reshape(k, b, slices, -1)[...] += offset
     if c.icol_max > 0: xp.clip(currents, -c.icol_max, c.icol_max, out=currents)
-    if self.mode == "difference": return [(1, currents.reshape(k, b, slices, n_out))], None
-    if self.mode == "pair":
+    if self.mode is MappingMode.DIFFERENCE: return [(1, currents.reshape(k, b, slices, n_out))], None
+    if self.mode is MappingMode.PAIR:
         both = currents.reshape(k, b, 2, slices, n_out)
         if c.subtract_current_in_xbar: return [(1, both[:, :, 0] - both[:, :, 1])], None
         return [(1, both[:, :, 0]), (-1, both[:, :, 1])], None
@@ -858,23 +916,25 @@ def _reference_columns(self:AnalogCore, currents, xp):
     slices = self.n_weight_slices
     return currents[:, :, slices * self.n_out:].reshape(k, b, slices, -1)[..., self._column_tile]
 
-_PART_NAMES = {("difference", 1): "difference", ("pair", 1): "positive", ("pair", -1): "negative",
-               ("offset", 1): "column", ("offset", -1): "reference"}
+_PART_NAMES = {(MappingMode.DIFFERENCE, 1): "difference", (MappingMode.PAIR, 1): "positive", (MappingMode.PAIR, -1): "negative",
+               (MappingMode.OFFSET, 1): "column", (MappingMode.OFFSET, -1): "reference"}
 
+# %% ../nbs/06_core.ipynb #08b0b8fb
 @patch
 def _linear_map(self:AnalogCore):
     "A linear core's `(matrix (n_in, n_out), bias (n_out,) or None)`: every tile, slice, part and the output scale folded in."
     xp = self.xp
-    step = max(1, _PROGRAM_BLOCK // max(1, self._tiles[0]["matrix"].shape[1]))   # rows folded at once: float64 copies stay small
-    matrix = xp.concatenate([self._fold_rows(tile["matrix"][r:r + step]) for tile in self._tiles
-                             for r in range(0, tile["stop"] - tile["start"], step)])   # output per unit of normalised drive
+    step = max(1, _PROGRAM_BLOCK // max(1, self._tiles[0].matrix.shape[1]))   # rows folded at once: float64 copies stay small
+    matrix = xp.concatenate([self._fold_rows(tile.matrix[r:r + step]) for tile in self._tiles
+                             for r in range(0, tile.stop - tile.start, step)])   # output per unit of normalised drive
     bias = None if self._digital_bias is None else xp.asarray(self._digital_bias, dtype=np.float64)
     if self.analog_bias: bias = matrix[self.n_in] * self._bias_drive
     if self.config.dac_bits == 0: matrix = matrix / self.x_max    # an ideal DAC only scales: fold it in, the drives are the inputs
     return xp.asarray(matrix[:self.n_in], dtype=np.float32), None if bias is None else xp.asarray(bias, dtype=np.float32)
 
+# %% ../nbs/06_core.ipynb #151a3033
 @patch
-def _dac(self:AnalogCore, x, out=None):
+def dac(self:AnalogCore, x, out=None):
     "Normalised, DAC-quantised row drives of inputs `x` (algorithm units), in `out` where given (it may be `x`)."
     return quantize_inputs(x, self.x_max, self.config.dac_bits, self.signed, self.xp, compiled=self.read_noise, out=out)   # (numba: loaded for the draws anyway)
 
@@ -887,15 +947,16 @@ def input_drives(self:AnalogCore,
     if self._linear is not None and self.config.dac_bits == 0: return x    # the ideal DAC's 1/x_max is folded into the linear map
     out = x if overwrite and array_module_of(x) is self.xp and x.dtype == np.float32 and getattr(x.flags, 'writeable', True) else None
     if self._exact_unit is not None: return self._dac_codes(x, out)    # an exact core reads integer codes
-    return self._dac(x, out)
+    return self.dac(x, out)
 
+# %% ../nbs/06_core.ipynb #3809d5da
 @patch
 def _needs_drive_sums(self:AnalogCore, physical:bool) -> bool:
     "OFFSET currents read physically include the offset current, which needs each vector's summed drive."
-    return self.mode == "offset" and physical
+    return self.mode is MappingMode.OFFSET and physical
 
 @patch
-def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=True, collect=None,
+def tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=True, collect=None,
                  first_row:int=0, read:int=0, # keys of stochastic rounding's draws (as of the read noise)
                  digitized:bool=False, # the currents are already the ADC's levels (`_fused_levels`: digitised with the noise)
                 ):
@@ -903,6 +964,9 @@ def _tile_output(self:AnalogCore, index:int, currents, drive_sums, adc_enabled=T
     c, xp = self.config, self.xp
     fused = self._fused_adc(index) if adc_enabled and collect is None and not digitized else None
     if fused is not None: return self._digitize_and_add(currents, index, fused)
+    circuit = self._fused_circuit(index) if adc_enabled and collect is None and not digitized and currents.dtype == np.float32 else None
+    if circuit is not None and (drive_sums is not None or self.mode is not MappingMode.OFFSET):   # circuit ADCs: one compiled pass too
+        return self._convert_and_add(currents, drive_sums, index, circuit)
     grid = self._tile_grids[index] if adc_enabled else None
     physical = grid is not None or c.icol_max > 0 or collect is not None
     parts, correction = self._tile_parts(currents, drive_sums, physical)
@@ -938,6 +1002,7 @@ def _finish(self:AnalogCore, total, out, bias):
     out[...] = total
     return self._check_outputs(out)
 
+# %% ../nbs/06_core.ipynb #b9aac888
 @patch
 def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect=None, first_row:int=0, read:int=0):
     "Simulated outputs `(batch, n_out)` for one chunk of row drives (backend float32); written into `out` when given."
@@ -959,12 +1024,13 @@ def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect
     sums_needed = self._needs_drive_sums(bool(c.adc_bits and adc_enabled) or c.icol_max > 0 or collect is not None)
     total = None
     for index, tile in enumerate(self._tiles):
-        drive_sums = drives[:, :, tile["start"]:tile["stop"]].sum(axis=2, keepdims=True) if sums_needed else None
-        recombined = self._tile_output(index, self._read(drives, tile, first_row, read), drive_sums, adc_enabled, collect, first_row, read)
+        drive_sums = drives[:, :, tile.start:tile.stop].sum(axis=2, keepdims=True) if sums_needed else None
+        recombined = self.tile_output(index, self._read(drives, tile, first_row, read), drive_sums, adc_enabled, collect, first_row, read)
         if total is None: total = recombined
         else: total += recombined
     return self._finish(total, out, self._digital_bias_xp)
 
+# %% ../nbs/06_core.ipynb #4f21cf16
 @patch
 def conv_matrix(self:AnalogCore):
     """The matrix `(n_in, columns)` whose product with the drives is what `apply_currents` takes — so a library
@@ -973,9 +1039,9 @@ def conv_matrix(self:AnalogCore):
     Output-domain read noise needs a second product, of the squared drives with `conv_spread()`."""
     if self.xp is not np: return None
     if self._linear is not None: return self._linear[0]
-    if len(self._tiles) > 1 or self.config.input_bitslicing or "reader" in self._tiles[0]: return None
+    if len(self._tiles) > 1 or self.config.input_bitslicing or self._tiles[0].reader is not None: return None
     if self.read_noise and self.config.read_noise_method == "exact": return None
-    matrix = self._tiles[0]["matrix"][:self.n_in]
+    matrix = self._tiles[0].matrix[:self.n_in]
     if self._needs_drive_sums(True): matrix = np.concatenate([matrix, np.ones((self.n_in, 1), dtype=np.float32)], axis=1)
     return matrix            # (an extra column of ones gives each vector's summed drive)
 
@@ -985,7 +1051,7 @@ def conv_spread(self:AnalogCore):
     same layout (one column when every column has the same σ², as with independent noise), so `drives² @ conv_spread()`
     is each column current's noise variance (a second library convolution of the squared drives); None otherwise."""
     if not self.read_noise or self.conv_matrix() is None or self._linear is not None: return None
-    full = self._tiles[0]["spread"]
+    full = self._tiles[0].spread
     if np.all(full == full[:, :1]): return full[:self.n_in, :1]     # the same σ² in every column: one column is enough
     spread = full[:self.n_in]
     if self._needs_drive_sums(True): spread = np.concatenate([spread, np.zeros((self.n_in, 1), dtype=np.float32)], axis=1)
@@ -1008,20 +1074,20 @@ def apply_currents(self:AnalogCore,
         currents, drive_sums = currents[:, :-1], currents[:, -1:]
         if variance is not None and variance.shape[1] > 1: variance = variance[:, :-1]
     if self.analog_bias:      # the bias row, driven at full scale, adds its own column currents (and drive)
-        currents += self._tiles[0]["matrix"][self.n_in] * np.float32(self._bias_drive)
+        currents += self._tiles[0].matrix[self.n_in] * np.float32(self._bias_drive)
         if drive_sums is not None: drive_sums += np.float32(self._bias_drive)
         if variance is not None:
             if variance.dtype == np.uint16:               # bfloat16 bit patterns (noise_variance_precision="bfloat16")
                 from crosssim_nb.keyed_noise import bfloat16_values
                 variance = bfloat16_values(variance)
-            variance = variance + self._tiles[0]["spread"][self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
+            variance = variance + self._tiles[0].spread[self.n_in, :variance.shape[1]] * np.float32(self._bias_drive ** 2)
     levels = None
     if self.read_noise:
         if variance is None: raise ValueError(f"AnalogCore {self.name!r}: read noise is on; apply_currents needs the variance "
                                               "drives² @ conv_spread()")
         levels = self._fused_levels()
-        self._add_noise(currents[None], variance[None], self._tiles[0], first_row, read, levels)
-    total = self._tile_output(0, currents[None], None if drive_sums is None else drive_sums[None], first_row=first_row, read=read,
+        self.add_noise(currents[None], variance[None], self._tiles[0], first_row, read, levels)
+    total = self.tile_output(0, currents[None], None if drive_sums is None else drive_sums[None], first_row=first_row, read=read,
                               digitized=levels is not None)
     return self._finish(total, out, self._digital_bias_xp)
 
@@ -1030,7 +1096,7 @@ def apply_currents(self:AnalogCore,
 def _fused_levels(self:AnalogCore):
     "The one-tile ADC's `fused_levels()` when the noisy currents are exactly what it digitises (one part per column, no current limit), else None."
     grid = self._tile_grids[0] if len(self._tiles) == 1 else None
-    if grid is None or self.mode != "difference" or self.config.icol_max > 0 or not hasattr(grid, "fused_levels"): return None
+    if grid is None or self.mode is not MappingMode.DIFFERENCE or self.config.icol_max > 0 or not hasattr(grid, "fused_levels"): return None
     return grid.fused_levels()
 
 @patch
@@ -1039,7 +1105,7 @@ def _rounding_draws(self:AnalogCore, index:int, sign:int, shape:tuple, first_row
     k, b = shape[:2]
     per_row = int(np.prod(shape)) // (k * b) * k
     from crosssim_nb.keyed_noise import keyed_draws   # (numba: loaded only when draws are made)
-    z = keyed_draws(self._tiles[index]["rounding_keys"][sign], read, first_row, b, per_row, "uniform")   # zero mean, unit variance
+    z = keyed_draws(self._tiles[index].rounding_keys[sign], read, first_row, b, per_row, "uniform")   # zero mean, unit variance
     z *= np.float32(1 / math.sqrt(12.0)); z += np.float32(0.5)
     z = z.reshape((b, k) + tuple(shape[2:])).swapaxes(0, 1)
     return z if self.xp is np else self.xp.asarray(z)
@@ -1053,8 +1119,8 @@ from .backend import available_cpus, thread_pool
 def _sliced_kernels():
     "The compiled passes of sliced reads (numba, imported on first use: only sliced cores load it)."
     from numba import njit
-    from crosssim_nb.keyed_noise import _FAST             # contractions and reassociation; NaN and inf stay meaningful
-    @njit(nogil=True, fastmath=_FAST, cache=True)
+    from crosssim_nb.keyed_noise import FAST_MATH             # contractions and reassociation; NaN and inf stay meaningful
+    @njit(nogil=True, fastmath=FAST_MATH, cache=True)
     def slice_drives(drives, levels, mask, size, out, start, stop):
         "out[k] = sign(v)·digit_k(rint(|v|·levels))/mask for every drive v, as `dac.slice_inputs` computes it (row by row: vector loops)."
         unit = np.float32(1.0 / mask)
@@ -1069,7 +1135,7 @@ def _sliced_kernels():
             for k in range(out.shape[0]):
                 target, shift = out[k, b], size * k
                 for i in range(n): target[i] = np.float32((codes[i] >> shift) & mask) * units[i]
-    @njit(nogil=True, fastmath=_FAST, cache=True)
+    @njit(nogil=True, fastmath=FAST_MATH, cache=True)
     def digitize_and_add(currents, unit, shift, inverse, low, high, level_weight, offset_weight, zero, n_out, out, tally, start, stop):
         """out[b] = Σ_k Σ_s (clip(rint((I − shift)·inverse)) · level_weight + offset_weight) over every (input slice k, column
         block s), I = currents·unit[k] (float32: the currents, or integer products × the current of one unit); tally[b]: the
@@ -1128,8 +1194,8 @@ def _fused_adc(self:AnalogCore, index:int):
     no stochastic rounding, drift gain or current limit, OFFSET's offset current, and slices to add). The ADC health counts
     (`adc_health`) are told the codes at zero and at either end, as `ADCGrid.digitize` tells them."""
     c = self.config
-    pair = self.mode == "pair" and not c.subtract_current_in_xbar and c.icol_max == 0
-    if not (_FAST_PATHS and self.xp is np and (self.mode == "difference" or pair) and c.adc_bits and c.adc_type == "quantizer"
+    pair = self.mode is MappingMode.PAIR and not c.subtract_current_in_xbar and c.icol_max == 0
+    if not (_FAST_PATHS and self.xp is np and (self.mode is MappingMode.DIFFERENCE or pair) and c.adc_bits and c.adc_type == "quantizer"
             and not c.stochastic_rounding and self._drift_gain is None and (self.n_weight_slices > 1 or self.n_input_slices > 1)
             and (c.adc_per_ibit or self.n_input_slices == 1)):
         return None
@@ -1162,6 +1228,96 @@ def _digitize_and_add(self:AnalogCore, currents, index:int, # the row tile
         at_zero, at_low, at_high = (int(v) for v in tally.sum(axis=0))
         conversions = currents.shape[0] * currents.shape[1] * fused[1].shape[1] * self.n_out
         counts.add_totals(conversions, conversions, at_zero, at_low, at_high)
+    return out
+
+# %% ../nbs/06_core.ipynb #bf42e003
+@functools.lru_cache(maxsize=1)
+def _circuit_kernel():
+    "The compiled circuit-ADC conversion and shift-and-add of one row tile (numba, loaded on first use)."
+    from numba import njit
+    convert_row = compiled_row_conversion()
+    @njit(nogil=True, cache=True)
+    def convert_and_add(currents, addend, subtract_addend, rows, reference_columns, reference_of,
+                        ranges, entries, passes, buckets, weight, out, start, stop):
+        """out[b, j] = Σ_k Σ_s weight[k, s] · (level(I[k, b, s·n_out + j] + addend[k, b, s]) − the level of its reference
+        column, or the addend where `subtract_addend`); each reference column (a unit column, or G−) is converted once.
+        Per (input slice, vector): the inputs of every slice are clipped and normalised first, then converted in one long
+        row (`rows`: the table row of every main column, then of every reference column), so short rows still vectorise."""
+        slices, n_reference = reference_columns.shape[0], reference_columns.shape[1]
+        n_out = out.shape[1]
+        main = slices * n_out
+        half_buckets, last_bucket = np.float32(buckets) * np.float32(0.5), np.int32(buckets - 1)
+        step, table = np.uint32(entries.shape[1]), entries.reshape(-1)
+        low, high, one = np.float32(-np.inf), np.float32(np.inf), np.float32(1)
+        normalised, levels = np.empty(rows.shape[0], dtype=np.float32), np.empty(rows.shape[0], dtype=np.float32)
+        for b in range(start, stop):
+            total = out[b]
+            for j in range(n_out): total[j] = 0
+            for k in range(currents.shape[0]):
+                current = currents[k, b]
+                for s in range(slices):       # clip and normalise as the conversion does, each slice with its own range
+                    add, lo, hi, inverse = addend[k, b, s], ranges[k, s, 0], ranges[k, s, 1], ranges[k, s, 2]
+                    for j in range(n_out): normalised[s * n_out + j] = min(max(current[s * n_out + j] + add, lo), hi) * inverse
+                    for m in range(n_reference):
+                        normalised[main + s * n_reference + m] = min(max(current[reference_columns[s, m]] + add, lo), hi) * inverse
+                convert_row(normalised, np.float32(0), low, high, one, one, rows, table, step, passes, half_buckets, last_bucket, levels)
+                for s in range(slices):
+                    add, vref, w = addend[k, b, s], ranges[k, s, 3], weight[k, s]
+                    first = main + s * n_reference
+                    for j in range(n_out):
+                        y = levels[s * n_out + j] * vref
+                        if n_reference: y = y - levels[first + reference_of[j]] * vref
+                        if subtract_addend: y = y - add
+                        total[j] += y * w
+    return convert_and_add
+
+@patch
+def _fused_circuit(self:AnalogCore, index:int):
+    """Row tile `index`'s circuit ADCs and shift-and-add as one compiled pass: `(ADC table row of each (slice, output)
+    column — column slice·n_out + output — then of each reference column, the reference columns (OFFSET's unit column,
+    once per column tile, or G−), which reference each output takes, weight per (input slice, slice))`; or None where the read needs
+    the general path (NumPy, an ADC per input slice, no current limit, drift gain, stochastic rounding or G+ − G− formed
+    before the ADC). Rebuilt when the ADCs are redrawn (`program`)."""
+    c, grid = self.config, self._tile_grids[index]
+    if not (_FAST_PATHS and self.xp is np and isinstance(grid, CircuitADCGrid) and c.icol_max == 0 and self._drift_gain is None
+            and not c.stochastic_rounding and (c.adc_per_ibit or self.n_input_slices == 1)
+            and not (self.mode is MappingMode.PAIR and c.subtract_current_in_xbar)): return None
+    cache = self.__dict__.setdefault("_fused_circuit_cache", {})
+    if index in cache and cache[index][0] is grid.table: return cache[index][1]
+    slices, n_out, tiles = self.n_weight_slices, self.n_out, len(self.col_ranges)
+    outputs = np.arange(n_out)[None, :] + n_out * np.arange(slices)[:, None]         # (slices, n_out): G+, the difference or the column
+    main = "column" if self.mode is MappingMode.OFFSET else ("positive" if "positive" in grid.table_rows else "difference")
+    rows = np.ascontiguousarray(np.broadcast_to(grid.table_rows[main], (slices, n_out)))
+    if "reference" in grid.table_rows:         # OFFSET's unit column: one per array (slice × column tile), after the columns
+        first = np.array([start for start, _ in self.col_ranges])
+        reference = slices * n_out + tiles * np.arange(slices)[:, None] + np.arange(tiles)[None, :]
+        reference_rows = np.ascontiguousarray(np.broadcast_to(grid.table_rows["reference"], (slices, n_out))[:, first])
+        reference_of = np.asarray(self._column_tile)
+    elif "negative" in grid.table_rows:         # G− digitised apart from G+
+        reference, reference_of = outputs + slices * n_out, np.arange(n_out)
+        reference_rows = np.ascontiguousarray(np.broadcast_to(grid.table_rows["negative"], (slices, n_out)))
+    else: reference, reference_rows, reference_of = np.zeros((slices, 0)), np.zeros((slices, 0)), np.zeros(0)
+    weight = np.asarray(self._input_weights if c.adc_per_ibit else np.ones(1), dtype=np.float64)[:, None] \
+             * np.asarray(self._output_weights, dtype=np.float64)[None, :]       # input-slice × slice weight × output scale
+    table_rows = np.concatenate([rows.ravel(), np.asarray(reference_rows).ravel()]).astype(np.uint32)   # main columns, then references
+    plan = (table_rows, np.ascontiguousarray(reference, dtype=np.int64), np.ascontiguousarray(reference_of, dtype=np.int64),
+            weight.astype(np.float32))
+    cache[index] = (grid.table, plan)
+    return plan
+
+@patch
+def _convert_and_add(self:AnalogCore, currents, drive_sums, index:int, plan):
+    "A tile's outputs `(batch, n_out)` from its currents `(k, batch, columns)` through `_fused_circuit`'s one pass (OFFSET: with the offset current added, as `_tile_parts` adds it)."
+    k, b = currents.shape[:2]
+    grid = self._tile_grids[index]
+    offset = self.mode is MappingMode.OFFSET
+    addend = (self._offset_levels[:, 0][None, None, :] * drive_sums) if offset else np.zeros((k, b, self.n_weight_slices), dtype=np.float32)
+    table_rows, reference, reference_of, weight = plan
+    out = np.empty((b, self.n_out), dtype=np.float32)
+    table = grid.table
+    _in_row_blocks(_circuit_kernel(), b, currents, np.ascontiguousarray(addend, dtype=np.float32), offset and "reference" not in grid.table_rows,
+                   table_rows, reference, reference_of, grid.conversion_ranges(k, self.n_weight_slices), table.entries,
+                   table.passes, table.buckets, weight, out)
     return out
 
 # %% ../nbs/06_core.ipynb #in000001
@@ -1201,15 +1357,15 @@ def _integer_levels(self:AnalogCore):
     drive digits ≤ 127 and levels small enough that no int8 kernel can saturate — `2·(128 + digit)·|level| ≤ 32767`, the
     pairwise int16 sums of AVX2's u8×s8 instruction (VNNI and AMX accumulate in int32) — and the compiled ADC pass."""
     c = self.config
-    if not (_FAST_PATHS and self.xp is np and self.mode in ("difference", "pair") and not self.read_noise and self._programs_by_rows()
+    if not (_FAST_PATHS and self.xp is np and self.mode in (MappingMode.DIFFERENCE, MappingMode.PAIR) and not self.read_noise and self._programs_by_rows()
             and not self.linear and c.weight_bits and c.dac_bits and self._circuit is None and not hasattr(self, "physical_in")
             and all(self._fused_adc(index) is not None for index in range(len(self._tiles)))): return None
     top_digit = 2 ** c.input_slice_size - 1 if c.input_bitslicing else dac_levels(c.dac_bits, self.signed)
     if top_digit > 127: return None
-    cell = self._cell_levels()
+    cell = self.cell_levels()
     levels = []
     for tile in self._tiles:
-        units = tile["matrix"].astype(np.float64) * (cell / c.grange)
+        units = tile.matrix.astype(np.float64) * (cell / c.grange)
         whole = np.rint(units)
         if np.abs(units - whole).max() > 1e-3 or 2 * (128 + top_digit) * np.abs(whole).max() > 32767: return None
         levels.append(whole.astype(np.int8))
@@ -1257,7 +1413,7 @@ def _integer_tile_output(self:AnalogCore, drives, index:int):
 @patch
 def _chunks(self:AnalogCore, x_rows):
     "Split a batch so that the per-chunk working arrays stay bounded."
-    width = max(self.rows, max(t["columns"] if "columns" in t else t["matrix"].shape[1] for t in self._tiles)) * self.n_input_slices
+    width = max(self.rows, max(t.columns for t in self._tiles)) * self.n_input_slices
     per_chunk = max(1, _CHUNK_ELEMENTS // width)
     for start in range(0, x_rows.shape[0], per_chunk): yield start, x_rows[start:start + per_chunk]
 
@@ -1340,9 +1496,9 @@ def _refuse_complex(value, what:str):
 def _overflow_causes(self:AnalogCore) -> list:
     "Settings of this core that overflow float32 arithmetic."
     c, causes = self.config, []
-    if not all(np.isfinite(to_numpy(t["matrix"])).all() for t in self._tiles if "matrix" in t):   # (a folded tile's is in _linear)
+    if not all(np.isfinite(to_numpy(t.matrix)).all() for t in self._tiles if t.held_matrix is not None):   # (a folded tile's is in _linear)
         causes.append(f"programmed conductances overflow float32 (error_model={c.error_model.value!r}, alpha_error={c.alpha_error:g})")
-    if any(t["spread"] is not None and not np.isfinite(to_numpy(t["spread"])).all() for t in self._tiles):
+    if any(t.spread is not None and not np.isfinite(to_numpy(t.spread)).all() for t in self._tiles):
         causes.append(f"read noise overflows float32 (noise_model={c.noise_model.value!r}, alpha_noise={c.alpha_noise:g})")
     scale = np.asarray(self._scale, dtype=np.float64)
     if not np.isfinite(scale).all() or np.abs(scale).max() * max(1, self.rows) > _FLOAT32_MAX:
@@ -1411,9 +1567,32 @@ def adc_inputs(self:AnalogCore,
         collected.setdefault((tile, part), []).append(to_numpy(current).transpose(2, 0, 1, 3).copy())
     read = self._next_read()
     for start, chunk in self._chunks(x_rows):
-        outputs.append(to_numpy(self._forward_drives(self._dac(chunk), adc_enabled=False, collect=collect, first_row=start, read=read)))
+        outputs.append(to_numpy(self._forward_drives(self.dac(chunk), adc_enabled=False, collect=collect, first_row=start, read=read)))
     records = [dict(row_tile=tile, part=part, values=np.concatenate(values, axis=2)) for (tile, part), values in collected.items()]
     return (records, np.concatenate(outputs)) if return_outputs else records
+
+# %% ../nbs/06_core.ipynb #a3c0d302
+class Engine:
+    """What an engine declares (the convolution and network code read these, never probe): `apply(rows)` gives the outputs
+    `(rows, n_out)` of row drives `(rows, n_in)`; the class attributes are its capabilities, off unless an engine sets them."""
+    n_out:int                       # outputs per row
+    xp = np                         # where its inputs and outputs live: numpy, or cupy (a GPU core)
+    parallel_safe = False           # chunks may run in worker threads at once
+    writes_into = False             # `apply(rows, out=...)` writes the outputs into `out`
+    keyed = False                   # read noise keyed by row index: `apply` takes `first_row` and `read`, chunks in any order
+    takes_patches = False           # `apply_patches(block)` takes im2col patch blocks `(b, *out, *kernel, C)` itself
+    library_kernel = None           # `(kernel, depthwise)`: the layer is one product a library convolution may compute
+    noise_kernel = None             # the σ² kernel of the read-noise variance map (beside `library_kernel`), or None
+    float_bias = False              # the bias when the periphery only adds it (a fused convolution adds it), else False
+    row_segments = None             # im2col rows in the core's tiled order (CrossSim's), copied run by run; None: imported order
+    def apply(self, rows, out=None): raise NotImplementedError
+    def prepare(self, x, overwrite:bool=False):
+        "Row drives of layer input `x` (a core: its DAC, once per layer input); the input itself by default."
+        return x
+    def convolve(self, x, spec, first_image:int=0, read:int=0):
+        "A whole convolution computed by the engine itself (per row tile), or None: the caller's paths."
+        return None
+
 
 # %% ../nbs/06_core.ipynb #e013d178
 @patch
@@ -1427,10 +1606,10 @@ def hw_summary(self:AnalogCore) -> dict:
     array_cols = (c.ncols_max or self.n_out) + reference_columns
     n_arrays = row_tiles * col_tiles * self.n_weight_slices * arrays_per_tile
     devices = self.rows * (self.n_out * self.n_weight_slices * arrays_per_tile + reference_columns * col_tiles * self.n_weight_slices)
-    levels = self._cell_levels()
+    levels = self.cell_levels()
     cell_levels = 0 if levels == 0 else levels + 1       # levels per sign (BALANCED) or over the whole OFFSET span, + the bottom one
     adcs_per_mvm = 0 if c.adc_bits == 0 else (self.n_out * row_tiles * self.n_weight_slices
-        * (self.n_input_slices if c.adc_per_ibit else 1) * (2 if self.mode == "pair" and not c.subtract_current_in_xbar else 1)
+        * (self.n_input_slices if c.adc_per_ibit else 1) * (2 if self.mode is MappingMode.PAIR and not c.subtract_current_in_xbar else 1)
         * (2 if reference_columns else 1))
     return dict(n_in=self.n_in, n_out=self.n_out, matrix_rows=self.rows, matrix_cols=self.n_out, row_tiles=row_tiles,
                 col_tiles=col_tiles, weight_slices=self.n_weight_slices, arrays_per_tile=arrays_per_tile, n_arrays=n_arrays,

@@ -773,7 +773,10 @@ _NOT_IN_PARAMETERS = {  # fields a CrossSim parameters file has no place for, an
     "read_noise_method": "how crosssim_nb draws read noise (both methods are exact in distribution); CrossSim draws per device",
     "noise_variance_precision": "the arithmetic of crosssim_nb's read-noise variance product; CrossSim draws per device",
     "parasitic_solve_budget_gflop": "crosssim_nb's cost limit for wire solves; CrossSim has none",
-    "adc_calibration_time": "a run setting (when ADC ranges are calibrated under drift); CrossSim calibrates outside the simulator"}
+    "adc_calibration_time": "a run setting (when ADC ranges are calibrated under drift); CrossSim calibrates outside the simulator",
+    "recurrent_cores": "how crosssim_nb places a recurrent layer's kernels on cores; CrossSim's parameters file has no place for it",
+    "embedding": "crosssim_nb's choice of a digital or analog embedding lookup; CrossSim's parameters file has no place for it",
+    "attention_products": "crosssim_nb's choice of digital or analog attention products; CrossSim's parameters file has no place for it"}
 
 def _device_name(model:str, dependence:str, distribution:str) -> str:
     "CrossSim's class name of a device model."

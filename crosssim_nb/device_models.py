@@ -769,7 +769,7 @@ def drift_compensation_gains(core, # the AnalogCore just programmed
     if c.drift_compensation == "none": return None
     reference_before = (reference_state or {}).get("at_programming")
     now = _one_hot_readout(core.programmed, core, rng, core.reference, None, state.get("at_programming"), reference_before)
-    if c.drift_compensation == "global_ideal": then = _one_hot_readout(core._target, core, rng, None, noisy=False)
+    if c.drift_compensation == "global_ideal": then = _one_hot_readout(core.target, core, rng, None, noisy=False)
     else:
         before = state["at_programming"]
         then = _one_hot_readout(before, core, rng, reference_before, 0.0, before, reference_before)

@@ -14,8 +14,8 @@ from .zoo import fit_to_model
 
 # %% auto #0
 __all__ = ['FEW_RUNS', 'KERAS_SUFFIXES', 'ONNX_SUFFIXES', 'PREPROCESSING', 'topk_accuracy', 'InferenceWarning', 'InferenceResult',
-           'ResolvedModel', 'resolve_model', 'InputPreprocessing', 'model_rescales_input', 'resolve_data',
-           'ModelInputs', 'needs_adc_calibration', 'calibration_config', 'run_inference']
+           'ResolvedModel', 'resolve_model', 'InputPreprocessing', 'model_rescales_input', 'training_sample',
+           'resolve_data', 'ModelInputs', 'needs_adc_calibration', 'calibration_config', 'run_inference']
 
 # %% ../nbs/30_inference.ipynb #c556d060
 def topk_accuracy(outputs:np.ndarray, # network outputs, (n, n_classes)
@@ -88,96 +88,107 @@ class InferenceResult:
         half = stats.t.ppf(0.975, self.nruns - 1) * self.std / math.sqrt(self.nruns)
         return np.clip(np.stack([self.mean - half, self.mean + half], axis=1), 0.0, 1.0)
 
-    def to_frame(self, table:str="accuracy", # "accuracy": one row per run and k; "adc_health": one row per analog layer
-                ):
-        "Tidy table: one row per run and k plus the float reference, or the ADC health per layer."
-        import pandas as pd
-        if table == "adc_health":
-            frame = self.adc_health.copy() if self.adc_health is not None else pd.DataFrame()
-        elif table == "accuracy":
-            rows = [dict(run=run, k=k, accuracy=float(self.accuracies[run, i]), kind="analog")
-                    for run in range(self.nruns) for i, k in enumerate(self.topk)]
-            rows += [dict(run=-1, k=k, accuracy=float(self.float_accuracy[i]), kind="float") for i, k in enumerate(self.topk)]
-            frame = pd.DataFrame(rows)
-            frame["identical_runs"] = self.identical_runs
-        else: raise ValueError(f"table={table!r} is not allowed; allowed: 'accuracy', 'adc_health'")
-        frame["model"], frame["dataset"], frame["ntest"] = self.model_name, self.dataset, self.ntest
-        return frame
+# %% ../nbs/30_inference.ipynb #a3c0d402
+from fastcore.basics import patch
 
-    def summary(self) -> dict:
-        "JSON-ready summary: accuracies, statistics, timing, ADC health, warnings, the configuration (None where a number does not exist)."
-        health = None if self.adc_health is None else self.adc_health.to_dict(orient="records")
-        return dict(model=self.model_name, dataset=self.dataset, ntest=self.ntest, topk=list(self.topk),
-                    nruns=self.nruns, nruns_requested=self.nruns_requested, interrupted=self.interrupted,
-                    float_accuracy=_or_none(self.float_accuracy.tolist()), accuracies=self.accuracies.tolist(),
-                    mean=_or_none(self.mean.tolist()), std=_or_none(self.std.tolist()),
-                    ci95=_or_none(self.ci95.tolist()) if self.nruns > 1 else None,
-                    ci95_note=f"from {self.nruns} runs: use >= {FEW_RUNS} runs for an interval" if 1 < self.nruns < FEW_RUNS else None,
-                    identical_runs=self.identical_runs, random_effects=list(self.random_effects),
-                    seconds_per_image=_or_none(self.seconds_per_image), float_seconds_per_image=_or_none(self.float_seconds_per_image),
-                    calibration=self.calibration, adc_ranges=self.adc_ranges, is_sample=self.is_sample, adc_health=health,
-                    input=self.input_note, float_runtime=self.float_runtime,
-                    warnings=list(self.warnings), config=self.config.to_dict())
+@patch
+def to_frame(self:InferenceResult, table:str="accuracy", # "accuracy": one row per run and k; "adc_health": one row per analog layer
+            ):
+    "Tidy table: one row per run and k plus the float reference, or the ADC health per layer."
+    import pandas as pd
+    if table == "adc_health":
+        frame = self.adc_health.copy() if self.adc_health is not None else pd.DataFrame()
+    elif table == "accuracy":
+        rows = [dict(run=run, k=k, accuracy=float(self.accuracies[run, i]), kind="analog")
+                for run in range(self.nruns) for i, k in enumerate(self.topk)]
+        rows += [dict(run=-1, k=k, accuracy=float(self.float_accuracy[i]), kind="float") for i, k in enumerate(self.topk)]
+        frame = pd.DataFrame(rows)
+        frame["identical_runs"] = self.identical_runs
+    else: raise ValueError(f"table={table!r} is not allowed; allowed: 'accuracy', 'adc_health'")
+    frame["model"], frame["dataset"], frame["ntest"] = self.model_name, self.dataset, self.ntest
+    return frame
 
-    def to_json(self, path):
-        "Write `summary()` as JSON (strict: no NaN), atomically: a full disk leaves an existing file whole."
-        write_atomic(path, json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
-        return Path(path)
+@patch
+def summary(self:InferenceResult) -> dict:
+    "JSON-ready summary: accuracies, statistics, timing, ADC health, warnings, the configuration (None where a number does not exist)."
+    health = None if self.adc_health is None else self.adc_health.to_dict(orient="records")
+    return dict(model=self.model_name, dataset=self.dataset, ntest=self.ntest, topk=list(self.topk),
+                nruns=self.nruns, nruns_requested=self.nruns_requested, interrupted=self.interrupted,
+                float_accuracy=_or_none(self.float_accuracy.tolist()), accuracies=self.accuracies.tolist(),
+                mean=_or_none(self.mean.tolist()), std=_or_none(self.std.tolist()),
+                ci95=_or_none(self.ci95.tolist()) if self.nruns > 1 else None,
+                ci95_note=f"from {self.nruns} runs: use >= {FEW_RUNS} runs for an interval" if 1 < self.nruns < FEW_RUNS else None,
+                identical_runs=self.identical_runs, random_effects=list(self.random_effects),
+                seconds_per_image=_or_none(self.seconds_per_image), float_seconds_per_image=_or_none(self.float_seconds_per_image),
+                calibration=self.calibration, adc_ranges=self.adc_ranges, is_sample=self.is_sample, adc_health=health,
+                input=self.input_note, float_runtime=self.float_runtime,
+                warnings=list(self.warnings), config=self.config.to_dict())
 
-    def save_outputs(self, path):
-        "Save the analog outputs of every run, `(runs, ntest, n_out)`, as `.npy` (the suffix added when missing, as `np.save` does), atomically."
-        if self.outputs is None: raise ValueError("no outputs kept: run with return_outputs=True")
-        path = Path(path)
-        if path.suffix != ".npy": path = path.with_name(path.name + ".npy")
-        def write(temporary):
-            with open(temporary, "wb") as handle: np.save(handle, self.outputs, allow_pickle=False)   # a handle: no suffix appended
-        write_atomic(path, write)
-        return path
+@patch
+def to_json(self:InferenceResult, path):
+    "Write `summary()` as JSON (strict: no NaN), atomically: a full disk leaves an existing file whole."
+    write_atomic(path, json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
+    return Path(path)
 
-    def _accuracy_line(self, i:int, k:int) -> str:
-        line = f"  top-{k}: float {100 * self.float_accuracy[i]:.2f} %   analog "
-        if self.nruns == 0: return line + "-- (no finished runs)"
-        line += f"{100 * self.mean[i]:.2f} %"
-        if self.identical_runs:
-            why = "" if self.random_effects else "; no random effect is enabled: error_model and noise_model are 'none'"
-            return line + f" (all {self.nruns} runs identical{why})"
-        if self.nruns > 1 and self.std[i] == 0:
-            return line + f" in each of the {self.nruns} runs (their outputs differ; this accuracy does not)"
-        if self.nruns > 1:
-            few = f"; from {self.nruns} runs: use >= {FEW_RUNS} runs for an interval" if self.nruns < FEW_RUNS else ""
-            line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %{few})"
-        return line
+@patch
+def save_outputs(self:InferenceResult, path):
+    "Save the analog outputs of every run, `(runs, ntest, n_out)`, as `.npy` (the suffix added when missing, as `np.save` does), atomically."
+    if self.outputs is None: raise ValueError("no outputs kept: run with return_outputs=True")
+    path = Path(path)
+    if path.suffix != ".npy": path = path.with_name(path.name + ".npy")
+    def write(temporary):
+        with open(temporary, "wb") as handle: np.save(handle, self.outputs, allow_pickle=False)   # a handle: no suffix appended
+    write_atomic(path, write)
+    return path
 
-    def _health_lines(self) -> list:
-        table = self.adc_health
-        if table is None or not len(table): return []
-        bad = table[table.status != "ok"]
-        if not len(bad):
-            worst_zero, worst_clip = table.loc[table.zero_fraction.idxmax()], table.loc[table.clipped_fraction.idxmax()]
-            return [f"  ADC health: all {len(table)} layers ok (most at code zero: {worst_zero.layer} {100 * worst_zero.zero_fraction:.1f} %; "
-                    f"most clipped: {worst_clip.layer} {100 * worst_clip.clipped_fraction:.1f} %)"]
-        lines = [f"  ADC health: {len(bad)} of {len(table)} layers degenerate (share of conversions at code zero / clipped low / clipped high):"]
-        for row in bad.itertuples():
-            lines.append(f"    {row.layer:<20} {100 * row.zero_fraction:5.1f} % / {100 * row.clipped_low_fraction:4.1f} % / "
-                         f"{100 * row.clipped_high_fraction:4.1f} %  {row.status}")
-        return lines
+# %% ../nbs/30_inference.ipynb #a3c0d404
+@patch
+def _accuracy_line(self:InferenceResult, i:int, k:int) -> str:
+    line = f"  top-{k}: float {100 * self.float_accuracy[i]:.2f} %   analog "
+    if self.nruns == 0: return line + "-- (no finished runs)"
+    line += f"{100 * self.mean[i]:.2f} %"
+    if self.identical_runs:
+        why = "" if self.random_effects else "; no random effect is enabled: error_model and noise_model are 'none'"
+        return line + f" (all {self.nruns} runs identical{why})"
+    if self.nruns > 1 and self.std[i] == 0:
+        return line + f" in each of the {self.nruns} runs (their outputs differ; this accuracy does not)"
+    if self.nruns > 1:
+        few = f"; from {self.nruns} runs: use >= {FEW_RUNS} runs for an interval" if self.nruns < FEW_RUNS else ""
+        line += f" ± {100 * self.std[i]:.2f} % (std over runs; 95 % CI {100 * self.ci95[i, 0]:.2f}–{100 * self.ci95[i, 1]:.2f} %{few})"
+    return line
 
-    def __str__(self):
-        runs = f"{self.nruns} run{'s' if self.nruns != 1 else ''}" + (f" of {self.nruns_requested} (interrupted)" if self.interrupted else "")
-        lines = [f"crosssim_nb inference: {self.model_name} on {self.dataset} ({self.ntest} {'SAMPLE ' if self.is_sample else ''}images), {runs}"]
-        if self.input_note: lines.append(f"  input: {self.input_note}")
-        lines += [self._accuracy_line(i, k) for i, k in enumerate(self.topk)]
-        if self.nruns:
-            ratio = self.seconds_per_image / self.float_seconds_per_image if self.float_seconds_per_image else float("nan")
-            lines.append(f"  speed: {1e3 * self.seconds_per_image:.3f} ms/image analog, {1e3 * self.float_seconds_per_image:.3f} ms/image "
-                         f"{self.float_runtime} ({ratio:.1f}x)")
-        if self.calibration: lines.append(f"  DAC ranges: {self.calibration}")
-        if self.adc_ranges: lines.append(f"  ADC ranges: {self.adc_ranges}")
-        lines.append("  hardware: " + (", ".join(f"{k}={v}" for k, v in self.config.changed_fields().items()) or "defaults"))
-        lines += self._health_lines()
-        lines += [f"  warning: {text}" for text in self.warnings]
-        return "\n".join(lines)
-    __repr__ = __str__
+@patch
+def _health_lines(self:InferenceResult) -> list:
+    table = self.adc_health
+    if table is None or not len(table): return []
+    bad = table[table.status != "ok"]
+    if not len(bad):
+        worst_zero, worst_clip = table.loc[table.zero_fraction.idxmax()], table.loc[table.clipped_fraction.idxmax()]
+        return [f"  ADC health: all {len(table)} layers ok (most at code zero: {worst_zero.layer} {100 * worst_zero.zero_fraction:.1f} %; "
+                f"most clipped: {worst_clip.layer} {100 * worst_clip.clipped_fraction:.1f} %)"]
+    lines = [f"  ADC health: {len(bad)} of {len(table)} layers degenerate (share of conversions at code zero / clipped low / clipped high):"]
+    for row in bad.itertuples():
+        lines.append(f"    {row.layer:<20} {100 * row.zero_fraction:5.1f} % / {100 * row.clipped_low_fraction:4.1f} % / "
+                     f"{100 * row.clipped_high_fraction:4.1f} %  {row.status}")
+    return lines
+
+@patch
+def __str__(self:InferenceResult):
+    runs = f"{self.nruns} run{'s' if self.nruns != 1 else ''}" + (f" of {self.nruns_requested} (interrupted)" if self.interrupted else "")
+    lines = [f"crosssim_nb inference: {self.model_name} on {self.dataset} ({self.ntest} {'SAMPLE ' if self.is_sample else ''}images), {runs}"]
+    if self.input_note: lines.append(f"  input: {self.input_note}")
+    lines += [self._accuracy_line(i, k) for i, k in enumerate(self.topk)]
+    if self.nruns:
+        ratio = self.seconds_per_image / self.float_seconds_per_image if self.float_seconds_per_image else float("nan")
+        lines.append(f"  speed: {1e3 * self.seconds_per_image:.3f} ms/image analog, {1e3 * self.float_seconds_per_image:.3f} ms/image "
+                     f"{self.float_runtime} ({ratio:.1f}x)")
+    if self.calibration: lines.append(f"  DAC ranges: {self.calibration}")
+    if self.adc_ranges: lines.append(f"  ADC ranges: {self.adc_ranges}")
+    lines.append("  hardware: " + (", ".join(f"{k}={v}" for k, v in self.config.changed_fields().items()) or "defaults"))
+    lines += self._health_lines()
+    lines += [f"  warning: {text}" for text in self.warnings]
+    return "\n".join(lines)
+__repr__ = __str__
 
 # %% ../nbs/30_inference.ipynb #36a213fd
 KERAS_SUFFIXES, ONNX_SUFFIXES = (".keras", ".h5", ".hdf5"), (".onnx",)
@@ -244,8 +255,9 @@ class ResolvedModel:
         import onnxruntime
         session = onnxruntime.InferenceSession(str(self.source) if isinstance(self.source, (str, Path)) else self.model.SerializeToString(),
                                                providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        parts = [session.run(None, {name: x[a:a + batch_size].astype(np.float32, copy=False)})[0] for a in range(0, len(x), batch_size)]
+        name, kind = session.get_inputs()[0].name, session.get_inputs()[0].type
+        dtype = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}.get(kind, np.float32)   # (token indices stay integers)
+        parts = [session.run(None, {name: x[a:a + batch_size].astype(dtype, copy=False)})[0] for a in range(0, len(x), batch_size)]
         return np.concatenate(parts).reshape(len(x), -1)
 
 def resolve_model(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model or onnx.ModelProto
@@ -407,7 +419,7 @@ def _labels(y) -> np.ndarray:
         raise ValueError(f"labels must be integer class indices (or one-hot rows); got {shown!r}")
     return y.astype(np.int64)
 
-def _training_sample(dataset:str, # a dataset name
+def training_sample(dataset:str, # a dataset name
                     preprocess, # the preprocessing of raw images (a callable, or None: float32 as they are)
                     samples:int, # images in the sample
                     seed:int, # seed of the random choice
@@ -561,17 +573,18 @@ def calibration_config(config:InferenceConfig, # the hardware being evaluated
     return (profiling.replace(**changes), f"; calibrated at t = 0, as a chip calibrated when deployed, then evaluated at "
             f"t_drift = {config.t_drift:g} days (adc_calibration_time='deployment'; 'evaluation' calibrates on the drifted devices)")
 
-def _calibrate_first(resolved, config:InferenceConfig, build:dict, calibration_data, method:str, automatic:bool, drawn:bool) -> tuple:
-    "`(config, adc_limits, description)` once the ADCs are calibrated on the calibration images (`build`'s DAC ranges: the calibration's)."
+def _calibrated_network(resolved, config:InferenceConfig, build:dict, calibration_data, method:str, automatic:bool, drawn:bool) -> tuple:
+    """`(network, description)`: the network built for profiling (ADCs off, devices at `adc_calibration_time`), its ADCs
+    calibrated on the calibration images, then given those limits (`set_adc_limits`): one import, one DAC-range profile."""
     from crosssim_nb.calibration import calibrate_adc
     profiling_config, when = calibration_config(config)
-    profiling = resolved.network(profiling_config, **build)
-    calibrated = calibrate_adc(profiling, calibration_data, method=method, layer_overrides=build["layer_overrides"])
-    build.update(input_ranges=calibrated.input_ranges, calibration_data=None)
+    network = resolved.network(profiling_config, **build)
+    calibrated = calibrate_adc(network, calibration_data, method=method, layer_overrides=build["layer_overrides"])
+    network.set_adc_limits(calibrated.adc_limits, config.replace(adc_range_option="CALIBRATED"))
     images = f"{len(calibration_data)} {'training images' if drawn else 'given calibration images'}"
     described = (f"calibrated automatically ({method}, {images}) because adc_range_option=CALIBRATED and no limits were given"
                  if automatic else f"{method} calibration on the same {images}") + when
-    return config.replace(adc_range_option="CALIBRATED"), calibrated.adc_limits, described
+    return network, described
 
 def _predict_batch(network, x_batch, bar):
     outputs = network.run(x_batch, batch_size=len(x_batch))    # (run, not predict: the health warning comes once, at the end)
@@ -626,8 +639,8 @@ def run_inference(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model 
     n_classes = resolved.output_size
     if n_classes is not None: _check_classes(topk, y, n_classes, nstart, dataset_name, x)
     calibration, drawn = "", False                               # drawn: the calibration images are a training-split sample
-    from crosssim_nb.network import calibration_source
-    limits_file = calibration_source(adc_limits)
+    from crosssim_nb.calibration import calibration_of
+    limits_file = calibration_of(adc_limits)                    # a limits file's DAC ranges: no profile needed
     if limits_file is not None:
         adc_limits = limits_file                                 # read once: from_keras takes the Calibration itself
         if input_ranges is None:
@@ -635,7 +648,7 @@ def run_inference(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model 
     calibration_data = inputs.calibration(calibration_data)      # given images: shaped (and explicitly preprocessed) as the test images
     if _needs_ranges(config, layer_overrides) and input_ranges is None:
         if calibration_data is None and isinstance(dataset, str):
-            calibration_data, drawn = inputs.fit(_training_sample(dataset, inputs, calibration_samples, config.seed))[0], True
+            calibration_data, drawn = inputs.fit(training_sample(dataset, inputs, calibration_samples, config.seed))[0], True
             calibration = f"profiled on {len(calibration_data)} images of the {dataset} training split (seed {config.seed})"
         elif calibration_data is not None:
             calibration = f"profiled on {len(calibration_data)} given calibration images"
@@ -653,12 +666,14 @@ def run_inference(model, # zoo name, model file (.keras/.h5/.onnx), keras.Model 
         if adc_limits is not None: raise ValueError("pass either adc_limits or adc_calibration, not both")
         if config.adc_bits == 0: raise ValueError("adc_calibration needs adc_bits > 0")
         if calibration_data is None: raise ValueError("adc_calibration needs calibration images: a named dataset or calibration_data")
-        config, adc_limits, adc_ranges = _calibrate_first(resolved, config, build, calibration_data, adc_calibration, automatic, drawn)
-    elif adc_limits is not None and config.adc_bits > 0:
-        adc_ranges = "from the limits file" if limits_file is not None else "given adc_limits"
-        if limits_file is not None and config.t_drift > 0:
-            adc_ranges += f" (made with adc_calibration_time={limits_file.settings.get('adc_calibration_time', 'deployment')!r})"
-    network = resolved.network(config, adc_limits=adc_limits, **build)
+        network, adc_ranges = _calibrated_network(resolved, config, build, calibration_data, adc_calibration, automatic, drawn)
+        config = network.config
+    else:
+        if adc_limits is not None and config.adc_bits > 0:
+            adc_ranges = "from the limits file" if limits_file is not None else "given adc_limits"
+            if limits_file is not None and config.t_drift > 0:
+                adc_ranges += f" (made with adc_calibration_time={limits_file.settings.get('adc_calibration_time', 'deployment')!r})"
+        network = resolved.network(config, adc_limits=adc_limits, **build)
     if show_hw_config: network.print_hw_config()
     start = time.perf_counter()
     float_outputs = resolved.predict(x, batch_size)
@@ -731,9 +746,18 @@ def _looks_raw(x) -> bool:
     low, high = float(np.min(x)), float(np.max(x))
     return low >= 0 and 1 < high <= 255 and bool(np.all(x == np.rint(x)))
 
+def _takes_indices(resolved) -> bool:
+    "Whether the model's first input is integer token indices (an ONNX integer input, a Keras input of an integer dtype): no pixels."
+    try:
+        if resolved.framework == "keras": return "int" in str(resolved.model.inputs[0].dtype)
+        constants = {t.name for t in resolved.model.graph.initializer}
+        first = next(i for i in resolved.model.graph.input if i.name not in constants)
+        return first.type.tensor_type.elem_type in (2, 3, 4, 5, 6, 7, 12, 13)       # (ONNX's integer element types)
+    except (AttributeError, IndexError, StopIteration): return False
+
 def _raw_input_note(resolved, x) -> str | None:
     "The raw-pixel warning for a model that is not from the zoo and does not rescale its input itself (None when neither applies)."
-    if not _looks_raw(x) or model_rescales_input(resolved): return None
+    if not _looks_raw(x) or model_rescales_input(resolved) or _takes_indices(resolved): return None
     where = ("no Rescaling or Normalization layer at its input" if resolved.framework == "keras"
              else "no Div or Mul by a constant right after its input")
     return (f"the inputs range over [{float(np.min(x)):g}, {float(np.max(x)):g}] in whole numbers: raw 0-255 images? model "

@@ -5,20 +5,23 @@
 # %% ../nbs/10_keras_import.ipynb #e7b9a71c
 from __future__ import annotations
 import dataclasses, inspect, os, tempfile, zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
+from .graph import AnalogSpec, GraphNode, ModelGraph
+from .config import InferenceConfig
 
 # %% auto #0
 __all__ = ['ANALOG_LAYERS', 'IDENTITY_LAYERS', 'DIGITAL_LAYERS', 'SUPPORTED_LAYERS', 'SUPPORTED_OPS', 'APPLICATION_LAYERS',
-           'TRANSPOSED_LAYERS', 'NONNEGATIVE_ACTIVATIONS', 'load_keras_model', 'UnsupportedLayerError', 'layer_type',
+           'TRANSPOSED_LAYERS', 'COMPOSITE_BUILDERS', 'COMPOSITE_LAYERS', 'REVERSIBLE_EMBEDDINGS', 'RECURRENT_LAYERS',
+           'MASK_OPS', 'NONNEGATIVE_ACTIVATIONS', 'load_keras_model', 'UnsupportedLayerError', 'layer_type',
            'stored_model_config', 'digital_layer_names', 'unsupported_message', 'check_stored_layers',
-           'activation_name', 'AnalogSpec', 'depthwise_matrix', 'grouped_matrix', 'depthwise_kernel', 'ConvEquivalent',
-           'transposed_conv_as_conv', 'keras_transposed_pads', 'conv_spec', 'analog_specs', 'GraphNode', 'ModelGraph',
-           'functional_graph', 'build_graph', 'fold_batchnorm', 'nonnegative_tensors']
+           'activation_name', 'grouped_matrix', 'ConvEquivalent', 'transposed_conv_as_conv', 'keras_transposed_pads',
+           'conv_spec', 'analog_specs', 'functional_graph', 'layer_setting', 'build_graph', 'keras_hub_nodes',
+           'keras_cell', 'keras_recurrent_nodes', 'keras_embedding_nodes', 'fold_batchnorm', 'nonnegative_tensors']
 
 # %% ../nbs/10_keras_import.ipynb #f22e51f3
 _LEGACY_CONV_KEYS = ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -222,44 +225,6 @@ def _unsupported_setting(layer, kind:str) -> str | None:
         return f"data_format={layer.data_format!r} (only 'channels_last' is supported)"
     return None
 
-# %% ../nbs/10_keras_import.ipynb #ce0c73d7
-@dataclass
-class AnalogSpec:
-    "One analog core of a layer: crossbar matrix (n_out, n_in) in algorithm units, bias and convolution geometry."
-    name: str                    # core name: the layer name, or "layer/depthwise", "layer/pointwise"
-    layer: str                   # the Keras layer name (nested models: "outer/inner")
-    layer_type: str              # Keras class name of the layer
-    matrix: np.ndarray | None    # (n_out, n_in) float32; conv rows in (kd, kh, kw, cin) order (None for depthwise: see kernel)
-    bias: np.ndarray | None = None # (n_out,) float32 or None
-    kernel_size: tuple = ()      # () for Dense; (kh, kw) for 1-D (1, k) and 2-D convolutions, (kd, kh, kw) for 3-D ones
-    strides: tuple = (1, 1)      # one per axis of kernel_size
-    dilation: tuple = (1, 1)
-    padding: str | tuple = "valid" # 'valid', 'same', 'causal' (Conv1D), or explicit ((before, after), ...) per axis (negative: cropped)
-    spatial_rank: int = 0        # 0 Dense, 1, 2 or 3 for 1-D, 2-D and 3-D convolutions
-    depth_multiplier: int = 0    # > 0 for a depthwise core (block-diagonal matrix)
-    folded_batchnorm: list = field(default_factory=list) # names of BatchNormalization layers folded in
-    kernel: np.ndarray | None = None # depthwise: the per-channel weights (taps, C, m), not the block-diagonal matrix
-    input_dilation: tuple = ()   # zeros inserted between input pixels (a transposed convolution's strides); () none
-    transposed: bool = False     # a transposed convolution, run as the convolution of its zero-inserted input
-
-    @property
-    def n_out(self): return self.matrix.shape[0] if self.kernel is None else self.kernel.shape[1] * self.kernel.shape[2]
-    @property
-    def n_in(self): return self.matrix.shape[1] if self.kernel is None else self.kernel.shape[0] * self.kernel.shape[1]
-    def dense_matrix(self) -> np.ndarray:
-        "The crossbar matrix `(n_out, n_in)` (for a depthwise core: the block-diagonal one, built on demand)."
-        return self.matrix if self.kernel is None else depthwise_matrix(self.kernel)
-    @property
-    def is_conv(self): return self.spatial_rank > 0
-    @property
-    def is_depthwise(self): return self.depth_multiplier > 0
-
-    def kernel_text(self) -> str:
-        "The kernel as text: '3x3', '1x5', '3x3x3', '3x3 depthwise', '3x3 transposed', '' for Dense."
-        if not self.is_conv: return ""
-        text = "x".join(map(str, self.kernel_size[-self.spatial_rank:]))
-        return text + (" depthwise" if self.is_depthwise else "") + (" transposed" if self.transposed else "")
-
 # %% ../nbs/10_keras_import.ipynb #9f3a8967
 def _numpy(variable, dtype=np.float32) -> np.ndarray:
     """A variable's values as NumPy. With TensorFlow, and the variable already of `dtype`: a read-only view of the
@@ -279,27 +244,11 @@ def _crossbar(kernel:np.ndarray) -> np.ndarray:
     "A Dense or convolution kernel `(..., cin, cout)` as the crossbar matrix `(cout, taps·cin)`, rows in (kh, kw, cin) order (a transposed view: no copy)."
     return kernel.reshape(-1, kernel.shape[-1]).T
 
-def _diagonal_index(channels:int, multiplier:int, taps:int):
-    "Index pair selecting the block diagonal of a depthwise matrix as `(taps, C, m)`."
-    out_index = np.arange(channels * multiplier).reshape(channels, multiplier)
-    in_index = np.arange(taps)[:, None] * channels + np.arange(channels)[None, :]
-    return out_index[None, :, :], in_index[:, :, None]
-
 def _pair(values, rank:int) -> tuple:
     "The engine's tuple from a Keras spatial tuple of length `rank`: 2 values for 1-D (a leading 1) and 2-D layers, 3 for 3-D ones."
     values = tuple(int(v) for v in np.atleast_1d(values))
     if len(values) == 1 and rank > 1: values = values * rank
     return ((1,) + values) if rank == 1 else values
-
-def depthwise_matrix(kernel:np.ndarray, # depthwise kernel (kh, kw, C, m) (1-D: (k, C, m))
-                    ) -> np.ndarray:
-    "The block-diagonal crossbar matrix `(C·m, kh·kw·C)` of a depthwise kernel."
-    *window, channels, multiplier = kernel.shape
-    taps = int(np.prod(window))
-    per_tap = kernel.reshape(taps, channels, multiplier)
-    matrix = np.zeros((channels * multiplier, taps * channels), dtype=np.float32)
-    matrix[_diagonal_index(channels, multiplier, taps)] = per_tap
-    return matrix
 
 def grouped_matrix(kernel:np.ndarray, # grouped convolution kernel (..., cin / groups, cout)
                    groups:int, # number of groups
@@ -312,13 +261,6 @@ def grouped_matrix(kernel:np.ndarray, # grouped convolution kernel (..., cin / g
     for g in range(groups): matrix[g, :, :, g, :] = per_tap[:, :, g, :].transpose(2, 0, 1)
     return matrix.reshape(cout, taps * groups * per_group_in)
 
-def depthwise_kernel(matrix:np.ndarray, # block-diagonal matrix (C·m, taps·C)
-                     multiplier:int, # depth multiplier m
-                    ) -> np.ndarray:
-    "The per-channel kernel `(taps, C, m)` held on the block diagonal of `matrix` (inverse of `depthwise_matrix`)."
-    n_out, n_in = matrix.shape
-    channels = n_out // multiplier
-    return matrix[_diagonal_index(channels, multiplier, n_in // channels)]
 
 # %% ../nbs/10_keras_import.ipynb #tc000002
 @dataclass
@@ -451,69 +393,6 @@ def analog_specs(layer, # a supported analog Keras layer
     second = AnalogSpec(f"{name}/pointwise", name, kind, _crossbar(pointwise), bias, kernel_size=(1, 1), spatial_rank=rank)
     return [first, second]
 
-# %% ../nbs/10_keras_import.ipynb #ea7e42a1
-@dataclass
-class GraphNode:
-    "One layer call of the model graph. The node's output tensor is named after the node."
-    name: str                    # unique node name (= its output tensor's name)
-    layer_name: str              # Keras layer name with nested-model prefix ("outer/inner"); shared by repeated calls
-    layer_type: str              # Keras class name ("InputLayer" for model inputs)
-    kind: str                    # 'input', 'analog', 'digital' or 'identity'
-    inputs: list = field(default_factory=list) # names of the input tensors
-    layer: object = None         # the Keras layer (None for inputs)
-    list_input: bool = False     # the layer takes a list of tensors (merge layers)
-    arguments: object = None     # Keras' record of the call (positional/keyword arguments, constants included)
-    input_shapes: list = field(default_factory=list) # shapes (batch dim None) of the inputs
-    output_shape: tuple = ()     # shape (batch dim None) of the output
-    activation: str = "linear"   # analog nodes: the activation fused into the Keras layer
-    analog: list = field(default_factory=list) # analog nodes: the AnalogSpecs of its cores
-    compute: object = None       # digital nodes of other importers (ONNX): compute(*inputs) -> array, the exact float32 result (None: the Keras layer runs)
-
-@dataclass
-class ModelGraph:
-    "An explicit DAG of a Keras model: nodes in execution order, named input and output tensors."
-    name: str
-    nodes: list                  # GraphNodes, each after the nodes it reads
-    inputs: list                 # names of the input nodes, in the model's input order
-    outputs: list                # names of the output tensors, in the model's output order
-
-    def node(self, name:str) -> GraphNode:
-        "The node named `name`."
-        for node in self.nodes:
-            if node.name == name: return node
-        raise KeyError(f"no node named {name!r} in graph {self.name!r}")
-
-    def consumers(self) -> dict:
-        "Tensor name -> names of the nodes reading it (a node reading a tensor twice is listed twice)."
-        readers = {node.name: [] for node in self.nodes}
-        for node in self.nodes:
-            for tensor in node.inputs: readers[tensor].append(node.name)
-        return readers
-
-    @property
-    def analog_nodes(self) -> list:
-        return [node for node in self.nodes if node.kind == "analog"]
-
-    @property
-    def analog_specs(self) -> list:
-        "Every analog core of the model (one per analog layer, two for separable convolutions), shared layers once."
-        seen, specs = set(), []
-        for node in self.analog_nodes:
-            for spec in node.analog:
-                if spec.name not in seen: seen.add(spec.name); specs.append(spec)
-        return specs
-
-    def summary(self):
-        "A DataFrame: one row per node with its type, kind, inputs and output shape."
-        import pandas as pd
-        return pd.DataFrame([dict(node=n.name, type=n.layer_type, kind=n.kind, inputs=", ".join(n.inputs),
-                                  output_shape=tuple(n.output_shape)) for n in self.nodes])
-
-    def __repr__(self):
-        kinds = {k: sum(n.kind == k for n in self.nodes) for k in ("analog", "digital", "identity")}
-        return (f"ModelGraph({self.name!r}: {len(self.nodes)} nodes, {kinds['analog']} analog, {kinds['digital']} digital, "
-                f"{kinds['identity']} identity; inputs {self.inputs}, outputs {self.outputs})")
-
 # %% ../nbs/10_keras_import.ipynb #466f5099
 def functional_graph(model, # a keras.Model (Functional, or a built Sequential)
                     ):
@@ -535,11 +414,16 @@ def _kind(layer_kind:str) -> str:
     if layer_kind in IDENTITY_LAYERS: return "identity"
     return "digital"
 
+# %% ../nbs/10_keras_import.ipynb #cf4462fe
+from fastcore.basics import patch
+
 class _GraphBuilder:
     "Walks a (possibly nested) functional model and collects GraphNodes; unsupported layers are collected, not raised."
-    def __init__(self, digital_layers=()):
+    def __init__(self, digital_layers=(), setting=None):
         self.nodes, self.names, self.problems = [], set(), []
         self.digital, self.overridable = set(digital_layers), []     # layers kept digital; refused layers an override would admit
+        self.setting = setting or (lambda layer_name, field: getattr(InferenceConfig(), field))   # config field for a layer
+        self.specs = {}                  # cores of composite layers by layer name (a layer called twice shares them)
 
     def unique(self, name:str) -> str:
         if name not in self.names: return name
@@ -550,58 +434,118 @@ class _GraphBuilder:
     def add(self, node:GraphNode):
         self.names.add(node.name); self.nodes.append(node)
 
-    def expand(self, model, prefix:str, input_names:list) -> list:
-        graph = functional_graph(model)
-        tensors = {id(kt): name for kt, name in zip(graph.inputs, input_names)}
-        for depth in sorted(graph._nodes_by_depth, reverse=True):
-            for knode in graph._nodes_by_depth[depth]:
-                if knode.is_input or knode.operation is None: continue
-                if any(id(t) not in tensors for t in knode.input_tensors): continue   # not reachable from the inputs
-                inputs = [tensors[id(t)] for t in knode.input_tensors]
-                op = knode.operation
-                if isinstance(op, keras.Model):       # nested model: expand in place
-                    outputs = self.expand(op, f"{prefix}{op.name}/", inputs)
-                    for kt, name in zip(knode.output_tensors, outputs): tensors[id(kt)] = name
+# %% ../nbs/10_keras_import.ipynb #89453b67
+@patch
+def expand(self:_GraphBuilder, model, prefix:str, input_names:list, traced_call=None) -> list:
+    graph = functional_graph(model) if traced_call is None else traced_call   # a keras_hub layer's traced call (keras_hub_nodes)
+    tensors = {id(kt): name for kt, name in zip(graph.inputs, input_names)}
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for knode in graph._nodes_by_depth[depth]:
+            if knode.is_input or knode.operation is None: continue
+            if any(id(t) not in tensors for t in knode.input_tensors): continue   # not reachable from the inputs
+            inputs = [tensors[id(t)] for t in knode.input_tensors]
+            op = knode.operation
+            if isinstance(op, keras.Model):       # nested model: expand in place
+                if isinstance(knode.arguments.kwargs.get("mask"), keras.KerasTensor):   # Keras would mask layers inside it at run time
+                    self.problems.append(f"nested model {prefix + op.name!r} receives a Keras mask (Embedding mask_zero, Masking), "
+                                         "which the simulator does not carry into nested models; build the masked part flat")
+                    for kt in knode.output_tensors: tensors[id(kt)] = prefix + op.name     # (refused: the build stops after the walk)
                     continue
-                tensors[id(knode.output_tensors[0])] = self.layer_call(op, knode, prefix, inputs)
-        return [tensors[id(t)] for t in graph.outputs]
+                outputs = self.expand(op, f"{prefix}{op.name}/", inputs)
+                for kt, name in zip(knode.output_tensors, outputs): tensors[id(kt)] = name
+                continue
+            outputs = keras_hub_nodes(self, op, knode, prefix, inputs, traced_call)   # keras_hub layers and their operations
+            if outputs is not None:
+                for kt, name in zip(knode.output_tensors, outputs): tensors[id(kt)] = name
+                continue
+            builder = COMPOSITE_BUILDERS.get(layer_type(op))
+            if builder is not None and (prefix + op.name not in self.digital or getattr(builder, "handles_digital", False)):
+                # its module builds the nodes (attention, recurrent, ...; `handles_digital`: also when kept digital)
+                for kt, name in zip(knode.output_tensors, self.composite(builder, op, knode, prefix, inputs)): tensors[id(kt)] = name
+                continue
+            tensors[id(knode.output_tensors[0])] = self.layer_call(op, knode, prefix, inputs)
+    return [tensors[id(t)] for t in graph.outputs]
 
-    def layer_call(self, op, knode, prefix:str, inputs:list) -> str:
-        layer_name = prefix + op.name
-        name = self.unique(layer_name)
-        kind = layer_type(op)
-        problems = []                  # what keeps the layer off the simulator's own paths (a 'digital' override runs it in Keras)
-        if kind is None:
-            problems.append(f"layer {layer_name!r} of type {type(op).__name__!r} is not supported")
-        else:
-            reason = _unsupported_setting(op, kind)
-            if reason: problems.append(f"layer {layer_name!r} of type {kind!r} has {reason}")
-        args, kwargs = knode.arguments.args, knode.arguments.kwargs
-        list_input = len(args) == 1 and isinstance(args[0], (list, tuple))
-        if len(knode.output_tensors) != 1:
-            self.problems.append(f"layer {layer_name!r} is called in a way the simulator does not support "
-                                 f"({len(args)} positional arguments, {len(knode.output_tensors)} outputs)")
-        elif kind and not kind.startswith("ops.") and len(args) != 1:
-            problems.append(f"layer {layer_name!r} is called in a way the simulator does not support "
-                            f"({len(args)} positional arguments, {len(knode.output_tensors)} outputs)")
-        tensor_kwargs = [k for k, v in kwargs.items() if isinstance(v, keras.KerasTensor)]
-        if tensor_kwargs:
-            problems.append(f"layer {layer_name!r} receives tensors as keyword arguments {tensor_kwargs}, which is not supported")
-        node_kind = _kind(kind) if kind else "digital"
-        if problems and layer_name in self.digital: node_kind, kind = "digital", kind or type(op).__name__   # runs as its Keras layer
-        elif problems: self.problems += problems; self.overridable.append(layer_name)
-        activation = activation_name(op.activation) if (node_kind == "analog" and op.activation is not None) else "linear"
-        self.add(GraphNode(name, layer_name, kind or type(op).__name__, node_kind, inputs, op, list_input, knode.arguments,
-                           [_shape(t) for t in knode.input_tensors], _shape(knode.output_tensors[0]), activation or "linear"))
-        return name
+# %% ../nbs/10_keras_import.ipynb #76c9f3be
+@patch
+def composite(self:_GraphBuilder, builder, op, knode, prefix:str, inputs:list) -> list:
+    "A layer built by its module's builder (COMPOSITE_BUILDERS): its nodes added, the names of its outputs; a refusal is collected."
+    import types
+    layer_name = prefix + op.name
+    names = {id(t): name for t, name in zip(knode.input_tensors, inputs)}
+    known = {node.name: node.output_shape for node in self.nodes}       # (axes Keras left unknown that a builder knows)
+    def shape(tensor, name):
+        ours = known.get(name) or ()
+        return tuple(a if a is not None or len(ours) != len(tensor.shape) else ours[i] for i, a in enumerate(_shape(tensor)))
+    context = types.SimpleNamespace(layer_name=layer_name, node_name=self.unique(layer_name), tensor_name=lambda t: names[id(t)],
+                                    unique=self.unique, setting=lambda field: self.setting(layer_name, field), specs=self.specs,
+                                    digital_layers=self.digital,
+                                    input_shapes=[shape(t, name) for t, name in zip(knode.input_tensors, inputs)],
+                                    output_shapes=[_shape(t) for t in knode.output_tensors])
+    try: nodes, outputs = builder(op, knode.arguments, context)
+    except ValueError as error:
+        self.problems.append(str(error)); self.overridable.append(layer_name)
+        return [layer_name] * len(knode.output_tensors)
+    for node in nodes: self.add(node)
+    return outputs
 
+# %% ../nbs/10_keras_import.ipynb #52d888cc
+@patch
+def layer_call(self:_GraphBuilder, op, knode, prefix:str, inputs:list) -> str:
+    layer_name = prefix + op.name
+    name = self.unique(layer_name)
+    kind = layer_type(op)
+    problems = []                  # what keeps the layer off the simulator's own paths (a 'digital' override runs it in Keras)
+    if kind is None:
+        problems.append(f"layer {layer_name!r} of type {type(op).__name__!r} is not supported")
+    else:
+        reason = _unsupported_setting(op, kind)
+        if reason: problems.append(f"layer {layer_name!r} of type {kind!r} has {reason}")
+    args, kwargs = knode.arguments.args, knode.arguments.kwargs
+    list_input = len(args) == 1 and isinstance(args[0], (list, tuple))
+    if len(knode.output_tensors) != 1:
+        self.problems.append(f"layer {layer_name!r} is called in a way the simulator does not support "
+                             f"({len(args)} positional arguments, {len(knode.output_tensors)} outputs)")
+    elif kind and not kind.startswith("ops.") and len(args) != 1:
+        problems.append(f"layer {layer_name!r} is called in a way the simulator does not support "
+                        f"({len(args)} positional arguments, {len(knode.output_tensors)} outputs)")
+    tensor_kwargs = [k for k, v in kwargs.items() if isinstance(v, keras.KerasTensor) and k != "mask"]
+    masked = isinstance(kwargs.get("mask"), keras.KerasTensor)     # a Keras mask (Embedding mask_zero, Masking) handed to the layer
+    if tensor_kwargs:
+        problems.append(f"layer {layer_name!r} receives tensors as keyword arguments {tensor_kwargs}, which is not supported")
+    node_kind = _kind(kind) if kind else "digital"
+    if problems and layer_name in self.digital: node_kind, kind = "digital", kind or type(op).__name__   # runs as its Keras layer
+    elif problems: self.problems += problems; self.overridable.append(layer_name)
+    if masked and node_kind != "digital":
+        self.problems.append(f"layer {layer_name!r} of type {kind!r} receives a mask, which its analog mapping does not apply")
+    activation = activation_name(op.activation) if (node_kind == "analog" and op.activation is not None) else "linear"
+    self.add(GraphNode(name, layer_name, kind or type(op).__name__, node_kind, inputs, op, list_input, knode.arguments,
+                       [_shape(t) for t in knode.input_tensors], _shape(knode.output_tensors[0]), activation or "linear",
+                       compute=_keras_call(op, knode.arguments) if masked else None))   # (the Keras layer applies the mask)
+    return name
+
+# %% ../nbs/10_keras_import.ipynb #d770b139
+def layer_setting(config, # the network's InferenceConfig (None: the defaults)
+                  layer_overrides=None, # {layer: 'digital' | {config fields} | InferenceConfig}
+                 ):
+    "`setting(layer_name, field)`: a config field as it applies to one layer (its override wins); graph building reads these."
+    def setting(layer_name:str, field:str):
+        override = (layer_overrides or {}).get(layer_name) if isinstance(layer_overrides, dict) else None
+        if isinstance(override, dict) and field in override: return override[field]
+        if isinstance(override, InferenceConfig): return getattr(override, field)
+        return getattr(config if config is not None else InferenceConfig(), field)
+    return setting
+
+# %% ../nbs/10_keras_import.ipynb #bed8e66d
 def build_graph(model, # a keras.Model (Functional or Sequential) or anything `load_keras_model` accepts
                 digital_layers=(), # layer names kept digital: a layer of any type among them runs as its Keras layer
+                config=None, # the InferenceConfig: fields that shape the graph (attention_products, ...); None: defaults
+                layer_overrides=None, # per-layer overrides of those fields
                ) -> ModelGraph:
     "The explicit layer graph of a Keras model, analog weights read as crossbar matrices; unsupported layers are an error."
     model = load_keras_model(model, digital_layers=digital_layers)
     graph = functional_graph(model)
-    builder = _GraphBuilder(digital_layers)
+    builder = _GraphBuilder(digital_layers, layer_setting(config, layer_overrides))
     input_names = []
     for kt in graph.inputs:
         layer = kt._keras_history[0]
@@ -614,10 +558,206 @@ def build_graph(model, # a keras.Model (Functional or Sequential) or anything `l
                                                         builder.overridable))
     specs = {}
     for node in builder.nodes:
-        if node.kind == "analog":
+        if node.kind == "analog" and not node.analog:        # (composite layers bring their cores)
             if node.layer_name not in specs: specs[node.layer_name] = analog_specs(node.layer, node.layer_name)
             node.analog = specs[node.layer_name]
     return ModelGraph(model.name, builder.nodes, input_names, outputs)
+
+# %% ../nbs/10_keras_import.ipynb #5c3a9e71
+from .attention import keras_attention_nodes, keras_einsum_nodes, keras_layer_norm_nodes
+# layers whose module builds their graph nodes: builder(layer, call, context) -> (nodes, output tensor names) (attention chapter)
+COMPOSITE_BUILDERS = {"MultiHeadAttention": keras_attention_nodes, "EinsumDense": keras_einsum_nodes,
+                      "LayerNormalization": keras_layer_norm_nodes}
+COMPOSITE_LAYERS = ("MultiHeadAttention", "EinsumDense")
+SUPPORTED_LAYERS += COMPOSITE_LAYERS
+_SUPPORTED_CLASSES.update({getattr(keras.layers, name): name for name in COMPOSITE_LAYERS})
+
+# %% ../nbs/10_keras_import.ipynb #79f406f6
+from .keras_hub_import import (traced, runs_whole, trace_call, UntraceableLayerError, is_keras_operation, operation_name,
+                                          operation_nodes, weight_product, package_activation, activation_node)
+SUPPORTED_OPS += ("GetItem",)         # x[:, 0] recorded in a functional graph (BERT's pooled output): a slice, digital
+_SUPPORTED_CLASSES[keras.src.ops.numpy.GetItem] = "ops.GetItem"
+REVERSIBLE_EMBEDDINGS = tuple(c for c in [getattr(keras.layers, "ReversibleEmbedding", None)] if c is not None)
+
+def _with_package_activation(builder:_GraphBuilder, op, knode, layer_name:str, inputs:list, function) -> list:
+    "An analog layer whose activation is a traced package's function: the layer analog (linear), then a digital activation node."
+    name, shape = builder.unique(layer_name), _shape(knode.output_tensors[0])
+    builder.add(GraphNode(name, layer_name, layer_type(op), "analog", inputs, op, False, knode.arguments,
+                          [_shape(t) for t in knode.input_tensors], shape))
+    node = activation_node(builder.unique(f"{layer_name}/activation"), name, function, shape)
+    builder.add(node)
+    return [node.name]
+
+def keras_hub_nodes(builder:_GraphBuilder, # the graph builder walking the model
+                    op, # the layer or operation of this call
+                    knode, # its Keras node
+                    prefix:str, # path prefix of the layers being walked ("" or "outer/")
+                    inputs:list, # names of the call's input tensors
+                    traced_call=None, # the traced call being walked (a keras.Function), None in a model's own graph
+                   ) -> list | None:
+    """Output tensor names of a call the keras_hub chapter handles (its nodes added to `builder`), or None for any other call.
+    Handled: a layer of a traced package (its call traced and walked in place, sublayers named "layer/sublayer"), a layer
+    that runs whole, an analog layer with the package's own activation, and inside a traced call every keras.ops operation."""
+    if traced_call is not None and is_keras_operation(op):
+        layer_name = prefix + operation_name(op)
+        reason = weight_product(op, knode)
+        if reason:
+            owner, kind = traced_call.traced_layer
+            builder.problems.append(f"layer {owner!r} of type {kind!r}: {reason}, which tracing cannot put on a crossbar")
+            builder.overridable.append(owner)
+        nodes = operation_nodes(op, knode, builder.unique(layer_name), layer_name, inputs)
+        for node in nodes: builder.add(node)
+        return [node.name for node in nodes[1:]] or [nodes[0].name]
+    if not isinstance(op, keras.layers.Layer): return None
+    layer_name = prefix + op.name
+    if isinstance(op, REVERSIBLE_EMBEDDINGS):            # BERT's token table: an Embedding when called forward
+        if not knode.arguments.kwargs.get("reverse") and len(knode.arguments.args) == 1 and "Embedding" in COMPOSITE_BUILDERS:
+            return builder.composite(COMPOSITE_BUILDERS["Embedding"], op, knode, prefix, inputs)
+        if layer_name in builder.digital: return None
+        builder.problems.append(f"layer {layer_name!r} of type {type(op).__name__!r} is called with reverse=True (logits from the "
+                                "table's transpose), which is not supported"); builder.overridable.append(layer_name)
+        return [layer_name] * len(knode.output_tensors)
+    if layer_name in builder.digital: return None
+    if runs_whole(op) and len(knode.output_tensors) == 1:
+        name = builder.unique(layer_name)
+        builder.add(GraphNode(name, layer_name, type(op).__name__, "digital", inputs, op, False, knode.arguments,
+                              [_shape(t) for t in knode.input_tensors], _shape(knode.output_tensors[0])))
+        return [name]
+    function = package_activation(op)
+    if (function is not None and layer_type(op) in ANALOG_LAYERS and len(knode.arguments.args) == 1 and len(knode.output_tensors) == 1
+            and not any(isinstance(v, keras.KerasTensor) for v in knode.arguments.kwargs.values())
+            and getattr(op, "data_format", "channels_last") == "channels_last"):
+        return _with_package_activation(builder, op, knode, layer_name, inputs, function)
+    if not traced(op): return None
+    try: traced_function = trace_call(op, knode, layer_name)
+    except UntraceableLayerError as error:
+        builder.problems.append(str(error)); builder.overridable.append(layer_name)
+        return [layer_name] * len(knode.output_tensors)
+    traced_function.traced_layer = (layer_name, type(op).__name__)
+    return builder.expand(None, layer_name + "/", inputs, traced_function)
+
+# %% ../nbs/10_keras_import.ipynb #a1c00001
+from .recurrent import RecurrentCell, CellOnCores, recurrent_node, embedding_node
+from .graph import select_node
+RECURRENT_LAYERS = ("SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional")
+_CELL_KINDS = {keras.layers.SimpleRNNCell: "SimpleRNN", keras.layers.LSTMCell: "LSTM", keras.layers.GRUCell: "GRU"}
+
+def _recurrent_refusal(layer, layer_name:str) -> str | None:
+    "Why a Keras recurrent layer (or one half of a Bidirectional) cannot run on cores, or None."
+    kind = type(layer).__name__
+    if getattr(layer, "stateful", False):
+        return f"layer {layer_name!r} of type {kind!r} has stateful=True (states carried from one batch to the next cannot be simulated)"
+    cell = getattr(layer, "cell", None)
+    if type(cell) not in _CELL_KINDS:
+        return (f"layer {layer_name!r} of type {kind!r} has a custom cell {type(cell).__name__!r} "
+                f"(supported cells: {', '.join(c.__name__ for c in _CELL_KINDS)})")
+    for field in ("activation", "recurrent_activation"):
+        function = getattr(cell, field, None)
+        if function is not None and activation_name(function) is None:
+            return f"layer {layer_name!r} of type {kind!r} has a custom {field} {getattr(function, '__name__', function)!r}"
+    return None
+
+def keras_cell(layer, # a SimpleRNN, LSTM, GRU (or RNN with one of their cells) Keras layer
+              ) -> RecurrentCell:
+    "The weights of a Keras recurrent layer as a `RecurrentCell` (Keras' layout is the canonical one)."
+    cell = layer.cell
+    kind = _CELL_KINDS[type(cell)]
+    bias = _numpy(cell.bias) if cell.use_bias else None
+    recurrent_bias = None
+    if kind == "GRU" and cell.reset_after and bias is not None: bias, recurrent_bias = bias[0], bias[1]
+    return RecurrentCell(kind, _numpy(cell.kernel), _numpy(cell.recurrent_kernel), bias, recurrent_bias,
+                         activation_name(cell.activation), activation_name(getattr(cell, "recurrent_activation", None)) or "sigmoid",
+                         reset_after=bool(getattr(cell, "reset_after", True)))
+
+# %% ../nbs/10_keras_import.ipynb #a1c00002
+def _keras_call(layer, call):
+    "compute(*tensors): the Keras layer itself on the call's tensors (a kept-digital layer); a mask is handed over as booleans."
+    def compute(*tensors):
+        args, kwargs = call.fill_in({id(kt): value for kt, value in zip(call.keras_tensors, tensors)})
+        if kwargs.get("mask") is not None: kwargs["mask"] = np.asarray(kwargs["mask"]) != 0
+        result = layer(*args, **kwargs)
+        results = [np.asarray(keras.ops.convert_to_numpy(r), np.float32) for r in (result if isinstance(result, (list, tuple)) else [result])]
+        return results[0] if len(results) == 1 else tuple(results)
+    return compute
+
+def _digital_call_nodes(layer, call, context) -> tuple:
+    "A layer kept digital: one node running the Keras layer, select nodes for its outputs when it has several."
+    name, shapes = context.node_name, context.output_shapes
+    node = GraphNode(name, context.layer_name, type(layer).__name__, "digital", [context.tensor_name(t) for t in call.keras_tensors],
+                     layer, arguments=call, input_shapes=context.input_shapes, output_shape=shapes[0] if len(shapes) == 1 else (),
+                     compute=_keras_call(layer, call))
+    if len(shapes) == 1: return [node], [name]
+    picks = [select_node(f"{name}:{i}", name, i, shape) for i, shape in enumerate(shapes)]
+    return [node] + picks, [p.name for p in picks]
+
+# %% ../nbs/10_keras_import.ipynb #a1c00004
+def _recurrent_cells(halves:list, layer_name:str, kind:str, context) -> list:
+    "The CellOnCores of a layer (two for a Bidirectional), in its `recurrent_cores` layout; a layer called twice reads the same cores."
+    mode = str(getattr(context.setting("recurrent_cores"), "value", context.setting("recurrent_cores")))
+    if (layer_name, mode) not in context.specs:
+        prefixes = [f"{layer_name}/forward", f"{layer_name}/backward"] if len(halves) == 2 else [layer_name]
+        context.specs[(layer_name, mode)] = [CellOnCores(keras_cell(h), p, layer_name, kind, mode) for h, p in zip(halves, prefixes)]
+    return context.specs[(layer_name, mode)]
+
+def keras_recurrent_nodes(layer, # a SimpleRNN, LSTM, GRU, RNN or Bidirectional layer
+                          call, # Keras' record of the call
+                          context, # the importer's context (graph chapter builders)
+                         ) -> tuple:
+    "A Keras recurrent layer as a composite analog node (`recurrent.recurrent_node`); kept digital: the Keras layer runs."
+    if context.layer_name in context.digital_layers: return _digital_call_nodes(layer, call, context)
+    layer_name, kind = context.layer_name, type(layer).__name__
+    bound = inspect.signature(layer.call).bind(*call.args, **call.kwargs).arguments
+    halves = [layer.forward_layer, layer.backward_layer] if kind == "Bidirectional" else [layer]
+    for half in halves:
+        reason = _recurrent_refusal(half, layer_name)
+        if reason: raise ValueError(reason)
+    if kind == "Bidirectional" and layer.forward_layer.go_backwards:
+        raise ValueError(f"layer {layer_name!r} of type 'Bidirectional' wraps a layer with go_backwards=True (not supported)")
+    steps = context.input_shapes[0][1]
+    if steps is None:
+        raise ValueError(f"layer {layer_name!r} of type {kind!r} has an unknown sequence length (input shape {context.input_shapes[0]}); "
+                         "build the model with a fixed length, e.g. keras.Input((steps, features)), and mask padded steps")
+    cells = _recurrent_cells(halves, layer_name, kind, context)
+    states = bound.get("initial_state")
+    states = [] if states is None else list(states) if isinstance(states, (list, tuple)) else [states]
+    mask = bound.get("mask")
+    inputs = [context.tensor_name(bound["sequences"])] + [context.tensor_name(s) for s in states]
+    if mask is not None: inputs.append(context.tensor_name(mask))
+    if kind == "Bidirectional": directions = ["forward", "reverse"]
+    else: directions = ["backwards" if layer.go_backwards else "forward"]
+    nodes = recurrent_node(context.node_name, layer_name, kind, inputs, cells, steps, directions,
+                           return_sequences=bool(layer.return_sequences), return_state=bool(layer.return_state),
+                           merge_mode=getattr(layer, "merge_mode", "concat"),
+                           zero_masked_outputs=bool(getattr(halves[0], "zero_output_for_mask", False)),
+                           initial_states=bool(states), masked=mask is not None, output_shapes=context.output_shapes)
+    return nodes, [nodes[0].name] if len(nodes) == 1 else [n.name for n in nodes[1:]]
+keras_recurrent_nodes.handles_digital = True
+
+# %% ../nbs/10_keras_import.ipynb #a1c00005
+def keras_embedding_nodes(layer, # a keras.layers.Embedding
+                          call, # Keras' record of the call
+                          context, # the importer's context
+                         ) -> tuple:
+    "An Embedding: an exact lookup, or (`embedding='analog'`) the table read on a core with one-hot vectors."
+    analog = str(getattr(context.setting("embedding"), "value", context.setting("embedding"))) == "analog"
+    analog = analog and context.layer_name not in context.digital_layers
+    shape = context.input_shapes[0]
+    if analog and None in shape[1:]:
+        raise ValueError(f"layer {context.layer_name!r} of type 'Embedding' has an unknown input length {shape} (embedding='analog' "
+                         "counts its reads per image); build the model with a fixed length")
+    if context.layer_name not in context.specs: context.specs[context.layer_name] = _numpy(layer.embeddings)
+    node = embedding_node(context.node_name, context.layer_name, "Embedding", context.tensor_name(call.args[0]),
+                          context.specs[context.layer_name], int(np.prod(shape[1:])) if analog else 0, analog, context.output_shapes[0])
+    return [node], [node.name]
+keras_embedding_nodes.handles_digital = True
+
+COMPOSITE_BUILDERS.update({name: keras_recurrent_nodes for name in RECURRENT_LAYERS}, Embedding=keras_embedding_nodes)
+COMPOSITE_LAYERS += RECURRENT_LAYERS + ("Embedding",)
+SUPPORTED_LAYERS += RECURRENT_LAYERS + ("Embedding", "Masking")
+_SUPPORTED_CLASSES.update({getattr(keras.layers, name): name for name in RECURRENT_LAYERS + ("Embedding", "Masking")})
+MASK_OPS = ("NotEqual", "Any")       # how Keras computes masks in a functional graph (Embedding mask_zero, Masking)
+SUPPORTED_OPS += MASK_OPS
+_SUPPORTED_CLASSES.update({getattr(keras.src.ops.numpy, name): f"ops.{name}" for name in MASK_OPS})
 
 # %% ../nbs/10_keras_import.ipynb #4d07abe8
 def _batchnorm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -629,7 +769,7 @@ def _batchnorm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
     return scale, beta - mean * scale
 
 def _foldable(bn:GraphNode, producer:GraphNode, readers:dict, outputs:list, calls:dict) -> bool:
-    if producer.kind != "analog" or producer.activation != "linear": return False
+    if producer.kind != "analog" or producer.activation != "linear" or producer.compute is not None: return False
     if bn.compute is not None:          # another importer's node (ONNX): it records its affine when it normalises the last axis
         return (getattr(bn.arguments, "batchnorm_affine", None) is not None and len(readers[producer.name]) == 1
                 and producer.name not in outputs and calls[producer.layer_name] == 1)

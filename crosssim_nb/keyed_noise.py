@@ -13,13 +13,13 @@ import llvmlite.binding as llvm
 from .backend import array_module_of, aligned_empty, native_bfloat16, tensor_buffer, thread_pool
 
 # %% auto #0
-__all__ = ['philox4x32', 'philox4x32_array', 'keyed_draws', 'keyed_draws_array', 'add_keyed_noise', 'sums_of_squares',
-           'bfloat16_bits', 'bfloat16_values', 'tensorflow_bfloat16', 'bfloat16_operand', 'variance_result',
-           'variance_matmul']
+__all__ = ['FAST_MATH', 'philox4x32', 'philox4x32_array', 'keyed_draws', 'keyed_draws_array', 'add_keyed_noise',
+           'sums_of_squares', 'bfloat16_bits', 'bfloat16_values', 'tensorflow_bfloat16', 'bfloat16_operand',
+           'variance_result', 'variance_matmul']
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000005
 # compiled float flags: contractions and fast reciprocals/approximate functions, but NaN and inf stay meaningful
-_FAST = {"contract", "afn", "arcp", "reassoc", "nsz"}
+FAST_MATH = {"contract", "afn", "arcp", "reassoc", "nsz"}
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57          # Philox4x32 round multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85          # key increments per round (golden ratio, √3 − 1, as 32-bit fractions)
 
@@ -57,7 +57,7 @@ def philox4x32_array(counter, # (4, n) uint32 counters (NumPy or CuPy)
     return xp.stack([c0, c1, c2, c3]).astype(np.uint32)
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000012
-@njit(inline="always", fastmath=_FAST, cache=True)
+@njit(inline="always", fastmath=FAST_MATH, cache=True)
 def _radius(word):
     "Box-Muller radius √(−2 ln u) of u = (word >> 1)·2⁻³¹ + 2⁻³² (float32, ≤ 6.66)."
     u = np.float32(np.int32(word >> np.uint32(1))) * np.float32(2.0 ** -31) + np.float32(2.0 ** -32)
@@ -74,7 +74,7 @@ def _radius(word):
     return np.sqrt(np.float32(-2.0) * log_u)
 
 # %% ../nbs/05b_keyed_noise.ipynb #e2ff42c4
-@njit(inline="always", fastmath=_FAST, cache=True)
+@njit(inline="always", fastmath=FAST_MATH, cache=True)
 def _unit_circle(word):
     "(cos θ, sin θ) of θ = q·π/2 + x: quadrant q from the top 2 bits of `word`, x in [−π/4, π/4) from the next 24."
     quadrant = np.int32(word >> np.uint32(30))
@@ -89,7 +89,7 @@ def _unit_circle(word):
     return (first * np.float32(1 - 2 * ((quadrant ^ (quadrant >> 1)) & 1)),   # negative in quadrants 1, 2
             second * np.float32(1 - 2 * ((quadrant >> 1) & 1)))               # negative in quadrants 2, 3
 
-@njit(inline="always", fastmath=_FAST, cache=True)
+@njit(inline="always", fastmath=FAST_MATH, cache=True)
 def _uniform(word):
     "Zero-mean, unit-variance uniform of the top 24 bits of `word`: strictly inside (−√3, √3)."
     return (np.float32(np.int32(word >> np.uint32(8))) + np.float32(0.5 - 2 ** 23)) * np.float32(math.sqrt(12.0) * 2 ** -24)
@@ -162,7 +162,7 @@ def _check_distribution(distribution:str) -> bool:
 # %% ../nbs/05b_keyed_noise.ipynb #b80827cf
 _CHUNK_DRAWS = 4096     # draws per chunk of rows: drawn into a buffer that stays in the cache, then used
 
-@njit(inline="always", fastmath=_FAST, cache=True)
+@njit(inline="always", fastmath=FAST_MATH, cache=True)
 def _fill_blocks(scratch, first_block, count, c2, c3, k0, k1, normal):
     "The draws of `count` consecutive blocks from `first_block` into `scratch[:4·count]`, word w of block m at 4m + w."
     # two loops, not one with the branch inside: LLVM does not vectorise the merged loop (9 ns instead of 3 ns a draw)
@@ -185,7 +185,7 @@ def _fill_blocks(scratch, first_block, count, c2, c3, k0, k1, normal):
             scratch[4 * m + 2], scratch[4 * m + 3] = _uniform(c), _uniform(d)
 
 # %% ../nbs/05b_keyed_noise.ipynb #0a0a6291
-@njit(nogil=True, fastmath=_FAST, cache=True)
+@njit(nogil=True, fastmath=FAST_MATH, cache=True)
 def _draw_rows(out, first_row, c2, c3, k0, k1, normal):
     rows, per_row = out.shape
     blocks = (per_row + 3) // 4
@@ -242,7 +242,7 @@ def _as_float32_typed(value):
     return lambda value: np.float32(value)
 
 # %% ../nbs/05b_keyed_noise.ipynb #6e320c31
-@njit(nogil=True, fastmath=_FAST, cache=True)
+@njit(nogil=True, fastmath=FAST_MATH, cache=True)
 def _add_noise_rows(currents, variance, first_row, c2, c3, k0, k1, normal, levels):
     slices, rows, columns = currents.shape
     blocks = (slices * columns + 3) // 4
@@ -294,7 +294,7 @@ def add_keyed_noise(currents, # column currents (k, b, columns), float32, change
     return currents
 
 # %% ../nbs/05b_keyed_noise.ipynb #kn000031
-@njit(nogil=True, fastmath=_FAST, cache=True)
+@njit(nogil=True, fastmath=FAST_MATH, cache=True)
 def _sums_of_squares_3d(x, out):
     for a in range(x.shape[0]):
         for b in range(x.shape[1]):

@@ -11,7 +11,7 @@ from .config import InferenceConfig
 # %% auto #0
 __all__ = ['weight_scale', 'normalize_weights', 'weight_levels', 'weight_codes', 'slice_bits', 'slice_codes',
            'offset_slice_codes', 'slice_offset_digits', 'target_conductances', 'slice_weights', 'output_scale',
-           'offset_conductances', 'cell_levels', 'partition']
+           'offset_conductances', 'cell_levels', 'partition', 'MappingMode']
 
 # %% ../nbs/02_mapping.ipynb #8af93b87
 def weight_scale(matrix:np.ndarray, # weights, any shape
@@ -136,3 +136,23 @@ def partition(size:int, # rows (or columns) to split
     sizes = [base] * (count - extra) + [base + 1] * extra
     edges = np.concatenate([[0], np.cumsum(sizes)])
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+# %% ../nbs/02_mapping.ipynb #a3c0d102
+import enum
+
+class MappingMode(str, enum.Enum):
+    "How a core holds a signed weight; equal to its value and printed as it (like the config's options)."
+    OFFSET = "offset"           # one device per weight around a mid-range offset, subtracted digitally or by a unit column
+    DIFFERENCE = "difference"   # a G+/G- pair read as one difference current (subtracted in the array, or interleaved)
+    PAIR = "pair"               # a G+/G- pair whose columns are digitised apart and subtracted after the ADCs
+    def __str__(self): return self.value
+
+    @classmethod
+    def of(cls, config:InferenceConfig) -> "MappingMode":
+        "The mode a configuration implies (exact read noise keeps G+ and G- apart: each device draws its own noise)."
+        apart = config.has_read_noise and config.read_noise_method == "exact"
+        if config.style == "OFFSET": return cls.OFFSET
+        if config.interleaved_posneg and not apart: return cls.DIFFERENCE      # G+ and G- share one column line: it carries I+ - I-
+        if config.subtract_current_in_xbar and config.icol_max == 0 and not apart: return cls.DIFFERENCE
+        return cls.PAIR
+

@@ -14,12 +14,14 @@ import keras
 from .config import InferenceConfig
 from .core import AnalogCore
 from .backend import to_numpy, to_module, array_module_of, tensor_buffer
-from .keras_import import (AnalogSpec, GraphNode, ModelGraph, build_graph, fold_batchnorm, load_keras_model,
+from .graph import AnalogSpec, GraphNode, ModelGraph
+from .attention import analog_matmul, digital_product
+from .keras_import import (build_graph, fold_batchnorm, load_keras_model,
                                       nonnegative_tensors, activation_name,
                                       digital_layer_names)
 import crosssim_nb.convolution as convolution
-from .convolution import (_pad_spatial, patch_view, _drives,
-                                     _apply_rows, apply_conv, per_channel_kernel, FloatMatrix, GroupedDepthwise,
+from .convolution import (pad_spatial, patch_view, engine_drives,
+                                     apply_rows, apply_conv, per_channel_kernel, FloatMatrix, GroupedDepthwise,
                                      CoreEngine, DepthwiseCore, DepthwiseEngine, conv_row_permutation)
 
 # %% auto #0
@@ -27,9 +29,11 @@ __all__ = ['TopValues', 'calibration_source', 'AnalogNetwork', 'zoo_input_nonneg
 
 # %% ../nbs/11_network.ipynb #c9c37d04
 def _clamp(bound):
-    "In-place ReLU (`bound` None) or ReLU clipped at `bound`, for float32 outputs (NumPy, or CuPy on a GPU)."
-    if bound is None: return lambda y: array_module_of(y).maximum(y, 0, out=y)
-    return lambda y, top=np.float32(bound): array_module_of(y).clip(y, 0, top, out=y)
+    "In-place ReLU (`bound` None) or ReLU clipped at `bound`, for float32 outputs (NumPy, or CuPy on a GPU); tagged `relu_bound` so a convolution kernel may fuse it."
+    if bound is None: clamp = lambda y: array_module_of(y).maximum(y, 0, out=y)
+    else: clamp = lambda y, top=np.float32(bound): array_module_of(y).clip(y, 0, top, out=y)
+    clamp.relu_bound = bound
+    return clamp
 
 def _relu_bounds(node:GraphNode):
     "`(max_value or None)` when the node is a plain relu/relu6 (no slope, no threshold), else False."
@@ -95,9 +99,9 @@ def _fast_digital(node:GraphNode, inputs:list, reusable:list):
         y = pool(inputs[0], layer.pool_size, layer.strides, layer.padding.upper())
         return tensor_buffer(y)
     if kind in ("ZeroPadding2D", "ZeroPadding3D"):
-        return _pad_spatial(inputs[0], [tuple(p) for p in layer.padding])
+        return pad_spatial(inputs[0], [tuple(p) for p in layer.padding])
     if kind == "ZeroPadding1D":
-        return _pad_spatial(inputs[0][:, None], [(0, 0), tuple(layer.padding)])[:, 0]
+        return pad_spatial(inputs[0][:, None], [(0, 0), tuple(layer.padding)])[:, 0]
     if kind in ("Cropping1D", "Cropping2D", "Cropping3D"):
         x = inputs[0]
         crops = [layer.cropping] if kind == "Cropping1D" else layer.cropping
@@ -184,6 +188,8 @@ def _analog_overrides(overrides:dict, graph:ModelGraph, specs:list) -> dict:
     layers = list(dict.fromkeys(n.layer_name for n in graph.nodes if n.kind != "input"))
     kept = {}
     for key, value in overrides.items():
+        if key not in analog and key in layers and isinstance(value, dict) and value and set(value) <= {"recurrent_cores", "embedding", "attention_products"}:
+            continue                     # fields that shaped the graph (the importer applied them), on a layer that runs digitally
         if key in analog or not (isinstance(value, str) and value.lower() == "digital"): kept[key] = value
         elif key not in layers:
             raise ValueError(f"layer_overrides: {key!r} is not an analog layer, nor any layer, of this model; {_close_names(key, layers)}"
@@ -214,10 +220,17 @@ def _layer_config(base:InferenceConfig, override, name:str):
     if isinstance(override, dict): return base.replace(**override)
     raise TypeError(f"layer_overrides[{name!r}] must be 'digital', an InferenceConfig or a dict, got {type(override).__name__}")
 
+def _read_rows(engine, x, post, first_image:int, read:int, overwrite:bool):
+    "One read of an engine on `x` `(batch, ..., n_in)` → `(batch, ..., n_out)`; rows keyed by image index × rows per image."
+    lead = x.shape[:-1]
+    rows = engine_drives(engine, x.reshape(-1, x.shape[-1]), overwrite)
+    first_row = first_image * (rows.shape[0] // max(1, lead[0]))
+    return apply_rows(rows, engine, post, convolution.CHUNK_ELEMENTS, first_row, read).reshape(lead + (engine.n_out,))
+
 def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
-# %% ../nbs/11_network.ipynb #53fb61b0
+# %% ../nbs/11_network.ipynb #0ac1d467
 class _FloatEngines(dict):
     "Exact float engines by core name, built when first asked for; kept (`keep`), or built for each call and dropped after it (profiling: never all layers' weight copies at once)."
     def __init__(self, specs:dict, make, built:dict|None=None, keep:bool=True):
@@ -228,15 +241,15 @@ class _FloatEngines(dict):
         if self._keep: self[name] = engine
         return engine
 
-_HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bits", "dac_bits", "adc_bits", "row_tiles",
-               "col_tiles", "weight_slices", "arrays_per_tile", "arrays", "array_size", "devices", "capacity", "utilisation",
-               "mvms_per_image", "bits_per_cell", "folded_batchnorm"]
+# %% ../nbs/11_network.ipynb #53fb61b0
+from fastcore.basics import patch   # (the methods in the cells below)
 
 class AnalogNetwork:
     "A Keras model whose analog layers run on simulated crossbars; build it with `AnalogNetwork.from_keras`."
     input_layout = "channels_last"   # the layout of the images it takes: Keras models channels-last; ONNX models (from_onnx) "channels_first"
     def __init__(self, graph:ModelGraph, config:InferenceConfig, layer_configs:dict, model_name:str=""):
         self.graph, self.config, self.layer_configs = graph, config, layer_configs
+        self.core_overrides = {}          # {core: its layer override}: layer configs are rebuilt from them (`set_adc_limits`)
         self.model_name = model_name or graph.name
         self.specs = {s.name: s for s in graph.analog_specs}
         self.cores, self.input_ranges = {}, {}
@@ -245,16 +258,18 @@ class AnalogNetwork:
         self.engines = _FloatEngines(self.specs, self._float_engine, {name: self._float_engine(spec) for name, spec in self.specs.items()
                                                                       if name in layer_configs and layer_configs[name] is None})
         self._readers = {t: len(r) for t, r in graph.consumers().items()}
-        self._calls = Counter(spec.name for node in graph.analog_nodes for spec in node.analog)   # calls per core and pass
+        self._calls = Counter()           # reads of each core per pass (a composite node may read a core many times per call)
+        for node in graph.analog_nodes:
+            for spec in node.analog: self._calls[spec.name] += node.reads_per_call.get(spec.name, 1)
         self._post = {n.name: self._activation(n) for n in graph.analog_nodes}
         self._fused = self._fuse_relus()
+        self._residuals, self._through = self._fuse_residuals()   # residual Adds (and their ReLUs) done by the layer before them
 
     @property
     def fused_relus(self) -> frozenset:
         "Names of the ReLU nodes folded into the preceding analog node's post-op (they pass their input through)."
         return frozenset(self._fused)
 
-    # ----- construction -----
     @staticmethod
     def _float_engine(spec:AnalogSpec):
         if spec.is_depthwise: return GroupedDepthwise(spec.kernel, spec.bias, spec.kernel_size)
@@ -270,127 +285,6 @@ class AnalogNetwork:
         def apply(y): y[...] = to_module(keras.ops.convert_to_numpy(function(to_numpy(y))), array_module_of(y))   # (Keras: on the host)
         return apply
 
-    def _fuse_relus(self) -> set:
-        "Relu nodes folded into the preceding analog node's per-chunk post-op (they then pass their input through)."
-        fused, readers = set(), self.graph.consumers()
-        outputs = set(self.graph.outputs)
-        nodes = {n.name: n for n in self.graph.nodes}
-        for node in self.graph.analog_nodes:
-            reader = readers[node.name]
-            if len(reader) != 1 or node.name in outputs or node.activation not in ("linear", "relu", "relu6"): continue
-            follower = nodes[reader[0]]
-            bound = _relu_bounds(follower) if follower.kind == "digital" else False
-            if bound is False: continue
-            relu = _clamp(bound)
-            first = self._post[node.name]
-            self._post[node.name] = relu if first is None else (lambda y, f=first, g=relu: g(f(y)))
-            fused.add(follower.name)
-        return fused
-
-    @classmethod
-    def from_keras(cls,
-                   model, # keras.Model, tf_keras model, or path of a .keras / .h5 file
-                   config:InferenceConfig, # hardware description of every analog layer
-                   calibration_data=None, # inputs to profile DAC ranges on (array, or list of arrays for several inputs)
-                   input_ranges=None, # {layer: x_max or (lo, hi)} or a JSON/YAML file of it; wins over profiling
-                   adc_limits=None, # a Calibration or its limits file (checked against model and config), or {layer: limits}
-                   layer_overrides=None, # {layer: 'digital' | {config fields} | InferenceConfig}
-                   input_nonnegative:bool|None=None, # model inputs non-negative (unsigned first DAC); None: the zoo's record for a zoo model, else False
-                   calibration_samples:int=500, # profile on at most this many samples (a seeded random subset)
-                   batch_size:int=64, # batch size of the profiling pass
-                   safe_mode:bool=True, # Keras safe_mode when loading a file
-                  ) -> "AnalogNetwork":
-        "Import a Keras model and put each analog layer on its own `AnalogCore`."
-        if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
-        digital = digital_layer_names(layer_overrides)      # any layer kept digital runs as its Keras layer, whatever its type
-        keras_model = load_keras_model(model, safe_mode=safe_mode, digital_layers=digital)
-        if input_nonnegative is None: input_nonnegative = zoo_input_nonnegative(keras_model)
-        raw = build_graph(keras_model, digital)            # unsupported layers raise here, before any work
-        return cls.from_graph(raw, config, keras_model.name, calibration_data, input_ranges, adc_limits, layer_overrides,
-                               input_nonnegative, calibration_samples, batch_size)
-
-    @classmethod
-    def from_graph(cls,
-                   raw:ModelGraph, # an importer's graph (build_graph, build_onnx_graph); its weight arrays are released as they fold
-                   config:InferenceConfig, # hardware description of every analog layer
-                   model_name:str, # the model's name (limits files and calibrations record it)
-                   calibration_data=None, input_ranges=None, adc_limits=None, layer_overrides=None, # as `from_keras`
-                   input_nonnegative:bool=False, # model inputs non-negative (unsigned first DAC)
-                   calibration_samples:int=500, batch_size:int=64, # as `from_keras`
-                  ) -> "AnalogNetwork":
-        "Build from an importer's `ModelGraph` (Keras, ONNX: every importer shares this): overrides, BatchNormalization folding, DAC ranges, ADC limits, cores."
-        specs = raw.analog_specs
-        if layer_overrides is not None and not isinstance(layer_overrides, dict):
-            raise TypeError(f"layer_overrides must be a dict {{layer: 'digital' | {{config fields}} | InferenceConfig}}, "
-                            f"got {type(layer_overrides).__name__} {layer_overrides!r}")
-        overrides = _per_core(_analog_overrides(dict(layer_overrides or {}), raw, specs), specs, "layer_overrides")
-        layer_configs = {s.name: _layer_config(config, overrides.get(s.name), s.name) for s in specs}
-        def fold(node): return all((layer_configs[s.name] or config).fold_batchnorm for s in node.analog)
-        graph = fold_batchnorm(raw, allow=fold, release=True)   # raw's unfolded weight copies are freed as they fold
-        del raw
-        specs = graph.analog_specs                          # (the same names and layers)
-        nonnegative = nonnegative_tensors(graph, input_nonnegative)
-        signed = {}
-        for node in graph.analog_nodes:
-            for i, spec in enumerate(node.analog): signed[spec.name] = i > 0 or node.inputs[0] not in nonnegative
-        calibration = calibration_source(adc_limits)          # a limits file from calibrate_adc: checked once the net exists
-        if calibration is not None:
-            calibration.check_identity(model_name, graph.analog_specs)   # "made for model X" before any layer lookup
-            adc_limits = calibration.adc_limits
-            if input_ranges is None: input_ranges = calibration.input_ranges
-        given = {k: _parse_range(k, v) for k, v in _per_core(_read_mapping(input_ranges, "input_ranges", "input_ranges"),
-                                                            specs, "input_ranges").items()}
-        limits = _per_core(_read_mapping(adc_limits, "adc_limits", "adc_limits"), specs, "adc_limits")
-        analog = {k: c for k, c in layer_configs.items() if c is not None}
-        need = [k for k, c in analog.items() if c.needs_input_ranges and k not in given]
-        if need and calibration_data is None:
-            raise ValueError(f"{len(need)} analog layer(s) need DAC input ranges because dac_bits > 0 or adc_bits > 0 "
-                             f"(first: {', '.join(need[:5])}); pass calibration_data=<a sample of typical inputs> "
-                             "to profile them, or input_ranges={layer: x_max or (lo, hi)}")
-        missing = [k for k, c in analog.items() if c.adc_bits > 0 and c.adc_range_option == "CALIBRATED" and k not in limits]
-        if missing:
-            raise ValueError(f"{len(missing)} analog layer(s) use adc_range_option='CALIBRATED' with adc_bits > 0 but have no "
-                             f"adc_limits (first: {', '.join(missing[:5])}); pass adc_limits from a calibration, or use "
-                             "adc_range_option='MAX' (or 'GRANULAR')")
-        net = cls(graph, config, layer_configs, model_name)
-        if calibration is not None: calibration.check(net, config, layer_overrides or {})
-        profiled = {}
-        if calibration_data is not None:
-            profiled = net.profile_input_ranges(calibration_data, calibration_samples, batch_size=batch_size)
-        ranges = {}
-        for name in (spec.name for spec in specs):
-            low, high = given.get(name, (None, profiled.get(name) or 1.0))
-            ranges[name] = (low, high) if low is not None else ((-high, high) if signed[name] else (0.0, high))
-        net._build_cores(ranges, limits)
-        return net
-
-    def _build_cores(self, ranges:dict, limits:dict):
-        "Create one AnalogCore per analog core (layers kept digital keep their exact float engine)."
-        self.input_ranges = dict(ranges)
-        for name, spec in self.specs.items():
-            cfg = self.layer_configs[name]
-            if cfg is None: continue
-            if spec.is_depthwise and DepthwiseCore.exact_for(cfg):      # the diagonal devices only (same outputs)
-                self.cores[name] = DepthwiseCore(spec.kernel, cfg,
-                                                 adc_limits=limits.get(name), input_range=ranges[name], bias=spec.bias, name=name)
-                continue
-            matrix, order = spec.dense_matrix(), None
-            if spec.is_conv:                     # tiled rows: each array gets CrossSim's rows (conv_row_order; 12_convolution)
-                taps = int(np.prod(spec.kernel_size))
-                order = conv_row_permutation(taps, spec.n_in // taps, spec.n_in + int(spec.bias is not None and not cfg.digital_bias), cfg)
-                if order is not None: matrix = matrix[:, order]
-            self.cores[name] = AnalogCore(matrix, cfg, adc_limits=limits.get(name), input_range=ranges[name],
-                                          bias=spec.bias, name=name)
-            self.cores[name].row_order = order
-        self._refresh_engines()
-
-    def _refresh_engines(self):
-        "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
-        for name, core in self.cores.items():
-            spec = self.specs[name]
-            self.engines[name] = self._grouped_engine(spec, core) or (
-                DepthwiseEngine(core, spec) if isinstance(core, DepthwiseCore) else CoreEngine(core, spec))
-
     @staticmethod
     def _grouped_engine(spec:AnalogSpec, core:AnalogCore):
         c = core.config
@@ -401,212 +295,406 @@ class AnalogNetwork:
         kernel = core.programmed_kernel() if held is None else per_channel_kernel(held, spec.depth_multiplier)
         return None if kernel is None else GroupedDepthwise(kernel, spec.bias, spec.kernel_size)   # None: errors on zero devices couple channels
 
-    # ----- execution -----
-    def _prepare(self, x, what:str="x") -> tuple[list, int]:
-        "Validate inputs (structure, shape, finiteness) and return float32 arrays in model input order."
-        names = self.graph.inputs
-        if isinstance(x, dict):
-            unknown = [k for k in x if k not in names]
-            if unknown or len(x) != len(names):
-                raise ValueError(f"{what} as a dict must have exactly the model inputs {names}, got keys {list(x)}")
-            x = [x[name] for name in names]
-        if len(names) == 1 and isinstance(x, (list, tuple)) and len(x) == 1: x = x[0]
-        arrays = _as_list(x) if len(names) > 1 else [x]
-        if len(arrays) != len(names):
-            raise ValueError(f"the model has {len(names)} inputs {names}; {what} holds {len(arrays)} arrays")
-        out, count = [], None
-        for name, array in zip(names, arrays):
-            try:
-                if np.iscomplexobj(np.asarray(array)): raise TypeError("complex numbers (the simulator computes with real numbers)")
-                array = np.asarray(array, dtype=np.float32)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"{what} for input {name!r} must be a numeric array: {exc}") from None
-            expected = self.graph.node(name).output_shape
-            if array.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected[1:], array.shape[1:])):
-                shown = "(batch, " + ", ".join("any" if e is None else str(e) for e in expected[1:]) + ")"
-                raise ValueError(f"{what} for input {name!r} must have shape {shown}, got {array.shape}")
-            if count is not None and array.shape[0] != count:
-                raise ValueError(f"{what}: all inputs need the same number of samples, got {count} and {array.shape[0]}")
-            count = array.shape[0]
-            if not np.isfinite(array).all():
-                bad = np.argwhere(~np.isfinite(array))[0]
-                raise ValueError(f"{what} for input {name!r} contains NaN or inf ({int((~np.isfinite(array)).sum())} values; "
-                                 f"first at index {tuple(int(i) for i in bad)})")
-            out.append(array)
-        if not count: raise ValueError(f"{what} holds no samples")
-        return out, count
-
-    def _run_analog(self, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None,
-                    overwrite:bool=False) -> np.ndarray:
-        """The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass.
-        `overwrite`: nothing else reads `x`, so the first core's DAC may write its drives over it (the next cores read fresh outputs)."""
-        for i, spec in enumerate(node.analog):
-            engine = engines[spec.name]
-            x = to_module(x, getattr(engine, "xp", np))       # a GPU core's input goes to the GPU, and its output stays there
-            if observer is not None: observer(spec.name, to_numpy(x))
-            post = self._post[node.name] if i == len(node.analog) - 1 else None
-            read = 0
-            if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
-            overwrite = observer is None and (overwrite or i > 0)      # (an observer may keep the inputs it sees)
-            if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read, overwrite_input=overwrite)
-            else:
-                lead = x.shape[:-1]
-                rows = _drives(engine, x.reshape(-1, x.shape[-1]), overwrite)
-                x = _apply_rows(rows, engine, post, convolution.CHUNK_ELEMENTS, first_image * (rows.shape[0] // max(1, lead[0])),
-                                read).reshape(lead + (engine.n_out,))
-        return x
-
-    def _forward(self, feeds:list, engines:dict, observer=None, first_image:int=0) -> list:
-        "One batch (images `first_image...` of the run) through the graph; tensors are freed after their last reader."
-        values = dict(zip(self.graph.inputs, feeds))
-        reads = Counter()                 # calls of each core so far in this pass (a shared layer reads once per call)
-        owned = set()                     # tensors whose array nobody else references (safe to overwrite)
-        remaining = dict(self._readers)
-        outputs = set(self.graph.outputs)
-        for node in self.graph.nodes:
-            if node.kind == "input": continue
-            inputs = [values[t] for t in node.inputs]
-            if node.kind == "analog":
-                source = node.inputs[0]
-                alone = source in owned and source not in outputs and remaining[source] == 1
-                y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads, overwrite=alone), True
-            elif node.kind == "identity" or node.name in self._fused:
-                source = node.inputs[0]
-                y, fresh = inputs[0], source in owned and source not in outputs and remaining[source] == 1
-            elif node.compute is not None:       # another importer's exact float32 computation (ONNX nodes), on the host
-                inputs = [to_numpy(a) for a in inputs]
-                if getattr(node.compute, "writes_inputs", False):   # it may write its result into inputs nobody reads after it
-                    reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
-                    y = node.compute(*inputs, reusable=reusable)
-                else:                            # (a view of an input it reads last is its own: nothing else references that memory)
-                    y = node.compute(*inputs)
-                    reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
-                fresh = not any(np.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
-            else:
-                reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
-                xp = next((array_module_of(a) for a in inputs if array_module_of(a) is not np), np)   # the GPU if any input is there
-                if xp is not np:           # the host inputs join the GPU ones (copies, so no longer the same arrays as the tensors)
-                    reusable = [r and array_module_of(a) is xp for a, r in zip(inputs, reusable)]
-                    inputs = [to_module(a, xp) for a in inputs]
-                y = _fast_digital(node, inputs, reusable)
-                if y is None: y, fresh = _call_keras(node, [to_numpy(a) for a in inputs]), True    # Keras layers run on the host
-                else: fresh = not any(xp.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
-            values[node.name] = y
-            if fresh: owned.add(node.name)
-            for t in node.inputs:
-                remaining[t] -= 1
-                if remaining[t] == 0 and t not in outputs: values.pop(t, None); owned.discard(t)
-        return [values[t] for t in self.graph.outputs]
-
-    def run(self, x, # model input(s): an array, a list of arrays, or a dict by input name
-            batch_size:int=32,
-            observer=None, # optional observer(core_name, input_tensor), called before each core runs
-            engines=None, # internal: engines to use (default: this network's cores)
-           ) -> list:
-        "Outputs of every model output, as a list of arrays (batched; inputs validated)."
-        feeds, count = self._prepare(x)
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: a positive integer")
-        engines = self.engines if engines is None else engines
-        results = None
-        for start in range(0, count, batch_size):
-            outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer, first_image=start)
-            if results is None: results = [np.empty((count,) + o.shape[1:], dtype=np.float32) for o in outs]
-            for result, o in zip(results, outs): result[start:start + len(o)] = to_numpy(o)     # (from the GPU, where the network ran there)
-        return results
-
-    def predict(self, x, # model input(s): an array, a list of arrays, or a dict by input name
-                batch_size:int=32, # samples per batch
-               ):
-        "What the analog hardware outputs for `x` (one array, or a list for several model outputs); `adc_health()` then says how the ADCs were used."
-        from crosssim_nb.adc_health import start_counting, warn_degenerate
-        start_counting(self.cores)                       # ADC health of this call (see 12_adc_health)
-        outputs = self.run(x, batch_size)
-        warn_degenerate(self)
-        return outputs[0] if len(outputs) == 1 else outputs
-
-    __call__ = predict
-
-    def profile_input_ranges(self, calibration_data, # model inputs (array / list / dict)
-                             samples:int=500, # use at most this many samples (a subset seeded by config.seed)
-                             percentile:float=99.99, # percentile of |x| taken as x_max
-                             batch_size:int=64,
-                            ) -> dict:
-        "x_max of every analog core's input: the `percentile` of |x| on the calibration sample, exact float network."
-        feeds, count = self._prepare(calibration_data, "calibration_data")
-        if count > samples:
-            chosen = np.sort(np.random.default_rng(self.config.seed).choice(count, samples, replace=False))
-            feeds, count = [f[chosen] for f in feeds], samples
-        tops = {}
-        def observe(name, tensor):
-            if name not in tops: tops[name] = TopValues(count * self._calls[name] * (tensor.size // tensor.shape[0]), percentile)
-            tops[name].add(tensor)
-        self.run(feeds if len(feeds) > 1 else feeds[0], batch_size, observer=observe, engines=self._float_engines)
-        result = {}
-        for name, top in tops.items():
-            value = top.value()
-            result[name] = value if value > 0 else float(top.top[-1]) if top.top.size and top.top[-1] > 0 else 1.0
-        return result
-
-    def program(self, run:int=0, # Monte-Carlo run index; each run draws new programming errors
-               ):
-        "Re-program every core for Monte-Carlo run `run`."
-        for core in self.cores.values(): core.program(run)
-        self._refresh_engines()
-        return self
-
-    # ----- hardware summary -----
-    def hw_config(self):
-        "One row per analog core (arrays, devices, utilisation, MVMs per image, converter bits) and a totals row."
-        import pandas as pd
-        mvms = {}
-        for node in self.graph.analog_nodes:
-            per_call = int(np.prod([d for d in node.output_shape[1:-1]])) if None not in node.output_shape[1:-1] else np.nan
-            for spec in node.analog: mvms[spec.name] = mvms.get(spec.name, 0) + per_call
-        rows = []
-        for name, core in self.cores.items():
-            spec, s, c = self.specs[name], core.hw_summary(), core.config
-            role = name[len(spec.layer) + 1:] if name != spec.layer else ""
-            rows.append(dict(layer=name, type=spec.layer_type + (f" ({role})" if role else ""), kernel=spec.kernel_text(),
-                             matrix=f"{s['matrix_rows']}x{s['matrix_cols']}", input="signed" if core.signed else "unsigned",
-                             x_max=core.x_max, weight_bits=c.weight_bits, dac_bits=c.dac_bits, adc_bits=c.adc_bits,
-                             row_tiles=s["row_tiles"], col_tiles=s["col_tiles"], weight_slices=s["weight_slices"],
-                             arrays_per_tile=s["arrays_per_tile"], arrays=s["n_arrays"],
-                             array_size=f"{s['array_rows']}x{s['array_cols']}", devices=s["devices"],
-                             capacity=s["n_arrays"] * s["array_rows"] * s["array_cols"], utilisation=s["utilisation"],
-                             mvms_per_image=mvms.get(name, np.nan), bits_per_cell=s["bits_per_cell"],
-                             folded_batchnorm=", ".join(spec.folded_batchnorm)))
-        table = pd.DataFrame(rows, columns=_HW_COLUMNS)
-        # devices holding a weight: a depthwise core's block-diagonal matrix has kh·kw taps (+ an analog bias row) per column
-        used = [s["devices"] if not self.specs[n].is_depthwise else round(s["devices"] * (int(np.prod(self.specs[n].kernel_size))
-                + bool(core.analog_bias)) / s["matrix_rows"]) for n, core in self.cores.items() for s in [core.hw_summary()]]
-        table.insert(table.columns.get_loc("devices") + 1, "devices_used", used)
-        if len(table):
-            total = dict(layer="total", type=f"{len(table)} cores", arrays=table.arrays.sum(), devices=table.devices.sum(), devices_used=table.devices_used.sum(),
-                         capacity=table.capacity.sum(), mvms_per_image=table.mvms_per_image.sum())
-            total["utilisation"] = total["devices"] / total["capacity"]
-            table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
-        return table.drop(columns="capacity")
-
-    def print_hw_config(self):
-        "Print the hardware summary as a readable table."
-        table = self.hw_config()
-        digital = [k for k, c in self.layer_configs.items() if c is None]
-        print(f"Analog hardware for model {self.model_name!r}: {len(self.cores)} analog cores"
-              + (f"; kept digital: {', '.join(digital)}" if digital else ""))
-        if not len(table): return
-        shown = table.copy()
-        shown["utilisation"] = shown["utilisation"].map(lambda u: f"{100 * u:.1f}%")
-        shown["x_max"] = shown["x_max"].map(lambda v: "" if v != v else f"{v:.4g}")
-        for column in ("weight_bits", "dac_bits", "adc_bits", "row_tiles", "col_tiles", "weight_slices", "arrays_per_tile",
-                       "arrays", "devices", "mvms_per_image"):
-            shown[column] = shown[column].map(lambda v: "" if v != v else f"{int(v):,}")
-        shown["bits_per_cell"] = shown["bits_per_cell"].map(lambda v: "" if v is None or v != v else f"{v:g}")
-        print(shown.fillna("").to_string(index=False))
-
     def __repr__(self):
         return (f"AnalogNetwork({self.model_name!r}: {len(self.cores)} analog cores, "
                 f"{sum(c is None for c in self.layer_configs.values())} analog-type layers kept digital, {self.config!r})")
+
+# %% ../nbs/11_network.ipynb #2188c35c
+@patch
+def _fuse_relus(self:AnalogNetwork) -> set:
+    "Relu nodes folded into the preceding analog node's per-chunk post-op (they then pass their input through)."
+    fused, readers = set(), self.graph.consumers()
+    outputs = set(self.graph.outputs)
+    nodes = {n.name: n for n in self.graph.nodes}
+    for node in self.graph.analog_nodes:
+        reader = readers[node.name]
+        if len(reader) != 1 or node.name in outputs or node.activation not in ("linear", "relu", "relu6"): continue
+        if node.compute is not None: continue           # a composite node applies no post-op of its own
+        follower = nodes[reader[0]]
+        bound = _relu_bounds(follower) if follower.kind == "digital" else False
+        if bound is False: continue
+        relu = _clamp(bound)
+        first = self._post[node.name]
+        self._post[node.name] = relu if first is None else (lambda y, f=first, g=relu: g(f(y)))
+        fused.add(follower.name)
+    return fused
+
+# %% ../nbs/11_network.ipynb #25efa248
+@patch(cls_method=True)
+def from_keras(cls:AnalogNetwork,
+               model, # keras.Model, tf_keras model, or path of a .keras / .h5 file
+               config:InferenceConfig, # hardware description of every analog layer
+               calibration_data=None, # inputs to profile DAC ranges on (array, or list of arrays for several inputs)
+               input_ranges=None, # {layer: x_max or (lo, hi)} or a JSON/YAML file of it; wins over profiling
+               adc_limits=None, # a Calibration or its limits file (checked against model and config), or {layer: limits}
+               layer_overrides=None, # {layer: 'digital' | {config fields} | InferenceConfig}
+               input_nonnegative:bool|None=None, # model inputs non-negative (unsigned first DAC); None: the zoo's record for a zoo model, else False
+               calibration_samples:int=500, # profile on at most this many samples (a seeded random subset)
+               batch_size:int=64, # batch size of the profiling pass
+               safe_mode:bool=True, # Keras safe_mode when loading a file
+              ) -> "AnalogNetwork":
+    "Import a Keras model and put each analog layer on its own `AnalogCore`."
+    if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+    digital = digital_layer_names(layer_overrides)      # any layer kept digital runs as its Keras layer, whatever its type
+    keras_model = load_keras_model(model, safe_mode=safe_mode, digital_layers=digital)
+    if input_nonnegative is None: input_nonnegative = zoo_input_nonnegative(keras_model)
+    raw = build_graph(keras_model, digital, config, layer_overrides)            # unsupported layers raise here, before any work
+    return cls.from_graph(raw, config, keras_model.name, calibration_data, input_ranges, adc_limits, layer_overrides,
+                           input_nonnegative, calibration_samples, batch_size)
+
+# %% ../nbs/11_network.ipynb #4625b54d
+@patch(cls_method=True)
+def from_graph(cls:AnalogNetwork,
+               raw:ModelGraph, # an importer's graph (build_graph, build_onnx_graph); its weight arrays are released as they fold
+               config:InferenceConfig, # hardware description of every analog layer
+               model_name:str, # the model's name (limits files and calibrations record it)
+               calibration_data=None, input_ranges=None, adc_limits=None, layer_overrides=None, # as `from_keras`
+               input_nonnegative:bool=False, # model inputs non-negative (unsigned first DAC)
+               calibration_samples:int=500, batch_size:int=64, # as `from_keras`
+              ) -> "AnalogNetwork":
+    "Build from an importer's `ModelGraph` (Keras, ONNX: every importer shares this): overrides, BatchNormalization folding, DAC ranges, ADC limits, cores."
+    specs = raw.analog_specs
+    if layer_overrides is not None and not isinstance(layer_overrides, dict):
+        raise TypeError(f"layer_overrides must be a dict {{layer: 'digital' | {{config fields}} | InferenceConfig}}, "
+                        f"got {type(layer_overrides).__name__} {layer_overrides!r}")
+    overrides = _per_core(_analog_overrides(dict(layer_overrides or {}), raw, specs), specs, "layer_overrides")
+    layer_configs = {s.name: _layer_config(config, overrides.get(s.name), s.name) for s in specs}
+    def fold(node): return all((layer_configs[s.name] or config).fold_batchnorm for s in node.analog)
+    graph = fold_batchnorm(raw, allow=fold, release=True)   # raw's unfolded weight copies are freed as they fold
+    del raw
+    specs = graph.analog_specs                          # (the same names and layers)
+    nonnegative = nonnegative_tensors(graph, input_nonnegative)
+    signed = {}
+    for node in graph.analog_nodes:
+        for i, spec in enumerate(node.analog):        # (a composite node's cores read states and products: signed)
+            signed[spec.name] = i > 0 or node.compute is not None or node.inputs[0] not in nonnegative
+    calibration = calibration_source(adc_limits)          # a limits file from calibrate_adc: checked once the net exists
+    if calibration is not None:
+        calibration.check_identity(model_name, graph.analog_specs)   # "made for model X" before any layer lookup
+        adc_limits = calibration.adc_limits
+        if input_ranges is None: input_ranges = calibration.input_ranges
+    given = {k: _parse_range(k, v) for k, v in _per_core(_read_mapping(input_ranges, "input_ranges", "input_ranges"),
+                                                        specs, "input_ranges").items()}
+    limits = _per_core(_read_mapping(adc_limits, "adc_limits", "adc_limits"), specs, "adc_limits")
+    analog = {k: c for k, c in layer_configs.items() if c is not None}
+    need = [k for k, c in analog.items() if c.needs_input_ranges and k not in given]
+    if need and calibration_data is None:
+        raise ValueError(f"{len(need)} analog layer(s) need DAC input ranges because dac_bits > 0 or adc_bits > 0 "
+                         f"(first: {', '.join(need[:5])}); pass calibration_data=<a sample of typical inputs> "
+                         "to profile them, or input_ranges={layer: x_max or (lo, hi)}")
+    _check_limits_cover(layer_configs, limits)
+    net = cls(graph, config, layer_configs, model_name)
+    net.core_overrides = overrides
+    if calibration is not None: calibration.check(net, config, layer_overrides or {})
+    profiled = {}
+    if calibration_data is not None:
+        profiled = net.profile_input_ranges(calibration_data, calibration_samples, batch_size=batch_size)
+    ranges = {}
+    for name in (spec.name for spec in specs):
+        low, high = given.get(name, (None, profiled.get(name) or 1.0))
+        ranges[name] = (low, high) if low is not None else ((-high, high) if signed[name] else (0.0, high))
+    net._build_cores(ranges, limits)
+    return net
+
+# %% ../nbs/11_network.ipynb #3a17c88a
+@patch
+def _build_cores(self:AnalogNetwork, ranges:dict, limits:dict):
+    "Create one AnalogCore per analog core (layers kept digital keep their exact float engine)."
+    self.input_ranges = dict(ranges)
+    for name, spec in self.specs.items():
+        cfg = self.layer_configs[name]
+        if cfg is None: continue
+        if spec.is_depthwise and DepthwiseCore.exact_for(cfg):      # the diagonal devices only (same outputs)
+            self.cores[name] = DepthwiseCore(spec.kernel, cfg,
+                                             adc_limits=limits.get(name), input_range=ranges[name], bias=spec.bias, name=name)
+            continue
+        matrix, order = spec.dense_matrix(), None
+        if spec.is_conv:                     # tiled rows: each array gets CrossSim's rows (conv_row_order; 12_convolution)
+            taps = int(np.prod(spec.kernel_size))
+            order = conv_row_permutation(taps, spec.n_in // taps, spec.n_in + int(spec.bias is not None and not cfg.digital_bias), cfg)
+            if order is not None: matrix = matrix[:, order]
+        self.cores[name] = AnalogCore(matrix, cfg, adc_limits=limits.get(name), input_range=ranges[name],
+                                      bias=spec.bias, name=name)
+        self.cores[name].row_order = order
+    self._refresh_engines()
+
+# %% ../nbs/11_network.ipynb #0c41c598
+@patch
+def _refresh_engines(self:AnalogNetwork):
+    "Engines for the current programming: the cores, or the grouped depthwise product where it is exact."
+    for name, core in self.cores.items():
+        spec = self.specs[name]
+        self.engines[name] = self._grouped_engine(spec, core) or (
+            DepthwiseEngine(core, spec) if isinstance(core, DepthwiseCore) else CoreEngine(core, spec))
+
+# %% ../nbs/11_network.ipynb #8dc75ffd
+@patch
+def _prepare(self:AnalogNetwork, x, what:str="x") -> tuple[list, int]:
+    "Validate inputs (structure, shape, finiteness) and return float32 arrays in model input order."
+    names = self.graph.inputs
+    if isinstance(x, dict):
+        unknown = [k for k in x if k not in names]
+        if unknown or len(x) != len(names):
+            raise ValueError(f"{what} as a dict must have exactly the model inputs {names}, got keys {list(x)}")
+        x = [x[name] for name in names]
+    if len(names) == 1 and isinstance(x, (list, tuple)) and len(x) == 1: x = x[0]
+    arrays = _as_list(x) if len(names) > 1 else [x]
+    if len(arrays) != len(names):
+        raise ValueError(f"the model has {len(names)} inputs {names}; {what} holds {len(arrays)} arrays")
+    out, count = [], None
+    for name, array in zip(names, arrays):
+        try:
+            if np.iscomplexobj(np.asarray(array)): raise TypeError("complex numbers (the simulator computes with real numbers)")
+            array = np.asarray(array, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what} for input {name!r} must be a numeric array: {exc}") from None
+        expected = self.graph.node(name).output_shape
+        if array.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected[1:], array.shape[1:])):
+            shown = "(batch, " + ", ".join("any" if e is None else str(e) for e in expected[1:]) + ")"
+            raise ValueError(f"{what} for input {name!r} must have shape {shown}, got {array.shape}")
+        if count is not None and array.shape[0] != count:
+            raise ValueError(f"{what}: all inputs need the same number of samples, got {count} and {array.shape[0]}")
+        count = array.shape[0]
+        if not np.isfinite(array).all():
+            bad = np.argwhere(~np.isfinite(array))[0]
+            raise ValueError(f"{what} for input {name!r} contains NaN or inf ({int((~np.isfinite(array)).sum())} values; "
+                             f"first at index {tuple(int(i) for i in bad)})")
+        out.append(array)
+    if not count: raise ValueError(f"{what} holds no samples")
+    return out, count
+
+# %% ../nbs/11_network.ipynb #5d153800
+@patch
+def _run_analog(self:AnalogNetwork, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None,
+                overwrite:bool=False, residual=None) -> np.ndarray:
+    """The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass.
+    `overwrite`: nothing else reads `x`, so the first core's DAC may write its drives over it (the next cores read fresh outputs)."""
+    for i, spec in enumerate(node.analog):
+        engine = engines[spec.name]
+        x = to_module(x, engine.xp)       # a GPU core's input goes to the GPU, and its output stays there
+        if observer is not None: observer(spec.name, to_numpy(x))
+        post = self._post[node.name] if i == len(node.analog) - 1 else None
+        read = 0
+        if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
+        overwrite = observer is None and (overwrite or i > 0)      # (an observer may keep the inputs it sees)
+        extra = None if residual is None or i < len(node.analog) - 1 else to_module(residual, engine.xp)   # (added before `post`)
+        if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read, overwrite_input=overwrite, residual=extra)
+        elif extra is None: x = _read_rows(engine, x, post, first_image, read, overwrite)
+        else:
+            x = _read_rows(engine, x, None, first_image, read, overwrite)
+            engine.xp.add(x, extra, out=x)
+            if post is not None: post(x)
+    return x
+
+# %% ../nbs/11_network.ipynb #5ab84467
+@patch
+def _core_reader(self:AnalogNetwork, engines:dict, observer, first_image:int, reads):
+    """The `read(core_name, x)` a composite analog node calls (graph chapter): one keyed read of that core per call.
+    `read.dynamic(name, x, matrices, config_core=None, nonnegative=False)`: `x @ matrices` on arrays written for every
+    (image, group) with `config_core`'s configuration (attention chapter); exact in the float passes and for cores kept digital."""
+    def read(name:str, x):
+        engine = engines[name]
+        if array_module_of(x) is np: x = np.asarray(x, dtype=np.float32)
+        x = to_module(x, engine.xp)
+        if observer is not None: observer(name, to_numpy(x))
+        number = 0
+        if reads is not None: number = reads[name]; reads[name] += 1
+        return _read_rows(engine, x, None, first_image, number, False)
+    def dynamic(name:str, x, matrices, config_core:str|None=None, nonnegative:bool=False):
+        config = self.config if config_core is None else self.layer_configs.get(config_core, self.config)
+        if config is None or engines is self._float_engines: return digital_product(name, to_numpy(x), to_numpy(matrices))
+        if engines is not self.engines and config.adc_bits: config = config.replace(adc_bits=0)   # profiling (calibration): ADCs off
+        run = getattr(self.cores.get(config_core), "run", 0)
+        return analog_matmul(to_numpy(x), to_numpy(matrices), config, name, first_image, run, nonnegative)
+    read.dynamic = dynamic
+    return read
+
+# %% ../nbs/11_network.ipynb #536972e7
+@patch
+def _forward(self:AnalogNetwork, feeds:list, engines:dict, observer=None, first_image:int=0) -> list:
+    "One batch (images `first_image...` of the run) through the graph; tensors are freed after their last reader."
+    values = dict(zip(self.graph.inputs, feeds))
+    reads = Counter()                 # calls of each core so far in this pass (a shared layer reads once per call)
+    owned = set()                     # tensors whose array nobody else references (safe to overwrite)
+    remaining = dict(self._readers)
+    outputs = set(self.graph.outputs)
+    for node in self.graph.nodes:
+        if node.kind == "input": continue
+        inputs = [values[t] for t in node.inputs]
+        if node.kind == "analog" and node.compute is not None:   # composite (recurrent, attention): it reads its cores itself
+            y, fresh = node.compute(*inputs, read=self._core_reader(engines, observer, first_image, reads)), True
+        elif node.kind == "analog":
+            source = node.inputs[0]
+            alone = source in owned and source not in outputs and remaining[source] == 1
+            residual = values[self._residuals[node.name]] if node.name in self._residuals else None   # (`_fuse_residuals`)
+            y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads, overwrite=alone, residual=residual), True
+        elif node.kind == "identity" or node.name in self._fused or node.name in self._through:
+            source = self._through.get(node.name, node.inputs[0])    # a residual Add or its ReLU: the output of the layer that did them
+            y, fresh = values[source], source in owned and source not in outputs and remaining[source] == 1
+        elif node.compute is not None:       # another importer's exact float32 computation (ONNX nodes), on the host
+            inputs = [a if isinstance(a, tuple) else to_numpy(a) for a in inputs]   # (a tuple: a multi-output node's results)
+            if getattr(node.compute, "writes_inputs", False):   # it may write its result into inputs nobody reads after it
+                reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
+                y = node.compute(*inputs, reusable=reusable)
+            else:                            # (a view of an input it reads last is its own: nothing else references that memory)
+                y = node.compute(*inputs)
+                reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
+            fresh = not any(isinstance(a, tuple) or np.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
+        else:
+            reusable = [t in owned and t not in outputs and remaining[t] == node.inputs.count(t) for t in node.inputs]
+            xp = next((array_module_of(a) for a in inputs if array_module_of(a) is not np), np)   # the GPU if any input is there
+            if xp is not np:           # the host inputs join the GPU ones (copies, so no longer the same arrays as the tensors)
+                reusable = [r and array_module_of(a) is xp for a, r in zip(inputs, reusable)]
+                inputs = [to_module(a, xp) for a in inputs]
+            y = _fast_digital(node, inputs, reusable)
+            if y is None: y, fresh = _call_keras(node, [to_numpy(a) for a in inputs]), True    # Keras layers run on the host
+            else: fresh = not any(xp.may_share_memory(y, a) for a, r in zip(inputs, reusable) if not r)
+        values[node.name] = y
+        if fresh: owned.add(node.name)
+        for t in node.inputs:
+            remaining[t] -= 1
+            if remaining[t] == 0 and t not in outputs: values.pop(t, None); owned.discard(t)
+    return [values[t] for t in self.graph.outputs]
+
+# %% ../nbs/11_network.ipynb #40980d67
+@patch
+def run(self:AnalogNetwork, x, # model input(s): an array, a list of arrays, or a dict by input name
+        batch_size:int=32,
+        observer=None, # optional observer(core_name, input_tensor), called before each core runs
+        engines=None, # internal: engines to use (default: this network's cores)
+       ) -> list:
+    "Outputs of every model output, as a list of arrays (batched; inputs validated)."
+    feeds, count = self._prepare(x)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: a positive integer")
+    engines = self.engines if engines is None else engines
+    results = None
+    for start in range(0, count, batch_size):
+        outs = self._forward([f[start:start + batch_size] for f in feeds], engines, observer, first_image=start)
+        if results is None: results = [np.empty((count,) + o.shape[1:], dtype=np.float32) for o in outs]
+        for result, o in zip(results, outs): result[start:start + len(o)] = to_numpy(o)     # (from the GPU, where the network ran there)
+    return results
+
+# %% ../nbs/11_network.ipynb #41cb4730
+@patch
+def predict(self:AnalogNetwork, x, # model input(s): an array, a list of arrays, or a dict by input name
+            batch_size:int=32, # samples per batch
+           ):
+    "What the analog hardware outputs for `x` (one array, or a list for several model outputs); `adc_health()` then says how the ADCs were used."
+    from crosssim_nb.adc_health import start_counting, warn_degenerate
+    start_counting(self.cores)                       # ADC health of this call (see 12_adc_health)
+    outputs = self.run(x, batch_size)
+    warn_degenerate(self)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+AnalogNetwork.__call__ = AnalogNetwork.predict
+
+# %% ../nbs/11_network.ipynb #abe28d6d
+@patch
+def program(self:AnalogNetwork, run:int=0, # Monte-Carlo run index; each run draws new programming errors
+           ):
+    "Re-program every core for Monte-Carlo run `run`."
+    for core in self.cores.values(): core.program(run)
+    self._refresh_engines()
+    return self
+
+# %% ../nbs/11_network.ipynb #57c526b9
+@patch
+def profile_input_ranges(self:AnalogNetwork, calibration_data, # model inputs (array / list / dict)
+                         samples:int=500, # use at most this many samples (a subset seeded by config.seed)
+                         percentile:float=99.99, # percentile of |x| taken as x_max
+                         batch_size:int=64,
+                        ) -> dict:
+    "x_max of every analog core's input: the `percentile` of |x| on the calibration sample, exact float network."
+    feeds, count = self._prepare(calibration_data, "calibration_data")
+    if count > samples:
+        chosen = np.sort(np.random.default_rng(self.config.seed).choice(count, samples, replace=False))
+        feeds, count = [f[chosen] for f in feeds], samples
+    tops = {}
+    def observe(name, tensor):
+        if name not in tops: tops[name] = TopValues(count * self._calls[name] * (tensor.size // tensor.shape[0]), percentile)
+        tops[name].add(tensor)
+    self.run(feeds if len(feeds) > 1 else feeds[0], batch_size, observer=observe, engines=self._float_engines)
+    result = {}
+    for name, top in tops.items():
+        value = top.value()
+        result[name] = value if value > 0 else float(top.top[-1]) if top.top.size and top.top[-1] > 0 else 1.0
+    return result
+
+# %% ../nbs/11_network.ipynb #5ad81963
+_HW_COLUMNS = ["layer", "type", "kernel", "matrix", "input", "x_max", "weight_bits", "dac_bits", "adc_bits", "row_tiles",
+               "col_tiles", "weight_slices", "arrays_per_tile", "arrays", "array_size", "devices", "capacity", "utilisation",
+               "mvms_per_image", "writes_per_image", "bits_per_cell", "folded_batchnorm", "role"]
+
+# %% ../nbs/11_network.ipynb #3f089fa8
+@patch
+def hw_config(self:AnalogNetwork):
+    "One row per analog core (arrays, devices, utilisation, MVMs per image, converter bits) and a totals row."
+    import pandas as pd
+    mvms = {}
+    for node in self.graph.analog_nodes:
+        per_call = int(np.prod([d for d in node.output_shape[1:-1]])) if None not in node.output_shape[1:-1] else np.nan
+        for spec in node.analog: mvms[spec.name] = mvms.get(spec.name, 0) + node.mvms_per_call.get(spec.name, per_call)
+    roles = {core: text for node in self.graph.analog_nodes for core, text in getattr(node.compute, "core_roles", {}).items()}
+    def row(name, kind, kernel, core, mvms_per_image, writes=0, copies=1, x_max=None, folded=""):
+        s, c = core.hw_summary(), core.config
+        return dict(layer=name, type=kind, kernel=kernel, matrix=f"{s['matrix_rows']}x{s['matrix_cols']}",
+                    input="signed" if core.signed else "unsigned", x_max=core.x_max if x_max is None else x_max,
+                    weight_bits=c.weight_bits, dac_bits=c.dac_bits, adc_bits=c.adc_bits, row_tiles=s["row_tiles"],
+                    col_tiles=s["col_tiles"], weight_slices=s["weight_slices"], arrays_per_tile=s["arrays_per_tile"],
+                    arrays=s["n_arrays"] * copies, array_size=f"{s['array_rows']}x{s['array_cols']}", devices=s["devices"] * copies,
+                    capacity=s["n_arrays"] * s["array_rows"] * s["array_cols"] * copies, utilisation=s["utilisation"],
+                    mvms_per_image=mvms_per_image, writes_per_image=writes, bits_per_cell=s["bits_per_cell"], folded_batchnorm=folded,
+                    role=roles.get(name, ""))    # what a composite layer's core holds (recurrent: its gates, rows, reads per sequence)
+    rows, used = [], []
+    for name, core in self.cores.items():
+        spec = self.specs[name]
+        role = name[len(spec.layer) + 1:] if name != spec.layer else ""
+        rows.append(row(name, spec.layer_type + (f" ({role})" if role else ""), spec.kernel_text(), core, mvms.get(name, np.nan),
+                        folded=", ".join(spec.folded_batchnorm)))
+        # devices holding a weight: a depthwise core's block-diagonal matrix has kh·kw taps (+ an analog bias row) per column
+        s = core.hw_summary()
+        used.append(s["devices"] if not spec.is_depthwise else
+                    round(s["devices"] * (int(np.prod(spec.kernel_size)) + bool(core.analog_bias)) / s["matrix_rows"]))
+    written = {}                     # arrays written for every input (attention_products='analog'; attention chapter)
+    for node in self.graph.analog_nodes:
+        for product in getattr(node.compute, "dynamic_products", ()):
+            config = self.config if product.config_core is None else self.layer_configs.get(product.config_core, self.config)
+            if config is None: continue
+            entry = written.setdefault(product.name, [product, config, 0, 0])
+            entry[2] += product.writes_per_call; entry[3] += product.mvms_per_call
+    for product, config, writes, mvms_per_image in written.values():
+        rows.append(row(product.name, f"{product.layer_type} (written per input)", "", product.probe_core(config), mvms_per_image,
+                        writes, copies=product.writes_per_call, x_max=np.nan))
+        used.append(rows[-1]["devices"])
+    table = pd.DataFrame(rows, columns=_HW_COLUMNS)
+    table.insert(table.columns.get_loc("devices") + 1, "devices_used", used)
+    if len(table):
+        total = dict(layer="total", type=f"{len(self.cores)} cores" + (f", {len(written)} written per input" if written else ""), arrays=table.arrays.sum(), devices=table.devices.sum(), devices_used=table.devices_used.sum(),
+                     capacity=table.capacity.sum(), mvms_per_image=table.mvms_per_image.sum(),
+                     writes_per_image=table.writes_per_image.sum())
+        total["utilisation"] = total["devices"] / total["capacity"]
+        table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    return table.drop(columns="capacity")
+
+# %% ../nbs/11_network.ipynb #209f58cf
+@patch
+def print_hw_config(self:AnalogNetwork):
+    "Print the hardware summary as a readable table."
+    table = self.hw_config()
+    digital = [k for k, c in self.layer_configs.items() if c is None]
+    print(f"Analog hardware for model {self.model_name!r}: {len(self.cores)} analog cores"
+          + (f"; kept digital: {', '.join(digital)}" if digital else ""))
+    if not len(table): return
+    shown = table.copy()
+    shown["utilisation"] = shown["utilisation"].map(lambda u: f"{100 * u:.1f}%")
+    shown["x_max"] = shown["x_max"].map(lambda v: "" if v != v else f"{v:.4g}")
+    for column in ("weight_bits", "dac_bits", "adc_bits", "row_tiles", "col_tiles", "weight_slices", "arrays_per_tile",
+                   "arrays", "devices", "mvms_per_image", "writes_per_image"):
+        shown[column] = shown[column].map(lambda v: "" if v != v else f"{int(v):,}")
+    shown["bits_per_cell"] = shown["bits_per_cell"].map(lambda v: "" if v is None or v != v else f"{v:g}")
+    if not shown["role"].fillna("").astype(bool).any(): shown = shown.drop(columns="role")   # (only composite layers describe their cores)
+    print(shown.fillna("").to_string(index=False))
 
 # %% ../nbs/11_network.ipynb #8e210628
 from fastcore.basics import patch
@@ -625,3 +713,71 @@ def zoo_input_nonnegative(keras_model) -> bool:
     from crosssim_nb import zoo
     name = zoo.origin(keras_model)
     return bool(name and zoo.info(name).get("input_range", [-1])[0] >= 0)
+
+# %% ../nbs/11_network.ipynb #6d45b27b
+from fastcore.basics import patch
+
+def _is_plain_add(node:GraphNode) -> bool:
+    "An element-wise sum of two tensors: ONNX `Add`, or Keras' `Add` layer."
+    if node.compute is not None: return getattr(node.arguments, "op_type", None) == "Add"
+    return node.layer_type == "Add" and node.list_input
+
+@patch
+def _fuse_residuals(self:AnalogNetwork) -> tuple[dict, dict]:
+    """Residual sums folded into the layer before them: where a two-input `Add` of equal shapes reads an analog node's
+    output (read by nothing else, no post-op of its own) and another tensor computed before that node, the layer adds the
+    tensor itself (chunk by chunk, while each chunk is in cache) and applies the ReLU that follows the Add. Returns
+    `({analog node: the other tensor}, {Add or ReLU node: the node whose output it passes on})`."""
+    residuals, through = {}, {}
+    readers, outputs = self.graph.consumers(), set(self.graph.outputs)
+    nodes = {n.name: n for n in self.graph.nodes}
+    order = {n.name: i for i, n in enumerate(self.graph.nodes)}
+    for add in self.graph.nodes:
+        if add.kind != "digital" or add.name in outputs or not _is_plain_add(add) or len(set(add.inputs)) != 2 or len(add.inputs) != 2: continue
+        if any(tuple(nodes[t].output_shape) != tuple(add.output_shape) for t in add.inputs): continue   # no broadcasting
+        host = max(add.inputs, key=order.get)             # the later one: the other tensor is ready when it runs
+        node, other = nodes[host], next(t for t in add.inputs if t != host)
+        if (node.kind != "analog" or node.compute is not None or host in outputs or list(readers[host]) != [add.name]
+                or self._post[host] is not None): continue
+        after = readers[add.name]
+        bound = _relu_bounds(nodes[after[0]]) if len(after) == 1 and nodes[after[0]].kind == "digital" else False
+        if bound is not False:
+            self._post[host] = _clamp(bound)
+            through[after[0]] = add.name
+        residuals[host], through[add.name] = other, host
+    return residuals, through
+
+# %% ../nbs/11_network.ipynb #a3c0d202
+def _check_limits_cover(layer_configs:dict, # {core: its config, or None when digital}
+                        limits:dict, # {core: ADC limits}
+                       ):
+    "Every analog core with CALIBRATED ADC ranges has limits, else a named error."
+    missing = [k for k, c in layer_configs.items() if c is not None and c.adc_bits > 0 and c.adc_range_option == "CALIBRATED"
+               and k not in limits]
+    if missing:
+        raise ValueError(f"{len(missing)} analog layer(s) use adc_range_option='CALIBRATED' with adc_bits > 0 but have no "
+                         f"adc_limits (first: {', '.join(missing[:5])}); pass adc_limits from a calibration, or use "
+                         "adc_range_option='MAX' (or 'GRANULAR')")
+
+@patch
+def set_adc_limits(self:AnalogNetwork,
+                   adc_limits, # a Calibration, its limits file, or {layer or core: limits}
+                   config:InferenceConfig|None=None, # the network's config for these limits; None: the current one with adc_range_option='CALIBRATED'
+                  ) -> AnalogNetwork:
+    "Give every core new ADC limits (a calibration of this network): the import, BatchNorm folding and DAC ranges stay."
+    calibration = calibration_source(adc_limits)
+    if calibration is not None: adc_limits = calibration.adc_limits
+    specs = list(self.specs.values())
+    limits = _per_core(_read_mapping(adc_limits, "adc_limits", "adc_limits"), specs, "adc_limits")
+    config = self.config.replace(adc_range_option="CALIBRATED") if config is None else config
+    if not isinstance(config, InferenceConfig): raise TypeError(f"config must be an InferenceConfig, got {type(config).__name__}")
+    layer_configs = {s.name: _layer_config(config, self.core_overrides.get(s.name), s.name) for s in specs}
+    _check_limits_cover(layer_configs, limits)
+    same_arrays = config.replace(adc_range_option=self.config.adc_range_option) == self.config
+    self.config, self.layer_configs = config, layer_configs
+    if not same_arrays: self._build_cores(self.input_ranges, limits)     # other devices (drift): new cores, the same DAC ranges
+    else:
+        for name, core in self.cores.items(): core.set_adc_limits(limits.get(name), layer_configs[name])
+        self._refresh_engines()
+    return self
+

@@ -9,16 +9,23 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
-from .keras_import import AnalogSpec, GraphNode, ModelGraph, conv_spec, transposed_conv_as_conv
-from .onnx_ops import ONNX_OPS, pool_geometry, batchnorm_affine
+from .graph import AnalogSpec, GraphNode, ModelGraph
+from .keras_import import conv_spec, transposed_conv_as_conv
+from .onnx_ops import ONNX_OPS, pool_geometry, batchnorm_affine, attention_problem
 from .convolution import conv_geometry
+from .config import InferenceConfig
+from .backend import array_module_of
+from .recurrent import RecurrentCell, CellOnCores, embedding_node
 
 # %% auto #0
-__all__ = ['ANALOG_OPS', 'LAYOUT_FREE_OPS', 'IDENTITY_OPS', 'FOLDED_OPS', 'DIGITAL_OPS', 'SUPPORTED_OPS', 'OPSETS', 'REFUSED_OPS',
-           'PICKLE_SUFFIXES', 'PROBE_BATCHES', 'COMBINING_OPS', 'NONNEGATIVE_OPS', 'SIGN_CARRYING_OPS', 'IN_PLACE_OPS',
-           'TORCH_HINT', 'UnsupportedModelError', 'load_onnx', 'node_names', 'attributes_of', 'static_tensors',
-           'support_problems', 'check_support', 'graph_inputs', 'resolve_input_shapes', 'Probe', 'probe',
-           'inline_static_ifs', 'OnnxCall', 'layout_permutation', 'onnx_conv_spec', 'einsum_plan', 'build_onnx_graph',
+__all__ = ['ANALOG_OPS', 'LAYOUT_FREE_OPS', 'SAME_SHAPE_OPS', 'IDENTITY_OPS', 'RECURRENT_OPS', 'FOLDED_OPS', 'DIGITAL_OPS',
+           'SUPPORTED_OPS', 'OPSETS', 'REFUSED_OPS', 'PICKLE_SUFFIXES', 'INPUT_TYPES', 'PROBE_BATCHES', 'COMBINING_OPS',
+           'NONNEGATIVE_OPS', 'SIGN_CARRYING_OPS', 'ONNX_ACTIVATIONS', 'DEFAULT_ACTIVATIONS', 'ONNX_GATE_ORDER',
+           'IN_PLACE_OPS', 'GRAPH_FIELDS', 'TORCH_HINT', 'UnsupportedModelError', 'load_onnx', 'node_names',
+           'attributes_of', 'static_tensors', 'support_problems', 'check_support', 'graph_inputs',
+           'resolve_input_shapes', 'Probe', 'batch_layout', 'recurrent_layout_zero', 'probe', 'inline_static_ifs',
+           'OnnxCall', 'layout_permutation', 'onnx_conv_spec', 'recurrent_problem', 'onnx_recurrent_cells',
+           'batch_first_functions', 'batch_first_shape', 'einsum_plan', 'core_overrides', 'build_onnx_graph',
            'model_name_of', 'export_torch', 'operations_table']
 
 # %% ../nbs/14_onnx_import.ipynb #57e4a2ca
@@ -26,20 +33,21 @@ ANALOG_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
 LAYOUT_FREE_OPS = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Celu",
                    "Softplus", "Softsign", "Mish", "Neg", "Abs", "Exp", "Log", "Reciprocal", "Sqrt", "Clip", "ThresholdedRelu",
                    "Floor", "Ceil", "Round", "Sign", "Sin", "Cos")    # element-wise on one tensor: run on channels-last data as it is
+SAME_SHAPE_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean")   # element-wise over tensors of one shape (and scalars): channels-last too
 IDENTITY_OPS = ("Identity", "Dropout")
+RECURRENT_OPS = ("RNN", "GRU", "LSTM")   # composite analog nodes: input and recurrent kernels on cores, read at every time step
 FOLDED_OPS = ("Constant", "Shape", "Size", "ConstantOfShape", "Range")  # computed at import (kept at run time only where the batch size enters)
 DIGITAL_OPS = tuple(sorted(set(ONNX_OPS) - set(ANALOG_OPS) - set(IDENTITY_OPS) - set(FOLDED_OPS) | {"MatMul", "Einsum"}))
-SUPPORTED_OPS = tuple(sorted(set(ANALOG_OPS) | set(DIGITAL_OPS) | set(IDENTITY_OPS) | set(FOLDED_OPS)))
-OPSETS = range(11, 22)            # opsets of the default domain the importer reads
+SUPPORTED_OPS = tuple(sorted(set(ANALOG_OPS) | set(DIGITAL_OPS) | set(IDENTITY_OPS) | set(FOLDED_OPS) | set(RECURRENT_OPS)))
+OPSETS = range(11, 24)            # opsets of the default domain the importer reads
 REFUSED_OPS = {                   # operations met in exported models that the simulator refuses, and why
-    **{op: "a recurrent layer (its weights act through time steps): not mapped to crossbars yet" for op in ("LSTM", "GRU", "RNN")},
     **{op: "data-dependent control flow (an If on a shape is inlined; on data it is refused)" for op in ("If", "Loop", "Scan")},
     **{op: "a quantised-integer operation: import the float model; the simulator quantises on its own terms"
        for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")},
     **{op: "its output shape depends on the data" for op in ("NonZero", "Unique", "Compress", "NonMaxSuppression", "TopK")},
     **{op: "random: an inference network is deterministic" for op in ("RandomNormal", "RandomUniform", "RandomNormalLike",
                                                                         "RandomUniformLike", "Bernoulli", "Multinomial")},
-    "Upsample": "deprecated since opset 10, so not valid in opsets 11–21 (exporters write Resize instead)",
+    "Upsample": "deprecated since opset 10, so not valid in opsets 11–23 (exporters write Resize instead)",
     "Hardmax": "not implemented (keep it digital with layer_overrides to run it in onnxruntime)",
     "RoiAlign": "not implemented (detection heads: keep them digital with layer_overrides)",
     "GridSample": "not implemented (keep it digital with layer_overrides)",
@@ -148,10 +156,12 @@ def attributes_of(node) -> dict:
 def _setting_problem(node, attributes:dict, constants:set) -> str | None:
     "Why a node of a supported type cannot run, or None."
     op = node.op_type
+    if op == "Attention": return attention_problem(node, attributes)
     if op == "BatchNormalization" and (attributes.get("training_mode", 0) or len([o for o in node.output if o]) > 1):
         return "is in training mode (training_mode=1 or running-statistics outputs); export the model in eval() mode"
     if op in ("Conv", "ConvTranspose") and (len(node.input) < 2 or any(t not in constants for t in node.input[1:] if t)):
         return "has a weight or bias computed from the data (only constants can be programmed into a crossbar)"
+    if op in RECURRENT_OPS: return recurrent_problem(node, attributes, constants)
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]: return "returns its indices (only the pooled values are supported)"
     if op == "Resize" and attributes.get("antialias", 0): return "uses antialias=1"
     if op == "Resize" and attributes.get("coordinate_transformation_mode") == "tf_crop_and_resize": return "uses tf_crop_and_resize"
@@ -202,20 +212,21 @@ def check_support(proto, where:str, digital:set=frozenset()):
                                 + f"\nSupported ONNX operations: {', '.join(SUPPORTED_OPS)}")
 
 # %% ../nbs/14_onnx_import.ipynb #8fb07fcb
-PROBE_BATCHES = (2, 3)
+INPUT_TYPES = {1: np.float32, 6: np.int32, 7: np.int64}   # ONNX element types of the inputs a model may take (integers: token indices)
 
 def graph_inputs(proto) -> list:
     "The model's data inputs (graph inputs that are not initializers): ValueInfoProtos."
     constants = {t.name for t in proto.graph.initializer}
     return [i for i in proto.graph.input if i.name not in constants]
 
+# %% ../nbs/14_onnx_import.ipynb #1397406e
 def resolve_input_shapes(proto, where:str, given:dict|None=None) -> dict:
     "Input name -> shape with the batch axis None and every other dimension known; unresolved dimensions are an error."
     given, shapes, problems = dict(given or {}), {}, []
     for value in graph_inputs(proto):
         kind = value.type.tensor_type
-        if not value.type.HasField("tensor_type") or kind.elem_type != 1:
-            problems.append(f"input {value.name!r} is not a float32 tensor"); continue
+        if not value.type.HasField("tensor_type") or kind.elem_type not in INPUT_TYPES:
+            problems.append(f"input {value.name!r} is not a float32 or integer (int32, int64) tensor"); continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in kind.shape.dim]
         names = [d.dim_param if d.HasField("dim_param") else "?" for d in kind.shape.dim]
         example = given.get(value.name)
@@ -239,6 +250,7 @@ def resolve_input_shapes(proto, where:str, given:dict|None=None) -> dict:
 def _shape_text(dims, names) -> str:
     return "(" + ", ".join(str(d) if d is not None else n for d, n in zip(dims, names)) + ")"
 
+# %% ../nbs/14_onnx_import.ipynb #943558a8
 def _session(proto_bytes:bytes):
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -253,56 +265,66 @@ class Probe:
     constants: dict               # static tensors with the same value at both batch sizes (folded), initializers included
     batch_dependent: set          # static tensors whose value depends on the batch size (kept as nodes)
     dtypes: dict = field(default_factory=dict) # tensor -> NumPy dtype
+    layouts: dict = field(default_factory=dict) # tensor -> (axis, factor, batch_major) where the batch is not (only) axis 0
 
-def probe(proto, # the model (opset and support already checked)
-          input_shapes:dict, # input name -> shape (batch None), from `resolve_input_shapes`
-          where:str="the model", seed:int=0) -> Probe:
-    "Shapes of every tensor, and the static tensors' values, from onnxruntime runs at batch sizes 2 and 3."
-    import onnx
-    from onnx import numpy_helper
-    static = static_tensors(proto)
-    extended = onnx.ModelProto(); extended.CopyFrom(proto)
-    fixed = {v.type.tensor_type.shape.dim[0].dim_value for v in extended.graph.input if v.name in input_shapes
-             and v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].HasField("dim_value")}
-    for value in extended.graph.input:                       # the batch axis open, whatever the file fixed it to
-        if value.name in input_shapes: value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    if len(fixed) == 1: _free_fixed_batch(proto, extended, fixed.pop())
-    present = {o.name for o in extended.graph.output}
-    wanted = [o for n in extended.graph.node for o in n.output if o and o not in present]
-    extended.graph.output.extend(onnx.ValueInfoProto(name=o) for o in dict.fromkeys(wanted))
-    names = [o.name for o in extended.graph.output]
-    try: session = _session(extended.SerializeToString())
-    except Exception as exc:
-        raise UnsupportedModelError(f"ONNX model {where}: onnxruntime cannot load it ({type(exc).__name__}: {str(exc)[:400]})") from None
-    rng = np.random.default_rng(seed)
-    runs = []
-    for batch in PROBE_BATCHES:
-        feeds = {name: rng.normal(size=(batch,) + shape[1:]).astype(np.float32) for name, shape in input_shapes.items()}
-        try: values = session.run(names, feeds)
-        except Exception as exc:
-            raise UnsupportedModelError(f"ONNX model {where}: onnxruntime cannot run it at batch size {batch} "
-                                        f"({type(exc).__name__}: {str(exc)[:400]}); the reference must run the model") from None
-        runs.append(dict(zip(names, values)) | {k: v for k, v in feeds.items()})
-    del session
-    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    shapes, batch_dependent, dtypes = {}, set(), {}
-    for name in runs[0]:
-        a, b = runs[0][name], runs[1][name]
-        if a.ndim != b.ndim:
-            raise UnsupportedModelError(f"ONNX model {where}: tensor {name!r} changes rank with the batch size")
-        shapes[name] = tuple(None if p != q else int(p) for p, q in zip(a.shape, b.shape))
-        dtypes[name] = a.dtype
-        if name in static and name not in constants:
-            if a.shape == b.shape and np.array_equal(a, b): constants[name] = a
-            else: batch_dependent.add(name)
-    for name, shape in input_shapes.items(): shapes[name] = shape
-    stuck = [o.name for o in proto.graph.output if not shapes[o.name] or shapes[o.name][0] is not None]
-    if stuck:
-        raise UnsupportedModelError(f"ONNX model {where}: output(s) {', '.join(map(repr, stuck))} do not follow the batch size (axis 0); "
-                                    "the file fixes its batch size somewhere: re-export it with a dynamic batch axis (torch.onnx.export("
-                                    "..., dynamic_axes={'input': {0: 'batch'}}) or dynamo=True with dynamic_shapes)")
-    return Probe(shapes, constants, batch_dependent, dtypes)
+# %% ../nbs/14_onnx_import.ipynb #c8639c75
+def _probe_indices(batch:int, input_shapes:dict, kinds:dict) -> tuple:
+    """Integer inputs (token indices) for a probe run: 0/1 alternating, shifted by one per image (images differ, so
+    `batch_layout` can tell them apart), then all zeros (0 is a valid index anywhere) for a model that refuses a 1."""
+    shapes = {n: (batch,) + s[1:] for n, s in input_shapes.items() if kinds[n] != np.float32}
+    def alternating(shape, dtype): return (np.indices(shape).sum(axis=0) % 2).astype(dtype) if len(shape) > 1 else (np.arange(shape[0]) % 2).astype(dtype)
+    return ({n: alternating(s, kinds[n]) for n, s in shapes.items()}, {n: np.zeros(s, kinds[n]) for n, s in shapes.items()})
 
+# %% ../nbs/14_onnx_import.ipynb #68bbba59
+def batch_layout(small:np.ndarray, # a tensor at batch size 2
+                 large:np.ndarray, # the same tensor at batch size 3, the same two images first
+                 shape:tuple, # its shape, None where it follows the batch size
+                ) -> tuple | None:
+    """Where the batch sits in a tensor, when not on axis 0 alone: `(axis, factor, batch_major)` for an axis of `factor`·batch
+    entries, image by image (`batch_major`) or interleaved (row `t·batch + image`); None for axis 0 = the batch, or unknown."""
+    axes = [i for i, d in enumerate(shape) if d is None]
+    if len(axes) != 1 or small.shape[axes[0]] % 2: return None
+    axis = axes[0]
+    factor = small.shape[axis] // 2
+    if large.shape[axis] != 3 * factor or (axis == 0 and factor == 1): return None
+    if factor == 1: return axis, 1, True
+    def close(x, y):
+        finite = np.abs(y[np.isfinite(y)])                 # (masks hold -inf)
+        return np.allclose(x, y, rtol=1e-4, atol=1e-5 * (float(finite.max()) if finite.size else 1.0), equal_nan=True)
+    def split(t, batch): return t.reshape(t.shape[:axis] + (factor, batch) + t.shape[axis + 1:])
+    major = close(np.take(large, range(2 * factor), axis=axis), small)
+    minor = close(np.take(split(large, 3), [0, 1], axis=axis + 1), split(small, 2))
+    return (axis, factor, True) if major or not minor else (axis, factor, False)   # (both: identical images; image by image then)
+
+# %% ../nbs/14_onnx_import.ipynb #6ecf1d89
+def recurrent_layout_zero(graph, # an onnx GraphProto, changed in place
+                         ) -> int:
+    """Rewrite every batch-first (`layout=1`) RNN / GRU / LSTM node as the same node in layout 0 between Transposes (the same
+    tensors under the same names): onnxruntime refuses layout 1, and the shape probe must run the model. Returns how many."""
+    from onnx import helper
+    nodes, count = [], 0
+    for original in graph.node:
+        node = type(original)(); node.CopyFrom(original)
+        layout = next((a for a in node.attribute if a.name == "layout"), None)
+        if node.op_type not in RECURRENT_OPS or layout is None or layout.i != 1: nodes.append(node); continue
+        layout.i, count = 0, count + 1
+        for slot in (0, 5, 6):                                 # X (batch, steps, ·) and initial states (batch, dirs, ·)
+            if len(node.input) > slot and node.input[slot]:
+                moved = f"{node.input[slot]}/layout0/{node.name or count}"
+                nodes.append(helper.make_node("Transpose", [node.input[slot]], [moved], perm=[1, 0, 2]))
+                node.input[slot] = moved
+        after = []
+        for slot, output in enumerate(node.output):
+            if not output: continue
+            node.output[slot] = f"{output}/layout0"
+            after.append(helper.make_node("Transpose", [node.output[slot]], [output], perm=[2, 0, 1, 3] if slot == 0 else [1, 0, 2]))
+        nodes += [node] + after
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+# %% ../nbs/14_onnx_import.ipynb #254de91c
 def _free_fixed_batch(proto, extended, batch:int):
     """A file exported with a fixed batch size `batch` bakes it into Reshape targets (`[1, -1]` for `x.view(x.size(0), -1)`):
     in the probed (and imported) copy such a leading entry becomes 0, "copy the input's first axis", the batch."""
@@ -318,6 +340,65 @@ def _free_fixed_batch(proto, extended, batch:int):
             extended.graph.initializer.append(numpy_helper.from_array(target, name))
             node.input[1] = name; original.input[1] = name
             proto.graph.initializer.append(numpy_helper.from_array(target, name))
+
+# %% ../nbs/14_onnx_import.ipynb #05d00dd5
+PROBE_BATCHES = (2, 3)
+
+def probe(proto, # the model (opset and support already checked)
+          input_shapes:dict, # input name -> shape (batch None), from `resolve_input_shapes`
+          where:str="the model", seed:int=0) -> Probe:
+    "Shapes of every tensor, and the static tensors' values, from onnxruntime runs at batch sizes 2 and 3."
+    import onnx
+    from onnx import numpy_helper
+    static = static_tensors(proto)
+    extended = onnx.ModelProto(); extended.CopyFrom(proto)
+    recurrent_layout_zero(extended.graph)                   # (onnxruntime runs recurrent nodes in layout 0 only)
+    fixed = {v.type.tensor_type.shape.dim[0].dim_value for v in extended.graph.input if v.name in input_shapes
+             and v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].HasField("dim_value")}
+    for value in extended.graph.input:                       # the batch axis open, whatever the file fixed it to
+        if value.name in input_shapes: value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    if len(fixed) == 1: _free_fixed_batch(proto, extended, fixed.pop())
+    present = {o.name for o in extended.graph.output}
+    wanted = [o for n in extended.graph.node for o in n.output if o and o not in present]
+    extended.graph.output.extend(onnx.ValueInfoProto(name=o) for o in dict.fromkeys(wanted))
+    names = [o.name for o in extended.graph.output]
+    try: session = _session(extended.SerializeToString())
+    except Exception as exc:
+        raise UnsupportedModelError(f"ONNX model {where}: onnxruntime cannot load it ({type(exc).__name__}: {str(exc)[:400]})") from None
+    rng = np.random.default_rng(seed)
+    kinds = {v.name: INPUT_TYPES.get(v.type.tensor_type.elem_type, np.float32) for v in graph_inputs(proto)}
+    runs, images = [], {name: rng.normal(size=(max(PROBE_BATCHES),) + shape[1:]).astype(np.float32) for name, shape in input_shapes.items()}
+    for batch in PROBE_BATCHES:                                # (the larger batch starts with the smaller one's images: `batch_layout`)
+        for step, indices in enumerate(_probe_indices(batch, input_shapes, kinds)):
+            feeds = {name: images[name][:batch] if kinds[name] == np.float32 else indices[name] for name in input_shapes}
+            try: values = session.run(names, feeds); break
+            except Exception as exc:
+                if step == 0 and any(kinds[n] != np.float32 for n in input_shapes): continue   # (index 1 out of range: zeros)
+                raise UnsupportedModelError(f"ONNX model {where}: onnxruntime cannot run it at batch size {batch} "
+                                            f"({type(exc).__name__}: {str(exc)[:400]}); the reference must run the model") from None
+        runs.append(dict(zip(names, values)) | {k: v for k, v in feeds.items()})
+    del session
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    shapes, batch_dependent, dtypes, layouts = {}, set(), {}, {}
+    for name in runs[0]:
+        a, b = runs[0][name], runs[1][name]
+        if a.ndim != b.ndim:
+            raise UnsupportedModelError(f"ONNX model {where}: tensor {name!r} changes rank with the batch size")
+        shapes[name] = tuple(None if p != q else int(p) for p, q in zip(a.shape, b.shape))
+        dtypes[name] = a.dtype
+        if name in static and name not in constants:
+            if a.shape == b.shape and np.array_equal(a, b): constants[name] = a
+            else: batch_dependent.add(name)
+        if name not in constants and np.issubdtype(a.dtype, np.floating):    # (batch-dependent static ones too: zero initial states)
+            layout = batch_layout(a, b, shapes[name])
+            if layout is not None: layouts[name] = layout
+    for name, shape in input_shapes.items(): shapes[name] = shape
+    stuck = [o.name for o in proto.graph.output if not shapes[o.name] or shapes[o.name][0] is not None]
+    if stuck:
+        raise UnsupportedModelError(f"ONNX model {where}: output(s) {', '.join(map(repr, stuck))} do not follow the batch size (axis 0); "
+                                    "the file fixes its batch size somewhere: re-export it with a dynamic batch axis (torch.onnx.export("
+                                    "..., dynamic_axes={'input': {0: 'batch'}}) or dynamo=True with dynamic_shapes)")
+    return Probe(shapes, constants, batch_dependent, dtypes, layouts)
 
 # %% ../nbs/14_onnx_import.ipynb #75718c9f
 def inline_static_ifs(proto, # the model (changed in place: a copy made by `load_onnx`)
@@ -371,13 +452,22 @@ SIGN_CARRYING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPo
                      "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "Add", "Mul",
                      "Min", "Sum", "Mean", "Div", "Pad", "to_channels_last", "to_channels_first", "swap_last_axes", "rearrange")
 
+from .backend import aligned_empty
+
 def layout_permutation(rank:int, to_last:bool) -> tuple:
     "Axis order taking channels-first (N, C, ...) to channels-last (N, ..., C), or back."
     return (0,) + tuple(range(2, rank)) + (1,) if to_last else (0, rank - 1) + tuple(range(1, rank - 1))
 
 def _to_channels_last(rank:int):
+    "Channels-first → contiguous channels-last: the data itself where it is already so, else a copy on 64-byte aligned memory (read by TensorFlow in place)."
     order = layout_permutation(rank, True)
-    return lambda x: np.ascontiguousarray(x.transpose(order))
+    def convert(x):
+        y = x.transpose(order)
+        if y.flags.c_contiguous: return y
+        out = aligned_empty(y.shape, y.dtype)
+        np.copyto(out, y)
+        return out
+    return convert
 
 def _to_channels_first(rank:int):
     order = layout_permutation(rank, False)
@@ -432,6 +522,89 @@ def onnx_conv_spec(name:str, # node name (= core name)
     return conv_spec(name, name, kind, equal.kernel, bias, (1,) * rank, equal.dilation, equal.padding, equal.groups,
                      input_dilation=equal.input_dilation, transposed=True)
 
+# %% ../nbs/14_onnx_import.ipynb #a2c0e002
+ONNX_ACTIVATIONS = {     # ONNX activation (lower case) -> (f(x, alpha, beta, xp), default alpha, default beta); None: no such parameter
+    "relu": (None, None, None), "tanh": (None, None, None), "sigmoid": (None, None, None),   # (the recurrent module's own)
+    "softsign": (None, None, None), "softplus": (None, None, None),
+    "affine": (lambda x, a, b, xp: a * x + b, 1.0, 0.0),
+    "leakyrelu": (lambda x, a, b, xp: xp.where(x >= 0, x, a * x), 0.01, None),
+    "thresholdedrelu": (lambda x, a, b, xp: xp.where(x > a, x, 0).astype(x.dtype), 1.0, None),
+    "scaledtanh": (lambda x, a, b, xp: a * xp.tanh(b * x), 1.0, 1.0),
+    "hardsigmoid": (lambda x, a, b, xp: xp.clip(a * x + b, 0, 1), 0.2, 0.5),
+    "elu": (lambda x, a, b, xp: xp.where(x >= 0, x, a * xp.expm1(xp.minimum(x, 0))), 1.0, None),
+}
+DEFAULT_ACTIVATIONS = {"RNN": ("Tanh",), "GRU": ("Sigmoid", "Tanh"), "LSTM": ("Sigmoid", "Tanh", "Tanh")}   # f (g, h) per direction
+ONNX_GATE_ORDER = {"RNN": (0,), "GRU": (0, 1, 2), "LSTM": (0, 2, 3, 1)}   # ONNX gate block of each canonical gate (LSTM i,o,f,c -> i,f,c,o)
+
+def _recurrent_inputs(node) -> list:
+    "The node's 8 input slots (X, W, R, B, sequence_lens, initial_h, initial_c, P), '' where absent."
+    return list(node.input) + [""] * (8 - len(node.input))
+
+def recurrent_problem(node, # an ONNX RNN, GRU or LSTM node
+                      attributes:dict, # its attributes (`attributes_of`)
+                      static:set, # names of the data-independent tensors
+                     ) -> str | None:
+    "Why the simulator cannot run this recurrent node (the attribute or input at fault), or None."
+    op, inputs = node.op_type, _recurrent_inputs(node)
+    for index, role in ((1, "W"), (2, "R"), (3, "B"), (7, "P")):
+        if inputs[index] and inputs[index] not in static:
+            return f"has its input {role} computed from the data (only constant weights can be programmed into a crossbar)"
+    if "hidden_size" not in attributes: return "has no attribute hidden_size"
+    direction = attributes.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        return f"has attribute direction={direction!r}; allowed: 'forward', 'reverse', 'bidirectional'"
+    if int(attributes.get("layout", 0)) not in (0, 1): return f"has attribute layout={attributes['layout']}; allowed: 0, 1"
+    if op == "LSTM" and int(attributes.get("input_forget", 0)):
+        return "has attribute input_forget=1 (coupled input and forget gates), which is not supported"
+    if "clip" in attributes and not float(attributes["clip"]) > 0: return f"has attribute clip={attributes['clip']}; it must be > 0"
+    names = list(attributes.get("activations", []))
+    unknown = [n for n in names if n.lower() not in ONNX_ACTIVATIONS]
+    if unknown: return f"has attribute activations={names}: {unknown} not supported; supported: {', '.join(sorted(ONNX_ACTIVATIONS))}"
+    expected = len(DEFAULT_ACTIVATIONS[op]) * (2 if direction == "bidirectional" else 1)
+    if names and len(names) != expected: return f"has attribute activations={names}; it must name {expected} functions"
+    return None
+
+def _onnx_activation(name:str, alphas:list, betas:list):
+    "An ONNX activation as the recurrent module takes it (a name, or a function with its alpha and beta, consumed from the lists)."
+    function, alpha, beta = ONNX_ACTIVATIONS[name.lower()]
+    if function is None: return name.lower()
+    if alpha is not None and alphas: alpha = float(alphas.pop(0))
+    if beta is not None and betas: beta = float(betas.pop(0))
+    def apply(x): return function(x, np.float32(alpha or 0), np.float32(beta or 0), array_module_of(x))
+    apply.__name__ = name
+    return apply
+
+def onnx_recurrent_cells(node, # an ONNX RNN, GRU or LSTM node (checked by `recurrent_problem`)
+                         name:str, # its name, for messages
+                         constants:dict, # the model's constant tensors (W, R, B, P among them)
+                        ) -> list:
+    "One `RecurrentCell` per direction, the ONNX weights turned into the canonical layout (ONNX biases Wb + Rb kept apart)."
+    op, inputs, attributes = node.op_type, _recurrent_inputs(node), attributes_of(node)
+    W, R = (np.asarray(constants[inputs[i]], np.float32) for i in (1, 2))
+    directions, hidden, gates = W.shape[0], int(attributes["hidden_size"]), len(ONNX_GATE_ORDER[op])
+    if W.shape[1] != gates * hidden or R.shape != (directions, gates * hidden, hidden):
+        raise UnsupportedModelError(f"node {name!r} of type {op!r}: weights W {W.shape} and R {R.shape} do not match "
+                                    f"hidden_size={hidden} with {gates} gate(s)")
+    if op == "LSTM" and inputs[7] and np.any(np.asarray(constants[inputs[7]]) != 0):
+        raise UnsupportedModelError(f"node {name!r} of type 'LSTM': input P (peephole weights) is not supported (only all-zero peepholes)")
+    B = np.asarray(constants[inputs[3]], np.float32) if inputs[3] else None
+    def canonical(array): return np.concatenate([array[g * hidden:(g + 1) * hidden] for g in ONNX_GATE_ORDER[op]])   # rows in canonical gate order
+    names = list(attributes.get("activations", DEFAULT_ACTIVATIONS[op] * directions))
+    alphas, betas = list(attributes.get("activation_alpha", [])), list(attributes.get("activation_beta", []))
+    functions = [_onnx_activation(n, alphas, betas) for n in names]     # (alpha, beta consumed in order by those that take them)
+    per_direction = len(DEFAULT_ACTIVATIONS[op])
+    clip = float(attributes["clip"]) if "clip" in attributes else None
+    cells = []
+    for d in range(directions):
+        f = functions[d * per_direction:(d + 1) * per_direction]
+        roles = dict(activation=f[0]) if op == "RNN" else dict(recurrent_activation=f[0], activation=f[1],
+                                                                 output_activation=f[2] if op == "LSTM" else None)
+        cells.append(RecurrentCell({"RNN": "SimpleRNN"}.get(op, op), canonical(W[d]).T, canonical(R[d]).T,
+                                   None if B is None else canonical(B[d, :gates * hidden]),
+                                   None if B is None else canonical(B[d, gates * hidden:]), clip=clip,
+                                   reset_after=bool(int(attributes.get("linear_before_reset", 0))), **roles))
+    return cells
+
 # %% ../nbs/14_onnx_import.ipynb #8ff25901
 IN_PLACE_OPS = {"Relu": lambda a, b, out: np.maximum(a, a.dtype.type(0), out=out), "Add": np.add, "Sub": np.subtract,
                 "Mul": np.multiply, "Div": np.divide}     # float32 ufuncs that may write into an input nobody reads afterwards
@@ -476,6 +649,7 @@ def _onnxruntime_compute(node, slots:list, dtypes:list, shapes:list, opsets:list
     outputs = [f"output{i}" if o else "" for i, o in enumerate(node.output)]
     del copy.output[:]; copy.output.extend(outputs)
     graph = helper.make_graph([copy], "one_node", inputs, [onnx.ValueInfoProto(name=outputs[output_index])], initializer=initializers)
+    recurrent_layout_zero(graph)                                # (onnxruntime runs a batch-first recurrent node only in layout 0)
     model = helper.make_model(graph, opset_imports=list(opsets), ir_version=min(onnx.IR_VERSION, 10))
     state = {}
     def compute(*dynamic):
@@ -499,14 +673,22 @@ def _relu_bound(op_type:str, slots:list):
 # %% ../nbs/14_onnx_import.ipynb #4ae11366
 class _OnnxGraphBuilder:
     "Turns ONNX nodes into GraphNodes (see `build_onnx_graph`)."
-    def __init__(self, proto, probe:Probe, digital:set, where:str):
+    def __init__(self, proto, probe:Probe, digital:set, where:str, config:InferenceConfig|None=None, overrides:dict|None=None):
         self.proto, self.probe, self.digital, self.where = proto, probe, digital, where
+        self.config, self.overrides = config or InferenceConfig(), dict(overrides or {})
         versions = {o.domain: o.version for o in proto.opset_import}
         self.opset = versions.get("", versions.get("ai.onnx"))
         self.nodes, self.names, self.nodes_by_name = [], set(), {}
         self.logical_of, self.last_of = {}, {}     # ONNX tensor -> graph node holding it channels-first / channels-last
         self.outputs = {o.name for o in proto.graph.output}
         self.readers = Counter(t for n in proto.graph.node for t in n.input)
+
+    def setting(self, node_name:str, field:str):
+        "A config field as it applies to one node: its `layer_overrides` entry where that sets the field, else the model's config."
+        override = self.overrides.get(node_name)
+        if isinstance(override, InferenceConfig): return getattr(override, field)
+        if isinstance(override, dict) and field in override: return getattr(self.config.replace(**{field: override[field]}), field)
+        return getattr(self.config, field)
 
     # -- bookkeeping
     def unique(self, name:str) -> str:
@@ -521,6 +703,13 @@ class _OnnxGraphBuilder:
                          analog=list(analog or []), compute=compute)
         self.nodes.append(node); self.names.add(name); self.nodes_by_name[name] = node
         return name
+
+    def append(self, node:GraphNode) -> str:
+        "Add a node built elsewhere (the recurrent chapter's composite nodes), under a unique name; returns the name."
+        node.name = self.unique(node.name)
+        node.input_shapes = [self.nodes_by_name[i].output_shape for i in node.inputs]
+        self.nodes.append(node); self.names.add(node.name); self.nodes_by_name[node.name] = node
+        return node.name
 
     def shape(self, tensor:str) -> tuple: return self.probe.shapes[tensor]
 
@@ -570,6 +759,25 @@ def _emit_conv(b:_OnnxGraphBuilder, name:str, node, attributes:dict):
 
 def _swap_last(x): return np.swapaxes(x, -1, -2)
 
+def batch_first_functions(layout:tuple):
+    "Functions moving a tensor's batch (`batch_layout`) to axis 0 (the axis's other factor after it), and a core's result back."
+    axis, factor, major = layout
+    position = axis if major else axis + 1            # where the batch sits once the axis is split in (batch, factor) or (factor, batch)
+    def forward(x):
+        split = x.reshape(x.shape[:axis] + ((-1, factor) if major else (factor, -1)) + x.shape[axis + 1:])
+        return np.ascontiguousarray(np.moveaxis(split, position, 0))
+    def backward(y):
+        y = np.moveaxis(y, 0, position)
+        return np.ascontiguousarray(y.reshape(y.shape[:axis] + (-1,) + y.shape[axis + 2:]))
+    return forward, backward
+
+def batch_first_shape(shape:tuple, layout:tuple) -> tuple:
+    "The shape `batch_first_functions`' forward gives (batch None first)."
+    axis, factor, major = layout
+    split = shape[:axis] + ((None, factor) if major else (factor, None)) + shape[axis + 1:]
+    position = axis if major else axis + 1
+    return (None,) + split[:position] + split[position + 1:]
+
 def _emit_product(b:_OnnxGraphBuilder, name:str, node, attributes:dict) -> bool:
     "Gemm / MatMul with a constant operand as an analog core (plus the transposes and the addition it needs); False if none is constant."
     op, constants = node.op_type, b.probe.constants
@@ -595,6 +803,13 @@ def _emit_product(b:_OnnxGraphBuilder, name:str, node, attributes:dict) -> bool:
             source = b.add(f"{name}/transpose_input", None, "onnx:swap_last_axes", "digital", [source], OnnxCall("swap_last_axes"), shape, _swap_last)
     else: return False
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    layout = b.probe.layouts.get(w if swap_out else a)
+    if layout is not None and swap_out and layout[0] >= len(b.shape(w)) - 2: layout = (2 * len(b.shape(w)) - 3 - layout[0],) + layout[1:]
+    restore = None
+    if layout is not None and layout[0] < len(b.nodes_by_name[source].output_shape) - 1:     # (a batch on the rows' axis: left as is)
+        forward, restore = batch_first_functions(layout)
+        shape = batch_first_shape(b.nodes_by_name[source].output_shape, layout)
+        source = b.add(f"{name}/batch_first", None, "onnx:batch_first", "digital", [source], OnnxCall("batch_first"), shape, forward)
     bias, addend = None, None
     if op == "Gemm" and len(node.input) > 2 and node.input[2]:
         c = node.input[2]
@@ -606,6 +821,9 @@ def _emit_product(b:_OnnxGraphBuilder, name:str, node, attributes:dict) -> bool:
     core_shape = in_shape[:-1] + (matrix.shape[0],)
     spec = AnalogSpec(name, name, f"onnx:{op}", matrix, bias)
     result = b.add(name, name, f"onnx:{op}", "analog", [source], OnnxCall(op), core_shape, analog=[spec])
+    if restore is not None:
+        core_shape = b.nodes_by_name[b.nodes_by_name[source].inputs[0]].output_shape[:-1] + (matrix.shape[0],)
+        result = b.add(f"{name}/batch_back", None, "onnx:batch_back", "digital", [result], OnnxCall("batch_back"), core_shape, restore)
     if op == "MatMul" and constants[w if not swap_out else a].ndim == 1:
         result = b.add(f"{name}/squeeze", None, "onnx:Reshape", "digital", [result], OnnxCall("Reshape"), b.shape(out),
                        lambda y: y.reshape(y.shape[:-1]))
@@ -671,6 +889,79 @@ def _emit_einsum(b:_OnnxGraphBuilder, name:str, node, attributes:dict) -> bool:
                                          b.shape(node.output[0]), restore)
     return True
 
+# %% ../nbs/14_onnx_import.ipynb #a2c0e005
+def _emit_recurrent(b:_OnnxGraphBuilder, name:str, node, attributes:dict, used:list):
+    "An RNN / GRU / LSTM node: one composite analog node (its cores read at every time step), a select node per output used."
+    op, inputs = node.op_type, _recurrent_inputs(node)
+    layout = int(attributes.get("layout", 0))
+    direction = attributes.get("direction", "forward")
+    directions = ("forward", "reverse") if direction == "bidirectional" else (direction,)
+    mode = b.setting(name, "recurrent_cores")
+    cells = [CellOnCores(cell, name if len(directions) == 1 else f"{name}/{direction}", name, f"onnx:{op}", mode)
+             for cell, direction in zip(onnx_recurrent_cells(node, name, b.probe.constants), directions)]
+    steps = b.shape(inputs[0])[layout]                                         # (layout 0: X is (steps, batch, features))
+    slots, dynamic = b.slots(_with_inputs(node, [inputs[0], inputs[4], inputs[5], inputs[6] if op == "LSTM" else ""]))
+    lengths = slots[1]
+    if lengths is not None and lengths[0] == "constant" and np.all(np.asarray(lengths[1]) == steps): slots[1] = None  # (every sequence whole)
+    wanted = [i for i in used if i < 3]
+    def value(slot, arrays): return None if slot is None else (arrays[slot[1]] if slot[0] == "input" else slot[1])
+    def compute(*arrays, read):
+        x = value(slots[0], arrays)
+        x = x.transpose(1, 0, 2) if layout == 0 else x                         # (batch, steps, features)
+        xp = array_module_of(x)
+        lengths = value(slots[1], arrays)
+        mask = None if lengths is None else xp.arange(steps)[None, :] < xp.asarray(lengths).reshape(-1, 1)
+        given = [value(s, arrays) for s in slots[2:]]
+        sequences, finals = [], []
+        for d, (cell, direction) in enumerate(zip(cells, directions)):
+            states = [None if s is None else (s[d] if layout == 0 else s[:, d]) for s in given[:2 if op == "LSTM" else 1]]
+            states = None if all(s is None for s in states) else [
+                xp.zeros((x.shape[0], cell.cell.units), np.float32) if s is None else s for s in states]
+            sequence, _, state = cell.run(x, states, mask, read, reverse=direction == "reverse", zero_masked_outputs=True,
+                                          return_sequences=0 in wanted)
+            sequences.append(sequence); finals.append(state)
+        y = None if 0 not in wanted else (xp.stack(sequences, axis=2) if layout else xp.stack(sequences, axis=1).transpose(2, 1, 0, 3))
+        y_h, y_c = (xp.stack([state[k] for state in finals], axis=layout) if len(finals[0]) > k else None for k in (0, 1))
+        return (y, y_h, y_c)    # Y: (batch, steps, dirs, hidden) for layout 1, (steps, dirs, batch, hidden) for layout 0
+    reads, mvms, compute.core_roles = {}, {}, {}                               # (core_roles: what each core holds, for hw_config)
+    for cell in cells:
+        reads.update(cell.reads_per_call(steps)); mvms.update(cell.mvms_per_call(steps)); compute.core_roles.update(cell.roles(steps))
+    composite = b.append(GraphNode(name, name, f"onnx:{op}", "analog", [b.logical(t) for t in dynamic], arguments=OnnxCall(op),
+                                   analog=[spec for cell in cells for spec in cell.specs], compute=compute,
+                                   reads_per_call=reads, mvms_per_call=mvms))
+    for index in wanted:
+        out = node.output[index]
+        def pick(results, index=index): return results[index]
+        b.logical_of[out] = b.add(f"{name}:{index}", None, "onnx:Select", "digital", [composite], OnnxCall("Select"), b.shape(out), pick)
+
+def _with_inputs(node, inputs:list):
+    "A copy of `node` reading `inputs` instead (to look up some of its inputs with the builder's `slots`)."
+    view = type(node)(); view.CopyFrom(node)
+    del view.input[:]; view.input.extend(inputs)
+    return view
+
+def _emit_embedding(b:_OnnxGraphBuilder, name:str, node, attributes:dict):
+    "A Gather from a constant table by data-dependent indices, with embedding='analog': the table on a core, read with one-hot vectors."
+    table, indices = np.asarray(b.probe.constants[node.input[0]], np.float32), node.input[1]
+    shape = b.shape(indices)
+    if not shape or shape[0] is not None:
+        raise UnsupportedModelError(f"node {name!r} of type 'Gather' with embedding='analog': its indices {indices!r} of shape {shape} "
+                                    f"do not have the batch axis first; keep it digital: layer_overrides={{{name!r}: {{'embedding': 'digital'}}}}")
+    vocabulary = table.shape[0]
+    def wrap(i): return np.where(i < 0, i + vocabulary, i)                # ONNX counts negative indices from the end
+    source = b.add(f"{name}/indices", None, "onnx:wrap_indices", "digital", [b.logical(indices)], OnnxCall("wrap_indices"), shape, wrap)
+    lookup = embedding_node(name, name, "onnx:Gather", source, table, int(np.prod(shape[1:])), analog=True,
+                            output_shape=b.shape(node.output[0]))
+    lookup.arguments = OnnxCall("Gather", constants_nonnegative=bool(np.all(table >= 0)))
+    b.logical_of[node.output[0]] = b.append(lookup)
+
+def _is_embedding(b:_OnnxGraphBuilder, name:str, node, attributes:dict) -> bool:
+    "A Gather reading rows of a constant float 2-D table by data-dependent indices, under embedding='analog' for this node."
+    if node.op_type != "Gather" or name in b.digital or int(attributes.get("axis", 0)) != 0: return False
+    table = b.probe.constants.get(node.input[0])
+    return (table is not None and node.input[1] not in b.probe.constants and np.asarray(table).ndim == 2
+            and np.issubdtype(np.asarray(table).dtype, np.floating) and str(b.setting(name, "embedding")) == "analog")
+
 # %% ../nbs/14_onnx_import.ipynb #cead6e96
 def _fold_bias(b:_OnnxGraphBuilder, node) -> bool:
     "Fold `Add(core output, constant per-output vector)` into the core's bias; False when the Add is not of that form."
@@ -692,15 +983,102 @@ def _fold_bias(b:_OnnxGraphBuilder, node) -> bool:
     (b.last_of if tensor in b.last_of else b.logical_of)[node.output[0]] = holder
     return True
 
+# %% ../nbs/14_onnx_import.ipynb #b4d1a002
+from .attention import DynamicProduct
+from .backend import to_numpy
+
+def _producer_op(b:_OnnxGraphBuilder, tensor:str) -> str | None:
+    "The op type of the node that writes `tensor` (through Identity/Dropout/Cast), or None for an input."
+    if not hasattr(b, "_producers"): b._producers = {o: n for n in b.proto.graph.node for o in n.output}
+    node = b._producers.get(tensor)
+    while node is not None and node.op_type in ("Identity", "Dropout", "Cast"): node = b._producers.get(node.input[0])
+    return node.op_type if node is not None else None
+
+def _emit_activation_product(b:_OnnxGraphBuilder, name:str, node) -> bool:
+    "A MatMul of two activations on arrays written per input (attention_products='analog'); False when it stays digital."
+    mode = b.setting(name, "attention_products")
+    if node.op_type != "MatMul" or name in b.digital or str(getattr(mode, "value", mode)) != "analog": return False
+    if any(t in b.probe.constants for t in node.input): return False
+    def refuse(why):
+        raise UnsupportedModelError(f"ONNX model {b.where}: node {name!r} of type 'MatMul' {why}, so attention_products='analog' "
+                                    f"cannot write it onto arrays; keep it digital: layer_overrides={{{name!r}: 'digital'}}")
+    plans = []
+    for tensor in (node.input[0], node.input[1], node.output[0]):
+        shape, layout = b.shape(tensor), b.probe.layouts.get(tensor)
+        if len(shape) < 3: refuse(f"has {tensor!r} of rank {len(shape)} (a matrix per image needs rank 3 or more)")
+        if layout is None:
+            if [i for i, d in enumerate(shape) if d is None] != [0]: refuse(f"reads {tensor!r} {shape}, whose batch axis is unknown")
+            plans.append((None, None, shape))
+        elif layout[0] >= len(shape) - 2: refuse(f"has the batch of {tensor!r} {shape} among its matrix axes")
+        else: plans.append(batch_first_functions(layout) + (batch_first_shape(shape, layout),))
+    (to_x, _, x_shape), (to_m, _, m_shape), (_, back, y_shape) = plans
+    if not (x_shape[1:-2] == m_shape[1:-2] == y_shape[1:-2] and x_shape[-1] == m_shape[-2]):
+        refuse(f"broadcasts its operands {b.shape(node.input[0])} and {b.shape(node.input[1])} over their leading axes")
+    nonnegative = _producer_op(b, node.input[0]) == "Softmax"      # probabilities: an unsigned DAC range
+    def compute(x, matrices, read):                       # (on the host: the written arrays are simulated there)
+        x, matrices = to_numpy(x), to_numpy(matrices)
+        x, matrices = (to_x(x) if to_x else x), (to_m(matrices) if to_m else matrices)
+        y = read.dynamic(name, x, matrices, nonnegative=nonnegative)
+        return back(y) if back else y
+    groups = int(np.prod(x_shape[1:-2], dtype=np.int64))
+    compute.dynamic_products = [DynamicProduct(name, name, "onnx:MatMul", x_shape[-1], m_shape[-1], groups, groups * x_shape[-2],
+                                               nonnegative=nonnegative)]
+    inputs = [b.logical(t) for t in node.input]
+    b.logical_of[node.output[0]] = b.add(name, name, "onnx:MatMul", "analog", inputs, OnnxCall("MatMul"), b.shape(node.output[0]), compute)
+    return True
+
+GRAPH_FIELDS = ("attention_products", "embedding", "recurrent_cores")   # config fields that decide how the graph is built
+
+def core_overrides(graph:ModelGraph, # the built graph
+                   layer_overrides:dict|None, # the user's overrides
+                  ) -> dict | None:
+    "`layer_overrides` without the entries that only set graph-building fields for nodes without a core (a product's choice)."
+    if not layer_overrides: return layer_overrides
+    cored = {s.name for s in graph.analog_specs} | {s.layer for s in graph.analog_specs}
+    return {k: v for k, v in layer_overrides.items() if k in cored or not (isinstance(v, dict) and v and set(v) <= set(GRAPH_FIELDS))}
+
+def _emit_attention(b:_OnnxGraphBuilder, name:str, node, attributes:dict) -> bool:
+    "An opset-23 `Attention` node with its two products on arrays written per input (attention_products='analog'); False: digital."
+    from crosssim_nb.onnx_ops import attention
+    mode = b.setting(name, "attention_products")
+    if name in b.digital or str(getattr(mode, "value", mode)) != "analog": return False
+    slots, dynamic = b.slots(node)
+    if any(s[0] == "constant" for s in slots[:3]):
+        raise UnsupportedModelError(f"ONNX model {b.where}: node {name!r} of type 'Attention' reads a constant query, key or value, so "
+                                    f"attention_products='analog' cannot write it per input; keep it digital: layer_overrides={{{name!r}: 'digital'}}")
+    q_shape, k_shape, v_shape = (b.shape(t) for t in node.input[:3])
+    if len(q_shape) == 3:
+        q_heads, kv_heads = int(attributes["q_num_heads"]), int(attributes["kv_num_heads"])
+        size, queries, keys, value_size = q_shape[2] // q_heads, q_shape[1], k_shape[1], v_shape[2] // kv_heads
+    else: q_heads, size, queries, keys, value_size = q_shape[1], q_shape[3], q_shape[2], k_shape[2], v_shape[3]
+    def compute(*tensors, read):
+        inputs = [None if s is None else np.asarray(s[1]) if s[0] == "constant" else to_numpy(tensors[s[1]]) for s in slots]
+        def product(label, x, matrices, nonnegative): return read.dynamic(f"{name}/{label}", x, matrices, nonnegative=nonnegative)
+        return attention(inputs, attributes, b.opset, product)
+    compute.dynamic_products = [DynamicProduct(f"{name}/scores", name, "onnx:Attention", size, keys, q_heads, q_heads * queries),
+                                DynamicProduct(f"{name}/context", name, "onnx:Attention", keys, value_size, q_heads, q_heads * queries,
+                                               nonnegative=True)]
+    b.logical_of[node.output[0]] = b.add(name, name, "onnx:Attention", "analog", [b.logical(t) for t in dynamic], OnnxCall("Attention"),
+                                         b.shape(node.output[0]), compute)
+    return True
+
 # %% ../nbs/14_onnx_import.ipynb #13c369f1
+def _runs_channels_last(b:_OnnxGraphBuilder, op:str, slots:list, dynamic:list) -> bool:
+    """Whether a node may run on its inputs' channels-last data (all held so, rank >= 3): an element-wise op on one
+    tensor, BatchNormalization, or an element-wise op over tensors of one shape and scalar constants (a residual `Add`)."""
+    if not dynamic or any(t not in b.last_of for t in dynamic) or len(b.shape(dynamic[0])) < 3: return False
+    if op in LAYOUT_FREE_OPS or op == "BatchNormalization": return len(dynamic) == 1
+    return (op in SAME_SHAPE_OPS and all(b.shape(t) == b.shape(dynamic[0]) for t in dynamic)
+            and all(s is None or s[0] == "input" or np.size(s[1]) == 1 for s in slots))
+
 def _emit_digital(b:_OnnxGraphBuilder, name:str, node, attributes:dict, used:list):
     "A digital node (one graph node per used output); element-wise ops and BatchNormalization stay on channels-last data."
     if node.op_type == "Add" and name not in b.digital and _fold_bias(b, node): return
     slots, dynamic = b.slots(node)
     op = node.op_type
-    overridden = name in b.digital and (op not in ONNX_OPS or node.domain not in ("", "ai.onnx"))
-    on_last = (not overridden and len(dynamic) == 1 and dynamic[0] in b.last_of and len(b.shape(dynamic[0])) >= 3
-               and (op in LAYOUT_FREE_OPS or op == "BatchNormalization"))
+    overridden = name in b.digital and (op not in ONNX_OPS or node.domain not in ("", "ai.onnx")
+                                        or _setting_problem(node, attributes, set(b.probe.constants)) is not None)   # (onnxruntime runs it)
+    on_last = not overridden and _runs_channels_last(b, op, slots, dynamic)
     call = OnnxCall(op, attributes, _nonnegative_constants(slots), _relu_bound(op, slots) if not overridden else False)
     attributes = dict(attributes, _outputs=len(node.output))
     if op == "BatchNormalization":
@@ -723,29 +1101,49 @@ def _emit_digital(b:_OnnxGraphBuilder, name:str, node, attributes:dict, used:lis
         (b.last_of if on_last else b.logical_of)[out] = graph_name
         first = False
 
+def _as_integers(input_name:str, dtype):
+    "compute() turning a float32 input back into the integer indices the model takes (refusing values that are not integers)."
+    def cast(x):
+        if not np.array_equal(x, np.rint(x)):
+            raise ValueError(f"input {input_name!r} takes integer indices ({np.dtype(dtype).name}); got non-integer values such as "
+                             f"{float(x[x != np.rint(x)].ravel()[0])}")
+        return x.astype(dtype)
+    return cast
+
 def build_onnx_graph(proto, # the model, checked by `load_onnx` and `check_support`
                      input_shapes:dict, # input name -> shape, batch axis None (`resolve_input_shapes`)
                      digital:set=frozenset(), # node names kept digital by layer_overrides
                      where:str="the model", # the file, for messages
                      model_name:str|None=None, # the graph's name (default: the ONNX graph's)
+                     config:InferenceConfig|None=None, # the hardware config: import-time choices (recurrent_cores, embedding, ...); None: defaults
+                     layer_overrides:dict|None=None, # per-node overrides, for those choices per node
                     ) -> ModelGraph:
     "The network graph of an ONNX model: analog cores for its weight-bearing nodes, exact float32 computations for the rest."
     info = probe(proto, input_shapes, where)
     while inline_static_ifs(proto, info.constants, where): info = probe(proto, input_shapes, where)   # (nested ones: again)
-    b = _OnnxGraphBuilder(proto, info, set(digital), where)
+    b = _OnnxGraphBuilder(proto, info, set(digital), where, config, layer_overrides)
     inputs = []
     for name, shape in input_shapes.items():
         graph_name = b.add(name, name, "onnx:Input", "input", [], None, shape)
         b.logical_of[name] = graph_name; inputs.append(graph_name)
+        if np.issubdtype(info.dtypes[name], np.integer):        # token indices: the network feeds float32, the graph reads integers
+            b.logical_of[name] = b.add(f"{name}/as_integer", None, "onnx:Cast", "digital", [graph_name], OnnxCall("Cast"), shape,
+                                       _as_integers(name, info.dtypes[name]))
     consumed = {t for n in proto.graph.node for t in n.input} | b.outputs
     for name, node in zip(node_names(proto), proto.graph.node):
         used = [i for i, o in enumerate(node.output) if o and o in consumed and o not in info.constants]
         if not used: continue                                    # folded at import (or nothing reads it)
         attributes = attributes_of(node)
+        if node.op_type in RECURRENT_OPS and name not in b.digital:
+            _emit_recurrent(b, name, node, attributes, used); continue
+        if _is_embedding(b, name, node, attributes):
+            _emit_embedding(b, name, node, attributes); continue
         if name not in b.digital or node.op_type in ANALOG_OPS:
             if node.op_type in ("Conv", "ConvTranspose") and all(t in info.constants for t in node.input[1:] if t):
                 _emit_conv(b, name, node, attributes); continue
             if node.op_type in ("Gemm", "MatMul") and _emit_product(b, name, node, attributes): continue
+            if node.op_type == "MatMul" and _emit_activation_product(b, name, node): continue
+            if node.op_type == "Attention" and _emit_attention(b, name, node, attributes): continue
             if node.op_type == "Einsum" and _emit_einsum(b, name, node, attributes): continue
         if node.op_type in IDENTITY_OPS and node.input[0] not in info.constants and used == [0]:
             for table in (b.logical_of, b.last_of):               # the same data under another name: no node
@@ -763,7 +1161,6 @@ def build_onnx_graph(proto, # the model, checked by `load_onnx` and `check_suppo
 # %% ../nbs/14_onnx_import.ipynb #1fc0a888
 from fastcore.basics import patch
 from .network import AnalogNetwork
-from .config import InferenceConfig
 from .keras_import import digital_layer_names
 
 def _example_shapes(proto, data) -> dict:
@@ -807,8 +1204,8 @@ def from_onnx(cls:AnalogNetwork,
     check_support(proto, where, digital)                        # every unsupported node named, before any work
     shapes = resolve_input_shapes(proto, where, {**_example_shapes(proto, calibration_data), **dict(input_shapes or {})})
     name = model_name or model_name_of(model, proto)
-    raw = build_onnx_graph(proto, shapes, digital, where, name)
-    net = cls.from_graph(raw, config, name, calibration_data, input_ranges, adc_limits, layer_overrides,
+    raw = build_onnx_graph(proto, shapes, digital, where, name, config, layer_overrides)
+    net = cls.from_graph(raw, config, name, calibration_data, input_ranges, adc_limits, core_overrides(raw, layer_overrides),
                           bool(input_nonnegative), calibration_samples, batch_size)
     net.input_layout = "channels_first"
     return net
@@ -835,7 +1232,8 @@ def export_torch(module, # a torch.nn.Module
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"exporter={exporter!r} is not allowed; allowed: 'auto', 'dynamo', 'torchscript'")
     examples = tuple(example_input) if isinstance(example_input, (list, tuple)) else (example_input,)
-    examples = tuple(torch.as_tensor(np.asarray(e) if not isinstance(e, torch.Tensor) else e, dtype=torch.float32) for e in examples)
+    examples = tuple(e if isinstance(e, torch.Tensor) else torch.as_tensor(np.asarray(e)) for e in examples)
+    examples = tuple(e.float() if e.is_floating_point() else e.long() for e in examples)   # (integers: token indices stay integers)
     examples = tuple(torch.cat([e, e]) if e.shape[0] == 1 else e for e in examples)   # a batch of 1 would be fixed to 1
     names = [f"input{i}" if len(examples) > 1 else "input" for i in range(len(examples))]
     training, quiet = module.training, logging.getLogger("torch.onnx")
@@ -879,8 +1277,13 @@ def operations_table():
     "A DataFrame of the ONNX operations: how each one runs (analog core, digital float32, folded, identity) or why it is refused."
     import pandas as pd
     rows = [dict(operation=op, runs_as="analog core", note="with a constant weight operand (BatchNormalization after it folds in)"
-                 + ("; of two data tensors: digital" if op in DIGITAL_OPS else "")) for op in ANALOG_OPS]
-    rows += [dict(operation=op, runs_as="digital (float32)", note="channels-last data as it is" if op in LAYOUT_FREE_OPS else "")
+                 + ("; of two data tensors: digital, or on arrays written per input with attention_products='analog'" if op == "MatMul" else
+                    "; of two data tensors: digital" if op in DIGITAL_OPS else "")) for op in ANALOG_OPS]
+    rows += [dict(operation=op, runs_as="analog cores (recurrent)", note="input and recurrent kernels on cores read at every time "
+                  "step (recurrent_cores: stacked or separate); gate non-linearities digital") for op in RECURRENT_OPS]
+    rows += [dict(operation=op, runs_as="digital (float32)", note="channels-last data as it is" if op in LAYOUT_FREE_OPS else
+                  "rows of a constant table by data indices: on a core with embedding='analog'" if op == "Gather" else
+                  "opset 23; its two products on arrays written per input with attention_products='analog'" if op == "Attention" else "")
              for op in DIGITAL_OPS if op not in ANALOG_OPS]
     rows += [dict(operation=op, runs_as="folded at import", note="kept as a node only where the batch size enters") for op in FOLDED_OPS]
     rows += [dict(operation=op, runs_as="identity", note="inference: passes its input on") for op in IDENTITY_OPS]

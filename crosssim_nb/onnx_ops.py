@@ -9,14 +9,14 @@ import numpy as np
 from scipy import special
 
 # %% auto #0
-__all__ = ['ONNX_OPS', 'onnx_op', 'run_op', 'one_node_model', 'onnxruntime_op', 'check_op', 'gelu', 'shrink', 'clip', 'dropout',
-           'cast', 'cast_like', 'mod', 'variadic', 'where', 'prelu', 'shape', 'size', 'reshape', 'flatten', 'transpose',
-           'squeeze', 'unsqueeze', 'concat', 'split', 'slice_', 'gather', 'gather_elements', 'gather_nd', 'scatter_nd',
-           'scatter_elements', 'expand', 'tile', 'constant_of_shape', 'range_', 'cumsum', 'depth_to_space',
-           'space_to_depth', 'arg_extreme', 'einsum', 'matmul', 'gemm', 'constant', 'reduce', 'softmax',
-           'batchnorm_affine', 'batch_normalization', 'instance_normalization', 'layer_normalization',
-           'group_normalization', 'lp_normalization', 'local_response_normalization', 'empty_like_layout',
-           'pool_geometry', 'pool', 'global_pool', 'pad', 'resize']
+__all__ = ['ONNX_OPS', 'ATTENTION_OPTIONS', 'onnx_op', 'run_op', 'one_node_model', 'onnxruntime_op', 'check_op', 'gelu', 'shrink',
+           'clip', 'dropout', 'cast', 'cast_like', 'mod', 'variadic', 'where', 'prelu', 'shape', 'size', 'reshape',
+           'flatten', 'transpose', 'squeeze', 'unsqueeze', 'concat', 'split', 'slice_', 'gather', 'gather_elements',
+           'gather_nd', 'scatter_nd', 'scatter_elements', 'expand', 'tile', 'constant_of_shape', 'range_', 'cumsum',
+           'depth_to_space', 'space_to_depth', 'arg_extreme', 'einsum', 'matmul', 'gemm', 'constant', 'reduce',
+           'softmax', 'batchnorm_affine', 'batch_normalization', 'instance_normalization', 'layer_normalization',
+           'group_normalization', 'lp_normalization', 'local_response_normalization', 'attention_problem', 'attention',
+           'rms_normalization', 'empty_like_layout', 'pool_geometry', 'pool', 'global_pool', 'pad', 'resize']
 
 # %% ../nbs/13_onnx_ops.ipynb #97f2e6b0
 ONNX_OPS = {}       # ONNX op type -> function(inputs, attributes, opset) -> list of output arrays
@@ -245,6 +245,7 @@ def _axes(inputs, attributes, index:int, opset_input:int, opset:int, name:str="a
     if opset >= opset_input and len(inputs) > index and inputs[index] is not None: return _ints(inputs[index])
     return _ints(attributes[name]) if name in attributes else None
 
+# %% ../nbs/13_onnx_ops.ipynb #9365e127
 @onnx_op("Shape")
 def shape(inputs, attributes, opset):
     "The input's shape as int64 (opset 15: the `start`/`end` slice of it)."
@@ -266,6 +267,7 @@ def flatten(inputs, attributes, opset):
     x = inputs[0]; axis = attributes.get("axis", 1) % max(x.ndim, 1) if attributes.get("axis", 1) < 0 else attributes.get("axis", 1)
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
+# %% ../nbs/13_onnx_ops.ipynb #691c8e9b
 @onnx_op("Transpose")
 def transpose(inputs, attributes, opset):
     perm = attributes.get("perm")
@@ -283,6 +285,7 @@ def unsqueeze(inputs, attributes, opset):
     rank = x.ndim + len(axes)
     return np.expand_dims(x, tuple(sorted(a % rank for a in axes)))
 
+# %% ../nbs/13_onnx_ops.ipynb #2094b73d
 @onnx_op("Concat")
 def concat(inputs, attributes, opset): return np.concatenate([i for i in inputs if i is not None], axis=int(attributes["axis"]))
 
@@ -297,6 +300,7 @@ def split(inputs, attributes, opset):
         sizes = [min(step, x.shape[axis] - step * i) for i in range(parts)]
     return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
 
+# %% ../nbs/13_onnx_ops.ipynb #2b6fef55
 @onnx_op("Slice")
 def slice_(inputs, attributes, opset):
     "Slice by starts/ends/axes/steps (inputs, opset 10+), negative steps included; a view of the input."
@@ -317,11 +321,13 @@ def slice_(inputs, attributes, opset):
         index[axis % x.ndim] = slice(start, end, step)
     return x[tuple(index)]
 
+# %% ../nbs/13_onnx_ops.ipynb #1614b910
 @onnx_op("Gather")
 def gather(inputs, attributes, opset):
     x, indices = inputs
     axis = int(attributes.get("axis", 0))
     indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim == 0: return x[(slice(None),) * (axis % x.ndim) + (int(indices),)]   # one index: a view (attention's q, k, v)
     return np.take(x, np.where(indices < 0, indices + x.shape[axis], indices), axis=axis)
 
 @onnx_op("GatherElements")
@@ -332,6 +338,7 @@ def gather_elements(inputs, attributes, opset):
     x = x[tuple(slice(None) if i == axis % x.ndim else slice(0, n) for i, n in enumerate(indices.shape))]   # output: indices' shape
     return np.take_along_axis(x, indices.astype(np.int64), axis=axis)
 
+# %% ../nbs/13_onnx_ops.ipynb #e81748f3
 @onnx_op("GatherND")
 def gather_nd(inputs, attributes, opset):
     x, indices = inputs[0], np.asarray(inputs[1], dtype=np.int64)
@@ -344,6 +351,7 @@ def gather_nd(inputs, attributes, opset):
     out = [xb[tuple(np.moveaxis(ib, -1, 0))] for xb, ib in zip(flat_x, flat_i)]
     return np.stack(out).reshape(lead + indices.shape[batch:-1] + x.shape[batch + depth:])
 
+# %% ../nbs/13_onnx_ops.ipynb #eef97e12
 @onnx_op("ScatterND")
 def scatter_nd(inputs, attributes, opset):
     x, indices, updates = inputs
@@ -366,6 +374,7 @@ def scatter_elements(inputs, attributes, opset):
     else: {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[reduction].at(out, tuple(index), updates)
     return out
 
+# %% ../nbs/13_onnx_ops.ipynb #01ed78f4
 @onnx_op("Expand")
 def expand(inputs, attributes, opset):
     x, target = inputs[0], _ints(inputs[1])
@@ -381,6 +390,7 @@ def constant_of_shape(inputs, attributes, opset):
     value = np.zeros(1, np.float32) if value is None else _array(value).ravel()
     return np.full(_ints(inputs[0]), value[0], dtype=value.dtype)
 
+# %% ../nbs/13_onnx_ops.ipynb #26ed2632
 @onnx_op("Range")
 def range_(inputs, attributes, opset):
     start, limit, delta = (np.asarray(v).reshape(()) for v in inputs)
@@ -396,6 +406,7 @@ def cumsum(inputs, attributes, opset):
         out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)), np.delete(out, -1, axis=axis)], axis=axis)
     return np.flip(out, axis) if attributes.get("reverse", 0) else out
 
+# %% ../nbs/13_onnx_ops.ipynb #322e6c58
 @onnx_op("DepthToSpace")
 def depth_to_space(inputs, attributes, opset):
     x, block = inputs[0], int(attributes["blocksize"])
@@ -412,6 +423,7 @@ def space_to_depth(inputs, attributes, opset):
     y = x.reshape(n, c, h // block, block, w // block, block).transpose(0, 3, 5, 1, 2, 4)
     return y.reshape(n, c * block ** 2, h // block, w // block)
 
+# %% ../nbs/13_onnx_ops.ipynb #920a6e4e
 @onnx_op("ArgMax", "ArgMin")
 def arg_extreme(inputs, attributes, opset):
     x, axis = inputs[0], int(attributes.get("axis", 0))
@@ -423,6 +435,7 @@ def arg_extreme(inputs, attributes, opset):
     out = out.astype(np.int64)
     return np.expand_dims(out, axis) if attributes.get("keepdims", 1) else out
 
+# %% ../nbs/13_onnx_ops.ipynb #ca57ee11
 @onnx_op("Einsum")
 def einsum(inputs, attributes, opset): return np.einsum(attributes["equation"], *inputs).astype(inputs[0].dtype, copy=False)
 
@@ -439,6 +452,7 @@ def gemm(inputs, attributes, opset):
     c = inputs[2] if len(inputs) > 2 else None
     return y if c is None else y + c * a.dtype.type(attributes.get("beta", 1.0))
 
+# %% ../nbs/13_onnx_ops.ipynb #57ae3910
 @onnx_op("Constant")
 def constant(inputs, attributes, opset):
     "The node's value: a tensor, or one of the value_float(s) / value_int(s) forms."
@@ -476,8 +490,9 @@ def softmax(inputs, attributes, opset):
     axis = attributes.get("axis", -1)
     shifted = x - np.max(x, axis=axis, keepdims=True)
     if log: return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
-    e = np.exp(shifted)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = np.exp(shifted, out=shifted)             # (in place: attention's score tensors are the largest a transformer makes)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 def _channel_shape(x, axis:int=1) -> tuple:
     "Shape that broadcasts a per-channel vector against `x` along `axis`."
@@ -517,10 +532,12 @@ def layer_normalization(inputs, attributes, opset):
     axis = attributes.get("axis", -1) % x.ndim
     axes = tuple(range(axis, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
-    variance = np.square(x - mean).mean(axis=axes, keepdims=True)
+    y = x - mean
+    variance = np.square(y).mean(axis=axes, keepdims=True)
     inverse = 1 / np.sqrt(variance + np.float32(attributes.get("epsilon", 1e-5)))
-    y = (x - mean) * inverse * scale
-    return [y if bias is None else y + bias, mean, inverse]
+    y *= inverse; y *= scale                     # (in place, in the order (x - mean) · inverse · scale + bias)
+    if bias is not None: y += bias
+    return [y, mean, inverse]
 
 @onnx_op("GroupNormalization")
 def group_normalization(inputs, attributes, opset):
@@ -553,6 +570,64 @@ def local_response_normalization(inputs, attributes, opset):
     padded = np.pad(squares, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
     window = sum(padded[:, k:k + x.shape[1]] for k in range(size))
     return x / (bias + alpha / np.float32(size) * window) ** beta
+
+# %% ../nbs/13_onnx_ops.ipynb #c5e2b002
+ATTENTION_OPTIONS = ("is_causal", "scale", "softcap", "q_num_heads", "kv_num_heads", "qk_matmul_output_mode", "softmax_precision")
+
+def attention_problem(node, # an Attention NodeProto
+                      attributes:dict, # its attributes as Python values
+                     ) -> str | None:
+    "Why an `Attention` node cannot be simulated (caches, extra outputs, unknown options), or None."
+    if any(node.input[4:]): return "has a key/value cache or padding lengths (past_key, past_value, nonpad_kv_seqlen): whole sequences only"
+    if any(node.output[1:]): return "returns present_key/present_value/qk_matmul_output (only its output Y is simulated)"
+    unknown = sorted(set(attributes) - set(ATTENTION_OPTIONS))
+    if unknown: return f"sets {', '.join(unknown)} (supported options: {', '.join(ATTENTION_OPTIONS)})"
+    if attributes.get("softmax_precision", 1) != 1: return f"asks softmax_precision={attributes['softmax_precision']} (float32 only)"
+    return None
+
+def _matmul_product(label, x, matrices, nonnegative): return np.matmul(x, matrices)
+
+@onnx_op("Attention")
+def attention(inputs, attributes, opset,
+              product=None, # product(label, x, matrices, nonnegative) -> x @ matrices for 'scores' and 'context'; None: exact
+             ):
+    "Scaled dot-product attention as ONNX defines it (opset 23), its two products through `product`."
+    q, k, v = (np.asarray(t, np.float32) for t in inputs[:3])
+    mask = inputs[3] if len(inputs) > 3 else None
+    product, flat = product or _matmul_product, q.ndim == 3
+    if flat:                             # (batch, tokens, heads·size) -> (batch, heads, tokens, size)
+        def heads(t, n): return t.reshape(t.shape[0], t.shape[1], int(n), -1).transpose(0, 2, 1, 3)
+        q, k, v = heads(q, attributes["q_num_heads"]), heads(k, attributes["kv_num_heads"]), heads(v, attributes["kv_num_heads"])
+    if k.shape[1] != q.shape[1]: k, v = (np.repeat(t, q.shape[1] // t.shape[1], axis=1) for t in (k, v))
+    scale = attributes.get("scale")
+    root = np.float32(math.sqrt(1 / math.sqrt(q.shape[-1]) if scale is None else scale))
+    scores = product("scores", q * root, np.swapaxes(k * root, -1, -2), False)
+    softcap = float(attributes.get("softcap", 0.0))
+    if softcap > 0: scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
+    queries, keys = scores.shape[-2:]
+    bias = np.zeros((queries, keys), np.float32)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape[-1] < keys:
+            mask = np.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, keys - mask.shape[-1])], constant_values=False if mask.dtype == bool else -np.inf)
+        bias = bias + (np.where(mask, np.float32(0), np.float32(-np.inf)) if mask.dtype == bool else mask.astype(np.float32))
+    if attributes.get("is_causal", 0): bias = bias + np.where(np.tri(queries, keys, dtype=bool), np.float32(0), np.float32(-np.inf))
+    shifted = scores + bias
+    top = shifted.max(axis=-1, keepdims=True)
+    blocked = np.isneginf(np.max(bias, axis=-1, keepdims=True))     # every key masked: zeros
+    exponentials = np.exp(shifted - np.where(np.isneginf(top), np.float32(0), top))
+    total = exponentials.sum(axis=-1, keepdims=True)
+    probabilities = np.where(blocked, np.float32(0), exponentials / np.where(total == 0, np.float32(1), total)).astype(np.float32)
+    y = product("context", probabilities, v, True)
+    return y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1) if flat else y
+
+@onnx_op("RMSNormalization")
+def rms_normalization(inputs, attributes, opset):
+    "x / sqrt(mean(x²) + epsilon) · scale over the axes from `axis` on (opset 23)."
+    x, scale = inputs[0], inputs[1]
+    axes = tuple(range(attributes.get("axis", -1) % x.ndim, x.ndim))
+    mean_square = np.square(x.astype(np.float32)).mean(axis=axes, keepdims=True)
+    return (x / np.sqrt(mean_square + np.float32(attributes.get("epsilon", 1e-5))) * scale).astype(x.dtype)
 
 # %% ../nbs/13_onnx_ops.ipynb #3c4541ae
 def empty_like_layout(x:np.ndarray, # array whose memory order of axes to follow

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import importlib
 
+from .mapping import MappingMode
 from .backend import to_numpy, openblas_thread_controls
 from .seeds import key_stream
 
@@ -674,7 +675,7 @@ def tile_arrays(core, block, reference=None) -> list:
     for t, (c0, c1) in enumerate(core.col_ranges):
         cols = np.arange(c0, c1)
         label = f"{core.name or 'core'} tile rows {block.shape[2]} col-tile {t}"
-        if core.mode == "offset":
+        if core.mode is MappingMode.OFFSET:
             G, columns = block[0, 0][:, c0:c1], cols
             if reference is not None: G, columns = np.concatenate([G, reference[:, t:t + 1]], axis=1), np.append(cols, n_out + t)
             arrays.append(dict(positive=G, negative=None, columns=columns, sign=1.0, origin=[(0, 0), ("reference", t)], name=label))
@@ -684,11 +685,11 @@ def tile_arrays(core, block, reference=None) -> list:
                 arrays.append(dict(positive=block[s, 0][:, c0:c1], negative=block[s, 1][:, c0:c1], columns=s * n_out + cols,
                                    sign=1.0, origin=[(s, 0), (s, 1)], name=f"{label} slice {s} interleaved"))
             else:
-                minus_columns = s * n_out + cols if core.mode == "difference" else (slices + s) * n_out + cols
+                minus_columns = s * n_out + cols if core.mode is MappingMode.DIFFERENCE else (slices + s) * n_out + cols
                 arrays.append(dict(positive=block[s, 0][:, c0:c1], negative=None, columns=s * n_out + cols, sign=1.0,
                                    origin=[(s, 0)], name=f"{label} slice {s} G+"))
                 arrays.append(dict(positive=block[s, 1][:, c0:c1], negative=None, columns=minus_columns,
-                                   sign=-1.0 if core.mode == "difference" else 1.0, origin=[(s, 1)], name=f"{label} slice {s} G-"))
+                                   sign=-1.0 if core.mode is MappingMode.DIFFERENCE else 1.0, origin=[(s, 1)], name=f"{label} slice {s} G-"))
     return arrays
 
 
@@ -709,7 +710,7 @@ def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None, 
     rows = block.shape[2]
     mode, n_out = core.mode, core.n_out
     width = {"difference": block.shape[0] * n_out, "pair": 2 * block.shape[0] * n_out}.get(mode, n_out + (0 if reference is None else len(core.col_ranges)))
-    offset = core.config.gmin + core.config.grange / 2 if mode == "offset" else 0.0
+    offset = core.config.gmin + core.config.grange / 2 if mode is MappingMode.OFFSET else 0.0
     arrays = tile_arrays(core, block, reference)
     if not circuit.per_read:                             # linear cells, input source: one fixed T per array
         matrix = np.zeros((rows, width))
@@ -729,7 +730,7 @@ def tile_circuit(core, block, reference=None, sigma=None, reference_sigma=None, 
 def _scale_sigma(core, array, line, weight, sigma, reference_sigma):
     "Multiply the noise std of the cells of `array`'s cell line `line` by `weight` (rows, cols), where they sit in `sigma`."
     columns = array["columns"]
-    if core.mode == "offset":
+    if core.mode is MappingMode.OFFSET:
         main = columns < core.n_out
         sigma[0, 0][:, columns[main]] *= weight[:, main]
         if not main.all(): reference_sigma[:, array["origin"][1][1]] *= weight[:, ~main][:, 0]
@@ -855,8 +856,8 @@ def circuit_solve_cost(core) -> float:
     "Estimated GFLOP of solving every array of `core` once per programming (its tiling and circuit; 0 without wires)."
     circuit = core.circuit
     if circuit is None or circuit.wires is None or not circuit.wires.current_from_input: return 0.0   # ladders: per read only
-    interleaved, unit = circuit.wires.interleaved, int(core.mode == "offset" and not core.config.digital_offset)
-    count, lines = (1, 1) if core.mode == "offset" else (core.n_weight_slices, 2) if interleaved else (2 * core.n_weight_slices, 1)
+    interleaved, unit = circuit.wires.interleaved, int(core.mode is MappingMode.OFFSET and not core.config.digital_offset)
+    count, lines = (1, 1) if core.mode is MappingMode.OFFSET else (core.n_weight_slices, 2) if interleaved else (2 * core.n_weight_slices, 1)
     cost = factor_cost if circuit.per_read else transfer_cost
     return sum(count * cost(stop - start, c1 - c0 + unit, lines) for start, stop in core.row_ranges for c0, c1 in core.col_ranges) / 1e9
 
@@ -903,7 +904,7 @@ def ir_drop(core, # an AnalogCore with parasitic wires (config rp_row / rp_col .
     arrays = tile_arrays(core, block, None if core.reference is None else core.reference[start:stop])
     if not 0 <= array < len(arrays): raise ValueError(f"array={array} is not allowed; allowed: 0..{len(arrays) - 1} ({len(arrays)} arrays in this tile)")
     chosen = arrays[array]
-    drives = to_numpy(core._dac(core.xp.asarray(np.asarray(x, dtype=np.float32)[None])))[0].astype(np.float64)
+    drives = to_numpy(core.dac(core.xp.asarray(np.asarray(x, dtype=np.float32)[None])))[0].astype(np.float64)
     if core.analog_bias: drives = np.append(drives, core.bias_drive)
     v = drives[start:stop]
     if core.config.input_bitslicing: v = np.sign(v) * (np.abs(v) > 0)   # show the most significant... any active slice: gate pattern

@@ -40,9 +40,17 @@ def accuracy_sweep(model, # zoo name, model file or keras.Model
 # %% ../nbs/32_studies.ipynb #3103da13
 def summarize(table, # rows from `accuracy_sweep`
               by:list, # the swept columns
+              level:float|None=None, # also the half-width `ci` of this Student-t confidence interval of the mean, e.g. 0.95
              ):
-    "Mean, std and count of accuracy over runs, per point."
-    return table.groupby(by, sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    "Mean, std and count of accuracy over runs, per point (and the confidence interval's half-width)."
+    import numpy as np
+    summary = table.groupby(by, sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    if level is not None:
+        if not 0 < level < 1: raise ValueError(f"level={level!r} is not allowed; allowed: a confidence level between 0 and 1, e.g. 0.95")
+        from scipy import stats
+        quantile = stats.t.ppf(0.5 + level / 2, np.maximum(summary["count"] - 1, 1))
+        summary["ci"] = np.where(summary["count"] > 1, quantile * summary["std"] / np.sqrt(summary["count"]), np.nan)
+    return summary
 
 def write_result(table, # rows from `accuracy_sweep`
                  path, # JSON file to write
@@ -57,16 +65,19 @@ def write_result(table, # rows from `accuracy_sweep`
 def plot_sweep(table, # rows from `accuracy_sweep`
                x:str, # the swept column
                hue:str|None=None, # a second swept column drawn as separate lines
-               ax=None, title:str="", xlabel:str|None=None, logx:bool=False):
-    "Accuracy vs `x` with std error bars over runs, and the float accuracy as a dashed line; returns the Figure."
+               ax=None, title:str="", xlabel:str|None=None, logx:bool=False,
+               level:float|None=None, # error bars: None = std over runs; 0.95 = the 95 % confidence interval of the mean
+               ):
+    "Accuracy vs `x` with error bars over runs, and the float accuracy as a dashed line; returns the Figure."
     import matplotlib.pyplot as plt
     import pandas as pd
     if ax is None: fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
     else: fig = ax.figure
     groups = [(None, table)] if hue is None else list(table.groupby(hue, sort=False))
     for label, part in groups:
-        stats = summarize(part, [x])
-        ax.errorbar(stats[x], 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o", capsize=3,
+        stats = summarize(part, [x], level=level)
+        bars = stats["std"] if level is None else stats["ci"]
+        ax.errorbar(stats[x], 100 * stats["mean"], yerr=100 * bars.fillna(0), marker="o", capsize=3,
                     label=None if hue is None else f"{hue}={label}")
     ax.axhline(100 * table["float_accuracy"].iloc[0], color="k", ls="--", lw=0.8, label="float")
     if logx: ax.set_xscale("log")

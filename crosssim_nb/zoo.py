@@ -25,7 +25,9 @@ ZOO_DIR = Path(__file__).resolve().parent / "zoo_models" if "__file__" in global
 SUPPORTED_LAYER_TYPES = {"InputLayer", "Dense", "Conv2D", "DepthwiseConv2D", "SeparableConv2D",
                          "BatchNormalization", "ReLU", "Activation", "MaxPooling2D", "AveragePooling2D",
                          "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Add", "Concatenate", "Flatten",
-                         "Dropout", "Rescaling"}
+                         "Dropout", "Rescaling",
+                         "LSTM", "Reshape", "Permute", "Embedding", "LayerNormalization", "MultiHeadAttention",
+                         "GlobalAveragePooling1D"}     # (the sequence models mnist_lstm, fashion_vit)
 "Layer types zoo models may use (a subset of what the analog importer handles)."
 
 
@@ -54,7 +56,8 @@ def fit_to_model(x:np.ndarray, # model inputs as the dataset gives them, channel
                  layout:str="channels_last", # the model's layout: 'channels_last' (Keras) or 'channels_first' (ONNX)
                 ) -> tuple:
     """`(x, note)`: `x` shaped for the model — a missing channel axis added where the model wants one channel, a
-    channels-last batch transposed for a channels-first model — and a note of what was done ('' when `x` already fits,
+    channels-last batch transposed for a channels-first model, each image's rows as a sequence `(n, h, w·c)` for a sequence
+    model — and a note of what was done ('' when `x` already fits,
     or when no such change makes it fit: the network's shape check then names both shapes)."""
     want, have = tuple(input_shape[1:]), tuple(np.shape(x)[1:])
     if _fits(have, want) or not len(want): return x, ""
@@ -68,6 +71,8 @@ def fit_to_model(x:np.ndarray, # model inputs as the dataset gives them, channel
         return fitted, (f"transposed for the ONNX model: channels-last {_shape_text(have)} -> channels-first "
                         f"{_shape_text(fitted.shape[1:])}")
     channels = have[-1] if len(have) >= 3 else 1
+    if len(want) == 2 and len(have) == 3 and want == (have[0], have[1] * channels) and (not first or channels == 1):
+        return np.reshape(x, (len(x),) + want), f"read as a sequence of rows: {_shape_text(have)} -> {_shape_text(want)}"
     if len(want) == 1 and want[0] == int(np.prod(have)) and (not first or channels == 1):
         return np.reshape(x, (len(x), -1)), f"flattened: {_shape_text(have)} -> {_shape_text(want)}"
     return x, ""

@@ -1,7 +1,7 @@
 """The package's shape, read from its source with `ast`: the import graph of crosssim_nb/ (module-level and function-level
 imports) has no cycle; imports that run from a lower-numbered chapter to a higher-numbered one are counted; no module reads
-another module's private members. `python tests/test_architecture.py` prints the numbers (and those of git's HEAD when given
-`--head`)."""
+another module's private members; exported notebook cells are small. `python tests/test_architecture.py` prints the numbers
+(and those of git's HEAD when given `--head`)."""
 import ast, re, subprocess, sys
 from pathlib import Path
 import pytest
@@ -143,21 +143,26 @@ def report(result:dict, title:str) -> str:
     lines += [f"  package self-import: {name}" for name in result["self_imports"]]
     return "\n".join(lines)
 
-# Private reads that remain for the core's owners (issue 30, item 3: a Tile dataclass and a public core interface)
-KNOWN_PRIVATE_READS = {
-    # the core's insides (issue 30 item 3: a Tile dataclass, a public core interface, drift compensation beside the core)
-    ("calibration", "core", "attribute _cell_levels"), ("convolution", "core", "attribute _add_noise"),
-    ("convolution", "core", "attribute _core"), ("convolution", "core", "attribute _program_streams"),
-    ("convolution", "core", "attribute _tile_output"), ("convolution", "core", "from-import _CoreTile"),
-    ("device_models", "core", "attribute _target"), ("parasitics", "core", "attribute _dac"),
-    # helpers shared between the network, its engines and the front doors (issue 30 item 4: from_keras owns limits files)
-    ("cli", "inference", "from-import _training_sample"), ("network", "convolution", "from-import _apply_rows"), ("network", "convolution", "from-import _blas_threads"),
-    ("network", "convolution", "from-import _drives"), ("network", "convolution", "from-import _pad_spatial"),
-    # added by the ONNX import work of this round (to be made public or moved at integration)
-    ("onnx_import", "keras_import", "from-import _crossbar"),
-    ("onnx_import", "keras_import", "from-import _per_tap"), ("onnx_import", "network", "attribute _from_graph"),
-    ("core", "keyed_noise", "from-import _FAST"),
-}
+NOTEBOOKS = PACKAGE.parent / "nbs"
+CELL_LIMIT, CELL_MEDIAN = 120, 20          # lines of an exported cell: never more than the limit; the median at most this
+
+def exported_cell_sizes(root:Path=NOTEBOOKS) -> list:
+    "`(lines, notebook, cell id)` of every exported code cell (`#| export`, `#| exports`) of the chapters."
+    import json
+    sizes = []
+    for path in sorted(root.glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] == "code" and re.search(r"^#\|\s*exports?\b", text, re.M):
+                sizes.append((len(text.splitlines()), path.stem, cell.get("id", "")))
+    return sizes
+
+def cell_report(sizes:list) -> dict:
+    "Count, median and largest exported cell, and the cells over `CELL_LIMIT` lines (largest first)."
+    import statistics
+    lines = [n for n, _, _ in sizes]
+    return dict(cells=len(sizes), median=statistics.median(lines), largest=max(lines),
+                over_limit=sorted((s for s in sizes if s[0] > CELL_LIMIT), reverse=True))
 
 @pytest.fixture(scope="module")
 def now():
@@ -194,10 +199,33 @@ def test_imports_that_run_up_the_chapters(now):
         pytest.xfail(f"{len(now['back_arrows'])} back-arrows wait for the renumbering: {now['back_arrows']}")
 
 def test_no_module_reads_another_modules_private_members(now):
-    found = set(now["private_reads"])
-    assert found <= KNOWN_PRIVATE_READS, f"new private reads: {sorted(found - KNOWN_PRIVATE_READS)}"
-    if found: pytest.xfail(f"{len(found)} private reads left for the core's Tile/interface work: {sorted(found)}")
+    assert now["private_reads"] == [], report(now, "now")
+
+def engine_probes(sources:dict) -> list:
+    "`(module, line, attribute)` of every `getattr(engine, ...)` / `hasattr(engine, ...)`: engines declare their capabilities (`core.Engine`)."
+    found = []
+    for name, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") \
+                    and node.args and isinstance(node.args[0], ast.Name) and "engine" in node.args[0].id.lower():
+                found.append((name, node.lineno, ast.unparse(node.args[1]) if len(node.args) > 1 else ""))
+    return found
+
+def test_engines_are_asked_not_probed():
+    "The convolution engines declare what they can do (`Engine`'s capabilities); nobody probes them with getattr/hasattr."
+    assert engine_probes({"a": "def f(engine): return getattr(engine, 'xp', None)\n"}) == [("a", 1, "'xp'")]
+    assert engine_probes(package_sources()) == []
+
+def test_exported_cells_are_small():
+    "Chapters in the fastcore rhythm: the median exported cell at most CELL_MEDIAN lines, none over CELL_LIMIT."
+    cells = cell_report(exported_cell_sizes())
+    assert cells["median"] <= CELL_MEDIAN, cells
+    if cells["over_limit"]: pytest.xfail(f"{len(cells['over_limit'])} exported cells over {CELL_LIMIT} lines: {cells['over_limit']}")
 
 if __name__ == "__main__":
     if "--head" in sys.argv: print(report(analyse(head_sources()), "HEAD"))
     print(report(analyse(package_sources()), "now"))
+    cells = cell_report(exported_cell_sizes())
+    print(f"exported cells: {cells['cells']}, median {cells['median']} lines, largest {cells['largest']}, "
+          f"{len(cells['over_limit'])} over {CELL_LIMIT}")
+    for lines, notebook, cell in cells["over_limit"]: print(f"  {lines} lines: {notebook} cell {cell}")

@@ -176,7 +176,7 @@ def test_programming_error_variance_over_reprogrammings(proportional):
                              infinite_on_off_ratio=False, rmin=1e3, rmax=5e3)
     core = AnalogCore(W, config)
     outputs = np.array([core.program(run) @ x for run in range(2000)])
-    target = core._target                                              # conductances before error
+    target = core.target                                              # conductances before error
     sigma2 = (0.03 * (target if proportional else np.ones_like(target))) ** 2
     expected = (x ** 2) @ sigma2.sum(axis=1)[0] * core._scale ** 2
     ratio = outputs.var(axis=0, ddof=1) / expected
@@ -322,7 +322,7 @@ def test_linear_shortcut_equals_tile_by_tile_read(settings):
                                                    error_model="generic", alpha_error=0.03), settings, "linear")
     config = core.config
     assert core.linear and core._linear is not None
-    tile_by_tile = core._forward_drives(core._dac(x), collect=lambda *record: None)   # the profiling hook forces the full read
+    tile_by_tile = core._forward_drives(core.dac(x), collect=lambda *record: None)   # the profiling hook forces the full read
     np.testing.assert_allclose(core.apply(x), tile_by_tile, rtol=2e-5, atol=2e-5 * np.abs(tile_by_tile).max())
     # and against an independent reference: the programmed weights times the DAC-quantised inputs
     drives = np.rint(np.clip(x / 2.5, -1, 1) * 63) / 63 if config.dac_bits else x / 2.5     # an ideal DAC does not clip
@@ -419,7 +419,7 @@ def test_keyed_draws_are_standard_normal():
 
 
 def test_keyed_draws_and_noise_do_not_depend_on_the_split():
-    "5000 rows at once equal pieces of 999 rows, for the draws themselves and for a noisy read (blocks inside _add_noise)."
+    "5000 rows at once equal pieces of 999 rows, for the draws themselves and for a noisy read (blocks inside add_noise)."
     from crosssim_nb.keyed_noise import keyed_draws
     key = np.random.SeedSequence(7).generate_state(2, np.uint64)
     whole = keyed_draws(key, 2, 11, 5000, 40)

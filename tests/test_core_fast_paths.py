@@ -258,3 +258,58 @@ def test_compiled_adc_pass_tells_the_health_counts(monkeypatch):
         core.apply(x)
         tallies.append(counts.as_dict())
     assert tallies[0] == tallies[1] and tallies[0]["zero"] > 0 and tallies[0]["clipped_high"] > 0 and tallies[0]["clipped_low"] > 0, tallies
+
+# circuit ADCs on sliced reads: one compiled convert-and-add pass per row tile (`_fused_circuit`), reference columns once
+CIRCUIT = {
+    "isaac-sar-unit-column": dict(preset="ISAAC-SarADC", nrows_max=40, ncols_max=8),
+    "isaac-sar-digital-offset": dict(preset="ISAAC-SarADC", digital_offset=True, nrows_max=64),
+    "isaac-sar-component-errors": dict(preset="ISAAC-SarADC", sigma_capacitor=0.01, sigma_comparator=0.002, nrows_max=64, ncols_max=16),
+    "prime-ramp-separate-sides": dict(preset="PRIME", adc_range_option="MAX", nrows_max=50),
+    "prime-infinite-ratio-2bit-inputs": dict(preset="PRIME", adc_range_option="MAX", infinite_on_off_ratio=True, input_slice_size=2),
+    "balanced-sar-partial-rows": dict(weight_bits=8, nslices=2, adc_type="sar", adc_bits=8, adc_range_option="MAX", dac_bits=8,
+                                      input_bitslicing=True, adc_per_ibit=True, nrows_max=37),
+    "pipeline-unsliced-inputs": dict(weight_bits=8, nslices=2, adc_type="pipeline", adc_bits=8, adc_range_option="MAX", dac_bits=8),
+    "offset-ramp-finite-ratio": dict(style="OFFSET", weight_bits=8, nslices=2, adc_type="ramp", adc_bits=7, adc_range_option="MAX",
+                                     dac_bits=6, input_bitslicing=True, adc_per_ibit=True, digital_offset=False, nrows_max=45),
+}
+
+def circuit_config(settings):
+    settings = dict(settings)
+    preset = settings.pop("preset", None)
+    return InferenceConfig.preset(preset).replace(**settings) if preset else InferenceConfig(**settings)
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize("name", sorted(CIRCUIT))
+def test_circuit_adc_sliced_reads_equal_the_reference_path(name, signed):
+    "Circuit ADCs through the compiled pass give the reference path's levels (each current through its own ADC, unit columns included); only the float32 order of the sums differs."
+    W, x, input_range = case(seed=11, signed=signed, batch=70)
+    config = circuit_config(CIRCUIT[name])
+    core = AnalogCore(W, config, input_range=input_range)
+    assert all(core._fused_circuit(index) is not None for index in range(len(core.row_ranges)))
+    fast = core.apply(x)
+    reference = reference_core(W, config, input_range=input_range).apply(x)
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=3e-6 * np.abs(reference).max())
+
+def test_circuit_pass_follows_redrawn_adcs():
+    "A new programming redraws the ADCs' component errors: the compiled pass reads the new transfers, as the reference path does."
+    W, x, input_range = case(seed=12, batch=30)
+    config = circuit_config(CIRCUIT["isaac-sar-component-errors"])
+    core = AnalogCore(W, config, input_range=input_range)
+    first = core.apply(x)
+    core.program(1)
+    second = core.apply(x)
+    reference = reference_core(W, config, input_range=input_range)
+    reference.core.program(1)
+    expected = reference.apply(x)
+    assert not np.array_equal(first, second)
+    np.testing.assert_allclose(second, expected, rtol=0, atol=3e-6 * np.abs(expected).max())
+
+def test_circuit_pass_keeps_nan():
+    "A NaN current stays NaN through the compiled conversion, as through `TransferTable.convert`."
+    W, x, input_range = case(seed=13, batch=5)
+    core = AnalogCore(W, circuit_config(CIRCUIT["prime-ramp-separate-sides"]), input_range=input_range)
+    drives = core._slice(core.input_drives(x))
+    currents = core._read(drives, core._tiles[0])
+    currents[0, 2, 3] = np.nan
+    out = core.tile_output(0, currents, None)
+    assert np.isnan(out[2]).any() and np.isfinite(np.delete(out, 2, axis=0)).all()

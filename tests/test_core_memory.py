@@ -61,14 +61,14 @@ def test_matrix_shared_read_only_and_never_written(name):
 def test_linear_core_keeps_only_the_folded_map():
     "An ideal core reads one folded matrix; its tile matrices are rebuilt, identical, only when a read needs them."
     core = make("ideal")
-    assert core._linear is not None and all("matrix" not in tile for tile in core._tiles)
+    assert core._linear is not None and all(tile.held_matrix is None for tile in core._tiles)
     before = core @ X
     records = core.adc_inputs(X.T)                         # the profiling hook reads the tiles: rebuilt on demand
-    assert records and all("matrix" in tile for tile in core._tiles)
+    assert records and all(tile.held_matrix is not None for tile in core._tiles)
     np.testing.assert_array_equal(core @ X, before)
     reference = AnalogCore(W, InferenceConfig.ideal().replace(error_model="generic", alpha_error=0.0), bias=np.linspace(-1, 1, 24),
                            name="layer").program(2)
-    np.testing.assert_array_equal(core._tiles[0]["matrix"], reference._tiles[0]["matrix"])
+    np.testing.assert_array_equal(core._tiles[0].matrix, reference._tiles[0].matrix)
 
 @pytest.mark.parametrize("settings", [dict(), dict(style="OFFSET", digital_offset=False), dict(nslices=2, weight_bits=8),
                                       dict(style="BALANCED", subtract_current_in_xbar=False, nrows_max=7, ncols_max=5),
@@ -83,7 +83,7 @@ def test_row_blocks_equal_whole_array(settings, monkeypatch):
     monkeypatch.setattr(core_module, "_PROGRAM_BLOCK", 64)                  # a few rows per block
     blocked = AnalogCore(matrix, config, bias=np.linspace(-1, 1, 30), name="x")
     np.testing.assert_array_equal(blocked @ x, whole @ x)
-    for a, b in zip(blocked._tiles, whole._tiles): np.testing.assert_array_equal(a["matrix"], b["matrix"])
+    for a, b in zip(blocked._tiles, whole._tiles): np.testing.assert_array_equal(a.matrix, b.matrix)
     np.testing.assert_array_equal(blocked._linear[0], whole._linear[0])
     folded_whole = blocked._linear_map()                  # the whole-tile fold of the rebuilt tiles: the same map and bias
     np.testing.assert_array_equal(folded_whole[0], blocked._linear[0])
@@ -139,9 +139,9 @@ def test_slice_by_slice_programming_equals_the_whole_array(name, monkeypatch):
     monkeypatch.setattr(AnalogCore, "_programs_by_slices", lambda self: False)
     whole = AnalogCore(matrix, config, bias=np.linspace(-1, 1, 23), name="s").program(2)
     for a, b in zip(sliced._tiles, whole._tiles):
-        np.testing.assert_array_equal(a["matrix"], b["matrix"])
-        assert (a["spread"] is None) == (b["spread"] is None)
-        if a["spread"] is not None: np.testing.assert_array_equal(a["spread"], b["spread"])
+        np.testing.assert_array_equal(a.matrix, b.matrix)
+        assert (a.spread is None) == (b.spread is None)
+        if a.spread is not None: np.testing.assert_array_equal(a.spread, b.spread)
     if whole.reference is not None: np.testing.assert_array_equal(sliced.reference, whole.reference)
     np.testing.assert_array_equal(sliced.apply(x), whole.apply(x))
 

@@ -194,7 +194,9 @@ NON_DEFAULT = {  # field: a valid configuration where it differs from the defaul
     "rp_row": dict(rp_row=1.0), "rp_col": dict(rp_col=1.0), "rp_row_terminal": dict(rp_row_terminal=5.0), "rp_col_terminal": dict(rp_col_terminal=5.0),
     "current_from_input": dict(rp_col=1.0, current_from_input=False, input_bitslicing=True),
     "selected_rows": dict(rp_col=1.0, current_from_input=False, input_bitslicing=True, selected_rows="bottom"),
-    "nonlinear_iv": dict(nonlinear_iv="Cubic"), "fold_batchnorm": dict(fold_batchnorm=False), "digital_bias": dict(digital_bias=False),
+    "nonlinear_iv": dict(nonlinear_iv="Cubic"), "fold_batchnorm": dict(fold_batchnorm=False),
+    "recurrent_cores": dict(recurrent_cores="separate"), "embedding": dict(embedding="analog"),
+    "attention_products": dict(attention_products="analog"), "digital_bias": dict(digital_bias=False),
     "bias_bits": dict(bias_bits=8), "adc_bits": dict(adc_bits=8, adc_range_option="MAX"), "adc_range_option": dict(adc_bits=8, adc_range_option="MAX"),
     "adc_per_ibit": dict(input_bitslicing=True, adc_per_ibit=True), "dac_bits": dict(dac_bits=6), "input_bitslicing": dict(input_bitslicing=True),
     "input_slice_size": dict(input_bitslicing=True, input_slice_size=2), "adc_type": dict(adc_bits=6, adc_type="ramp"),
@@ -209,7 +211,7 @@ NON_DEFAULT = {  # field: a valid configuration where it differs from the defaul
     "preset": None,   # a tag, checked in test_presets
 }
 REFUSED = {"drift_compensation", "alpha_error", "conv_row_order"}
-NOT_IN_FILE = {"fold_batchnorm", "digital_bias", "bias_bits", "seed", "nruns", "read_noise_method", "noise_variance_precision", "parasitic_solve_budget_gflop", "adc_calibration_time"}
+NOT_IN_FILE = {"recurrent_cores", "embedding", "attention_products", "fold_batchnorm", "digital_bias", "bias_bits", "seed", "nruns", "read_noise_method", "noise_variance_precision", "parasitic_solve_budget_gflop", "adc_calibration_time"}
 
 @pytest.mark.parametrize("field", sorted(k for k, v in NON_DEFAULT.items() if v is not None))
 def test_to_crosssim_writes_refuses_or_names_every_field(field):

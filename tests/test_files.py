@@ -243,12 +243,12 @@ MODULE_WRITERS = {"np": {"save", "savez", "savez_compressed", "savetxt"}, "numpy
                   "pickle": {"dump"}}
 
 COVERED = {   # (module, outermost function or Class.method) -> the case above that fails it on a full disk
-    ("config", "to_file"): "InferenceConfig.to_file json/yaml (patched onto the class)",
+    ("config", "InferenceConfig.to_file"): "InferenceConfig.to_file json/yaml (patched onto the class)",
     ("files", "write_atomic"): "every case (the temporary file)",
     ("calibration", "ADCProfile.save"): "ADCProfile.save",
-    ("calibration", "save"): "Calibration.save json/yaml (patched onto the class)",
+    ("calibration", "Calibration.save"): "Calibration.save json/yaml (patched onto the class)",
     ("calibration", "_to_crosssim"): "Calibration.to_crosssim",
-    ("crosssim_compat", "to_crosssim"): "InferenceConfig.to_crosssim",
+    ("crosssim_compat", "InferenceConfig.to_crosssim"): "InferenceConfig.to_crosssim",
     ("device_models", "write_device_table"): "write_device_table",
     ("inference", "InferenceResult.to_json"): "InferenceResult.to_json",
     ("inference", "InferenceResult.save_outputs"): "InferenceResult.save_outputs",
@@ -276,12 +276,19 @@ def _writes(call:ast.Call) -> bool:
     return name in MODULE_WRITERS.get(receiver, ())
 
 
+def _patched_name(function) -> str:
+    "`Class.method` for a fastcore `@patch` function (its first argument annotated with the class), else the function's name."
+    patched = any((d.id if isinstance(d, ast.Name) else getattr(getattr(d, "func", None), "id", None)) == "patch"
+                  for d in function.decorator_list)
+    first = function.args.args[0].annotation if function.args.args else None
+    return f"{first.id}.{function.name}" if patched and isinstance(first, ast.Name) else function.name
+
 def _writers(path:Path) -> set:
     tree, found = ast.parse(path.read_text()), set()
     def visit(node, owner):
         for child in ast.iter_child_nodes(node):
             here = owner
-            if owner is None and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)): here = child.name
+            if owner is None and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)): here = _patched_name(child)
             if isinstance(node, ast.ClassDef) and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 here = f"{node.name}.{child.name}"
             if isinstance(child, ast.Call) and _writes(child):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 from crosssim_nb import InferenceConfig, AnalogNetwork, zoo
-from crosssim_nb.inference import run_inference, InferenceWarning, _training_sample
+from crosssim_nb.inference import run_inference, InferenceWarning, training_sample
 import crosssim_nb.network as network_module
 
 def _strict_json(text):
@@ -17,7 +17,7 @@ def test_from_keras_and_run_inference_build_the_same_arrays():
     result = run_inference("fashion_resnet", "fashion_mnist", config, ntest=32, nruns=1, calibration_samples=100,
                            return_outputs=True, progress=False)
     model, preprocess = zoo.load("fashion_resnet")
-    net = AnalogNetwork.from_keras(model, config, calibration_data=_training_sample("fashion_mnist", preprocess, 100, config.seed))
+    net = AnalogNetwork.from_keras(model, config, calibration_data=training_sample("fashion_mnist", preprocess, 100, config.seed))
     assert net.hw_config().equals(result.hw_config)             # signed/unsigned DAC, x_max, arrays: layer by layer
     assert net.cores["stem_conv"].input_range == (0.0, net.cores["stem_conv"].x_max)   # the zoo's [0, 1] inputs: unsigned DAC
     from crosssim_nb.data import load_dataset

@@ -108,26 +108,26 @@ def test_raw_pixels_warn_for_any_model_unless_it_rescales(mnist_test):
 # --- layer_overrides 'digital' for any Keras layer ---------------------------------------------------------------------
 
 def recurrent_model():
-    "A model with layers the importer cannot map: an LSTM and a UnitNormalization between analog Dense layers."
+    "A model with layers the importer cannot map: a GroupNormalization and a UnitNormalization between analog Dense layers."
     keras.utils.set_random_seed(1)
     inp = keras.Input((6, 5), name="sequence")
-    x = keras.layers.LSTM(7, return_sequences=True, name="lstm")(inp)
+    x = keras.layers.GroupNormalization(5, name="norm")(inp)
     x = keras.layers.Dense(8, name="dense")(x)
     x = keras.layers.UnitNormalization(name="unit")(x)
     x = keras.layers.Flatten(name="flat")(x)
     return keras.Model(inp, keras.layers.Dense(4, name="head")(x), name="recurrent")
 
-DIGITAL = {"lstm": "digital", "unit": "digital"}
+DIGITAL = {"norm": "digital", "unit": "digital"}
 
 def test_unsupported_layers_refused_with_the_override_spelled_out(tmp_path):
     model = recurrent_model()
-    with pytest.raises(UnsupportedLayerError, match='layer_overrides=\\{"lstm": "digital", "unit": "digital"\\}'):
+    with pytest.raises(UnsupportedLayerError, match='layer_overrides=\\{"norm": "digital", "unit": "digital"\\}'):
         AnalogNetwork.from_keras(model, IDEAL)
     model.save(tmp_path / "recurrent.keras")
     with pytest.raises(UnsupportedLayerError, match='checked before loading(.|\\n)*layer_overrides=\\{"unit": "digital"\\}'):
-        AnalogNetwork.from_keras(tmp_path / "recurrent.keras", IDEAL, layer_overrides={"lstm": "digital"})
-    with pytest.raises(ValueError, match="'lstn' is not an analog layer, nor any layer, of this model; did you mean 'lstm'"):
-        AnalogNetwork.from_keras(model, IDEAL, layer_overrides={**DIGITAL, "lstn": "digital"})
+        AnalogNetwork.from_keras(tmp_path / "recurrent.keras", IDEAL, layer_overrides={"norm": "digital"})
+    with pytest.raises(ValueError, match="'nrom' is not an analog layer, nor any layer, of this model; did you mean 'norm'"):
+        AnalogNetwork.from_keras(model, IDEAL, layer_overrides={**DIGITAL, "nrom": "digital"})
 
 def test_digital_overrides_run_any_keras_layer_exactly(tmp_path):
     model = recurrent_model()
@@ -137,7 +137,7 @@ def test_digital_overrides_run_any_keras_layer_exactly(tmp_path):
     close_to(ideal.predict(x), reference)
     assert sorted(ideal.cores) == ["dense", "head"]                  # the mapped layers are still on crossbars
     kinds = {n.name: (n.kind, n.layer_type) for n in ideal.graph.nodes}
-    assert kinds["lstm"] == ("digital", "LSTM") and kinds["unit"] == ("digital", "UnitNormalization")
+    assert kinds["norm"] == ("digital", "GroupNormalization") and kinds["unit"] == ("digital", "UnitNormalization")
     model.save(tmp_path / "recurrent.keras")                         # through the front door, from the file
     labels = np.arange(32) % 4
     result = run_inference(str(tmp_path / "recurrent.keras"), (x, labels), EIGHT_BIT, layer_overrides=DIGITAL,
@@ -279,20 +279,22 @@ def test_zoo_onnx_models_run_through_the_front_door(name):
     assert abs(result.float_accuracy[0] - entry["float_accuracy"]) < 0.06
 
 def test_cli_keeps_unmapped_layers_digital_with_the_digital_flag(tmp_path, mnist_test):
-    "An LSTM reading MNIST row by row: refused with the flag spelled out; with --digital it runs, calibrates and equals Keras."
+    """An LSTM reading MNIST row by row after a GroupNormalization: refused with the flag spelled out; with --digital it runs (the
+    LSTM on cores), calibrates and equals Keras."""
     keras.utils.set_random_seed(2)
     inp = keras.Input((28, 28), name="rows")
-    model = keras.Model(inp, keras.layers.Dense(10, name="head")(keras.layers.LSTM(16, name="lstm")(inp)), name="row_lstm")
+    normalized = keras.layers.GroupNormalization(4, name="norm")(inp)
+    model = keras.Model(inp, keras.layers.Dense(10, name="head")(keras.layers.LSTM(16, name="lstm")(normalized)), name="row_lstm")
     model.save(tmp_path / "row_lstm.keras")
     common = ["--model", "row_lstm.keras", "--dataset", "mnist", "--preprocess", "scale_255", "--calibration-samples", "40"]
     refused = cli("run", *common, cwd=tmp_path)
-    assert refused.returncode == 2 and "(command line: --digital lstm)" in refused.stderr, refused.stderr[-2000:]
+    assert refused.returncode == 2 and "(command line: --digital norm)" in refused.stderr, refused.stderr[-2000:]
     ideal = ["--weight-bits", "0", "--dac-bits", "0", "--adc-bits", "0", "--nrows-max", "0"]
-    out = cli("run", *common, "--digital", "lstm", "--ntest", "40", *ideal, "--save-outputs", "out.npy", "--no-progress", cwd=tmp_path)
+    out = cli("run", *common, "--digital", "norm", "--ntest", "40", *ideal, "--save-outputs", "out.npy", "--no-progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     close_to(np.load(tmp_path / "out.npy")[0], model.predict(mnist_test.x / np.float32(255), verbose=0))
-    out = cli("calibrate", *common, "--digital", "lstm", "--adc-bits", "6", "--output", "limits.json", cwd=tmp_path)
+    out = cli("calibrate", *common, "--digital", "norm", "--adc-bits", "6", "--output", "limits.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    out = cli("run", *common, "--digital", "lstm", "--ntest", "20", "--adc-bits", "6", "--adc-limits", "limits.json", "--no-progress",
+    out = cli("run", *common, "--digital", "norm", "--ntest", "20", "--adc-bits", "6", "--adc-limits", "limits.json", "--no-progress",
               cwd=tmp_path)
     assert out.returncode == 0 and "ADC ranges: from the limits file" in out.stdout, out.stderr[-3000:]

@@ -16,7 +16,7 @@ import crosssim_nb.convolution as convolution_module
 from crosssim_nb.network import AnalogNetwork, CoreEngine, GroupedDepthwise
 from crosssim_nb.convolution import DepthwiseCore, DepthwiseEngine
 from crosssim_nb.core import AnalogCore
-from crosssim_nb.keras_import import depthwise_matrix
+from crosssim_nb.graph import depthwise_matrix
 from crosssim_nb.convolution import im2col, conv_row_permutation
 
 IDEAL = InferenceConfig.ideal()
@@ -475,6 +475,12 @@ def test_tensorflow_convolution_equals_im2col(monkeypatch, settings):
         if currents is not None: convolved.append((spec.name, depthwise))
         return currents
     monkeypatch.setattr(convolution_module, "_library_convolution", counting)
+    fused = convolution_module._fused_float_convolution      # (a core whose periphery only adds the bias: bias and ReLU fused in)
+    def counting_fused(engine, x, spec, post, residual=None):
+        out = fused(engine, x, spec, post, residual)
+        if out is not None: convolved.append((spec.name, False))
+        return out
+    monkeypatch.setattr(convolution_module, "_fused_float_convolution", counting_fused)
     library = net.predict(x)
     assert {"same", "strided", "dilated"} <= {name for name, _ in convolved}
     if per_channel: assert ("depthwise", True) in convolved

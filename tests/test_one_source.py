@@ -110,3 +110,55 @@ def test_calibration_profiles_follow_the_config_seed(small_net):
     np.testing.assert_array_equal(first, same)
     assert not np.array_equal(np.sort(first), np.sort(other))
     np.testing.assert_array_equal(kept(1, seed=0), first)                     # an explicit seed still wins
+
+# --- one calibration path: the network calibrated in place (`set_adc_limits`) ------------------------------------------
+def _small_cnn():
+    import keras
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((10, 10, 2))
+    x = keras.layers.Conv2D(6, 3, activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x), name="small_cnn")
+
+CALIBRATED_8BIT = dict(adc_bits=8, dac_bits=8, adc_range_option="CALIBRATED", noise_model="generic", alpha_noise=0.02,
+                       error_model="generic", alpha_error=0.03, nruns=2)
+
+@pytest.mark.parametrize("changes", [dict(), dict(t_drift=5.0, drift_model="SONOS", error_model="none", alpha_error=0.0, **SONOS_RANGE)], ids=["same-devices", "deployment-drift"])
+def test_run_inference_calibrates_one_network_and_equals_the_two_build_path(changes, monkeypatch):
+    """`run_inference(adc_calibration=...)` builds the network once and gives it the calibrated limits; its outputs equal,
+    bit for bit, the old path's: a profiling network, a calibration, then a second network built from the calibration's
+    DAC ranges and ADC limits (same seeds). Under drift calibrated at deployment, the cores are rebuilt on drifted devices."""
+    from crosssim_nb.network import AnalogNetwork
+    from crosssim_nb.inference import run_inference, calibration_config
+    from crosssim_nb.calibration import calibrate_adc
+    model, rng = _small_cnn(), np.random.default_rng(4)
+    x, y = rng.normal(size=(24, 10, 10, 2)).astype(np.float32), rng.integers(0, 4, 24)
+    calibration = rng.normal(size=(40, 10, 10, 2)).astype(np.float32)
+    config = InferenceConfig(**(CALIBRATED_8BIT | changes))
+    profiling_config, _ = calibration_config(config)
+    profiling = AnalogNetwork.from_keras(model, profiling_config, calibration_data=calibration, input_nonnegative=False)
+    limits = calibrate_adc(profiling, calibration, method="optimal")
+    second = AnalogNetwork.from_keras(model, config, input_ranges=limits.input_ranges, adc_limits=limits.adc_limits,
+                                      input_nonnegative=False)
+    def evaluated(net, run):                                      # as run_inference evaluates: batches of 8, one pass each
+        net.program(run)
+        return np.concatenate([net.run(x[a:a + 8], batch_size=8)[0] for a in range(0, len(x), 8)])
+    old = np.stack([evaluated(second, run) for run in range(2)])
+    builds, from_graph = [], AnalogNetwork.from_graph.__func__
+    monkeypatch.setattr(AnalogNetwork, "from_graph", classmethod(lambda cls, *a, **k: builds.append(1) or from_graph(cls, *a, **k)))
+    result = run_inference(model, (x, y), config, ntest=None, batch_size=8, calibration_data=calibration, adc_calibration="optimal",
+                           input_nonnegative=False, return_outputs=True, progress=False)
+    assert len(builds) == 1                                       # one import, one DAC-range profile
+    assert result.config.adc_range_option == "CALIBRATED"
+    np.testing.assert_array_equal(result.outputs, old)
+    assert not np.array_equal(result.outputs[0], result.outputs[1])   # the runs differ: the comparison is not of constants
+
+def test_set_adc_limits_refuses_missing_limits_and_other_hardware():
+    "Limits for every CALIBRATED core, named when missing; a core refuses a config that changes more than its ADC range option."
+    from crosssim_nb.network import AnalogNetwork
+    sample = np.random.default_rng(5).normal(size=(8, 10, 10, 2)).astype(np.float32)
+    net = AnalogNetwork.from_keras(_small_cnn(), InferenceConfig(adc_bits=6, adc_range_option="MAX"), calibration_data=sample)
+    with pytest.raises(ValueError, match="have no adc_limits"): net.set_adc_limits({})
+    core = next(iter(net.cores.values()))
+    with pytest.raises(ValueError, match="may change only adc_range_option"): core.set_adc_limits([-1, 1], core.config.replace(adc_bits=4))

@@ -219,13 +219,15 @@ def test_resnet_block_ideal(opset, fold):
 def test_eight_bit_runs_on_cores():
     "With 8-bit weights, DAC and ADC every weight-bearing node is its own core, and the output differs from ideal (but stays close)."
     model = resnet_block()
-    x = rng.normal(size=(16, 3, 16, 16)).astype(np.float32)
+    x = np.random.default_rng(44).normal(size=(16, 3, 16, 16)).astype(np.float32)   # (its own draw: independent of test order)
     net = AnalogNetwork.from_onnx(model, InferenceConfig.ideal().replace(**EIGHT_BIT), calibration_data=x)
     weight_nodes = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     assert sorted(net.cores) == sorted(weight_nodes)
     expected = reference(model, x)
     error = relative_error(net.predict(x), expected)
-    assert 1e-4 < error < 0.5
+    # full-scale (MAX) 8-bit ADCs on a random network cost 0.3-0.6 of the output; 8-bit weights and inputs alone ~0.02
+    without_adc = AnalogNetwork.from_onnx(model, InferenceConfig.ideal().replace(**{**EIGHT_BIT, "adc_bits": 0}), calibration_data=x)
+    assert 1e-4 < relative_error(without_adc.predict(x), expected) < 0.05 < error < 0.8
     assert net.hw_config().iloc[:-1].input.tolist() == ["signed"] + ["unsigned"] * 4      # after Relu, pooling, Flatten
 
 
@@ -318,13 +320,13 @@ def test_truncated_and_foreign_files(tmp_path):
         AnalogNetwork.from_onnx(tmp_path / "missing.onnx", InferenceConfig.ideal())
 
 
-@pytest.mark.parametrize("opset", [7, 10, 22, 30])
+@pytest.mark.parametrize("opset", [7, 10, 24, 30])
 def test_unknown_opsets(tmp_path, opset):
     path = tmp_path / "m.onnx"
     onnx.save(small_model(opset), path)
     with pytest.raises(UnsupportedModelError, match=f"opset {opset}") as error:
         AnalogNetwork.from_onnx(path, InferenceConfig.ideal())
-    assert str(path) in str(error.value) and "11–21" in str(error.value)
+    assert str(path) in str(error.value) and "11–23" in str(error.value)
 
 
 def test_unresolved_dimensions(tmp_path):

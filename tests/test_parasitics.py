@@ -28,7 +28,7 @@ def expected_outputs(core, x):
     combined as the periphery does (G+ − G−, input-slice weights, output scale). No ADC, BALANCED, one weight slice."""
     c = core.config
     circuit = Circuit.from_config(c)
-    drives = np.asarray(core._dac(np.asarray(x, dtype=np.float32)), dtype=np.float64)
+    drives = np.asarray(core.dac(np.asarray(x, dtype=np.float32)), dtype=np.float64)
     if c.input_bitslicing: slices = np.asarray(slice_inputs(drives.astype(np.float32), c.dac_bits, core.signed, c.input_slice_size), dtype=np.float64)
     else: slices = drives[None]
     weights = core._input_weights
@@ -131,7 +131,7 @@ def test_nonlinear_without_wires_is_the_formula(law_name, extra, interleaved):
     core = AnalogCore(W, BASE.replace(nonlinear_iv=law_name, interleaved_posneg=interleaved, **extra))
     c = core.config
     law = (CubicLaw if law_name == "Cubic" else RRAMMiloLaw)(vread=c.vread, rmin=c.rmin)
-    v = np.asarray(core._dac(x.astype(np.float32)), dtype=np.float64)
+    v = np.asarray(core.dac(x.astype(np.float32)), dtype=np.float64)
     Gp, Gn = core.programmed[0, 0], core.programmed[0, 1]
     expected = np.zeros((len(x), core.n_out))
     for b in range(len(x)):
@@ -172,7 +172,7 @@ def test_read_noise_first_order_through_the_core():
     np.testing.assert_allclose(noisy.mean(axis=0), quiet, atol=4 * noisy.std(axis=0).max() / np.sqrt(3000))
     # the std the first-order method predicts: σ·attenuation per cell, summed over the two arrays of each pair
     core = AnalogCore(W, config, input_range=(0, 1))
-    v = np.asarray(core._dac(x[:1].astype(np.float32)), dtype=np.float64)[0]
+    v = np.asarray(core.dac(x[:1].astype(np.float32)), dtype=np.float64)[0]
     circuit = Circuit.from_config(config)
     variance = 0
     for part in (0, 1):
@@ -225,7 +225,7 @@ def test_offset_core_matches_dense_circuit(digital_offset):
     config = BASE.replace(style="OFFSET", digital_offset=digital_offset, rp_row=6.0, rp_col=9.0, rp_col_terminal=4.0, ncols_max=4)
     core = AnalogCore(W, config)
     circuit, c = Circuit.from_config(config), config
-    v = np.asarray(core._dac(x.astype(np.float32)), dtype=np.float64)
+    v = np.asarray(core.dac(x.astype(np.float32)), dtype=np.float64)
     expected = np.zeros((len(x), core.n_out))
     for t, (c0, c1) in enumerate(core.col_ranges):
         G = core.programmed[0, 0][:, c0:c1]
@@ -284,7 +284,7 @@ def test_nonlinear_read_noise_per_read():
     config = BASE.replace(nonlinear_iv="Cubic", vread=1.5, noise_model="generic", alpha_noise=0.1, proportional_noise=True)
     core = AnalogCore(W, config)
     y = core.apply(x)
-    v = np.asarray(core._dac(x[:1].astype(np.float32)), dtype=np.float64)[0]
+    v = np.asarray(core.dac(x[:1].astype(np.float32)), dtype=np.float64)[0]
     u = v - 0.25 * 1.5 ** 2 * v ** 3
     variance = (u ** 2) @ ((0.1 * core.programmed[0, 0]) ** 2 + (0.1 * core.programmed[0, 1]) ** 2)
     np.testing.assert_allclose(y.std(axis=0), np.sqrt(variance) * core._scale, rtol=0.08)

@@ -21,7 +21,8 @@ onnx_import = pytest.importorskip("crosssim_nb.onnx_import", reason="the ONNX im
 FOLDER = Path(__file__).parent / "data" / "onnx" / "torch"
 MANIFEST = json.loads((FOLDER / "manifest.json").read_text())
 FILES = {row["file"]: row for row in MANIFEST["files"]}
-WEIGHTED = sorted(name for name, row in FILES.items() if row["weight_nodes"])
+RECURRENT_OPS = {"LSTM", "GRU", "RNN"}   # their models run several cores per node: tests/test_recurrent_onnx.py counts those
+WEIGHTED = sorted(name for name, row in FILES.items() if row["weight_nodes"] and not RECURRENT_OPS & set(row["op_types"]))
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
 
 
@@ -47,12 +48,12 @@ def weight_bearing_nodes(model: onnx.ModelProto) -> list:
 
 
 def test_committed_files_are_complete_and_small():
-    "Every listed file is there with its checksum; nothing unlisted; both exporters and all architectures present; < 2 MB."
+    "Every listed file is there with its checksum; nothing unlisted; both exporters and all architectures present; < 3 MB."
     listed = set(FILES) | {row["reference"] for row in FILES.values()} | {"manifest.json"}
     assert {p.name for p in FOLDER.iterdir()} == listed
     for name, row in FILES.items():
         assert hashlib.sha256((FOLDER / name).read_bytes()).hexdigest() == row["sha256"], name
-    assert sum(p.stat().st_size for p in FOLDER.iterdir()) < 2_000_000
+    assert sum(p.stat().st_size for p in FOLDER.iterdir()) < 3_000_000
     architectures = {"resnet", "resnet_unoptimized", "mobilenet_block", "grouped_dilated", "unet", "conv1d_model", "conv3d_model"}
     for exporter in ("dynamo", "torchscript"):
         assert architectures <= {row["model"] for row in FILES.values() if row["exporter"] == exporter}
@@ -82,7 +83,8 @@ def test_8bit_network_runs_one_core_per_weight_node(name):
     x, expected = _sample(row)
     model = onnx.load(str(FOLDER / name))
     rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((16,) + v.shape[1:]).astype(np.float32) for v in x]
+    calibration = [rng.integers(0, int(v.max()) + 1, size=(16,) + v.shape[1:]).astype(v.dtype) if np.issubdtype(v.dtype, np.integer)
+                   else rng.standard_normal((16,) + v.shape[1:]).astype(np.float32) for v in x]   # (token indices stay indices)
     config = InferenceConfig(weight_bits=8, dac_bits=8, adc_bits=8, adc_range_option="MAX")
     network = AnalogNetwork.from_onnx(model, config, calibration_data=_inputs(calibration))
     assert len(network.cores) == len(weight_bearing_nodes(model)) == row["weight_nodes"], (name, list(network.cores))

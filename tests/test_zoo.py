@@ -14,9 +14,10 @@ from crosssim_nb.data import load_dataset
 
 EXPECTED = {"mnist_mlp": ("mnist", 0.975), "mnist_cnn": ("mnist", 0.990), "fashion_resnet": ("fashion_mnist", 0.910),
             "fashion_mobilenet": ("fashion_mnist", 0.890), "fashion_inception": ("fashion_mnist", 0.900),
-            "fashion_resnet_torch": ("fashion_mnist", 0.900)}
+            "fashion_resnet_torch": ("fashion_mnist", 0.900), "mnist_lstm": ("mnist", 0.970), "fashion_vit": ("fashion_mnist", 0.850)}
 REQUIRED_LAYERS = {"fashion_resnet": {"Add", "BatchNormalization"}, "fashion_mobilenet": {"DepthwiseConv2D", "ReLU"},
-                   "fashion_inception": {"Concatenate"}, "mnist_cnn": {"Conv2D", "MaxPooling2D"}, "mnist_mlp": {"Dense"}}
+                   "fashion_inception": {"Concatenate"}, "mnist_cnn": {"Conv2D", "MaxPooling2D"}, "mnist_mlp": {"Dense"},
+                   "mnist_lstm": {"LSTM"}, "fashion_vit": {"MultiHeadAttention", "LayerNormalization", "Embedding"}}
 MANIFEST = zoo.read_manifest()["models"]
 KERAS_MODELS = sorted(name for name in EXPECTED if MANIFEST[name].get("format", "keras") == "keras")  # ONNX: test_torch_models.py
 
@@ -108,7 +109,7 @@ def test_list_and_unknown_names():
     assert "list" not in zoo.__all__  # zoo.list must not shadow the builtin on `from crosssim_nb.zoo import *`
     for call in (zoo.load, zoo.info, lambda n: zoo.preprocess(n, np.zeros((1, 28, 28)))):
         with pytest.raises(ValueError, match="unknown zoo model 'mnist_resnet'; available: fashion_inception, "
-                                             "fashion_mobilenet, fashion_resnet, fashion_resnet_torch, mnist_cnn, mnist_mlp"):
+                                             "fashion_mobilenet, fashion_resnet, fashion_resnet_torch, fashion_vit, mnist_cnn, mnist_lstm, mnist_mlp"):
             call("mnist_resnet")
 
 
