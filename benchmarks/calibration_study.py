@@ -2,7 +2,7 @@
 
 8-bit weights and DAC; ADC ranges calibrated on 500 training images; mean over `--nruns` programmings (programming
 error off: the spread comes from nothing else, so runs are identical unless --alpha-error is set).
-Writes nbs/data/calibration_study.csv (plotted in nbs/35_calibration.ipynb) and prints the table.
+Writes nbs/data/calibration_study.csv (plotted in nbs/36_calibration.ipynb) and prints the table.
 Usage: python benchmarks/calibration_study.py [--models mnist_cnn fashion_resnet] [--ntest 10000] [--nruns 3]
 """
 import argparse, time

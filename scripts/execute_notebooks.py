@@ -3,7 +3,7 @@
 The narrative notebooks (those committed with outputs: the tour, the studies, the viewers, the reference chapters) are
 refreshed with
 
-    python scripts/execute_notebooks.py nbs/31_tour.ipynb nbs/51_array_viewer.ipynb ...   # in place, then nbdev-clean
+    python scripts/execute_notebooks.py nbs/57_tour.ipynb nbs/60_array_viewer.ipynb ...   # in place, then nbdev-clean
 
 (no arguments: every notebook of nbs/ that has committed outputs; only the notebooks executed are cleaned). Every cell runs, also those flagged `#| notest` or
 `#| slow` (nbdev-test skips them; a reader wants their results); TensorFlow's start-up lines on stderr are dropped. `tests/test_docs.py` uses

@@ -1,5 +1,5 @@
 """Attention in ONNX graphs: PyTorch-exported transformers (committed under tests/data/onnx/torch/ by
-nbs/23_torch_models.ipynb), activation × activation products digital or on arrays written per input
+nbs/56_torch_models.ipynb), activation × activation products digital or on arrays written per input
 (`attention_products`), the opset-23 `Attention` node, and refusals.
 
 References: onnxruntime on the same file (ideal configuration, 1e-4 of max|output|), the digital network (analog

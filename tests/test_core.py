@@ -16,7 +16,7 @@ def relative_error(got, want): return float(np.abs(got - want).max() / np.abs(wa
 
 @pytest.mark.parametrize("case", sorted(p.name for p in DATA.glob("*.npz")))
 def test_worked_examples(case):
-    "The units of nbs/015_units_and_physics.ipynb pinned to numbers (worked examples in tests/data/analogcore)."
+    "The units of nbs/21_units_and_physics.ipynb pinned to numbers (worked examples in tests/data/analogcore)."
     z = np.load(DATA / case, allow_pickle=False)
     settings = json.loads(str(z["our_config"]))
     input_range = settings.pop("input_range")

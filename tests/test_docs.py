@@ -44,10 +44,10 @@ def test_docs_site_builds_offline(tmp_path):
     for name, page in pages.items():
         assert '{target="_blank"' not in page, f"{name} shows show_doc's Quarto link attributes as text"
         assert not re.search(r"\b(VBox|HBox)\(children=", page), f"{name} shows a widget's text repr instead of what it draws"
-    for name in ("35_calibration.html", "51_array_viewer.html", "65_device_viewer.html"):   # widgets: the figure they show
+    for name in ("36_calibration.html", "60_array_viewer.html", "61_device_viewer.html"):   # widgets: the figure they show
         widget = re.search(r'An interactive widget in Jupyter, shown here as the notebook left it.*?(<img[^>]+src="data:image/png)', pages[name], re.S)
         assert widget, f"{name}: no static figure where the viewer widget is"
-    _check_rendering(out / "00_backend.html", out / "65_device_viewer.html")
+    _check_rendering(out / "00_backend.html", out / "61_device_viewer.html")
     # API docs: every exported function of the backend has its show_doc section, with its docments table
     backend = pages["00_backend.html"]
     for name in ("gpu_status", "get_array_module", "to_numpy", "available_cpus"):
@@ -98,7 +98,7 @@ NARRATIVE = [p.name for p in runner.narrative_notebooks()]
 
 def test_narrative_notebooks_committed_with_outputs():
     "The chapters a reader opens on the code host show their results, and stay small."
-    for name in ("31_tour.ipynb", "32_studies.ipynb", "51_array_viewer.ipynb", "015_units_and_physics.ipynb"):
+    for name in ("57_tour.ipynb", "51_studies.ipynb", "60_array_viewer.ipynb", "21_units_and_physics.ipynb"):
         assert name in NARRATIVE, f"{name} is committed without outputs"
     chapters = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb") if p.name != "index.ipynb")
     bare = [name for name in chapters if name not in NARRATIVE]
@@ -172,7 +172,7 @@ def _as_jupyterlab_leaves_it(nb: dict) -> dict:
     return nb
 
 
-HYGIENE_NOTEBOOKS = ["index.ipynb", "51_array_viewer.ipynb", "65_device_viewer.ipynb"]
+HYGIENE_NOTEBOOKS = ["index.ipynb", "60_array_viewer.ipynb", "61_device_viewer.ipynb"]
 
 
 @pytest.mark.parametrize("name", HYGIENE_NOTEBOOKS)

@@ -1,5 +1,5 @@
 """keras_hub backbones built from their constructors (random weights, no downloads) through the traced import
-(098_keras_hub): ideal configuration = Keras `predict`, every projection on cores with 8-bit hardware, BERT's padding
+(33_keras_hub): ideal configuration = Keras `predict`, every projection on cores with 8-bit hardware, BERT's padding
 mask honoured, layers that cannot be mapped refused before any work."""
 import dataclasses, os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

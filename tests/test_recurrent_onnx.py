@@ -1,7 +1,7 @@
-"""ONNX RNN, GRU and LSTM nodes and embedding Gathers on analog cores (nbs/14_onnx_import.ipynb), against onnxruntime.
+"""ONNX RNN, GRU and LSTM nodes and embedding Gathers on analog cores (nbs/41_onnx_import.ipynb), against onnxruntime.
 
 Op-level graphs are built with onnx.helper; the PyTorch-exported models are the committed files of tests/data/onnx/torch/
-(made by nbs/23_torch_models.ipynb). onnxruntime on the same graph is the independent reference: the ideal
+(made by nbs/56_torch_models.ipynb). onnxruntime on the same graph is the independent reference: the ideal
 configuration must equal it to 1e-4 of max|output|.
 """
 import json

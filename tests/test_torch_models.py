@@ -1,7 +1,7 @@
 """Models written in PyTorch and exported to ONNX by both torch.onnx exporters, imported with `AnalogNetwork.from_onnx`.
 
 The files, their sample inputs and onnxruntime's outputs are committed under tests/data/onnx/torch/ (made by
-nbs/23_torch_models.ipynb), so these tests need no PyTorch: onnxruntime on the same file is the independent reference.
+nbs/56_torch_models.ipynb), so these tests need no PyTorch: onnxruntime on the same file is the independent reference.
 Only `test_from_torch_module` needs torch (skipped without it).
 """
 import hashlib
@@ -16,7 +16,7 @@ import pytest
 from crosssim_nb import InferenceConfig
 from crosssim_nb.network import AnalogNetwork
 
-onnx_import = pytest.importorskip("crosssim_nb.onnx_import", reason="the ONNX importer (nbs/14_onnx_import.ipynb) is not built")
+onnx_import = pytest.importorskip("crosssim_nb.onnx_import", reason="the ONNX importer (nbs/41_onnx_import.ipynb) is not built")
 
 FOLDER = Path(__file__).parent / "data" / "onnx" / "torch"
 MANIFEST = json.loads((FOLDER / "manifest.json").read_text())
@@ -114,7 +114,7 @@ ZOO_NAME = "fashion_resnet_torch"
 def _zoo_model():
     from crosssim_nb import zoo
     if ZOO_NAME not in zoo.read_manifest()["models"]:
-        pytest.skip(f"{ZOO_NAME} is not in the zoo (train it with nbs/22_zoo_training.ipynb)")
+        pytest.skip(f"{ZOO_NAME} is not in the zoo (train it with nbs/55_zoo_training.ipynb)")
     return zoo, zoo.load(ZOO_NAME)
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import papermill as pm
 
 def test_tour_notebook_runs(tmp_path):
-    notebook = Path(__file__).parent.parent / "nbs" / "31_tour.ipynb"
+    notebook = Path(__file__).parent.parent / "nbs" / "57_tour.ipynb"
     executed = pm.execute_notebook(str(notebook), str(tmp_path / "tour.ipynb"), kernel_name="python3", progress_bar=False,
                                    parameters=dict(ntest=100, nruns=2, bits_sweep=[4, 8]), cwd=str(notebook.parent))
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
