@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from crosssim_nb import zoo, InferenceConfig, AnalogNetwork
 from crosssim_nb.data import load_dataset
 from crosssim_nb.inference import run_inference
+from test_front_door_models import close_to     # equal to 1e-4 of the reference's largest magnitude
 
 # name: (dataset, input shape, minimum float accuracy, layer types it must contain)
 SEQUENCE_MODELS = {"mnist_lstm": ("mnist", [28, 28], 0.97, {"LSTM", "Dense"}),
@@ -28,12 +29,6 @@ def _test_set(dataset, ntest):
         pytest.skip(f"dataset not installed (run scripts/get_data.sh): {str(error).splitlines()[0]}")
 
 
-def _close_to(actual, reference, tolerance=1e-4):
-    "Equal to `tolerance` of the reference's largest magnitude."
-    actual, reference = np.asarray(actual), np.asarray(reference)
-    assert actual.shape == reference.shape, (actual.shape, reference.shape)
-    error = float(np.max(np.abs(actual - reference)))
-    assert error <= tolerance * float(np.max(np.abs(reference))), error
 
 
 @pytest.mark.parametrize("name", sorted(SEQUENCE_MODELS))
@@ -71,7 +66,7 @@ def test_ideal_analog_network_equals_keras(name):
     x = preprocess(_test_set(SEQUENCE_MODELS[name][0], 8).x)
     network = AnalogNetwork.from_keras(model, IDEAL)
     assert network.hw_config()["layer"].size > 0
-    _close_to(network.predict(x), model.predict(x, verbose=0))
+    close_to(network.predict(x), model.predict(x, verbose=0))
 
 
 def test_front_door_gives_the_lstm_rows():
@@ -79,6 +74,6 @@ def test_front_door_gives_the_lstm_rows():
     x, y = _test_set("mnist", 16)
     result = run_inference("mnist_lstm", "mnist", IDEAL, ntest=16, return_outputs=True, progress=False)
     model, preprocess = zoo.load("mnist_lstm")
-    _close_to(result.outputs[0], model.predict(x.astype(np.float32) / 255, verbose=0))
-    _close_to(result.float_outputs, result.outputs[0])
+    close_to(result.outputs[0], model.predict(x.astype(np.float32) / 255, verbose=0))
+    close_to(result.float_outputs, result.outputs[0])
     assert "channel axis" not in result.input_note and not result.warnings, (result.input_note, result.warnings)
