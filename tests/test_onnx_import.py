@@ -216,10 +216,11 @@ def test_resnet_block_ideal(opset, fold):
     assert ("relu1" in net.fused_relus and "relu2" in net.fused_relus) == fold      # a BatchNormalization left digital stands between
 
 
-def test_eight_bit_runs_on_cores():
+def test_eight_bit_runs_on_cores(monkeypatch):
     "With 8-bit weights, DAC and ADC every weight-bearing node is its own core, and the output differs from ideal (but stays close)."
+    monkeypatch.setitem(globals(), "rng", np.random.default_rng(44))   # its own weights and inputs, whatever ran before it
     model = resnet_block()
-    x = np.random.default_rng(44).normal(size=(16, 3, 16, 16)).astype(np.float32)   # (its own draw: independent of test order)
+    x = rng.normal(size=(16, 3, 16, 16)).astype(np.float32)
     net = AnalogNetwork.from_onnx(model, InferenceConfig.ideal().replace(**EIGHT_BIT), calibration_data=x)
     weight_nodes = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     assert sorted(net.cores) == sorted(weight_nodes)
