@@ -3,11 +3,12 @@
 Each case is one row tile's ADC periphery as `AnalogCore` builds it (128 rows x 128 columns unless the preset says
 otherwise) digitising the column currents of a sliced read, shape (input slices, batch, weight slices, columns) —
 `--batch` vectors, ~8 M conversions for ISAAC-SarADC. Timed: `CircuitADCGrid.digitize` (clip to the range, normalise by
-Vref, find each input's code in its own ADC's transfer, scale the level back), best of `--repeats`, divided by the
-number of conversions: wall time, and CPU time of all threads (the work itself; on a shared machine the wall time also
-holds the waits for a CPU). Target (issue 27): <= 2 ns per conversion. Beside it, the read path's compiled pass
-(`AnalogCore.tile_output` through `_fused_circuit`): every conversion and the shift-and-add into the outputs, a unit
-column converted once per array, per conversion it makes.
+Vref, find each input's level in its own ADC's fine table — one load; the few fine buckets a breakpoint meets compare with
+the bucket table's breakpoints — and scale the level back), best of `--repeats`, divided by the number of conversions:
+wall time, and CPU time of all threads (the work itself; on a shared machine the wall time also holds the waits for a
+CPU). Target (issue 27): <= 2 ns per conversion. Beside it, the read path's compiled pass (`AnalogCore.tile_output`
+through `_fused_circuit` and `_convert_and_add`): every conversion and the shift-and-add into the outputs, a unit column
+converted once per array; conversions = input slices x batch x converted columns of the tile.
 
 Cases: the ISAAC-SarADC and PRIME presets, and each circuit type at 8 bits with and without component errors
 (1 % capacitor mismatch / comparator offset; SAR, pipeline and cyclic ADCs serve 8 columns each) on 4 weight slices x
@@ -68,7 +69,7 @@ def time_fused(config, limits, batch, repeats, rng):
         start, start_cpu = time.perf_counter(), time.process_time()
         core.tile_output(0, currents, drive_sums)
         best, best_cpu = min(best, time.perf_counter() - start), min(best_cpu, time.process_time() - start_cpu)
-    return best, best_cpu, k * batch * plan[0].size          # (plan[0]: the ADC of every converted column, references included)
+    return best, best_cpu, k * batch * len(plan["fine_rows"])     # (every converted column of the tile, references included)
 
 
 def main():

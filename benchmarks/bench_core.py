@@ -13,25 +13,32 @@ tiles of 115-116 rows: a lossless periphery, read as one exact product (issue 27
 Issue 27 targets (ratio to NumPy): (a) <= 1.05, (b) <= 1.3, (c) <= 2.5, (d) <= 4.5, (e) <= 9.
 Programming time (building the arrays) is reported separately from inference time. `--reference` reads every core on the
 tile-by-tile, slice-by-slice reference path (`core._FAST_PATHS = False`): the same run before issue 27's fast paths.
-Usage: python benchmarks/bench_core.py [--repeats N] [--reference]
+`--single-thread` runs everything on one CPU with one BLAS thread and times CPU time (time.process_time): the fair
+measure on a shared, noisy machine, where wall-clock ratios of two-thread runs swing with the load.
+Usage: python benchmarks/bench_core.py [--repeats N] [--reference] [--single-thread]
 """
-import argparse, time
+import argparse, os, sys, time
+SINGLE_THREAD = "--single-thread" in sys.argv
+if SINGLE_THREAD:        # before NumPy loads its BLAS: one thread on one CPU (numba, onnxruntime and TensorFlow see one CPU too)
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
+    if hasattr(os, "sched_setaffinity"): os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+CLOCK = time.process_time if SINGLE_THREAD else time.perf_counter
 import numpy as np
 import crosssim_nb.core as core_module
 from crosssim_nb import AnalogCore, InferenceConfig
 
 def best_time(fn, repeats):
-    "Minimum wall time of `repeats` calls (the least noisy estimate on a shared machine)."
+    "Minimum wall time (CPU time with --single-thread) of `repeats` calls (the least noisy estimate on a shared machine)."
     times = []
     for _ in range(repeats):
-        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+        start = CLOCK(); fn(); times.append(CLOCK() - start)
     return min(times)
 
 def paired_ratio(core_a, core_b, x_rows, pairs):
     "Median over `pairs` back-to-back calls of time(core_a) / time(core_b)."
     ratios = []
     for _ in range(pairs):
-        start = time.perf_counter(); core_a.apply(x_rows); middle = time.perf_counter(); core_b.apply(x_rows); end = time.perf_counter()
+        start = CLOCK(); core_a.apply(x_rows); middle = CLOCK(); core_b.apply(x_rows); end = CLOCK()
         ratios.append((middle - start) / (end - middle))
     return float(np.median(ratios))
 
@@ -84,7 +91,7 @@ def main(repeats=5, reference=False):
         times[label] = best_time(lambda: core.apply(x_rows), repeats)
         rows.append((label, program_time))
     print(f"AnalogCore benchmark: 1152x256 matrix x 1024 vectors, float32; NumPy matmul {numpy_time * 1e3:.2f} ms (best of {repeats})"
-          + ("; REFERENCE path (fast paths off)" if reference else ""))
+          + ("; REFERENCE path (fast paths off)" if reference else "") + ("; ONE THREAD, CPU time" if SINGLE_THREAD else ""))
     print(f"{'case':56s} {'x numpy':>8s} {'x (b)':>7s} {'program s':>10s} {'target':>7s}")
     for label, program_time in rows:
         target = f"<= {TARGETS[label]:g}" if label in TARGETS else ""
@@ -102,5 +109,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference", action="store_true", help="read on the slice-by-slice reference path (fast paths off)")
+    parser.add_argument("--single-thread", action="store_true", help="one CPU, one BLAS thread, CPU time (for a noisy shared machine)")
     arguments = parser.parse_args()
     main(arguments.repeats, arguments.reference)

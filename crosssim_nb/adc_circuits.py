@@ -338,30 +338,82 @@ def _bucket_entries(base, # each bucket's first interval in the flat tables
         entries[start:start + len(offsets), passes:] = levels[offsets]
     return entries
 
+# %% ../nbs/17_adc_circuits.ipynb #a547dc32
+_FINE_ENTRIES = 1 << 20     # the most entries of a fine table (float32: 4 MB)
+_FINE_FACTOR = 64           # fine buckets per bucket at most
+
+@patch
+def fine_levels(self:TransferTable,
+                margin:float=1e-6, # as the bucket table's: float32 bucket arithmetic can land this far outside a bucket
+               ) -> tuple:
+    """`(shift, levels)`: `2^shift` fine buckets per bucket of the table and the level of every fine bucket that no
+    breakpoint can meet (float32, NaN in a bucket a breakpoint meets; a last NaN slot for NaN inputs). A fine bucket lies
+    inside one bucket and its level is the one that bucket's comparisons give, so a conversion that finds a level there
+    equals `convert`'s, in one load; the others compare as `convert` does. Made from the bucket table on first use (NumPy)."""
+    if self.xp is not np: raise ValueError("TransferTable.fine_levels is made from a NumPy table's entries")
+    if getattr(self, "_fine", None) is None:
+        passes, rows = self.passes, self.entries.shape[0]              # rows: one per (ADC, bucket)
+        shift = 0
+        while 2 << shift <= _FINE_FACTOR and rows << (shift + 1) <= _FINE_ENTRIES: shift += 1
+        factor, fine_buckets = 1 << shift, self.buckets << shift
+        levels = np.empty(rows * factor + 1, dtype=np.float32)
+        for start in range(0, rows, 1 << 14):                          # (blocks: the temporaries stay a few MB)
+            block = self.entries[start:start + (1 << 14)]
+            fine = (np.arange(start, start + len(block)) % self.buckets)[:, None] * factor + np.arange(factor)   # within its ADC
+            low = (-1 + 2 * fine / fine_buckets - margin)[..., None]
+            high = (-1 + 2 * (fine + 1) / fine_buckets + margin)[..., None]
+            breakpoints = block[:, None, :passes].astype(np.float64)  # (sorted, +inf padded: never below, never met)
+            below = (breakpoints < low).sum(axis=2)
+            met = ((breakpoints >= low) & (breakpoints < high)).any(axis=2)
+            level = np.take_along_axis(block[:, passes:], below, axis=1)
+            levels[start * factor:(start + len(block)) * factor] = np.where(met, np.float32(np.nan), level).ravel()
+        levels[-1] = np.nan
+        self._fine = (shift, levels)
+    return self._fine
+
 # %% ../nbs/17_adc_circuits.ipynb #f5b2ae85
 _PARALLEL_CONVERSIONS = 1 << 16     # conversions split over the CPUs above this many (~0.1 ms of work)
 
 @functools.lru_cache(maxsize=1)
 def compiled_row_conversion():
     """The compiled conversion of one row of currents (numba, compiled on first use), shared by `TransferTable.convert`
-    and the core's fused convert-and-add pass: `convert_row(source, add, low, high, inverse, vref, rows, table, step,
-    passes, half_buckets, last_bucket, levels)` writes `levels[j]`, the level of `source[j] + add` through the ADC at
-    flat bucket-table row `rows[j]`. NaN stays NaN."""
+    and the core's convert-and-add pass: `convert_row(source, offset, drive_sum, low, high, inverse, fine_rows, fine, shift,
+    table, step, passes, buckets, normalised, fine_index, levels)` writes `levels[j]` (units of Vref), the level of
+    `source[j] + offset[j]·drive_sum` (no addend where `offset` is empty) clipped to `[low[j], high[j]]` and normalised by
+    `inverse[j]`, through the ADC whose fine-table row (`TransferTable.fine_levels`) starts at `fine_rows[j]` (`table`:
+    the bucket table's entries, flat, `step` per bucket). Two loops: clip, normalise and find the fine bucket (a vector
+    loop; `normalised` and `fine_index` are its scratch rows), then one load per input — the buckets a breakpoint meets
+    compare with the bucket table's breakpoints. NaN stays NaN."""
     from numba import njit
-    @njit(nogil=True, cache=True)
-    def convert_row(source, add, low, high, inverse, vref, rows, table, step, passes, half_buckets, last_bucket, levels):
+    @njit(nogil=True, cache=True, inline="always")     # (inlined where it is called: its loops vectorise there)
+    def convert_row(source, offset, drive_sum, low, high, inverse, fine_rows, fine, shift, table, step, passes, buckets,
+                    normalised, fine_index, levels):
         one, zero = np.float32(1), np.float32(0)
-        for j in range(source.shape[0]):        # clip, normalise, bucket, compare with the bucket's breakpoints, scale back
-            x = min(max(source[j] + add, low), high) * inverse
-            position = (x + one) * half_buckets
-            position = position if position == position else zero      # NaN: any bucket (it stays NaN)
-            entry = (rows[j] + np.uint32(min(max(np.int32(position), np.int32(0)), last_bucket))) * step   # (unsigned: no wrap-around)
-            if passes == 1: index = entry + np.uint32(1) + np.uint32(x > table[entry])
-            else:
-                index = entry + np.uint32(passes)
-                for t in range(passes): index += np.uint32(x > table[entry + np.uint32(t)])
-            y = table[index] * vref
-            levels[j] = y if x == x else x
+        half_fine, last_fine = np.float32(buckets << shift) * np.float32(0.5), np.int32((buckets << shift) - 1)
+        nan_slot = np.int32(fine.shape[0] - 1)
+        with_offset = offset.shape[0] > 0
+        for j in range(source.shape[0]):        # (selects, not min/max: the loop vectorises; NaN stays NaN)
+            v = source[j] + offset[j] * drive_sum if with_offset else source[j]
+            v = low[j] if low[j] > v else v
+            v = high[j] if high[j] < v else v
+            x = v * inverse[j]
+            position = (x + one) * half_fine
+            bucket = np.int32(position if position == position else zero)
+            bucket = bucket if bucket > 0 else np.int32(0)
+            bucket = bucket if bucket < last_fine else last_fine
+            normalised[j] = x
+            fine_index[j] = fine_rows[j] + bucket if x == x else nan_slot
+        for j in range(source.shape[0]):
+            y = fine[fine_index[j]]
+            if y != y:                          # a breakpoint meets the fine bucket (or the input is NaN): its bucket's comparisons
+                x = normalised[j]
+                if x == x:
+                    entry = (fine_index[j] >> shift) * step
+                    index = entry + np.int32(passes)
+                    for t in range(passes): index += np.int32(x > table[entry + t])
+                    y = table[index]
+                else: y = x
+            levels[j] = y
     return convert_row
 
 @functools.lru_cache(maxsize=1)
@@ -370,16 +422,19 @@ def _compiled_conversion():
     from numba import njit
     convert_row = compiled_row_conversion()
     @njit(nogil=True, cache=True)
-    def convert(current, out, first, last, ranges, rows, entries, passes, buckets):
+    def convert(current, out, first, last, column_ranges, vref, fine_rows, fine, shift, entries, passes, buckets):
         k_slices, batch, slices, columns = current.shape
-        half_buckets, zero = np.float32(buckets) * np.float32(0.5), np.float32(0)
-        last_bucket, step, table = np.int32(buckets - 1), np.uint32(entries.shape[1]), entries.reshape(-1)
+        normalised, fine_index = np.empty(columns, dtype=np.float32), np.empty(columns, dtype=np.int32)
+        no_offset, zero = np.empty(0, dtype=np.float32), np.float32(0)
+        step, table = np.int32(entries.shape[1]), entries.reshape(-1)
         for kb in range(first, last):
             k = kb // batch
             b = kb - k * batch
             for s in range(slices):
-                convert_row(current[k, b, s], zero, ranges[k, s, 0], ranges[k, s, 1], ranges[k, s, 2], ranges[k, s, 3], rows[s],
-                            table, step, passes, half_buckets, last_bucket, out[k, b, s])
+                row, ranges, scale = out[k, b, s], column_ranges[k, s], vref[k, s]
+                convert_row(current[k, b, s], no_offset, zero, ranges[0], ranges[1], ranges[2], fine_rows[s], fine, shift,
+                            table, step, passes, buckets, normalised, fine_index, row)
+                for j in range(columns): row[j] *= scale
     return convert
 
 @patch
@@ -389,15 +444,18 @@ def convert(self:TransferTable,
             adc_rows, # each column's bucket-table row offset (`adc_index·buckets`), uint32 (slices, n_out)
            ):
     "Clip to `[low, high]`, normalise by Vref, convert through each column's ADC and scale back, in one compiled pass (split over the CPUs for large reads, except inside a worker thread: a network's chunks already fill the CPUs, and a worker waiting on its own pool would deadlock). Returns `current`."
-    kernel, (k_slices, batch) = _compiled_conversion(), current.shape[:2]
+    kernel, (k_slices, batch, slices, columns) = _compiled_conversion(), current.shape
+    shift, fine = self.fine_levels()
+    fine_rows = np.ascontiguousarray(np.broadcast_to(adc_rows, (slices, columns)), dtype=np.int32) << shift
+    column_ranges = np.ascontiguousarray(np.broadcast_to(ranges[..., :3, None], (k_slices, slices, 3, columns)))   # per column, as the pass reads them
+    arguments = (column_ranges, np.ascontiguousarray(ranges[..., 3]), fine_rows, fine, shift, self.entries, self.passes, self.buckets)
     vectors = k_slices * batch                              # (input slice, vector) pairs, split between the CPUs
     pieces = min(vectors, -(-current.size // _PARALLEL_CONVERSIONS))
     if pieces > 1: pieces = 1 if threading.current_thread().name.startswith("crosssim-worker") else min(pieces, available_cpus())
-    if pieces < 2: kernel(current, current, 0, vectors, ranges, adc_rows, self.entries, self.passes, self.buckets)
+    if pieces < 2: kernel(current, current, 0, vectors, *arguments)
     else:
         bounds = np.linspace(0, vectors, pieces + 1).astype(int)
-        list(thread_pool(pieces).map(lambda i: kernel(current, current, bounds[i], bounds[i + 1], ranges, adc_rows, self.entries,
-                                                      self.passes, self.buckets), range(pieces)))
+        list(thread_pool(pieces).map(lambda i: kernel(current, current, bounds[i], bounds[i + 1], *arguments), range(pieces)))
     return current
 
 # %% ../nbs/17_adc_circuits.ipynb #4e0044be

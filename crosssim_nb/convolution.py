@@ -16,11 +16,12 @@ from .keras_import import transposed_conv_as_conv
 import keras
 
 # %% auto #0
-__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION', 'FUSED_CONVOLUTION',
-           'conv_geometry', 'pad_spatial', 'zero_inserted', 'patch_view', 'im2col', 'window_sums', 'crosssim_row_order',
-           'conv_row_permutation', 'row_segments', 'core_row_segments', 'engine_drives', 'apply_rows', 'apply_conv',
-           'per_channel_kernel', 'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore',
-           'DepthwiseEngine', 'scatter_matrix', 'transposed_conv_scatter']
+__all__ = ['CHUNK_ELEMENTS', 'MIN_CHUNK_ROWS', 'DEVICE_CHUNK_ELEMENTS', 'THREADS', 'LIBRARY_CONVOLUTION',
+           'PERIPHERY_CHUNK_ELEMENTS', 'FUSED_CONVOLUTION', 'RESIDUAL_CHUNK_BYTES', 'conv_geometry', 'pad_spatial',
+           'zero_inserted', 'patch_view', 'im2col', 'window_sums', 'crosssim_row_order', 'conv_row_permutation',
+           'row_segments', 'core_row_segments', 'engine_drives', 'apply_rows', 'apply_conv', 'per_channel_kernel',
+           'library_kernel', 'FloatMatrix', 'GroupedDepthwise', 'CoreEngine', 'DepthwiseCore', 'DepthwiseEngine',
+           'scatter_matrix', 'transposed_conv_scatter']
 
 # %% ../nbs/35_convolution.ipynb #924aaedd
 def conv_geometry(size:int, # input size along one spatial axis
@@ -303,6 +304,12 @@ def _library_convolution(x:np.ndarray, # the layer's drives, (B, H, W, C) or (B,
     return currents
 
 # %% ../nbs/35_convolution.ipynb #f5e0b8ad
+PERIPHERY_CHUNK_ELEMENTS = 1 << 20   # currents per call of an engine's periphery (4 MB: its passes run while they are in the CPU's cache)
+
+def _read_keys(engine, first_row:int, read:int) -> dict:
+    "The keys of an engine's draws (read noise, stochastic rounding) for rows `first_row...`: by each row's global index; none for unkeyed engines."
+    return dict(first_row=first_row, read=read) if engine.keyed else {}
+
 def _apply_currents_rows(currents:np.ndarray, engine, post,
                          variance=None, # with read noise: each current's noise variance, same shape
                          first_row:int=0, read:int=0, # keys of the read noise (as `apply_rows`)
@@ -312,16 +319,19 @@ def _apply_currents_rows(currents:np.ndarray, engine, post,
     n = currents.shape[0]
     workers = _worker_count() if engine.parallel_safe else 1
     def periphery(start, stop):
-        if variance is None: return engine.apply_currents(currents[start:stop])
-        return engine.apply_currents(currents[start:stop], variance=variance[start:stop], first_row=first_row + start, read=read)
+        keys = _read_keys(engine, first_row + start, read)
+        if variance is None: return engine.apply_currents(currents[start:stop], **keys)
+        return engine.apply_currents(currents[start:stop], variance=variance[start:stop], **keys)
     def finish(y, start):
         if residual is not None: np.add(y, residual[start:start + len(y)], out=y)
         if post is not None: post(y)
-    if workers < 2 or n < 2 * MIN_CHUNK_ROWS:
+    # chunks: one per worker (few rows: one in all), and small enough that the periphery's passes (ADC, bias, sum, ReLU) find them in the cache
+    per_chunk = n if workers < 2 or n < 2 * MIN_CHUNK_ROWS else -(-n // workers)
+    per_chunk = max(1, min(per_chunk, PERIPHERY_CHUNK_ELEMENTS // max(1, currents.shape[1])))
+    if per_chunk >= n:
         out = periphery(0, n)
         finish(out, 0)
         return out
-    per_chunk = -(-n // workers)
     # one column per output: the periphery works in place, so the currents' own buffer holds the outputs
     out = currents if currents.shape[1] == engine.n_out else aligned_empty((n, engine.n_out))
     def work(start):
@@ -355,6 +365,7 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
                read:int=0, # read number of this layer call (a layer called twice per image reads twice)
                overwrite_input:bool=False, # the DAC may write its drives over `x` (the caller holds its only reference)
                residual=None, # a tensor of the output's shape added to it before `post` (a residual Add fused into the layer), or None
+               overwrite_residual:bool=False, # nothing reads `residual` after the sum: the sum may be written over it (a few images at a time)
               ) -> np.ndarray:
     "A convolution layer's output through `engine`: TensorFlow's convolution when the engine is one product, else im2col chunk by chunk."
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
@@ -381,6 +392,8 @@ def apply_conv(x:np.ndarray, # channels-last input, (B, H, W, C), (B, L, C) for 
     grouped = engine.takes_patches
     kernel = engine.library_kernel
     if kernel is not None:         # (1×1 too: TensorFlow reads the aligned input in place, on every CPU — faster than NumPy chunks)
+        summed = _residual_in_place(engine, x, spec, final, residual, first_image, read) if overwrite_residual and residual is not None else None
+        if summed is not None: return summed
         fused = _fused_float_convolution(engine, x, spec, final, residual)   # a periphery that only adds the bias: all in one kernel
         if fused is not None: return fused[:, 0] if spec.spatial_rank == 1 else fused
         noise_kernel = engine.noise_kernel      # read noise: its variance is a convolution of x²
@@ -463,7 +476,7 @@ def _explicit_pads(x, spec:AnalogSpec) -> list | None:
 
 @functools.lru_cache(maxsize=None)
 def _fused_function(rank:int, pads:tuple, strides:tuple, dilation:tuple, with_bias:bool, relu:str):
-    """A `tf.function` `(x, kernel, bias) → relu(conv(x, kernel) + bias)` on channels-last tensors, traced once per geometry
+    """The traced `tf.function` `(x, kernel, bias) → relu(conv(x, kernel) + bias)` on channels-last tensors, traced once per geometry
     (any kernel, so a reprogrammed core reuses it): grappler runs it as one fused convolution kernel, whose float32 result
     is the unfused one bit for bit (the same product, then one addition of the bias)."""
     import tensorflow as tf
@@ -474,7 +487,7 @@ def _fused_function(rank:int, pads:tuple, strides:tuple, dilation:tuple, with_bi
         else: y = tf.nn.convolution(tf.pad(x, [[0, 0], *map(list, pads), [0, 0]]), kernel, strides=list(strides), padding="VALID", dilations=list(dilation))
         if with_bias: y = tf.nn.bias_add(y, bias)
         return tf.nn.relu(y) if relu == "relu" else tf.nn.relu6(y) if relu == "relu6" else y
-    return convolve
+    return convolve.get_concrete_function()   # (called directly: its dispatch costs ~0.25 ms a call less than the tf.function's)
 
 def _as_tensor(x:np.ndarray):
     "A TensorFlow tensor on `x`'s own memory where it is C-contiguous, writable and 64-byte aligned (DLPack: no copy), else `x`."
@@ -622,6 +635,40 @@ class CoreEngine(Engine):
         return self.core.apply_drives(rows, out=out, first_row=first_row, read=read)
     def apply_currents(self, currents, variance=None, first_row:int=0, read:int=0):
         return self.core.apply_currents(currents, variance=variance, first_row=first_row, read=read)
+
+# %% ../nbs/35_convolution.ipynb #da8c6479
+RESIDUAL_CHUNK_BYTES = 8 << 20   # a layer summed into its residual's memory makes its output about this many bytes at a time
+
+def _sum_into(residual_rows, y, engine, post, periphery:bool, first_row:int=0, read:int=0):
+    "`residual_rows += y` (`y` through the engine's periphery first when `periphery`), then `post`: in cache-sized pieces over the worker threads."
+    step = max(1, PERIPHERY_CHUNK_ELEMENTS // max(1, y.shape[1]))
+    def work(start):
+        part = y[start:start + step]
+        if periphery: part = engine.apply_currents(part, **_read_keys(engine, first_row + start, read))
+        target = residual_rows[start:start + step]
+        np.add(target, part, out=target)               # (the sum the whole-batch path makes, operands swapped: the same bits)
+        if post is not None: post(target)
+    _run_chunks(list(range(0, len(y), step)), work, engine)
+
+def _residual_in_place(engine, x, spec:AnalogSpec, post, residual, first_image:int=0, read:int=0):
+    """The layer's output summed straight into `residual` (then `post`), a few images at a time, where nothing reads the
+    residual after the Add: the layer's whole output never exists beside its input and the residual, as onnxruntime writes
+    a fused Conv+Add into its summand's memory. Returns `residual`, or None where this does not apply (read noise, a GPU,
+    no TensorFlow kernel for the geometry), before writing anything: the caller then takes the whole-batch path."""
+    if (engine.library_kernel is None or engine.noise_kernel is not None or array_module_of(x) is not np
+            or array_module_of(residual) is not np or residual.dtype != np.float32 or not residual.flags.c_contiguous
+            or not residual.flags.writeable or keras.backend.backend() != "tensorflow"): return None
+    images = max(1, RESIDUAL_CHUNK_BYTES // max(1, residual.nbytes // max(1, len(residual))))
+    rows_per_image = residual.size // max(1, len(residual)) // engine.n_out
+    for start in range(0, len(x), images):           # (TensorFlow's convolution runs on its own threads)
+        chunk = x[start:start + images]
+        outputs = _fused_float_convolution(engine, chunk, spec, None)   # the bias added, where that is all the periphery does
+        currents = _library_convolution(chunk, *engine.library_kernel, spec) if outputs is None else outputs
+        if currents is None or currents.size // currents.shape[-1] != len(chunk) * rows_per_image: return None   # (first chunk: nothing written)
+        _sum_into(residual[start:start + images].reshape(-1, engine.n_out), currents.reshape(-1, currents.shape[-1]), engine, post,
+                  outputs is None, (first_image + start) * rows_per_image, read)
+        del outputs, currents                           # (freed before the next chunk is made)
+    return residual
 
 # %% ../nbs/35_convolution.ipynb #dwc00002
 from .mapping import partition

@@ -834,15 +834,18 @@ _CHUNK_ELEMENTS = 1 << 23   # bound on the per-chunk working arrays (elements), 
 def _read(self:AnalogCore, drives, tile,
           first_row:int=0, # global index of the first drive row (image index × rows per image + row in the image)
           read:int=0, # read number: a new stream of noise for the same rows
+          levels=None, # an ADC's `fused_levels()`: the noise pass digitises the currents too (only with read noise)
+          integer:bool=True, # the integer product where it is exact (False: the float32 product, as ADC-input profiles take it)
          ):
     "Column currents of one row tile for every input slice: `(n_input_slices, batch, tile columns)`."
     xp = self.xp
     rows = drives[:, :, tile.start:tile.stop]
     if tile.reader is not None: return tile.reader(rows, tile.noise_key, first_row, read)   # a circuit solve on every read (parasitics module), its noise keyed like the rest
     if xp is np and rows.shape[0] > 1 and not rows.flags.c_contiguous: rows = np.ascontiguousarray(rows)   # a copy and one GEMM: 2× faster than k strided ones
-    if rows.flags.c_contiguous:   # one 2-D GEMM over all input slices
+    currents = self._integer_currents(drives, tile) if integer and xp is np else None   # DAC codes times cell levels: one exact int8 product
+    if currents is None and rows.flags.c_contiguous:   # one 2-D GEMM over all input slices
         currents = xp.matmul(rows.reshape(-1, rows.shape[2]), tile.matrix).reshape(rows.shape[0], rows.shape[1], -1)
-    else: currents = xp.matmul(rows, tile.matrix)
+    elif currents is None: currents = xp.matmul(rows, tile.matrix)
     spread = tile.spread
     if spread is None: return currents
     from crosssim_nb import keyed_noise                   # (numba: loaded only when noise is drawn)
@@ -860,7 +863,7 @@ def _read(self:AnalogCore, drives, tile,
         variance = keyed_noise.sums_of_squares(rows)[..., None]
         variance *= np.float32(tile.single_spread)
     else: variance = self._variance(rows, tile)
-    self.add_noise(currents, variance, tile, first_row, read)
+    self.add_noise(currents, variance, tile, first_row, read, levels)
     return currents
 
 # %% ../nbs/20_core.ipynb #c4317f5f
@@ -882,9 +885,13 @@ def _variance(self:AnalogCore, rows, tile):
 def add_noise(self:AnalogCore, currents, variance, tile, first_row:int, read:int,
                levels=None, # an ADC's `fused_levels()`: digitise in the same pass
               ):
-    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read)."
+    "`currents += sqrt(variance) · z` in place, z the keyed draws of rows `first_row...` (both `(k, b, columns)`; variance may have one column, and is only read); on NumPy in row blocks over the CPUs (rows are keyed: the same draws)."
     from crosssim_nb import keyed_noise               # (numba: loaded only when noise is drawn)
-    keyed_noise.add_keyed_noise(currents, variance, tile.noise_key, read, first_row, self.config.noise_distribution.value, levels)
+    distribution = self.config.noise_distribution.value
+    def add(start, stop):
+        keyed_noise.add_keyed_noise(currents[:, start:stop], variance[:, start:stop], tile.noise_key, read, first_row + start, distribution, levels)
+    if isinstance(currents, np.ndarray) and currents.shape[0] == 1: _in_row_blocks(add, currents.shape[1])   # (one input slice: contiguous row blocks)
+    else: add(0, currents.shape[1])
 
 # %% ../nbs/20_core.ipynb #131415b0
 @patch
@@ -936,7 +943,7 @@ def _linear_map(self:AnalogCore):
 @patch
 def dac(self:AnalogCore, x, out=None):
     "Normalised, DAC-quantised row drives of inputs `x` (algorithm units), in `out` where given (it may be `x`)."
-    return quantize_inputs(x, self.x_max, self.config.dac_bits, self.signed, self.xp, compiled=self.read_noise, out=out)   # (numba: loaded for the draws anyway)
+    return quantize_inputs(x, self.x_max, self.config.dac_bits, self.signed, self.xp, compiled=self.read_noise or None, out=out)   # (noise: numba is loaded for the draws)
 
 @patch
 def input_drives(self:AnalogCore,
@@ -1022,13 +1029,28 @@ def _forward_drives(self:AnalogCore, drives, out=None, adc_enabled=True, collect
         return self._finish(total, out, self._digital_bias_xp)
     drives = self._slice(drives) if c.input_bitslicing else drives[None]
     sums_needed = self._needs_drive_sums(bool(c.adc_bits and adc_enabled) or c.icol_max > 0 or collect is not None)
+    levels = self._noise_adc_levels() if adc_enabled and collect is None else None   # the noise pass digitises too
+    options = {} if levels is None else dict(levels=levels)
+    # ADC-input profiles keep the float32 product: an exact current would put percentile limits on the current grid, where
+    # ADC ties are real and every backend's rounding would decide them
+    if (collect is not None or not adc_enabled) and not hasattr(self, "physical_in"): options["integer"] = False
     total = None
     for index, tile in enumerate(self._tiles):
         drive_sums = drives[:, :, tile.start:tile.stop].sum(axis=2, keepdims=True) if sums_needed else None
-        recombined = self.tile_output(index, self._read(drives, tile, first_row, read), drive_sums, adc_enabled, collect, first_row, read)
+        currents = self._read(drives, tile, first_row, read, **options)
+        recombined = self.tile_output(index, currents, drive_sums, adc_enabled, collect, first_row, read, digitized=levels is not None)
         if total is None: total = recombined
         else: total += recombined
     return self._finish(total, out, self._digital_bias_xp)
+
+@patch
+def _noise_adc_levels(self:AnalogCore):
+    "The ADC levels (`_fused_levels`) with which the read-noise pass digitises the currents it has just made noisy, or None: one row tile, weight slice and input slice, output-domain noise, no circuit, not depthwise."
+    c = self.config
+    if not (_FAST_PATHS and self.read_noise and c.read_noise_method != "exact" and self.n_weight_slices == 1 and self.n_input_slices == 1
+            and len(self._tiles) == 1 and self._tiles[0].reader is None and self._tiles[0].spread is not None
+            and not hasattr(self, "physical_in")): return None
+    return self._fused_levels()
 
 # %% ../nbs/20_core.ipynb #4f21cf16
 @patch
@@ -1135,30 +1157,50 @@ def _sliced_kernels():
             for k in range(out.shape[0]):
                 target, shift = out[k, b], size * k
                 for i in range(n): target[i] = np.float32((codes[i] >> shift) & mask) * units[i]
-    @njit(nogil=True, fastmath=FAST_MATH, cache=True)
-    def digitize_and_add(currents, unit, shift, inverse, low, high, level_weight, offset_weight, zero, n_out, out, tally, start, stop):
+    @njit(inline="always", cache=True)
+    def adc_code(current, per_unit, at, inv, lo, hi):
+        "The ADC code of `current`·`per_unit` (float32, each step rounded as `ADCGrid.digitize` rounds it)."
+        code = np.rint((np.float32(current) * per_unit - at) * inv)
+        code = lo if code < lo else code        # (comparisons, not min/max: the loop vectorises)
+        return hi if code > hi else code
+    @njit(inline="always", cache=True)
+    def add_row(row, k, unit, shift, inverse, low, high, level_weight, offset_weight, n_out, total):
+        "total += Σ_s (code · level_weight + offset_weight) over the column blocks s of input slice k's currents `row`."
+        per_unit = unit[k]
+        for s in range(inverse.shape[1]):
+            at, inv, lo, hi = shift[k, s], inverse[k, s], low[k, s], high[k, s]
+            weight, constant = level_weight[k, s], offset_weight[k, s]
+            block = row[s * n_out:(s + 1) * n_out]
+            for j in range(n_out): total[j] += adc_code(block[j], per_unit, at, inv, lo, hi) * weight + constant
+    @njit(inline="always", cache=True)
+    def count_row(row, k, unit, shift, inverse, low, high, zero, n_out, tally):
+        "tally += the codes of `row` (as `add_row` makes them) at the zero-current code, at the lowest and at the highest code (an end that is the zero code not counted)."
+        per_unit = unit[k]
+        for s in range(inverse.shape[1]):
+            at, inv, lo, hi, z = shift[k, s], inverse[k, s], low[k, s], high[k, s], zero[k, s]
+            block = row[s * n_out:(s + 1) * n_out]
+            at_zero = at_low = at_high = np.int32(0)          # (int32 sums: twice the lanes of int64)
+            for j in range(n_out):
+                code = adc_code(block[j], per_unit, at, inv, lo, hi)
+                at_zero += np.int32(code == z)
+                at_low += np.int32(code == lo)
+                at_high += np.int32(code == hi)
+            if lo == z: at_low = np.int32(0)
+            if hi == z: at_high = np.int32(0)
+            tally[0] += at_zero; tally[1] += at_low; tally[2] += at_high
+    @njit(nogil=True, cache=True)
+    def digitize_and_add(currents, unit, shift, inverse, low, high, level_weight, offset_weight, zero, n_out, stride, out, tally, start, stop):
         """out[b] = Σ_k Σ_s (clip(rint((I − shift)·inverse)) · level_weight + offset_weight) over every (input slice k, column
-        block s), I = currents·unit[k] (float32: the currents, or integer products × the current of one unit); tally[b]: the
-        codes at the zero-current code, at the lowest and at the highest code (an end that is the zero code not counted)."""
+        block s), I = currents·unit[k] (float32: the currents, or integer products × the current of one unit). No fast-math:
+        each step rounds as `ADCGrid.digitize` does (the same codes from the same currents), whichever way the loop vectorises.
+        Every `stride`-th row b (none when stride is 0): tally[b] = its ADC health counts (`count_row`)."""
         for b in range(start, stop):
-            total = out[b]
+            total, counted = out[b], stride > 0 and b % stride == 0
             for j in range(n_out): total[j] = 0
-            at_zero = at_low = at_high = 0
+            if counted: tally[b, 0] = tally[b, 1] = tally[b, 2] = 0
             for k in range(currents.shape[0]):
-                per_unit = unit[k]
-                for s in range(inverse.shape[1]):
-                    at, inv, lo, hi, z = shift[k, s], inverse[k, s], low[k, s], high[k, s], zero[k, s]
-                    weight, constant = level_weight[k, s], offset_weight[k, s]
-                    row = currents[k, b, s * n_out:(s + 1) * n_out]
-                    for j in range(n_out):
-                        code = np.rint((np.float32(row[j]) * per_unit - at) * inv)
-                        code = lo if code < lo else code        # (comparisons, not min/max: the loop vectorises)
-                        code = hi if code > hi else code
-                        total[j] += code * weight + constant
-                        at_zero += code == z
-                        at_low += (code == lo) & (lo != z)
-                        at_high += (code == hi) & (hi != z)
-            tally[b, 0], tally[b, 1], tally[b, 2] = at_zero, at_low, at_high
+                add_row(currents[k, b], k, unit, shift, inverse, low, high, level_weight, offset_weight, n_out, total)
+                if counted: count_row(currents[k, b], k, unit, shift, inverse, low, high, zero, n_out, tally[b])
     return slice_drives, digitize_and_add
 
 def _threads() -> int:
@@ -1188,8 +1230,8 @@ def _slice(self:AnalogCore, drives):
 
 @patch
 def _fused_adc(self:AnalogCore, index:int):
-    """Row tile `index`'s ADC and shift-and-add as one compiled pass, `(shift, inverse, low, high, level weight, offset weight)`
-    per (input slice, column block) — a block is a weight slice, or a slice of G+ (then of G−, weighted negatively) when
+    """Row tile `index`'s ADC and shift-and-add as one compiled pass, `(shift, inverse, low, high, level weight, offset weight,
+    code of zero current)` per (input slice, column block) — a block is a weight slice, or a slice of G+ (then of G−, weighted negatively) when
     the two are digitised apart — float32; or None where the read needs the general path (the quantiser's scalar levels,
     no stochastic rounding, drift gain or current limit, OFFSET's offset current, and slices to add). The ADC health counts
     (`adc_health`) are told the codes at zero and at either end, as `ADCGrid.digitize` tells them."""
@@ -1216,19 +1258,36 @@ def _fused_adc(self:AnalogCore, index:int):
 def _digitize_and_add(self:AnalogCore, currents, index:int, # the row tile
                       fused,
                       unit=None, # current of one unit per input slice (float32, integer products); None: currents are currents
+                      out=None, # float32 `(batch, n_out)` to write the outputs into; None: a new array
                      ):
     "A tile's outputs `(batch, n_out)` from its currents `(k, batch, slices·n_out)` through `_fused_adc`'s one pass."
-    out = np.empty((currents.shape[1], self.n_out), dtype=np.float32)
-    tally = np.empty((currents.shape[1], 3), dtype=np.int64)
-    kernel = _sliced_kernels()[1]
+    batch = currents.shape[1]
+    if out is None: out = np.empty((batch, self.n_out), dtype=np.float32)
     if unit is None: unit = np.ones(currents.shape[0], dtype=np.float32)     # (x·1 = x: the float path's arithmetic)
-    _in_row_blocks(kernel, currents.shape[1], currents, unit, *fused, self.n_out, out, tally)
-    counts = self._tile_grids[index].counts
-    if counts is not None:                                   # the ADC health tally (adc_health.ADCCounts), every conversion counted
-        at_zero, at_low, at_high = (int(v) for v in tally.sum(axis=0))
-        conversions = currents.shape[0] * currents.shape[1] * fused[1].shape[1] * self.n_out
-        counts.add_totals(conversions, conversions, at_zero, at_low, at_high)
+    per_vector = currents.shape[0] * fused[1].shape[1] * self.n_out           # conversions per input vector
+    stride, tally = self._health_tally(index, per_vector, batch)
+    _in_row_blocks(_sliced_kernels()[1], batch, currents, unit, *fused, self.n_out, stride, out, tally)
+    self._tell_health(index, tally, per_vector, [batch], stride)
     return out
+
+@patch
+def _health_tally(self:AnalogCore, index:int, per_vector:int, # ADC conversions per input vector
+                  batch:int):
+    """`(stride, tally)` for `digitize_and_add`'s ADC health counts of row tile `index` over `batch` vectors: every vector, or
+    every `SAMPLE_STRIDE`-th above `SAMPLE_ABOVE` conversions, as `adc_health.ADCCounts.add` samples; stride 0 without counts."""
+    if self._tile_grids[index].counts is None: return 0, np.zeros((1, 3), dtype=np.int64)
+    from crosssim_nb.adc_health import SAMPLE_ABOVE, SAMPLE_STRIDE
+    return (SAMPLE_STRIDE if per_vector * batch > SAMPLE_ABOVE else 1), np.zeros((batch, 3), dtype=np.int64)
+
+@patch
+def _tell_health(self:AnalogCore, index:int, tally, per_vector:int,
+                 blocks:list, # vectors of each block `digitize_and_add` read (its rows from 0)
+                 stride:int):
+    "Add the tally of `_health_tally` to row tile `index`'s ADC health counts (`adc_health.ADCCounts`)."
+    if not stride: return
+    at_zero, at_low, at_high = (int(v) for v in tally.sum(axis=0))
+    counted = sum(len(range(0, rows, stride)) for rows in blocks)
+    self._tile_grids[index].counts.add_totals(per_vector * sum(blocks), per_vector * counted, at_zero, at_low, at_high)
 
 # %% ../nbs/20_core.ipynb #bf42e003
 @functools.lru_cache(maxsize=1)
@@ -1237,47 +1296,55 @@ def _circuit_kernel():
     from numba import njit
     convert_row = compiled_row_conversion()
     @njit(nogil=True, cache=True)
-    def convert_and_add(currents, addend, subtract_addend, rows, reference_columns, reference_of,
-                        ranges, entries, passes, buckets, weight, out, start, stop):
-        """out[b, j] = Σ_k Σ_s weight[k, s] · (level(I[k, b, s·n_out + j] + addend[k, b, s]) − the level of its reference
-        column, or the addend where `subtract_addend`); each reference column (a unit column, or G−) is converted once.
-        Per (input slice, vector): the inputs of every slice are clipped and normalised first, then converted in one long
-        row (`rows`: the table row of every main column, then of every reference column), so short rows still vectorise."""
-        slices, n_reference = reference_columns.shape[0], reference_columns.shape[1]
-        n_out = out.shape[1]
-        main = slices * n_out
-        half_buckets, last_bucket = np.float32(buckets) * np.float32(0.5), np.int32(buckets - 1)
-        step, table = np.uint32(entries.shape[1]), entries.reshape(-1)
-        low, high, one = np.float32(-np.inf), np.float32(np.inf), np.float32(1)
-        normalised, levels = np.empty(rows.shape[0], dtype=np.float32), np.empty(rows.shape[0], dtype=np.float32)
+    def convert_and_add(currents, drive_sums, column_offset, column_ranges, fine_rows, fine, shift, entries, passes, buckets,
+                        reference, reference_kind, subtract_offset, slice_offset, ranges, weight, out, start, stop):
+        """out[b, j] = Σ_k Σ_s weight[k, s]·(level(I[k, b, s·n_out + j] + offset)·Vref − the level·Vref of its reference
+        column, or the offset where `subtract_offset`), offset = column_offset · drive_sums[k, b] (OFFSET's offset current;
+        none where `column_offset` is empty). Per (input slice, vector): the whole row of currents converted at once
+        (`compiled_row_conversion`: each column in its place, a reference column converted once), then level × Vref minus
+        the reference's, × weight, added into the outputs (vector loops).
+        `reference_kind`: 0 none, 1 one column per slice (`reference[s, 0]`), 2 a block (G−: `reference[s, 0] + j`), 3 any."""
+        k_slices, columns = currents.shape[0], fine_rows.shape[0]
+        slices, n_out = weight.shape[1], out.shape[1]
+        normalised, fine_index = np.empty(columns, dtype=np.float32), np.empty(columns, dtype=np.int32)
+        levels, zero = np.empty(columns, dtype=np.float32), np.float32(0)
+        step, table = np.int32(entries.shape[1]), entries.reshape(-1)
+        offset = column_offset.shape[0] > 0
         for b in range(start, stop):
             total = out[b]
             for j in range(n_out): total[j] = 0
-            for k in range(currents.shape[0]):
-                current = currents[k, b]
-                for s in range(slices):       # clip and normalise as the conversion does, each slice with its own range
-                    add, lo, hi, inverse = addend[k, b, s], ranges[k, s, 0], ranges[k, s, 1], ranges[k, s, 2]
-                    for j in range(n_out): normalised[s * n_out + j] = min(max(current[s * n_out + j] + add, lo), hi) * inverse
-                    for m in range(n_reference):
-                        normalised[main + s * n_reference + m] = min(max(current[reference_columns[s, m]] + add, lo), hi) * inverse
-                convert_row(normalised, np.float32(0), low, high, one, one, rows, table, step, passes, half_buckets, last_bucket, levels)
+            for k in range(k_slices):
+                drive_sum = drive_sums[k, b] if offset else zero
+                convert_row(currents[k, b], column_offset, drive_sum, column_ranges[k, 0], column_ranges[k, 1], column_ranges[k, 2],
+                            fine_rows, fine, shift, table, step, passes, buckets, normalised, fine_index, levels)
                 for s in range(slices):
-                    add, vref, w = addend[k, b, s], ranges[k, s, 3], weight[k, s]
-                    first = main + s * n_reference
-                    for j in range(n_out):
-                        y = levels[s * n_out + j] * vref
-                        if n_reference: y = y - levels[first + reference_of[j]] * vref
-                        if subtract_addend: y = y - add
-                        total[j] += y * w
+                    vref, w = ranges[k, s, 3], weight[k, s]
+                    main = levels[s * n_out:(s + 1) * n_out]
+                    if reference_kind == 0:
+                        if subtract_offset:
+                            add = slice_offset[s] * drive_sum
+                            for j in range(n_out): total[j] += (main[j] * vref - add) * w
+                        else:
+                            for j in range(n_out): total[j] += main[j] * vref * w
+                    elif reference_kind == 1:
+                        level = levels[reference[s, 0]] * vref
+                        for j in range(n_out): total[j] += (main[j] * vref - level) * w
+                    elif reference_kind == 2:
+                        block = levels[reference[s, 0]:reference[s, 0] + n_out]
+                        for j in range(n_out): total[j] += (main[j] * vref - block[j] * vref) * w
+                    else:
+                        of = reference[s]
+                        for j in range(n_out): total[j] += (main[j] * vref - levels[of[j]] * vref) * w
     return convert_and_add
 
+# %% ../nbs/20_core.ipynb #a1b33d21
 @patch
 def _fused_circuit(self:AnalogCore, index:int):
-    """Row tile `index`'s circuit ADCs and shift-and-add as one compiled pass: `(ADC table row of each (slice, output)
-    column — column slice·n_out + output — then of each reference column, the reference columns (OFFSET's unit column,
-    once per column tile, or G−), which reference each output takes, weight per (input slice, slice))`; or None where the read needs
-    the general path (NumPy, an ADC per input slice, no current limit, drift gain, stochastic rounding or G+ − G− formed
-    before the ADC). Rebuilt when the ADCs are redrawn (`program`)."""
+    """Row tile `index`'s circuit ADCs and shift-and-add as one compiled pass (`_circuit_kernel`): a dict of what the pass
+    reads per column of the tile (its slice, its ADC's row in the fine table, the offset level of its slice), the
+    reference column of each output (OFFSET's unit column, once per column tile, or G−) and the weight per (input slice,
+    slice); or None where the read needs the general path (NumPy, an ADC per input slice, no current limit, drift gain,
+    stochastic rounding or G+ − G− formed before the ADC). Rebuilt when the ADCs are redrawn (`program`)."""
     c, grid = self.config, self._tile_grids[index]
     if not (_FAST_PATHS and self.xp is np and isinstance(grid, CircuitADCGrid) and c.icol_max == 0 and self._drift_gain is None
             and not c.stochastic_rounding and (c.adc_per_ibit or self.n_input_slices == 1)
@@ -1285,39 +1352,49 @@ def _fused_circuit(self:AnalogCore, index:int):
     cache = self.__dict__.setdefault("_fused_circuit_cache", {})
     if index in cache and cache[index][0] is grid.table: return cache[index][1]
     slices, n_out, tiles = self.n_weight_slices, self.n_out, len(self.col_ranges)
-    outputs = np.arange(n_out)[None, :] + n_out * np.arange(slices)[:, None]         # (slices, n_out): G+, the difference or the column
     main = "column" if self.mode is MappingMode.OFFSET else ("positive" if "positive" in grid.table_rows else "difference")
-    rows = np.ascontiguousarray(np.broadcast_to(grid.table_rows[main], (slices, n_out)))
+    columns = [np.broadcast_to(grid.table_rows[main], (slices, n_out))]               # column s·n_out + j: slice s, output j
     if "reference" in grid.table_rows:         # OFFSET's unit column: one per array (slice × column tile), after the columns
         first = np.array([start for start, _ in self.col_ranges])
-        reference = slices * n_out + tiles * np.arange(slices)[:, None] + np.arange(tiles)[None, :]
-        reference_rows = np.ascontiguousarray(np.broadcast_to(grid.table_rows["reference"], (slices, n_out))[:, first])
-        reference_of = np.asarray(self._column_tile)
-    elif "negative" in grid.table_rows:         # G− digitised apart from G+
-        reference, reference_of = outputs + slices * n_out, np.arange(n_out)
-        reference_rows = np.ascontiguousarray(np.broadcast_to(grid.table_rows["negative"], (slices, n_out)))
-    else: reference, reference_rows, reference_of = np.zeros((slices, 0)), np.zeros((slices, 0)), np.zeros(0)
+        placed = slices * n_out + tiles * np.arange(slices)[:, None] + np.arange(tiles)[None, :]
+        columns.append(np.broadcast_to(grid.table_rows["reference"], (slices, n_out))[:, first])
+        reference = placed[:, np.asarray(self._column_tile)]                        # (slices, n_out): each output's unit column
+    elif "negative" in grid.table_rows:         # G− digitised apart from G+: a block after the G+ columns
+        columns.append(np.broadcast_to(grid.table_rows["negative"], (slices, n_out)))
+        reference = slices * n_out + n_out * np.arange(slices)[:, None] + np.arange(n_out)[None, :]
+    else: reference = np.zeros((slices, 1), dtype=np.int64)
+    column_slice = np.concatenate([np.repeat(np.arange(slices), part.shape[1]) for part in columns])
+    table_rows = np.concatenate([part.ravel() for part in columns]).astype(np.int64)  # the tile's columns in their order
+    shift, fine = grid.table.fine_levels()
+    kind = (0 if len(columns) == 1 else 1 if np.all(reference == reference[:, :1]) else
+            2 if np.all(reference == reference[:, :1] + np.arange(n_out)) else 3)
     weight = np.asarray(self._input_weights if c.adc_per_ibit else np.ones(1), dtype=np.float64)[:, None] \
              * np.asarray(self._output_weights, dtype=np.float64)[None, :]       # input-slice × slice weight × output scale
-    table_rows = np.concatenate([rows.ravel(), np.asarray(reference_rows).ravel()]).astype(np.uint32)   # main columns, then references
-    plan = (table_rows, np.ascontiguousarray(reference, dtype=np.int64), np.ascontiguousarray(reference_of, dtype=np.int64),
-            weight.astype(np.float32))
+    offset = self.mode is MappingMode.OFFSET
+    slice_offset = np.asarray(self._offset_levels[:, 0] if offset else np.zeros(slices), dtype=np.float32)
+    plan = dict(fine_rows=(table_rows << shift).astype(np.int32), fine=fine, shift=shift, column_slice=column_slice,
+                column_offset=slice_offset[column_slice] if offset else np.zeros(0, dtype=np.float32), slice_offset=slice_offset,
+                reference=np.ascontiguousarray(reference if kind > 1 else reference[:, :1], dtype=np.int64), reference_kind=kind,
+                subtract_offset=offset and "reference" not in grid.table_rows, weight=weight.astype(np.float32), column_ranges={})
     cache[index] = (grid.table, plan)
     return plan
 
+# %% ../nbs/20_core.ipynb #f4eea870
 @patch
 def _convert_and_add(self:AnalogCore, currents, drive_sums, index:int, plan):
-    "A tile's outputs `(batch, n_out)` from its currents `(k, batch, columns)` through `_fused_circuit`'s one pass (OFFSET: with the offset current added, as `_tile_parts` adds it)."
+    "A tile's outputs `(batch, n_out)` from its currents `(k, batch, columns)` through `_fused_circuit`'s one pass (OFFSET: with the offset current `drive_sums (k, batch, 1)` × the offset level added, as `_tile_parts` adds it)."
     k, b = currents.shape[:2]
-    grid = self._tile_grids[index]
-    offset = self.mode is MappingMode.OFFSET
-    addend = (self._offset_levels[:, 0][None, None, :] * drive_sums) if offset else np.zeros((k, b, self.n_weight_slices), dtype=np.float32)
-    table_rows, reference, reference_of, weight = plan
+    grid, table = self._tile_grids[index], self._tile_grids[index].table
+    if currents.shape[2] != len(plan["fine_rows"]):
+        raise ValueError(f"AnalogCore {self.name!r}: row tile {index} has {len(plan['fine_rows'])} columns; got currents of shape {currents.shape}")
+    ranges = grid.conversion_ranges(k, self.n_weight_slices)
+    if k not in plan["column_ranges"]:       # low, high and 1/Vref of every column (k, 3, columns), made once per shape
+        plan["column_ranges"][k] = np.ascontiguousarray(ranges[:, plan["column_slice"], :3].transpose(0, 2, 1))
+    sums = np.ascontiguousarray(drive_sums[..., 0], dtype=np.float32) if len(plan["column_offset"]) else np.zeros((1, 1), np.float32)
     out = np.empty((b, self.n_out), dtype=np.float32)
-    table = grid.table
-    _in_row_blocks(_circuit_kernel(), b, currents, np.ascontiguousarray(addend, dtype=np.float32), offset and "reference" not in grid.table_rows,
-                   table_rows, reference, reference_of, grid.conversion_ranges(k, self.n_weight_slices), table.entries,
-                   table.passes, table.buckets, weight, out)
+    _in_row_blocks(_circuit_kernel(), b, currents, sums, plan["column_offset"], plan["column_ranges"][k], plan["fine_rows"],
+                   plan["fine"], plan["shift"], table.entries, table.passes, table.buckets, plan["reference"], plan["reference_kind"],
+                   plan["subtract_offset"], plan["slice_offset"], ranges, plan["weight"], out)
     return out
 
 # %% ../nbs/20_core.ipynb #in000001
@@ -1373,43 +1450,159 @@ def _integer_levels(self:AnalogCore):
     if len(unit) != self.n_input_slices: return None       # (input slices summed in analog before one ADC: the float path)
     return levels, unit
 
+# %% ../nbs/20_core.ipynb #in000003
 @functools.lru_cache(maxsize=1)
 def _digit_kernel():
-    "The compiled pass that turns drives into the uint8 operand of `_integer_product` (numba, loaded with the sliced kernels)."
+    "The compiled passes that turn drives into the uint8 operand of `_integer_product`: digit by digit, and eight at a time (numba, loaded with the sliced kernels)."
     from numba import njit
     @njit(nogil=True, cache=True)
-    def integer_digits(drives, levels, mask, size, first, last, out, start, stop):
-        "out[k, b, i − first] = 128 + sign(v)·digit_k(rint(|v|·levels)) for the drives of rows first..last (mask 0: the whole code)."
-        n = last - first
-        codes, signs = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    def integer_digits(drives, levels, mask, size, signed, first, last, out, start, stop):
+        """out[k, b, i − first] = 128 + sign(v)·digit_k(rint(|v|·levels)) for the drives v of rows first..last (mask −1: the
+        whole code), in int32 lanes (the loops vectorise); unsigned drives skip the sign."""
+        n, mask = last - first, np.int32(mask)
+        magnitudes, signs = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
         for b in range(start, stop):
-            row = drives[b]
+            row = drives[b, first:last]
             for i in range(n):
-                v = row[first + i]
-                codes[i] = np.int32(np.rint(np.abs(v) * levels))
-                signs[i] = 1 if v > 0 else (-1 if v < 0 else 0)
+                magnitudes[i] = np.int32(np.rint(np.abs(row[i]) * levels))
+                signs[i] = np.int32(-1) if row[i] < 0 else np.int32(1)    # (zero drives have no digits)
             for k in range(out.shape[0]):
-                target, shift = out[k, b], size * k
-                if mask:
-                    for i in range(n): target[i] = np.uint8(128 + signs[i] * ((codes[i] >> shift) & mask))
+                target, shift = out[k, b], np.int32(size * k)
+                if signed:
+                    for i in range(n): target[i] = np.uint8(np.int32(128) + signs[i] * ((magnitudes[i] >> shift) & mask))
                 else:
-                    for i in range(n): target[i] = np.uint8(128 + signs[i] * codes[i])
-    return integer_digits
+                    for i in range(n): target[i] = np.uint8(np.int32(128) + ((magnitudes[i] >> shift) & mask))
+    @njit(nogil=True, cache=True)
+    def integer_digit_words(drives, levels, mask, size, signed, first, last, out, start, stop):
+        """`integer_digits` eight digits at a time, into `out` viewed as uint64 words `(k, batch, (last − first) / 8)`: each
+        byte is a code below 256 (a DAC of at most 8 bits) and its digit at most 127, so no byte carries into the next."""
+        n = last - first
+        magnitudes, positive, negative = np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8)
+        magnitude_words, positive_words, negative_words = magnitudes.view(np.uint64), positive.view(np.uint64), negative.view(np.uint64)
+        lanes, zero_point = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)    # (uint64 throughout: no float promotion)
+        for b in range(start, stop):
+            row = drives[b, first:last]
+            for i in range(n):
+                magnitudes[i] = np.uint8(np.int32(np.rint(np.abs(row[i]) * levels)) & 0xFF)
+                positive[i] = np.uint8(0xFF) if row[i] > 0 else np.uint8(0)
+                negative[i] = np.uint8(0xFF) if row[i] < 0 else np.uint8(0)
+            for k in range(out.shape[0]):
+                target, shift = out[k, b], np.uint64(size * k)
+                byte_mask = np.uint64(mask & 0x7F & (0xFF >> (size * k))) * lanes    # (no bit of the next byte's code)
+                if signed:
+                    for w in range(target.shape[0]):
+                        digits = (magnitude_words[w] >> shift) & byte_mask
+                        target[w] = zero_point + (digits & positive_words[w]) - (digits & negative_words[w])
+                else:
+                    for w in range(target.shape[0]): target[w] = zero_point | ((magnitude_words[w] >> shift) & byte_mask)
+    return integer_digits, integer_digit_words
+
+_INTEGER_BLOCK_BYTES = 1 << 20   # int32 products per block of an integer read: the ADC pass reads them while they are in cache ...
+_INTEGER_GEMM_ROWS = 1024        # ... but at least this many product rows per block (the GEMM packs the levels once per call)
 
 @patch
 def _integer_tile_output(self:AnalogCore, drives, index:int):
-    "Row tile `index`'s outputs `(batch, n_out)` from the drives `(batch, rows)`: one integer product of every input slice's digits with the tile's levels, then the compiled ADC pass."
+    """Row tile `index`'s outputs `(batch, n_out)` from the drives `(batch, rows)`, block by block of rows (over the threads
+    `_threads()` gives): every input slice's digits, one integer product of them with the tile's levels, the compiled ADC pass."""
     c = self.config
     levels, unit = self._integer
     start, stop = self.row_ranges[index]
-    k, b = self.n_input_slices, drives.shape[0]
-    digits = np.empty((k, b, stop - start), dtype=np.uint8)
-    mask = 2 ** c.input_slice_size - 1 if c.input_bitslicing else 0
-    _in_row_blocks(_digit_kernel(), b, drives, np.float32(dac_levels(c.dac_bits, self.signed)), mask, c.input_slice_size, start, stop, digits)
-    products = _integer_product(digits.reshape(k * b, -1), levels[index]).reshape(k, b, -1)
-    return self._digitize_and_add(products, index, self._fused_adc(index), unit)
+    matrix, fused, k, batch = levels[index], self._fused_adc(index), self.n_input_slices, drives.shape[0]
+    digit_levels, mask = np.float32(dac_levels(c.dac_bits, self.signed)), 2 ** c.input_slice_size - 1 if c.input_bitslicing else -1
+    words = (stop - start) % 8 == 0 and digit_levels <= 255               # whole uint64 words per row, codes in a byte
+    digit_pass, digitize_and_add = _digit_kernel()[1 if words else 0], _sliced_kernels()[1]
+    out, threads = np.empty((batch, self.n_out), dtype=np.float32), _threads()
+    per_block = max(1, min(max(_INTEGER_BLOCK_BYTES // (4 * k * matrix.shape[1]), -(-_INTEGER_GEMM_ROWS // k)), -(-batch // threads)))
+    per_vector = k * fused[1].shape[1] * self.n_out
+    stride, tally = self._health_tally(index, per_vector, batch)
+    def read(first:int):                       # (the kernels called directly: one thread per block)
+        rows, part = drives[first:first + per_block], slice(first, first + per_block)
+        digits = np.empty((k, rows.shape[0], stop - start), dtype=np.uint8)
+        digit_pass(rows, digit_levels, mask, c.input_slice_size, self.signed, start, stop, digits.view(np.uint64) if words else digits,
+                   0, rows.shape[0])
+        products = _integer_product(digits.reshape(k * rows.shape[0], -1), matrix).reshape(k, rows.shape[0], -1)
+        digitize_and_add(products, unit, *fused, self.n_out, stride, out[part], tally[part] if stride else tally, 0, rows.shape[0])
+    firsts = range(0, batch, per_block)
+    if threads < 2 or len(firsts) < 2:
+        for first in firsts: read(first)
+    else: list(thread_pool(min(threads, len(firsts))).map(read, firsts))
+    self._tell_health(index, tally, per_vector, [min(per_block, batch - first) for first in firsts], stride)
+    return out
+
+# %% ../nbs/20_core.ipynb #p3int002
+@functools.lru_cache(maxsize=1)
+def _int8_sums_exact() -> bool:
+    "Whether onnxruntime's u8×s8 product sums in int32 on this CPU (VNNI or AMX; AVX2's pairwise int16 sums saturate): one worst-case product, checked once."
+    session = _integer_session(1)
+    if session is None: return False
+    codes, levels = np.full((64, 256), 255, dtype=np.uint8), np.full((256, 64), 127, dtype=np.int8)
+    return all(np.array_equal(session.run(None, {"A": codes, "B": sign * levels, "zero": np.array(0, dtype=np.uint8)})[0],
+                              np.full((64, 64), sign * 255 * 127 * 256)) for sign in (1, -1))
+
+@functools.lru_cache(maxsize=1)
+def _code_kernel():
+    "The compiled pass from drives to the uint8 codes of an unsliced integer read (numba, loaded with the first such read)."
+    from numba import njit
+    @njit(nogil=True, cache=True)
+    def drive_codes(drives, levels, inverse, zero, first, last, codes, off_grid, start, stop):
+        """codes[b, i] = zero + rint(v·levels) for the drives v of rows b, columns first..last; off_grid[b]: a drive of row b
+        is not exactly a DAC output `code·inverse` within the codes' range (or is NaN). Two loops per row: each vectorises."""
+        low, high = np.float32(-zero), np.float32(255 - zero)
+        for b in range(start, stop):
+            row, target, bad = drives[b, first:last], codes[b], 0
+            for i in range(last - first):
+                code = np.rint(row[i] * levels)
+                bad += np.int32((row[i] != code * inverse) | (code < low) | (code > high))
+            for i in range(last - first): target[i] = np.uint8(np.int32(np.rint(row[i] * levels)) + zero)
+            off_grid[b] = bad > 0
+    return drive_codes
+
+@patch
+def _integer_operands(self:AnalogCore, tile):
+    """`(int8 levels (rows, columns), zero point of the codes, DAC levels, current of one level driven by one code)` of a
+    row tile whose read is an integer product — made once per programming (kept with this programming's tiles) — or None."""
+    held = self.__dict__.get("_integer_operand_cache")
+    if held is None or held[0] is not self._tiles: held = self._integer_operand_cache = (self._tiles, {})   # (a new programming)
+    if id(tile) not in held[1]: held[1][id(tile)] = self._make_integer_operands(tile)
+    return held[1][id(tile)]
+
+@patch
+def _make_integer_operands(self:AnalogCore, tile):
+    "`_integer_operands` of one tile, or None where its read is not one product of small integers."
+    c = self.config
+    if not (self.xp is np and c.weight_bits and c.dac_bits and self.n_weight_slices == 1 and not c.input_bitslicing
+            and not c.has_programming_error and c.t_drift == 0 and self._circuit is None and tile.reader is None
+            and tile.held_matrix is not None and not hasattr(self, "physical_in") and _integer_session(1) is not None): return None
+    dac, zero = dac_levels(c.dac_bits, self.signed), 128 if self.signed else 0
+    level = c.grange / self.cell_levels()          # current of one cell level at full drive (OFFSET: its 2Kw levels)
+    units = tile.matrix.astype(np.float64) / level
+    whole = np.rint(units)
+    top = np.abs(whole).max()
+    if zero + dac > 255 or np.abs(units - whole).max() > 1e-3 or top > 127 or (tile.stop - tile.start) * 255 * 127 >= 2 ** 31:
+        return None                                # (codes past uint8, levels not whole or past int8, int32 sums that could overflow)
+    if 2 * (zero + dac) * top > 32767 and not _int8_sums_exact(): return None       # (int16 pair sums could saturate)
+    return whole.astype(np.int8), np.array(zero, dtype=np.uint8), np.float32(dac), np.float32(level / dac)
+
+_INTEGER_ABOVE = 1 << 16   # multiply-adds per vector (tile rows × columns) from which a read is an integer product (its codes load numba)
+
+@patch
+def _integer_currents(self:AnalogCore, drives, tile):
+    "Column currents `(1, b, columns)` of `tile` as one exact integer product of the drives' DAC codes and its levels, or None (the float32 product runs)."
+    if not (_FAST_PATHS and _INTEGER_READS and drives.shape[0] == 1 and drives.dtype == np.float32
+            and (tile.stop - tile.start) * tile.columns >= _INTEGER_ABOVE): return None    # (by the tile's size: any batch split reads alike)
+    operands = self._integer_operands(tile)
+    if operands is None: return None
+    levels, zero, dac, unit = operands
+    rows, b = np.ascontiguousarray(drives[0]), drives.shape[1]
+    codes, off_grid = np.empty((b, tile.stop - tile.start), dtype=np.uint8), np.empty(b, dtype=np.bool_)
+    _in_row_blocks(_code_kernel(), b, rows, dac, np.float32(1 / dac), int(zero), tile.start, tile.stop, codes, off_grid)
+    if off_grid.any(): return None                           # drives that are no DAC levels: the float32 product
+    products = _integer_session(_threads()).run(None, {"A": codes, "B": levels, "zero": zero})[0]
+    return np.multiply(products, unit, dtype=np.float32)[None]
 
 # %% ../nbs/20_core.ipynb #68b47f34
+import contextlib
+
 @patch
 def _chunks(self:AnalogCore, x_rows):
     "Split a batch so that the per-chunk working arrays stay bounded."
@@ -1462,11 +1655,19 @@ def apply(self:AnalogCore,
     "What the hardware outputs for every row of `x_rows`: `(batch, n_out)` float32 NumPy array."
     _refuse_complex(x_rows, f"AnalogCore {self.name!r}: inputs")
     x_rows = self.xp.asarray(x_rows, dtype=np.float32)
-    self._check_rows(x_rows, check_finite)
+    # a linear core behind an ideal DAC reads the inputs themselves: a NaN or inf input makes every output of its row
+    # non-finite, so the output check finds it (one pass over the inputs less), and the inputs are checked only then
+    late = check_finite and _FAST_PATHS and self.xp is np and self._linear is not None and self.config.dac_bits == 0
+    self._check_rows(x_rows, check_finite and not late)
     out = np.empty((x_rows.shape[0], self.n_out), dtype=np.float32)
     read = self._next_read()
-    for start, chunk in self._chunks(x_rows):
-        self.apply_drives(self.input_drives(chunk), out=out[start:start + chunk.shape[0]], first_row=start, read=read)
+    try:
+        with np.errstate(over="ignore", invalid="ignore") if late else contextlib.nullcontext():   # (inf·0 in the product: the error says it)
+            for start, chunk in self._chunks(x_rows):
+                self.apply_drives(self.input_drives(chunk), out=out[start:start + chunk.shape[0]], first_row=start, read=read)
+    except NonFiniteResultError:
+        if late: self._check_rows(x_rows, True)       # the inputs' error where they are the cause
+        raise
     return out
 
 @patch
@@ -1516,7 +1717,8 @@ def _all_finite(values, xp) -> bool:
     "Whether an array holds no NaN or inf: one BLAS pass (Σ v², which NaN and inf make non-finite; only an overflow of finite values takes the two exact reductions)."
     if xp is np and values.dtype == np.float32 and values.flags.c_contiguous and values.size:
         flat = values.reshape(-1)
-        if math.isfinite(float(np.dot(flat, flat))): return True
+        with np.errstate(over="ignore", invalid="ignore"):   # (an overflow here only sends the check to the exact reductions)
+            if math.isfinite(float(np.dot(flat, flat))): return True
     return values.size == 0 or (bool(xp.isfinite(values.min())) and bool(xp.isfinite(values.max())))
 
 @patch

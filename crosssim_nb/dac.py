@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_dac.ipynb #a5ffaa90
 from __future__ import annotations
-import functools, math
+import functools, math, sys
 import numpy as np
 from .backend import aligned_empty, available_cpus, thread_pool
 
@@ -19,7 +19,9 @@ def dac_levels(dac_bits:int, # DAC bits (sign included when signed)
     if dac_bits == 0: return 0
     if signed and dac_bits < 2: raise ValueError(f"dac_bits={dac_bits} is not allowed for signed inputs; allowed: 0 or 2..24 (1 bit only for non-negative inputs)")
     return 2 ** (dac_bits - 1) - 1 if signed else 2 ** dac_bits - 1
-_PARALLEL_ABOVE = 1 << 18   # inputs with more values than this are quantised in pieces, one per CPU
+_PARALLEL_ABOVE = 1 << 18   # inputs with more values than this are quantised in pieces, one per CPU (NumPy passes)
+_COMPILED_ABOVE = 1 << 20   # inputs this large take the compiled pass even where numba is not loaded yet (~0.7 s, once)
+_COMPILED_PIECE = 1 << 21   # values per thread of the compiled pass (0.1 ms of work a million: a smaller piece is not worth a thread)
 _BLOCK = 1 << 15            # values per block: the four passes run on a block while it is in the cache
 
 def quantize_blocks(x, # flat float32 inputs
@@ -37,12 +39,17 @@ def quantize_blocks(x, # flat float32 inputs
 # %% ../nbs/11_dac.ipynb #b4f0c324
 @functools.lru_cache(maxsize=1)
 def _compiled_quantizer():
-    "The same four steps in one compiled pass per value (numba, imported here on first use: 2.4× faster than the blocks)."
+    "The same four steps in one compiled pass per value (numba, imported here on first use: 8× faster than the blocks, one thread)."
     from numba import njit
     @njit(nogil=True, cache=True)
     def quantize(x, out, scale, low, high, inverse):
         for i in range(x.size): out[i] = min(max(np.rint(x[i] * scale), low), high) * inverse
     return quantize
+
+def _compiled_pays(size:int, # values to quantise
+                  ) -> bool:
+    "Whether the compiled pass is worth loading: numba is loaded already (noise draws, sliced reads) or the input is large."
+    return "numba" in sys.modules or size >= _COMPILED_ABOVE
 
 # %% ../nbs/11_dac.ipynb #f35bed47
 def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy array)
@@ -50,7 +57,7 @@ def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy arr
                     dac_bits:int, # DAC bits (0 = off)
                     signed:bool, # signed range [-x_max, x_max] (else [0, x_max])
                     xp=np, # array module
-                    compiled:bool=False, # one compiled pass (bit for bit the same; loads numba, which runs that draw noise load anyway)
+                    compiled:bool|None=None, # one compiled pass (bit for bit the same); None: where `_compiled_pays`
                     out=None, # where to write the drives (float32, x's shape; may be `x` itself when nothing else reads it): None, a new array
                    ):
     "Normalised row drive `v` in [-1, 1] (or [0, 1]), quantised to the DAC levels; float32 (`x` itself when nothing changes it)."
@@ -61,8 +68,9 @@ def quantize_inputs(x, # inputs in algorithm units, any shape (numpy or cupy arr
     if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.size:   # in cache-sized blocks, on every CPU
         if out is None: out = aligned_empty(x.shape, np.float32)   # (TensorFlow reads an aligned array without copying it)
         flat, target = x.reshape(-1), out.reshape(-1)
-        pieces = min(available_cpus(), -(-x.size // _PARALLEL_ABOVE))
-        kernel = _compiled_quantizer() if compiled else quantize_blocks
+        if compiled is None: compiled = _compiled_pays(x.size)
+        kernel, piece = (_compiled_quantizer(), _COMPILED_PIECE) if compiled else (quantize_blocks, _PARALLEL_ABOVE)
+        pieces = min(available_cpus(), -(-x.size // piece))
         if pieces < 2: kernel(flat, target, scale, low, high, inverse)
         else:
             bounds = np.linspace(0, x.size, pieces + 1).astype(int)

@@ -466,9 +466,10 @@ def _prepare(self:AnalogNetwork, x, what:str="x") -> tuple[list, int]:
 # %% ../nbs/39_network.ipynb #5d153800
 @patch
 def _run_analog(self:AnalogNetwork, node:GraphNode, x:np.ndarray, engines:dict, observer, first_image:int=0, reads=None,
-                overwrite:bool=False, residual=None) -> np.ndarray:
+                overwrite:bool=False, residual=None, overwrite_residual:bool=False) -> np.ndarray:
     """The node's cores in turn; read noise is keyed by the global image index and the core's read number in this pass.
-    `overwrite`: nothing else reads `x`, so the first core's DAC may write its drives over it (the next cores read fresh outputs)."""
+    `overwrite`: nothing else reads `x`, so the first core's DAC may write its drives over it (the next cores read fresh outputs);
+    `overwrite_residual`: nothing reads `residual` after the sum, so the sum may be written over it."""
     for i, spec in enumerate(node.analog):
         engine = engines[spec.name]
         x = to_module(x, engine.xp)       # a GPU core's input goes to the GPU, and its output stays there
@@ -478,7 +479,8 @@ def _run_analog(self:AnalogNetwork, node:GraphNode, x:np.ndarray, engines:dict, 
         if reads is not None: read = reads[spec.name]; reads[spec.name] += 1
         overwrite = observer is None and (overwrite or i > 0)      # (an observer may keep the inputs it sees)
         extra = None if residual is None or i < len(node.analog) - 1 else to_module(residual, engine.xp)   # (added before `post`)
-        if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read, overwrite_input=overwrite, residual=extra)
+        if spec.is_conv: x = apply_conv(x, spec, engine, post, first_image=first_image, read=read, overwrite_input=overwrite, residual=extra,
+                                        overwrite_residual=overwrite_residual and extra is residual)
         elif extra is None: x = _read_rows(engine, x, post, first_image, read, overwrite)
         else:
             x = _read_rows(engine, x, None, first_image, read, overwrite)
@@ -526,8 +528,11 @@ def _forward(self:AnalogNetwork, feeds:list, engines:dict, observer=None, first_
         elif node.kind == "analog":
             source = node.inputs[0]
             alone = source in owned and source not in outputs and remaining[source] == 1
-            residual = values[self._residuals[node.name]] if node.name in self._residuals else None   # (`_fuse_residuals`)
-            y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads, overwrite=alone, residual=residual), True
+            shortcut = self._residuals.get(node.name)      # (`_fuse_residuals`)
+            residual = None if shortcut is None else values[shortcut]
+            spare = shortcut in owned and shortcut not in outputs and remaining[shortcut] == 1 and observer is None   # read by the Add only
+            y, fresh = self._run_analog(node, inputs[0], engines, observer, first_image, reads, overwrite=alone, residual=residual,
+                                        overwrite_residual=spare), True
         elif node.kind == "identity" or node.name in self._fused or node.name in self._through:
             source = self._through.get(node.name, node.inputs[0])    # a residual Add or its ReLU: the output of the layer that did them
             y, fresh = values[source], source in owned and source not in outputs and remaining[source] == 1

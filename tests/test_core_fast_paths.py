@@ -313,3 +313,84 @@ def test_circuit_pass_keeps_nan():
     currents[0, 2, 3] = np.nan
     out = core.tile_output(0, currents, None)
     assert np.isnan(out[2]).any() and np.isfinite(np.delete(out, 2, axis=0)).all()
+
+# the blocked integer read (`_integer_tile_output`) and the compiled ADC pass's rounding
+BLOCKED = dict(weight_bits=8, dac_bits=8, adc_bits=6, nslices=4, input_bitslicing=True, adc_per_ibit=True, adc_range_option="MAX", nrows_max=37)
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_integer_reads_do_not_depend_on_blocks_or_threads(signed, monkeypatch):
+    "Blocks of any size, read by one thread or several, give the same outputs bit for bit (partial row tiles, 8 input bits, 4 slices)."
+    W, x, input_range = case(seed=15, batch=150, signed=signed)
+    core = AnalogCore(W, InferenceConfig(**BLOCKED), input_range=input_range)
+    assert core._integer is not None and len(core.row_ranges) == 3
+    whole = core.apply(x)
+    monkeypatch.setattr(core_module, "_INTEGER_BLOCK_BYTES", 1)          # one vector per block
+    monkeypatch.setattr(core_module, "_INTEGER_GEMM_ROWS", 1)
+    np.testing.assert_array_equal(core.apply(x), whole)
+    monkeypatch.setattr(core_module, "_threads", lambda: 1)               # every block in this thread
+    np.testing.assert_array_equal(core.apply(x), whole)
+    monkeypatch.setattr(core_module, "_INTEGER_READS", False)             # the same integers in a float32 product
+    np.testing.assert_array_equal(core.apply(x), whole)
+
+def test_compiled_adc_pass_rounds_as_adc_grid_digitize():
+    "With unit weights the compiled pass's levels are `ADCGrid.digitize`'s bit for bit — ties, clipping and an offset range included (no fast-math contraction)."
+    from crosssim_nb.adc import ADCGrid, adc_grid
+    rng = np.random.default_rng(16)
+    for limits in ([-0.7, 1.3], [-2.0, 2.0]):                            # asymmetric (an offset) and symmetric
+        offset, step, low, high = (np.float32(v) for v in adc_grid(np.array(limits), 5))
+        codes = rng.integers(int(low) - 3, int(high) + 4, size=(1, 64, 24))
+        currents = ((codes + rng.choice([-0.5, 0.5, 0.25, 0.0], size=codes.shape)) * step + offset).astype(np.float32)   # ties
+        expected = ADCGrid(np.array(limits), 5).digitize(currents.copy())[0]
+        grid = [np.full((1, 1), value, dtype=np.float32) for value in (offset, np.float32(1) / step, low, high, step, offset, 0)]
+        out, tally = np.empty((64, 24), dtype=np.float32), np.zeros((1, 3), dtype=np.int64)
+        core_module._sliced_kernels()[1](currents, np.ones(1, dtype=np.float32), *grid, 24, 0, out, tally, 0, 64)
+        np.testing.assert_array_equal(out, expected)
+
+def test_health_counts_sample_large_reads():
+    "Above `SAMPLE_ABOVE` conversions the compiled pass counts every `SAMPLE_STRIDE`-th vector of each block, as `ADCCounts.add` samples: every conversion told, shares close to the general path's."
+    from crosssim_nb.adc_health import core_counts, SAMPLE_STRIDE
+    W, x, input_range = case(seed=17, batch=1500, signed=False)
+    config = InferenceConfig(**{**BLOCKED, "adc_range_option": "CALIBRATED"})
+    shares = []
+    for fast in (True, False):
+        saved = core_module._FAST_PATHS
+        core_module._FAST_PATHS = fast
+        try:
+            core = AnalogCore(W, config, adc_limits=np.array([-0.2, 1.0]), input_range=input_range)
+            counts = core_counts(core)
+            core.apply(x)
+        finally: core_module._FAST_PATHS = saved
+        tallies = counts.as_dict()
+        assert (core._integer is not None) == fast
+        assert tallies["conversions"] == 1500 * 21 * 4 * 8 * 3 and tallies["counted"] < tallies["conversions"] / SAMPLE_STRIDE * 1.1
+        shares.append(np.array([tallies[name] / tallies["counted"] for name in ("zero", "clipped_low", "clipped_high")]))
+    assert shares[0][0] > 0.05 and shares[0][2] > 0.001, shares
+    np.testing.assert_allclose(shares[0], shares[1], rtol=0.1, atol=0.005)
+
+def test_digit_words_equal_digit_by_digit():
+    "The eight-at-a-time digit pass gives the digit-by-digit pass's uint8 operand bit for bit (signed and unsigned, 1- to 3-bit slices, whole codes)."
+    from crosssim_nb.dac import dac_levels
+    integer_digits, integer_digit_words = core_module._digit_kernel()
+    rng = np.random.default_rng(18)
+    for signed in (True, False):
+        levels = dac_levels(8, signed)
+        drives = (rng.integers(-levels if signed else 0, levels + 1, size=(30, 50)) / levels).astype(np.float32)
+        drives[rng.random(drives.shape) < 0.3] = 0
+        for size, mask in ((1, 1), (2, 3), (3, 7), (8, -1)):
+            if mask == -1: drives = np.clip(drives, -127 / levels, 127 / levels)     # whole codes: at most 127 (`_integer_levels`)
+            slices = -(-(7 if signed else 8) // size) if mask != -1 else 1
+            by_digit, by_word = np.empty((2, slices, 30, 40), dtype=np.uint8)
+            integer_digits(drives, np.float32(levels), mask, size, signed, 5, 45, by_digit, 0, 30)
+            integer_digit_words(drives, np.float32(levels), mask, size, signed, 5, 45, by_word.view(np.uint64), 0, 30)
+            np.testing.assert_array_equal(by_word, by_digit)
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_whole_word_tiles_equal_the_reference_path(signed):
+    "Row tiles of a multiple of 8 rows take the eight-at-a-time digit pass: the reference path's outputs, but where an ADC tie rounds otherwise."
+    W, x, input_range = case(seed=19, n_in=128, batch=200, signed=signed)
+    config = InferenceConfig(**{**BLOCKED, "nrows_max": 64, "input_slice_size": 2, "nslices": 2})
+    core = AnalogCore(W, config, input_range=input_range)
+    assert core._integer is not None and [stop - start for start, stop in core.row_ranges] == [64, 64]
+    fast, reference = core.apply(x), reference_core(W, config, input_range=input_range).apply(x)
+    close = np.isclose(fast, reference, rtol=0, atol=3e-6 * np.abs(reference).max())
+    assert close.mean() > 0.8 and not (~close & ~outputs_with_ties(core, x)).any()
