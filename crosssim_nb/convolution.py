@@ -242,7 +242,7 @@ def engine_drives(engine, x, overwrite:bool=False):
 
 def _apply_into(engine, rows, out, first_row:int=0, read:int=0):
     "`engine.apply(rows)` into `out`: written there directly by engines that can (no extra copy of the outputs)."
-    keys = dict(first_row=first_row, read=read) if engine.keyed else {}
+    keys = _read_keys(engine, first_row, read)
     if engine.writes_into: engine.apply(rows, out=out, **keys)
     else: out[...] = engine.apply(rows, **keys)
 

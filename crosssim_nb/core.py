@@ -1420,11 +1420,21 @@ def _integer_session(threads:int):
 
 _ZERO_POINT = np.array(128, dtype=np.uint8)
 
-def _integer_product(digits, levels):
-    "`(digits − 128) @ levels` exactly: int32 from onnxruntime's integer GEMM, or float32 (exact: every sum below 2^24) without it."
+def _integer_product(digits, levels,
+                     zero=_ZERO_POINT, # the digits' zero point (uint8 scalar array)
+                    ):
+    "`(digits − zero) @ levels` exactly: int32 from onnxruntime's integer GEMM, or float32 (exact: every sum below 2^24) without it."
     session = _integer_session(_threads()) if _INTEGER_READS else None
-    if session is not None: return session.run(None, {"A": digits, "B": levels, "zero": _ZERO_POINT})[0]
-    return (digits.astype(np.float32) - np.float32(128)) @ levels.astype(np.float32)
+    if session is not None: return session.run(None, {"A": digits, "B": levels, "zero": zero})[0]
+    return (digits.astype(np.float32) - np.float32(zero)) @ levels.astype(np.float32)
+
+def _whole_cell_levels(matrix, # a row tile's matrix (currents at full drive)
+                       level:float, # the current of one cell level at full drive
+                      ):
+    "The tile's matrix in whole cell levels (float64), or None where it is not within 1e-3 of whole levels (programming error, drift: not an integer product)."
+    units = matrix.astype(np.float64) / level
+    whole = np.rint(units)
+    return whole if np.abs(units - whole).max() <= 1e-3 else None
 
 @patch
 def _integer_levels(self:AnalogCore):
@@ -1439,12 +1449,11 @@ def _integer_levels(self:AnalogCore):
             and all(self._fused_adc(index) is not None for index in range(len(self._tiles)))): return None
     top_digit = 2 ** c.input_slice_size - 1 if c.input_bitslicing else dac_levels(c.dac_bits, self.signed)
     if top_digit > 127: return None
-    cell = self.cell_levels()
+    level = c.grange / self.cell_levels()
     levels = []
     for tile in self._tiles:
-        units = tile.matrix.astype(np.float64) * (cell / c.grange)
-        whole = np.rint(units)
-        if np.abs(units - whole).max() > 1e-3 or 2 * (128 + top_digit) * np.abs(whole).max() > 32767: return None
+        whole = _whole_cell_levels(tile.matrix, level)
+        if whole is None or 2 * (128 + top_digit) * np.abs(whole).max() > 32767: return None
         levels.append(whole.astype(np.int8))
     unit = np.array([q for q, _, _ in self._adc_input_units()], dtype=np.float32)
     if len(unit) != self.n_input_slices: return None       # (input slices summed in analog before one ADC: the float path)
@@ -1575,10 +1584,10 @@ def _make_integer_operands(self:AnalogCore, tile):
             and tile.held_matrix is not None and not hasattr(self, "physical_in") and _integer_session(1) is not None): return None
     dac, zero = dac_levels(c.dac_bits, self.signed), 128 if self.signed else 0
     level = c.grange / self.cell_levels()          # current of one cell level at full drive (OFFSET: its 2Kw levels)
-    units = tile.matrix.astype(np.float64) / level
-    whole = np.rint(units)
+    whole = _whole_cell_levels(tile.matrix, level)
+    if whole is None: return None
     top = np.abs(whole).max()
-    if zero + dac > 255 or np.abs(units - whole).max() > 1e-3 or top > 127 or (tile.stop - tile.start) * 255 * 127 >= 2 ** 31:
+    if zero + dac > 255 or top > 127 or (tile.stop - tile.start) * 255 * 127 >= 2 ** 31:
         return None                                # (codes past uint8, levels not whole or past int8, int32 sums that could overflow)
     if 2 * (zero + dac) * top > 32767 and not _int8_sums_exact(): return None       # (int16 pair sums could saturate)
     return whole.astype(np.int8), np.array(zero, dtype=np.uint8), np.float32(dac), np.float32(level / dac)
@@ -1597,7 +1606,7 @@ def _integer_currents(self:AnalogCore, drives, tile):
     codes, off_grid = np.empty((b, tile.stop - tile.start), dtype=np.uint8), np.empty(b, dtype=np.bool_)
     _in_row_blocks(_code_kernel(), b, rows, dac, np.float32(1 / dac), int(zero), tile.start, tile.stop, codes, off_grid)
     if off_grid.any(): return None                           # drives that are no DAC levels: the float32 product
-    products = _integer_session(_threads()).run(None, {"A": codes, "B": levels, "zero": zero})[0]
+    products = _integer_product(codes, levels, zero)
     return np.multiply(products, unit, dtype=np.float32)[None]
 
 # %% ../nbs/20_core.ipynb #68b47f34
